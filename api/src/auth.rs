@@ -1,0 +1,90 @@
+//! Access tokens (JWT, HS256) and the caller of a request.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: Uuid,
+    iat: i64,
+    exp: i64,
+}
+
+/// Signs and checks access tokens.
+#[derive(Clone)]
+pub struct Tokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl: Duration,
+}
+
+impl Tokens {
+    pub fn new(secret: &str, ttl: Duration) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 30;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+            ttl,
+        }
+    }
+
+    pub fn issue(&self, user_id: Uuid) -> Result<(String, DateTime<Utc>), ApiError> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(self.ttl).map_err(ApiError::internal)?;
+        let claims = Claims { sub: user_id, iat: now.timestamp(), exp: expires.timestamp() };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(ApiError::internal)?;
+        Ok((token, expires))
+    }
+
+    /// The user id a token was issued to; an expired, forged or malformed
+    /// token is `UNAUTHENTICATED`.
+    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map(|data| data.claims.sub)
+            .map_err(|e| {
+                let why = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired",
+                    _ => "the access token is not valid",
+                };
+                ApiError::Unauthenticated(format!("{why}: sign in again"))
+            })
+    }
+
+    /// Reads `Bearer <token>` (the scheme is case-insensitive; a bare token is
+    /// accepted too, as WebSocket clients often send one).
+    pub fn verify_header(&self, value: &str) -> Result<Uuid, ApiError> {
+        let value = value.trim();
+        let token = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            Some(_) => {
+                return Err(ApiError::Unauthenticated(
+                    "unsupported Authorization scheme: use Bearer <token>".into(),
+                ));
+            }
+            None => value,
+        };
+        self.verify(token)
+    }
+}
+
+/// Who is calling: put into every request's data. `None` is an anonymous
+/// caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Viewer(pub Option<Uuid>);
+
+impl Viewer {
+    pub fn require(&self) -> Result<Uuid, ApiError> {
+        self.0.ok_or_else(ApiError::unauthenticated)
+    }
+}

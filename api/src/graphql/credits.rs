@@ -1,0 +1,137 @@
+//! Credits: the caller's account and ledger.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ID, Object};
+use chrono::{DateTime, Utc};
+use mage_domain::credits::{self as ledger, EntryKind};
+use mage_domain::models;
+
+use super::pagination::{decode_cursor, encode_cursor, page_size};
+use super::{services, viewer};
+use crate::error::{ApiError, ApiResult};
+
+/// Days ahead that `expiringSoon` looks.
+const EXPIRING_SOON_DAYS: i64 = 7;
+
+pub struct CreditAccount(pub models::CreditAccount);
+
+#[Object]
+impl CreditAccount {
+    /// Credits that can be spent now: held credits excluded.
+    async fn balance(&self) -> i64 {
+        self.0.available()
+    }
+
+    /// Credits reserved by generations still running.
+    async fn held(&self) -> i64 {
+        self.0.held
+    }
+
+    /// Credits that expire within the next 7 days unless spent.
+    async fn expiring_soon(&self, ctx: &Context<'_>) -> ApiResult<i64> {
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(ledger::expiring_soon(&mut conn, self.0.user_id, chrono::Duration::days(EXPIRING_SOON_DAYS))
+            .await?)
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum CreditEntryKind {
+    Grant,
+    Purchase,
+    Hold,
+    Capture,
+    Release,
+    Clawback,
+    Expire,
+    Adjustment,
+}
+
+impl From<EntryKind> for CreditEntryKind {
+    fn from(k: EntryKind) -> Self {
+        match k {
+            EntryKind::Grant => Self::Grant,
+            EntryKind::Purchase => Self::Purchase,
+            EntryKind::Hold => Self::Hold,
+            EntryKind::Capture => Self::Capture,
+            EntryKind::Release => Self::Release,
+            EntryKind::Clawback => Self::Clawback,
+            EntryKind::Expire => Self::Expire,
+            EntryKind::Adjustment => Self::Adjustment,
+        }
+    }
+}
+
+pub struct CreditEntry(pub models::CreditEntry);
+
+impl CreditEntry {
+    fn kind_of(&self) -> ApiResult<EntryKind> {
+        EntryKind::parse(&self.0.kind)
+            .ok_or_else(|| ApiError::internal(format!("unknown ledger entry kind {:?}", self.0.kind)))
+    }
+}
+
+#[Object]
+impl CreditEntry {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn kind(&self) -> ApiResult<CreditEntryKind> {
+        Ok(self.kind_of()?.into())
+    }
+
+    /// The change of the balance; for HOLD and RELEASE, the amount held or
+    /// released.
+    async fn amount(&self) -> ApiResult<i64> {
+        Ok(match self.kind_of()? {
+            EntryKind::Hold | EntryKind::Release => self.0.held_delta.abs(),
+            _ => self.0.amount,
+        })
+    }
+
+    /// The spendable balance (held credits excluded) after this entry, as
+    /// `CreditAccount.balance` shows it.
+    async fn balance_after(&self) -> i64 {
+        self.0.balance_after - self.0.held_after
+    }
+
+    /// Credits held after this entry.
+    async fn held_after(&self) -> i64 {
+        self.0.held_after
+    }
+
+    async fn memo(&self) -> Option<&str> {
+        self.0.memo.as_deref()
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+#[derive(Default)]
+pub struct CreditsQuery;
+
+#[Object]
+impl CreditsQuery {
+    /// The signed-in user's ledger, newest first.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity + 1")]
+    async fn credit_entries(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, CreditEntry>> {
+        let user_id = viewer(ctx).require()?;
+        let limit = page_size(first)?;
+        let after: Option<i64> = decode_cursor("ce", after.as_deref())?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut rows = ledger::entries(&mut conn, user_id, after, limit + 1).await?;
+        let has_next = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let mut page = Connection::new(after.is_some(), has_next);
+        page.edges.extend(rows.into_iter().map(|e| Edge::new(encode_cursor("ce", e.id), CreditEntry(e))));
+        Ok(page)
+    }
+}

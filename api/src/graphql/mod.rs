@@ -1,0 +1,110 @@
+//! The GraphQL schema, one module per domain area, merged here.
+
+mod admin;
+mod credits;
+mod loaders;
+mod pagination;
+mod products;
+mod users;
+
+use std::sync::Arc;
+
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest};
+use async_graphql::{EmptySubscription, MergedObject, Response, Schema, SchemaBuilder};
+use mage_domain::config::ServerSettings;
+use mage_domain::db::DbPool;
+
+use crate::auth::{Tokens, Viewer};
+use crate::error::ensure_code;
+
+pub use loaders::Loaders;
+
+#[derive(MergedObject, Default)]
+pub struct Query(users::UsersQuery, credits::CreditsQuery, products::ProductsQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(users::UsersMutation, admin::AdminMutation);
+
+pub type MageSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// What resolvers reach through `ctx.data`: set once when the server starts.
+pub struct Services {
+    pub pool: DbPool,
+    pub tokens: Tokens,
+    pub signup_credits: i64,
+}
+
+/// Limits applied to every operation; `schema_builder` is shared by the
+/// printed SDL and the running server, so both describe the same schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_depth: usize,
+    pub max_complexity: usize,
+}
+
+impl Limits {
+    pub fn from_settings(s: &ServerSettings) -> Self {
+        Self { max_depth: s.graphql_max_depth, max_complexity: s.graphql_max_complexity }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_depth: 16, max_complexity: 5000 }
+    }
+}
+
+pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(limits.max_depth)
+        .limit_complexity(limits.max_complexity)
+        .limit_recursive_depth(64)
+        .extension(ErrorCodes)
+}
+
+/// The schema with no data behind it: enough to print the SDL.
+pub fn build_schema() -> MageSchema {
+    schema_builder(Limits::default()).finish()
+}
+
+pub fn schema(services: Arc<Services>, limits: Limits) -> MageSchema {
+    schema_builder(limits).data(services).finish()
+}
+
+/// Per-request data: the caller and fresh DataLoaders (they cache what they
+/// load for the caller, so they must not outlive the request).
+pub fn request_data(req: async_graphql::Request, viewer: Viewer, pool: &DbPool) -> async_graphql::Request {
+    req.data(viewer).data(Loaders::new(pool.clone()))
+}
+
+/// Gives every error that left async-graphql without a code (parse and
+/// validation errors, depth and complexity limits, malformed variables) the
+/// code `BAD_USER_INPUT`.
+struct ErrorCodes;
+
+impl ExtensionFactory for ErrorCodes {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(ErrorCodes)
+    }
+}
+
+#[async_trait::async_trait]
+impl Extension for ErrorCodes {
+    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
+        let mut response = next.run(ctx).await;
+        response.errors.iter_mut().for_each(ensure_code);
+        response
+    }
+}
+
+fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
+    ctx.data_unchecked::<Arc<Services>>()
+}
+
+fn viewer(ctx: &async_graphql::Context<'_>) -> Viewer {
+    ctx.data_opt::<Viewer>().copied().unwrap_or_default()
+}
+
+fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {
+    ctx.data_unchecked::<Loaders>()
+}

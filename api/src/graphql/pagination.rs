@@ -1,0 +1,32 @@
+//! Relay connection arguments and opaque cursors.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::error::ApiError;
+
+pub const DEFAULT_PAGE: i32 = 20;
+pub const MAX_PAGE: i32 = 100;
+
+/// `first` checked against 1..=MAX_PAGE (default DEFAULT_PAGE).
+pub fn page_size(first: Option<i32>) -> Result<i64, ApiError> {
+    match first {
+        None => Ok(i64::from(DEFAULT_PAGE)),
+        Some(n) if (0..=MAX_PAGE).contains(&n) => Ok(i64::from(n)),
+        Some(_) => Err(ApiError::bad_input("first", format!("first must be between 0 and {MAX_PAGE}"))),
+    }
+}
+
+/// Cursors are opaque to clients: `kind:value`, base64url-encoded.
+pub fn encode_cursor(kind: &str, value: impl std::fmt::Display) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}:{value}"))
+}
+
+pub fn decode_cursor<T: std::str::FromStr>(kind: &str, cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+    let Some(cursor) = cursor else { return Ok(None) };
+    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let value = raw.strip_prefix(kind).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
+    value.parse().map(Some).map_err(|_| bad())
+}

@@ -1,0 +1,55 @@
+//! The catalogue: credit packs and plans on sale.
+
+use async_graphql::{Context, Enum, ID, Object};
+use mage_domain::{models, products};
+
+use super::services;
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ProductKind {
+    Pack,
+    Plan,
+}
+
+pub struct Product(models::Product);
+
+#[Object]
+impl Product {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+
+    async fn kind(&self) -> ProductKind {
+        if self.0.kind == "plan" { ProductKind::Plan } else { ProductKind::Pack }
+    }
+
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    async fn credits(&self) -> i64 {
+        self.0.credits
+    }
+
+    async fn price_cents(&self) -> i64 {
+        self.0.price_cents
+    }
+
+    /// ISO 4217 code, upper case.
+    async fn currency(&self) -> String {
+        self.0.currency.to_uppercase()
+    }
+}
+
+#[derive(Default)]
+pub struct ProductsQuery;
+
+#[Object]
+impl ProductsQuery {
+    /// Credit packs and plans on sale, in display order.
+    async fn products(&self, ctx: &Context<'_>) -> ApiResult<Vec<Product>> {
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(products::list_active(&mut conn).await?.into_iter().map(Product).collect())
+    }
+}

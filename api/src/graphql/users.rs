@@ -1,0 +1,94 @@
+//! Accounts: register, login, me.
+
+use async_graphql::{Context, Enum, ID, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use mage_domain::models;
+use mage_domain::users as domain;
+
+use super::credits::CreditAccount;
+use super::{loaders, services, viewer};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum Role {
+    User,
+    Admin,
+}
+
+pub struct User(pub models::User);
+
+#[Object]
+impl User {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn email(&self) -> &str {
+        &self.0.email
+    }
+
+    async fn role(&self) -> Role {
+        if self.0.is_admin() { Role::Admin } else { Role::User }
+    }
+
+    async fn credits(&self, ctx: &Context<'_>) -> ApiResult<CreditAccount> {
+        Ok(CreditAccount(loaders(ctx).account(self.0.id).await?))
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// Send as `Authorization: Bearer <token>`.
+    token: String,
+    expires_at: DateTime<Utc>,
+    user: User,
+}
+
+fn auth_payload(ctx: &Context<'_>, user: models::User) -> ApiResult<AuthPayload> {
+    let (token, expires_at) = services(ctx).tokens.issue(user.id)?;
+    Ok(AuthPayload { token, expires_at, user: User(user) })
+}
+
+#[derive(Default)]
+pub struct UsersQuery;
+
+#[Object]
+impl UsersQuery {
+    /// The signed-in user; null when not signed in.
+    async fn me(&self, ctx: &Context<'_>) -> ApiResult<Option<User>> {
+        let Some(id) = viewer(ctx).0 else { return Ok(None) };
+        Ok(loaders(ctx).user(id).await?.map(User))
+    }
+}
+
+#[derive(Default)]
+pub struct UsersMutation;
+
+#[Object]
+impl UsersMutation {
+    /// Creates an account, grants the signup bonus and signs in.
+    async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
+        let s = services(ctx);
+        let user = domain::register(&s.pool, &email, &password, s.signup_credits).await?;
+        tracing::info!(user_id = %user.id, "user registered");
+        auth_payload(ctx, user)
+    }
+
+    async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
+        let user = domain::authenticate(&services(ctx).pool, &email, &password).await?;
+        auth_payload(ctx, user)
+    }
+}
+
+/// The signed-in user, loaded; `UNAUTHENTICATED` when there is none.
+pub(super) async fn current_user(ctx: &Context<'_>) -> ApiResult<models::User> {
+    let id = viewer(ctx).require()?;
+    loaders(ctx)
+        .user(id)
+        .await?
+        .ok_or_else(|| ApiError::Unauthenticated("this account no longer exists".into()))
+}

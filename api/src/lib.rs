@@ -1,0 +1,60 @@
+//! Mage's HTTP surface: GraphQL over HTTP and WebSocket, the playground,
+//! health checks.
+
+pub mod auth;
+pub mod error;
+pub mod graphql;
+mod health;
+mod http;
+mod playground;
+
+use std::sync::Arc;
+
+use mage_domain::config::ServerSettings;
+use mage_domain::db::DbPool;
+use mage_domain::kv::Redis;
+
+pub use graphql::{MageSchema, build_schema};
+pub use http::router;
+
+/// Everything a request handler needs, shared by all of them.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: DbPool,
+    pub redis: Redis,
+    pub settings: Arc<ServerSettings>,
+    pub tokens: auth::Tokens,
+    pub schema: MageSchema,
+}
+
+impl AppState {
+    pub fn new(pool: DbPool, redis: Redis, settings: ServerSettings) -> Self {
+        let tokens = auth::Tokens::new(&settings.jwt_secret, settings.token_ttl);
+        let services = Arc::new(graphql::Services {
+            pool: pool.clone(),
+            tokens: tokens.clone(),
+            signup_credits: settings.signup_credits,
+        });
+        let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
+        Self { pool, redis, settings: Arc::new(settings), tokens, schema }
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes the requests in flight.
+pub async fn serve(
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(state.settings.addr).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, playground = %format!("{}/graphql", state.settings.public_url), "mage serve listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

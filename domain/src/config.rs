@@ -1,0 +1,201 @@
+//! Settings. Every option is a clap argument that is also read from the
+//! environment; `resolve` turns the raw arguments into checked settings and
+//! reports a missing or malformed one as a single line naming it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use thiserror::Error;
+
+/// Used by `mage dev` only, and loudly: a token signed with it is worthless.
+pub const DEV_JWT_SECRET: &str = "mage-development-secret-do-not-use-in-production";
+
+#[derive(Debug, Error)]
+#[error("{name}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(name: &'static str, problem: impl Into<String>) -> Self {
+        Self { name, problem: problem.into() }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/mage
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connections in this process's PostgreSQL pool
+    #[arg(long, env = "MAGE_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: usize,
+}
+
+impl DatabaseArgs {
+    pub fn resolve(&self) -> Result<DatabaseSettings, ConfigError> {
+        let url = required("DATABASE_URL", &self.database_url)?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.db_pool_size == 0 {
+            return Err(ConfigError::new("MAGE_DB_POOL_SIZE", "must be at least 1"));
+        }
+        Ok(DatabaseSettings { url, pool_size: self.db_pool_size })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL, e.g. redis://127.0.0.1:6379
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel Mage uses, so deployments (and
+    /// tests) can share one Redis
+    #[arg(long, env = "MAGE_REDIS_PREFIX", default_value = "mage:")]
+    pub redis_prefix: String,
+}
+
+impl RedisArgs {
+    pub fn resolve(&self) -> Result<RedisSettings, ConfigError> {
+        let url = required("REDIS_URL", &self.redis_url)?;
+        redis::Client::open(url.as_str())
+            .map_err(|e| ConfigError::new("REDIS_URL", format!("not a Redis URL ({e})")))?;
+        Ok(RedisSettings { url, prefix: self.redis_prefix.clone() })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Do not apply pending database migrations at start
+    #[arg(long, env = "MAGE_SKIP_MIGRATIONS")]
+    pub skip_migrations: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address the HTTP server listens on
+    #[arg(long, env = "MAGE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Public base URL of this deployment (links, checkout return URLs);
+    /// defaults to http://MAGE_ADDR
+    #[arg(long, env = "MAGE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Secret that signs access tokens (HS256), at least 32 bytes; `mage dev`
+    /// falls back to a development secret with a warning
+    #[arg(long, env = "MAGE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of an access token, in seconds
+    #[arg(long, env = "MAGE_TOKEN_TTL_SECONDS", default_value_t = 7 * 24 * 3600)]
+    pub token_ttl_seconds: u64,
+    /// Credits granted to every new account
+    #[arg(long, env = "MAGE_SIGNUP_CREDITS", default_value_t = 100)]
+    pub signup_credits: u32,
+    /// Longest a GraphQL HTTP request may take, in seconds
+    #[arg(long, env = "MAGE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub request_timeout_seconds: u64,
+    /// Largest accepted request body, in bytes
+    #[arg(long, env = "MAGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Deepest selection nesting a GraphQL operation may have
+    #[arg(long, env = "MAGE_GRAPHQL_MAX_DEPTH", default_value_t = 16)]
+    pub graphql_max_depth: usize,
+    /// Highest complexity (fields, multiplied by page sizes) of one operation
+    #[arg(long, env = "MAGE_GRAPHQL_MAX_COMPLEXITY", default_value_t = 5000)]
+    pub graphql_max_complexity: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub addr: SocketAddr,
+    pub public_url: String,
+    pub jwt_secret: String,
+    pub token_ttl: Duration,
+    pub signup_credits: i64,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub graphql_max_depth: usize,
+    pub graphql_max_complexity: usize,
+    /// `mage dev`: development conveniences are allowed.
+    pub dev_mode: bool,
+}
+
+impl ServerArgs {
+    /// `dev_mode` is true only under `mage dev`, the one place a missing JWT
+    /// secret may fall back to the development default.
+    pub fn resolve(&self, dev_mode: bool) -> Result<ServerSettings, ConfigError> {
+        let jwt_secret = match (&self.jwt_secret, dev_mode) {
+            (Some(s), _) if s.len() >= 32 => s.clone(),
+            (Some(_), _) => {
+                return Err(ConfigError::new("MAGE_JWT_SECRET", "must be at least 32 bytes long"));
+            }
+            (None, true) => {
+                tracing::warn!(
+                    "MAGE_JWT_SECRET is not set: using the development secret; \
+                     never run `mage dev` in production"
+                );
+                DEV_JWT_SECRET.to_owned()
+            }
+            (None, false) => return Err(ConfigError::new("MAGE_JWT_SECRET", "is not set")),
+        };
+        let public_url = match &self.public_url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                u.trim_end_matches('/').to_owned()
+            }
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "MAGE_PUBLIC_URL",
+                    "must start with http:// or https://",
+                ));
+            }
+            None => format!("http://{}", self.addr),
+        };
+        for (name, value) in [
+            ("MAGE_TOKEN_TTL_SECONDS", self.token_ttl_seconds),
+            ("MAGE_REQUEST_TIMEOUT_SECONDS", self.request_timeout_seconds),
+            ("MAGE_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("MAGE_GRAPHQL_MAX_DEPTH", self.graphql_max_depth as u64),
+            ("MAGE_GRAPHQL_MAX_COMPLEXITY", self.graphql_max_complexity as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be greater than 0"));
+            }
+        }
+        Ok(ServerSettings {
+            addr: self.addr,
+            public_url,
+            jwt_secret,
+            token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            signup_credits: i64::from(self.signup_credits),
+            request_timeout: Duration::from_secs(self.request_timeout_seconds),
+            max_body_bytes: self.max_body_bytes,
+            graphql_max_depth: self.graphql_max_depth,
+            graphql_max_complexity: self.graphql_max_complexity,
+            dev_mode,
+        })
+    }
+}
+
+fn required(name: &'static str, value: &Option<String>) -> Result<String, ConfigError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v.to_owned()),
+        _ => Err(ConfigError::new(name, "is not set")),
+    }
+}

@@ -1,0 +1,66 @@
+//! PostgreSQL: the connection pool and the embedded migrations.
+
+use diesel::sql_types::BigInt;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+use crate::config::DatabaseSettings;
+use crate::{Error, Result};
+
+pub use diesel_async::AsyncPgConnection as Connection;
+
+pub type DbPool = Pool<AsyncPgConnection>;
+pub type PooledConnection = Object<AsyncPgConnection>;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Any fixed number works; it only has to be the same in every Mage process so
+/// that two processes starting together do not migrate at the same time.
+const MIGRATION_LOCK_KEY: i64 = 0x6d61_6765_6d69_6772;
+
+pub fn pool(settings: &DatabaseSettings) -> Result<DbPool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(&settings.url);
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .wait_timeout(Some(std::time::Duration::from_secs(10)))
+        .create_timeout(Some(std::time::Duration::from_secs(10)))
+        .runtime(diesel_async::pooled_connection::deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| Error::Pool(e.to_string()))
+}
+
+pub async fn connect(url: &str) -> Result<AsyncPgConnection> {
+    AsyncPgConnection::establish(url)
+        .await
+        .map_err(|e| Error::Pool(format!("cannot connect to PostgreSQL: {e}")))
+}
+
+/// Applies pending migrations and returns the versions applied. Needs a
+/// multi-threaded tokio runtime: the harness uses `block_in_place`.
+pub async fn run_migrations(url: &str) -> Result<Vec<String>> {
+    let mut conn = connect(url).await?;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map(|versions| versions.iter().map(ToString::to_string).collect())
+        .map_err(|e| Error::Internal(format!("migration failed: {e}")));
+    let mut conn = harness.into_inner();
+    diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(MIGRATION_LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
+    applied
+}
+
+/// `SELECT 1`, for readiness checks.
+pub async fn ping(pool: &DbPool) -> Result<()> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query("SELECT 1").execute(&mut conn).await?;
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Rows as diesel reads them.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use crate::schema::*;
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = users, check_for_backend(diesel::pg::Pg))]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.role == crate::users::Role::Admin.as_str()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Queryable, Selectable)]
+#[diesel(table_name = credit_accounts, check_for_backend(diesel::pg::Pg))]
+pub struct CreditAccount {
+    pub user_id: Uuid,
+    pub balance: i64,
+    pub held: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl CreditAccount {
+    /// What can be spent now: the balance less what open holds reserve.
+    pub fn available(&self) -> i64 {
+        self.balance - self.held
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = credit_entries, check_for_backend(diesel::pg::Pg))]
+pub struct CreditEntry {
+    pub id: i64,
+    pub user_id: Uuid,
+    pub kind: String,
+    pub amount: i64,
+    pub held_delta: i64,
+    pub balance_after: i64,
+    pub held_after: i64,
+    pub idempotency_key: String,
+    pub grant_id: Option<Uuid>,
+    pub hold_id: Option<Uuid>,
+    pub order_id: Option<Uuid>,
+    pub generation_id: Option<Uuid>,
+    pub stripe_event_id: Option<String>,
+    pub memo: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = credit_grants, check_for_backend(diesel::pg::Pg))]
+pub struct CreditGrant {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub source: String,
+    pub amount: i64,
+    pub remaining: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub expired_at: Option<DateTime<Utc>>,
+    pub order_id: Option<Uuid>,
+    pub stripe_event_id: Option<String>,
+    pub memo: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = credit_holds, check_for_backend(diesel::pg::Pg))]
+pub struct CreditHold {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub generation_id: Option<Uuid>,
+    pub amount: i64,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = products, check_for_backend(diesel::pg::Pg))]
+pub struct Product {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub credits: i64,
+    pub price_cents: i64,
+    pub currency: String,
+    pub stripe_price_id: Option<String>,
+    pub active: bool,
+    pub sort_order: i32,
+    pub created_at: DateTime<Utc>,
+}

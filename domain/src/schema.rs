@@ -1,0 +1,220 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    credit_accounts (user_id) {
+        user_id -> Uuid,
+        balance -> Int8,
+        held -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    credit_entries (id) {
+        id -> Int8,
+        user_id -> Uuid,
+        kind -> Text,
+        amount -> Int8,
+        held_delta -> Int8,
+        balance_after -> Int8,
+        held_after -> Int8,
+        idempotency_key -> Text,
+        grant_id -> Nullable<Uuid>,
+        hold_id -> Nullable<Uuid>,
+        order_id -> Nullable<Uuid>,
+        generation_id -> Nullable<Uuid>,
+        stripe_event_id -> Nullable<Text>,
+        memo -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    credit_grants (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        source -> Text,
+        amount -> Int8,
+        remaining -> Int8,
+        expires_at -> Nullable<Timestamptz>,
+        expired_at -> Nullable<Timestamptz>,
+        order_id -> Nullable<Uuid>,
+        stripe_event_id -> Nullable<Text>,
+        memo -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    credit_holds (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        generation_id -> Nullable<Uuid>,
+        amount -> Int8,
+        status -> Text,
+        created_at -> Timestamptz,
+        closed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    daily_stats (day) {
+        day -> Date,
+        new_users -> Int8,
+        active_users -> Int8,
+        orders_paid -> Int8,
+        revenue -> Jsonb,
+        credits_purchased -> Int8,
+        credits_granted -> Int8,
+        credits_captured -> Int8,
+        credits_released -> Int8,
+        credits_clawed_back -> Int8,
+        credits_expired -> Int8,
+        generations_created -> Int8,
+        generations_succeeded -> Int8,
+        generations_failed -> Int8,
+        generations_canceled -> Int8,
+        queue_wait_p50_seconds -> Nullable<Float8>,
+        queue_wait_p95_seconds -> Nullable<Float8>,
+        render_p50_seconds -> Nullable<Float8>,
+        render_p95_seconds -> Nullable<Float8>,
+        render_seconds_total -> Float8,
+        by_model -> Jsonb,
+        time_zone -> Text,
+        computed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    generations (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        model -> Text,
+        prompt -> Text,
+        negative_prompt -> Nullable<Text>,
+        resolution -> Text,
+        duration_seconds -> Nullable<Int4>,
+        seed -> Nullable<Int8>,
+        status -> Text,
+        progress -> Int4,
+        stage -> Nullable<Text>,
+        priority -> Int4,
+        cost -> Int8,
+        idempotency_key -> Nullable<Text>,
+        attempts -> Int4,
+        backend -> Nullable<Text>,
+        output -> Nullable<Jsonb>,
+        error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        queued_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        heartbeat_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    order_items (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        product_id -> Text,
+        product_name -> Text,
+        quantity -> Int4,
+        unit_price_cents -> Int8,
+        unit_credits -> Int8,
+        currency -> Text,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        status -> Text,
+        total_cents -> Int8,
+        currency -> Text,
+        credits -> Int8,
+        refunded_cents -> Int8,
+        stripe_checkout_session_id -> Nullable<Text>,
+        stripe_payment_intent_id -> Nullable<Text>,
+        stripe_subscription_id -> Nullable<Text>,
+        checkout_url -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    products (id) {
+        id -> Text,
+        kind -> Text,
+        name -> Text,
+        credits -> Int8,
+        price_cents -> Int8,
+        currency -> Text,
+        stripe_price_id -> Nullable<Text>,
+        active -> Bool,
+        sort_order -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    stripe_events (id) {
+        id -> Text,
+        #[sql_name = "type"]
+        type_ -> Text,
+        livemode -> Bool,
+        payload -> Jsonb,
+        status -> Text,
+        order_id -> Nullable<Uuid>,
+        received_at -> Timestamptz,
+        processed_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        email -> Text,
+        password_hash -> Text,
+        role -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(credit_accounts -> users (user_id));
+diesel::joinable!(credit_entries -> credit_accounts (user_id));
+diesel::joinable!(credit_entries -> credit_grants (grant_id));
+diesel::joinable!(credit_entries -> credit_holds (hold_id));
+diesel::joinable!(credit_entries -> generations (generation_id));
+diesel::joinable!(credit_entries -> orders (order_id));
+diesel::joinable!(credit_grants -> credit_accounts (user_id));
+diesel::joinable!(credit_grants -> orders (order_id));
+diesel::joinable!(credit_holds -> credit_accounts (user_id));
+diesel::joinable!(credit_holds -> generations (generation_id));
+diesel::joinable!(generations -> users (user_id));
+diesel::joinable!(order_items -> orders (order_id));
+diesel::joinable!(order_items -> products (product_id));
+diesel::joinable!(orders -> users (user_id));
+diesel::joinable!(stripe_events -> orders (order_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    credit_accounts,
+    credit_entries,
+    credit_grants,
+    credit_holds,
+    daily_stats,
+    generations,
+    order_items,
+    orders,
+    products,
+    stripe_events,
+    users,
+);

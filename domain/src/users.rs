@@ -1,0 +1,222 @@
+//! Accounts: registration (with the signup bonus), sign-in, roles.
+
+use std::str::FromStr;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::Argon2;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::credits::{self, GrantSource, NewGrant};
+use crate::db::{Connection, DbPool};
+use crate::models::User;
+use crate::schema::users;
+use crate::{Error, Result};
+
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_CHARS: usize = 128;
+const EMAIL_INDEX: &str = "users_email_key";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "user" => Ok(Self::User),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!("unknown role {other:?} (expected user or admin)")),
+        }
+    }
+}
+
+/// Trims and lower-cases an email address and checks its syntax: a local part,
+/// one `@`, and a domain name with at least one dot (no display names, no IP
+/// literals).
+pub fn normalize_email(raw: &str) -> Result<String> {
+    let email = raw.trim().to_lowercase();
+    let bad = |m: &str| Err(Error::invalid("email", m));
+    if email.is_empty() {
+        return bad("is required");
+    }
+    if email.len() > 254 {
+        return bad("is longer than 254 characters");
+    }
+    let parsed = match email_address::EmailAddress::from_str(&email) {
+        Ok(p) => p,
+        Err(e) => return bad(&format!("is not a valid email address ({e})")),
+    };
+    let domain = parsed.domain();
+    let domain_ok = domain.contains('.')
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    if parsed.as_str() != email || !domain_ok {
+        return bad("is not a valid email address");
+    }
+    Ok(email)
+}
+
+pub fn check_password(password: &str) -> Result<()> {
+    let n = password.chars().count();
+    if n < MIN_PASSWORD_CHARS {
+        return Err(Error::invalid("password", format!("must be at least {MIN_PASSWORD_CHARS} characters")));
+    }
+    if n > MAX_PASSWORD_CHARS {
+        return Err(Error::invalid("password", format!("must be at most {MAX_PASSWORD_CHARS} characters")));
+    }
+    Ok(())
+}
+
+/// Argon2id with the crate's defaults (OWASP's m=19 MiB, t=2, p=1), on the
+/// blocking pool: hashing takes tens of milliseconds of CPU.
+pub async fn hash_password(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+async fn verify_password(password: String, hash: String) -> Result<bool> {
+    tokio::task::spawn_blocking(move || {
+        let parsed = PasswordHash::new(&hash)
+            .map_err(|e| Error::Internal(format!("stored password hash is unreadable: {e}")))?;
+        Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// Creates a user, their credit account and the signup grant, all in one
+/// transaction: either the user exists with their bonus or nothing was written.
+pub async fn register(pool: &DbPool, email: &str, password: &str, signup_credits: i64) -> Result<User> {
+    let email = normalize_email(email)?;
+    check_password(password)?;
+    let mut conn = pool.get().await?;
+    // Saves the hashing work for the common duplicate; the unique index below
+    // is what actually decides a race.
+    if find_by_email(&mut conn, &email).await?.is_some() {
+        return Err(email_taken());
+    }
+    let hash = hash_password(password.to_owned()).await?;
+    let result = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let user: User = diesel::insert_into(users::table)
+                .values((users::email.eq(&email), users::password_hash.eq(&hash)))
+                .returning(User::as_returning())
+                .get_result(conn)
+                .await?;
+            credits::open_account(conn, user.id).await?;
+            if signup_credits > 0 {
+                credits::grant(
+                    conn,
+                    NewGrant {
+                        user_id: user.id,
+                        amount: signup_credits,
+                        source: GrantSource::Signup,
+                        expires_at: None,
+                        order_id: None,
+                        stripe_event_id: None,
+                        memo: Some("Signup bonus".into()),
+                        idempotency_key: format!("signup:{}", user.id),
+                    },
+                )
+                .await?;
+            }
+            Ok(user)
+        })
+        .await;
+    match result {
+        Err(e) if e.is_unique_violation(EMAIL_INDEX) => Err(email_taken()),
+        other => other,
+    }
+}
+
+fn email_taken() -> Error {
+    Error::Conflict("an account with this email already exists".into())
+}
+
+/// The user with this email and password. An unknown email costs the same
+/// hashing work as a wrong password, so timing does not tell them apart.
+pub async fn authenticate(pool: &DbPool, email: &str, password: &str) -> Result<User> {
+    let email = email.trim().to_lowercase();
+    let mut conn = pool.get().await?;
+    let user = find_by_email(&mut conn, &email).await?;
+    drop(conn);
+    let hash = match &user {
+        Some(u) => u.password_hash.clone(),
+        None => dummy_hash().to_owned(),
+    };
+    let ok = verify_password(password.to_owned(), hash).await?;
+    match user {
+        Some(u) if ok => Ok(u),
+        _ => Err(Error::InvalidCredentials),
+    }
+}
+
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(b"not a password anyone has", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<User>> {
+    Ok(users::table.find(id).select(User::as_select()).first(conn).await.optional()?)
+}
+
+pub async fn find_many(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<User>> {
+    Ok(users::table
+        .filter(users::id.eq_any(ids))
+        .select(User::as_select())
+        .load(conn)
+        .await?)
+}
+
+pub async fn find_by_email(conn: &mut Connection, email: &str) -> Result<Option<User>> {
+    Ok(users::table
+        .filter(users::email.eq(email.trim().to_lowercase()))
+        .select(User::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Sets a user's role (`mage user promote`).
+pub async fn set_role(pool: &DbPool, email: &str, role: Role) -> Result<User> {
+    let mut conn = pool.get().await?;
+    diesel::update(users::table)
+        .filter(users::email.eq(email.trim().to_lowercase()))
+        .set((users::role.eq(role.as_str()), users::updated_at.eq(chrono::Utc::now())))
+        .returning(User::as_returning())
+        .get_result(&mut conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound("user"))
+}

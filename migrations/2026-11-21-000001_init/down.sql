@@ -1,0 +1,11 @@
+DROP TABLE daily_stats;
+DROP TABLE credit_entries;
+DROP TABLE credit_holds;
+DROP TABLE credit_grants;
+DROP TABLE generations;
+DROP TABLE stripe_events;
+DROP TABLE order_items;
+DROP TABLE orders;
+DROP TABLE products;
+DROP TABLE credit_accounts;
+DROP TABLE users;

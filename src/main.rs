@@ -1,0 +1,182 @@
+//! The `mage` command line: one binary, one subcommand per process kind.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mage_domain::config::{DatabaseArgs, MigrateArgs, RedisArgs, ServerArgs};
+use mage_domain::users::Role;
+
+#[derive(Parser)]
+#[command(name = "mage", version, about = "Mage: credits, generations and live progress for generative-media apps")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server: GraphQL API, WebSocket subscriptions, playground
+    Serve {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        migrate: MigrateArgs,
+    },
+    /// Run background workers
+    Work {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        migrate: MigrateArgs,
+        /// Comma-separated queues to run (default: all)
+        #[arg(long, env = "MAGE_QUEUES", value_delimiter = ',')]
+        queues: Vec<String>,
+    },
+    /// Run serve and work in one process, with development defaults
+    Dev {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        migrate: MigrateArgs,
+    },
+    /// Apply pending database migrations and exit
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Print the GraphQL schema (SDL) to stdout
+    PrintSchema,
+    /// Manage users
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Give a user a role
+    Promote {
+        /// The user's email
+        email: String,
+        /// The role to give
+        #[arg(long, default_value = "admin")]
+        role: Role,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: configuration mistakes are the common case.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { db, redis, server, migrate } => {
+            let (pool, redis) = connect(&db, &redis, &migrate).await?;
+            let state = mage_api::AppState::new(pool, redis, server.resolve(false)?);
+            mage_api::serve(state, shutdown_signal()).await.context("HTTP server")?;
+        }
+        Command::Work { db, redis, migrate, queues } => {
+            let (pool, redis) = connect(&db, &redis, &migrate).await?;
+            mage_jobs::Workers { pool, redis, queues }.run(shutdown_signal()).await?;
+        }
+        Command::Dev { db, redis, server, migrate } => {
+            let settings = server.resolve(true)?;
+            let (pool, redis) = connect(&db, &redis, &migrate).await?;
+            let workers = mage_jobs::Workers { pool: pool.clone(), redis: redis.clone(), queues: vec![] };
+            let state = mage_api::AppState::new(pool, redis, settings);
+            println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
+            let (api, work) = tokio::join!(mage_api::serve(state, shutdown_signal()), workers.run(shutdown_signal()));
+            api.context("HTTP server")?;
+            work?;
+        }
+        Command::Migrate { db } => {
+            let applied = mage_domain::db::run_migrations(&db.resolve()?.url).await?;
+            if applied.is_empty() {
+                println!("database is up to date");
+            }
+            for v in applied {
+                println!("applied {v}");
+            }
+        }
+        Command::PrintSchema => print!("{}", mage_api::build_schema().sdl()),
+        Command::User { command: UserCommand::Promote { email, role, db } } => {
+            let pool = mage_domain::db::pool(&db.resolve()?)?;
+            let user = mage_domain::users::set_role(&pool, &email, role).await?;
+            println!("{} is now {}", user.email, user.role);
+        }
+    }
+    Ok(())
+}
+
+/// Checks the settings, migrates unless told not to, and opens the pools.
+async fn connect(
+    db: &DatabaseArgs,
+    redis: &RedisArgs,
+    migrate: &MigrateArgs,
+) -> anyhow::Result<(mage_domain::db::DbPool, mage_domain::kv::Redis)> {
+    let db = db.resolve()?;
+    let redis = mage_domain::kv::Redis::new(&redis.resolve()?)?;
+    if !migrate.skip_migrations {
+        for v in mage_domain::db::run_migrations(&db.url).await? {
+            tracing::info!(version = %v, "migration applied");
+        }
+    }
+    Ok((mage_domain::db::pool(&db)?, redis))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MAGE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,180 @@
+//! The `mage` binary itself: configuration errors, subcommands, and a real
+//! `mage serve` process answering a browser-like client.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mage_domain::testing::{TestDb, TestRedis};
+use serde_json::json;
+
+fn mage() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mage"));
+    // The test's own environment must not leak settings into the child.
+    for var in ["DATABASE_URL", "REDIS_URL", "MAGE_ADDR", "MAGE_PUBLIC_URL", "MAGE_JWT_SECRET", "MAGE_SIGNUP_CREDITS"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("MAGE_LOG", "warn");
+    cmd
+}
+
+fn one_line_error(out: &std::process::Output, names: &str) {
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains(names), "first line should name {names}: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+}
+
+#[test]
+fn a_missing_setting_is_one_line_naming_it() {
+    let out = mage().arg("migrate").output().expect("run");
+    one_line_error(&out, "DATABASE_URL");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+
+    let out = mage()
+        .args(["serve"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("run");
+    one_line_error(&out, "MAGE_JWT_SECRET");
+
+    let out = mage()
+        .args(["serve"])
+        .env("DATABASE_URL", "mysql://nope")
+        .env("REDIS_URL", "redis://127.0.0.1:1")
+        .output()
+        .expect("run");
+    one_line_error(&out, "DATABASE_URL");
+}
+
+#[test]
+fn a_malformed_setting_names_it() {
+    let out = mage().args(["serve"]).env("MAGE_ADDR", "not an address").output().expect("run");
+    one_line_error(&out, "MAGE_ADDR");
+    let out = mage().args(["serve"]).env("MAGE_SIGNUP_CREDITS", "-4").output().expect("run");
+    one_line_error(&out, "MAGE_SIGNUP_CREDITS");
+}
+
+#[test]
+fn help_documents_every_command_and_setting() {
+    let out = mage().arg("--help").output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "work", "dev", "migrate", "print-schema", "user"] {
+        assert!(help.contains(cmd), "{cmd} missing from --help: {help}");
+    }
+    let out = mage().args(["serve", "--help"]).output().expect("run");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in ["DATABASE_URL", "REDIS_URL", "MAGE_ADDR", "MAGE_PUBLIC_URL", "MAGE_JWT_SECRET", "MAGE_SIGNUP_CREDITS", "MAGE_SKIP_MIGRATIONS"] {
+        assert!(help.contains(var), "{var} missing from serve --help: {help}");
+    }
+}
+
+#[test]
+fn print_schema_prints_the_committed_sdl() {
+    let out = mage().arg("print-schema").output().expect("run");
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema.graphql");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mage_serve_migrates_serves_and_promotes() {
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
+    // An empty database: `serve` applies the migrations itself.
+    {
+        let mut admin = mage_domain::db::connect(db.url()).await.expect("connect");
+        use diesel_async::RunQueryDsl;
+        diesel::sql_query("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+            .execute(&mut admin)
+            .await
+            .expect("empty the database");
+    }
+    let port = free_port();
+    let child = Child(
+        mage()
+            .arg("serve")
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", redis.settings().url)
+            .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
+            .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
+            .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
+            .env("MAGE_SIGNUP_CREDITS", "250")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn mage serve"),
+    );
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "mage serve never became ready");
+
+    let res: serde_json::Value = http
+        .post(format!("{base}/graphql"))
+        .json(&json!({ "query": "mutation { register(email: \"cli@example.com\", password: \"long enough pw\") { token } }" }))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
+    let me: serde_json::Value = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(&token)
+        .json(&json!({ "query": "{ me { role credits { balance } } }" }))
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["data"]["me"], json!({ "role": "USER", "credits": { "balance": 250 } }));
+
+    let out = mage()
+        .args(["user", "promote", "CLI@example.com", "--role", "admin"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .expect("promote");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let me: serde_json::Value = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(&token)
+        .json(&json!({ "query": "{ me { role } }" }))
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["data"]["me"]["role"], "ADMIN");
+
+    let out = mage().args(["user", "promote", "ghost@example.com"]).env("DATABASE_URL", db.url()).output().expect("run");
+    assert!(!out.status.success());
+    drop(child);
+}

@@ -1,0 +1,147 @@
+//! The end-to-end harness: Mage's real router on an ephemeral port, over a
+//! database and a Redis key prefix of the test's own.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mage_domain::config::ServerSettings;
+use mage_domain::db::DbPool;
+use mage_domain::testing::{TestDb, TestRedis};
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: DbPool,
+    pub http: reqwest::Client,
+    pub settings: ServerSettings,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    // Dropped last: the server must stop before its database goes.
+    pub redis: TestRedis,
+    pub db: TestDb,
+}
+
+pub fn settings(addr: SocketAddr) -> ServerSettings {
+    ServerSettings {
+        addr,
+        public_url: format!("http://{addr}"),
+        jwt_secret: "test-secret-test-secret-test-secret-000".into(),
+        token_ttl: Duration::from_secs(3600),
+        signup_credits: 100,
+        request_timeout: Duration::from_secs(30),
+        max_body_bytes: 1024 * 1024,
+        graphql_max_depth: 16,
+        graphql_max_complexity: 5000,
+        dev_mode: false,
+    }
+}
+
+impl TestApp {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServerSettings)) -> Self {
+        let db = TestDb::new().await;
+        let redis = TestRedis::new();
+        let pool = db.pool();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut settings = settings(addr);
+        tweak(&mut settings);
+        let state = mage_api::AppState::new(pool.clone(), redis.redis(), settings.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(mage_api::serve_on(listener, state, async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
+        Self { addr, pool, http, settings, shutdown: Some(tx), redis, db }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs an operation; returns the whole JSON response.
+    pub async fn gql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
+        let mut req = self.http.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("POST /graphql");
+        res.json().await.expect("JSON response")
+    }
+
+    pub async fn register(&self, email: &str) -> (String, String) {
+        let res = self
+            .gql(
+                "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token user { id } } }",
+                json!({ "e": email, "p": PASSWORD }),
+                None,
+            )
+            .await;
+        assert!(res.get("errors").is_none(), "register failed: {res}");
+        let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
+        let id = res["data"]["register"]["user"]["id"].as_str().expect("id").to_owned();
+        (token, id)
+    }
+
+    pub async fn conn(&self) -> mage_domain::db::PooledConnection {
+        self.pool.get().await.expect("connection")
+    }
+
+    /// Asserts the ledger invariants of every account in the database.
+    pub async fn assert_ledger_invariants(&self) {
+        let mut conn = self.conn().await;
+        for id in all_user_ids(&mut conn).await {
+            let audit = mage_domain::credits::audit(&mut conn, id).await.expect("audit");
+            assert!(audit.holds(), "ledger invariant broken for {id}: {audit:?}");
+        }
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        count(&mut self.conn().await, table).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub async fn all_user_ids(conn: &mut mage_domain::db::Connection) -> Vec<uuid::Uuid> {
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    let rows: Vec<Row> = diesel::sql_query("SELECT id FROM users").load(conn).await.expect("users");
+    rows.into_iter().map(|r| r.id).collect()
+}
+
+pub async fn count(conn: &mut mage_domain::db::Connection, table: &str) -> i64 {
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let row: Row = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
+        .get_result(conn)
+        .await
+        .expect("count");
+    row.n
+}
+
+/// The `extensions.code` of the first error.
+pub fn code(res: &Value) -> &str {
+    res["errors"][0]["extensions"]["code"].as_str().unwrap_or_else(|| panic!("no error code in {res}"))
+}
