@@ -8,7 +8,11 @@ use mage_domain::config::{DatabaseArgs, MigrateArgs, RedisArgs, ServerArgs};
 use mage_domain::users::Role;
 
 #[derive(Parser)]
-#[command(name = "mage", version, about = "Mage: credits, generations and live progress for generative-media apps")]
+#[command(
+    name = "mage",
+    version,
+    about = "Mage: credits, generations and live progress for generative-media apps"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,7 +40,7 @@ enum Command {
         #[command(flatten)]
         migrate: MigrateArgs,
         /// Comma-separated queues to run (default: all)
-        #[arg(long, env = "MAGE_QUEUES", value_delimiter = ',')]
+        #[arg(long, env = "MAGE_QUEUES", value_name = "MAGE_QUEUES", value_delimiter = ',')]
         queues: Vec<String>,
     },
     /// Run serve and work in one process, with development defaults
@@ -79,7 +83,18 @@ enum UserCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // clap's first line names the flag and its variable; the rest is a
+            // hint to read --help, which we keep to a few words.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("error: invalid arguments");
+            eprintln!("{first} (see mage --help)");
+            return ExitCode::from(2);
+        }
+    };
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -101,8 +116,9 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { db, redis, server, migrate } => {
+            let settings = server.resolve(false)?;
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
-            let state = mage_api::AppState::new(pool, redis, server.resolve(false)?);
+            let state = mage_api::AppState::new(pool, redis, settings);
             mage_api::serve(state, shutdown_signal()).await.context("HTTP server")?;
         }
         Command::Work { db, redis, migrate, queues } => {
@@ -115,7 +131,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let workers = mage_jobs::Workers { pool: pool.clone(), redis: redis.clone(), queues: vec![] };
             let state = mage_api::AppState::new(pool, redis, settings);
             println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
-            let (api, work) = tokio::join!(mage_api::serve(state, shutdown_signal()), workers.run(shutdown_signal()));
+            let (api, work) =
+                tokio::join!(mage_api::serve(state, shutdown_signal()), workers.run(shutdown_signal()));
             api.context("HTTP server")?;
             work?;
         }

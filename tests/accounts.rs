@@ -5,7 +5,8 @@ mod common;
 use common::{PASSWORD, TestApp, code};
 use serde_json::json;
 
-const REGISTER: &str = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token user { email } } }";
+const REGISTER: &str =
+    "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token user { email } } }";
 const LOGIN: &str = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
 const ME: &str = "{ me { id email role credits { balance held expiringSoon } } }";
 
@@ -38,7 +39,10 @@ async fn me_is_null_when_signed_out_and_a_bad_token_is_unauthenticated() {
     let res = app.gql(ME, json!({}), Some("not-a-token")).await;
     assert_eq!(code(&res), "UNAUTHENTICATED");
     // A token signed with another secret is as bad as none.
-    let other = mage_api::auth::Tokens::new("another-secret-another-secret-another", std::time::Duration::from_secs(60));
+    let other = mage_api::auth::Tokens::new(
+        "another-secret-another-secret-another",
+        std::time::Duration::from_secs(60),
+    );
     let (forged, _) = other.issue(uuid::Uuid::new_v4()).expect("token");
     assert_eq!(code(&app.gql(ME, json!({}), Some(&forged)).await), "UNAUTHENTICATED");
     let res = app.gql("{ creditEntries { edges { cursor } } }", json!({}), None).await;
@@ -133,5 +137,8 @@ async fn products_lists_the_seeded_packs() {
     let res = app.gql("{ products { id kind name credits priceCents currency } }", json!({}), None).await;
     let products = res["data"]["products"].as_array().expect("products");
     assert_eq!(products.len(), 3, "{res}");
-    assert_eq!(products[0], json!({ "id": "starter", "kind": "PACK", "name": "Starter pack", "credits": 100, "priceCents": 500, "currency": "USD" }));
+    assert_eq!(
+        products[0],
+        json!({ "id": "starter", "kind": "PACK", "name": "Starter pack", "credits": 100, "priceCents": 500, "currency": "USD" })
+    );
 }

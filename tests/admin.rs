@@ -50,7 +50,9 @@ async fn only_admins_grant_and_a_key_grants_once() {
     }
     let res = app.gql(GRANT, json!({ "u": user_id, "a": 0, "k": "k2" }), Some(&admin_token)).await;
     assert_eq!(code(&res), "BAD_USER_INPUT", "{res}");
-    let res = app.gql(GRANT, json!({ "u": uuid::Uuid::new_v4().to_string(), "a": 5, "k": "k3" }), Some(&admin_token)).await;
+    let res = app
+        .gql(GRANT, json!({ "u": uuid::Uuid::new_v4().to_string(), "a": 5, "k": "k3" }), Some(&admin_token))
+        .await;
     assert_eq!(code(&res), "NOT_FOUND", "{res}");
     // A new key is a new grant.
     let res = app.gql(GRANT, json!({ "u": user_id, "a": 5, "k": "k4" }), Some(&admin_token)).await;

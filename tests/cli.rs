@@ -12,7 +12,14 @@ use serde_json::json;
 fn mage() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mage"));
     // The test's own environment must not leak settings into the child.
-    for var in ["DATABASE_URL", "REDIS_URL", "MAGE_ADDR", "MAGE_PUBLIC_URL", "MAGE_JWT_SECRET", "MAGE_SIGNUP_CREDITS"] {
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MAGE_ADDR",
+        "MAGE_PUBLIC_URL",
+        "MAGE_JWT_SECRET",
+        "MAGE_SIGNUP_CREDITS",
+    ] {
         cmd.env_remove(var);
     }
     cmd.env("MAGE_LOG", "warn");
@@ -45,6 +52,7 @@ fn a_missing_setting_is_one_line_naming_it() {
         .args(["serve"])
         .env("DATABASE_URL", "mysql://nope")
         .env("REDIS_URL", "redis://127.0.0.1:1")
+        .env("MAGE_JWT_SECRET", "a-secret-long-enough-for-hs256-0123456789")
         .output()
         .expect("run");
     one_line_error(&out, "DATABASE_URL");
@@ -67,7 +75,15 @@ fn help_documents_every_command_and_setting() {
     }
     let out = mage().args(["serve", "--help"]).output().expect("run");
     let help = String::from_utf8_lossy(&out.stdout);
-    for var in ["DATABASE_URL", "REDIS_URL", "MAGE_ADDR", "MAGE_PUBLIC_URL", "MAGE_JWT_SECRET", "MAGE_SIGNUP_CREDITS", "MAGE_SKIP_MIGRATIONS"] {
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "MAGE_ADDR",
+        "MAGE_PUBLIC_URL",
+        "MAGE_JWT_SECRET",
+        "MAGE_SIGNUP_CREDITS",
+        "MAGE_SKIP_MIGRATIONS",
+    ] {
         assert!(help.contains(var), "{var} missing from serve --help: {help}");
     }
 }
@@ -76,7 +92,8 @@ fn help_documents_every_command_and_setting() {
 fn print_schema_prints_the_committed_sdl() {
     let out = mage().arg("print-schema").output().expect("run");
     assert!(out.status.success());
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema.graphql");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .expect("schema.graphql");
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
 }
 
@@ -101,10 +118,9 @@ async fn mage_serve_migrates_serves_and_promotes() {
     {
         let mut admin = mage_domain::db::connect(db.url()).await.expect("connect");
         use diesel_async::RunQueryDsl;
-        diesel::sql_query("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-            .execute(&mut admin)
-            .await
-            .expect("empty the database");
+        for sql in ["DROP SCHEMA public CASCADE", "CREATE SCHEMA public"] {
+            diesel::sql_query(sql).execute(&mut admin).await.expect("empty the database");
+        }
     }
     let port = free_port();
     let child = Child(
@@ -174,7 +190,11 @@ async fn mage_serve_migrates_serves_and_promotes() {
         .expect("json");
     assert_eq!(me["data"]["me"]["role"], "ADMIN");
 
-    let out = mage().args(["user", "promote", "ghost@example.com"]).env("DATABASE_URL", db.url()).output().expect("run");
+    let out = mage()
+        .args(["user", "promote", "ghost@example.com"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     drop(child);
 }

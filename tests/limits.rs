@@ -40,20 +40,60 @@ async fn the_playground_introspection_query_fits_the_limits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ten_megabyte_body_is_413_and_writes_nothing() {
     let app = TestApp::start().await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let password = "x".repeat(10 * 1024 * 1024);
     let body = json!({
         "query": "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token } }",
         "variables": { "e": "big@example.com", "p": password },
-    });
-    let res = app.http.post(app.url("/graphql")).json(&body).send().await.expect("send");
-    assert_eq!(res.status(), reqwest::StatusCode::PAYLOAD_TOO_LARGE);
+    })
+    .to_string();
+    // A raw socket: the server answers 413 from the Content-Length alone and
+    // closes, which an HTTP client still writing the body reports as a broken
+    // pipe instead of the response.
+    let mut tcp = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        app.addr,
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.expect("head");
+    let _ = tcp.write_all(&body.as_bytes()[..64 * 1024]).await;
+    let mut response = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut response))
+        .await
+        .expect("an answer")
+        .expect("read");
+    let status_line = String::from_utf8_lossy(&response[..n]).lines().next().unwrap_or_default().to_owned();
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+
+    // Chunked, with no Content-Length: cut off at the limit while streaming.
+    let res = app
+        .http
+        .post(app.url("/graphql"))
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            body.into_bytes()
+                .chunks(64 * 1024)
+                .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                .collect::<Vec<_>>(),
+        )))
+        .send()
+        .await;
+    if let Ok(res) = res {
+        assert!(res.status().is_client_error(), "{}", res.status());
+    }
     assert_eq!(app.count("users").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_operations_carry_a_code() {
     let app = TestApp::start().await;
-    for query in ["{ nope }", "{ me { ", "query($x: Int!) { products { id } }", "{ creditEntries(first: \"x\") { edges { cursor } } }"] {
+    for query in [
+        "{ nope }",
+        "{ me { ",
+        "query($x: Int!) { products { id } }",
+        "{ creditEntries(first: \"x\") { edges { cursor } } }",
+    ] {
         let res = app.gql(query, json!({}), None).await;
         assert_eq!(code(&res), "BAD_USER_INPUT", "{query}: {res}");
     }
@@ -65,7 +105,8 @@ async fn an_over_large_page_is_refused() {
     let (token, _) = app.register("pager@example.com").await;
     let res = app.gql("{ creditEntries(first: 1000) { edges { cursor } } }", json!({}), Some(&token)).await;
     assert_eq!(code(&res), "BAD_USER_INPUT", "{res}");
-    let res = app.gql("{ creditEntries(after: \"garbage\") { edges { cursor } } }", json!({}), Some(&token)).await;
+    let res =
+        app.gql("{ creditEntries(after: \"garbage\") { edges { cursor } } }", json!({}), Some(&token)).await;
     assert_eq!(code(&res), "BAD_USER_INPUT", "{res}");
 }
 

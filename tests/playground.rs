@@ -23,7 +23,11 @@ async fn the_page_and_its_assets_come_from_mage() {
     for attr in ["src=\"", "href=\""] {
         for (i, _) in html.match_indices(attr) {
             let url = &html[i + attr.len()..];
-            assert!(url.starts_with('/') || url.starts_with('#'), "external asset in the page: {}", &url[..url.len().min(80)]);
+            assert!(
+                url.starts_with('/') || url.starts_with('#'),
+                "external asset in the page: {}",
+                &url[..url.len().min(80)]
+            );
         }
     }
     let mut assets = 0;
@@ -185,20 +189,26 @@ impl Page {
     /// Opens the playground with a query (and headers), runs it with the
     /// execute button, and returns the result pane's text once it shows
     /// `needle`.
-    async fn run_in_playground(&mut self, base: &str, query: &str, headers: Option<&str>, needle: &str) -> String {
+    async fn run_in_playground(
+        &mut self,
+        base: &str,
+        query: &str,
+        headers: Option<&str>,
+        needle: &str,
+    ) -> String {
         let mut url = format!("{base}/graphql?query={}", encode(query));
         if let Some(h) = headers {
             url.push_str(&format!("&headers={}", encode(h)));
         }
         self.call("Page.navigate", json!({ "url": url })).await;
+        self.wait_for_text("document.querySelector('.graphiql-execute-button') ? 'ready' : ''", "ready")
+            .await;
+        // The editor shows the query from the URL before it is run.
         self.wait_for_text(
-            "document.querySelector('.graphiql-execute-button') ? 'ready' : ''",
-            "ready",
+            "document.querySelector('.graphiql-query-editor')?.innerText ?? ''",
+            query.split_whitespace().nth(1).unwrap_or(query),
         )
         .await;
-        // The editor shows the query from the URL before it is run.
-        self.wait_for_text("document.querySelector('.graphiql-query-editor')?.innerText ?? ''", query.split_whitespace().nth(1).unwrap_or(query))
-            .await;
         self.eval("document.querySelector('.graphiql-execute-button').click()").await;
         self.wait_for_text("document.querySelector('.result-window')?.innerText ?? ''", needle).await
     }
@@ -213,7 +223,9 @@ fn encode(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn register_then_me_in_headless_chromium() {
     let Some(binary) = chromium() else {
-        println!("SKIPPED: no Chromium here (scripts/test installs Debian's chromium; set MAGE_CHROMIUM to use another)");
+        println!(
+            "SKIPPED: no Chromium here (scripts/test installs Debian's chromium; set MAGE_CHROMIUM to use another)"
+        );
         return;
     };
     let app = TestApp::start().await;
@@ -229,15 +241,13 @@ async fn register_then_me_in_headless_chromium() {
             "\"token\"",
         )
         .await;
-    let token = text
-        .split('"')
-        .skip_while(|s| *s != "token")
-        .nth(2)
-        .expect("token in the result pane")
-        .to_owned();
+    let token =
+        text.split('"').skip_while(|s| *s != "token").nth(2).expect("token in the result pane").to_owned();
 
     let headers = json!({ "Authorization": format!("Bearer {token}") }).to_string();
-    let text = page.run_in_playground(&base, "{ me { email credits { balance } } }", Some(&headers), "\"balance\"").await;
+    let text = page
+        .run_in_playground(&base, "{ me { email credits { balance } } }", Some(&headers), "\"balance\"")
+        .await;
     assert!(text.contains("browser@example.com"), "{text}");
     assert!(text.contains("\"balance\": 100"), "{text}");
     drop(browser);

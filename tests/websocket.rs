@@ -28,7 +28,9 @@ async fn send(ws: &mut Ws, v: Value) {
 /// The next JSON message that is not a keep-alive, or None once closed.
 async fn recv(ws: &mut Ws) -> Option<Value> {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("no message within 10 s")?;
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no message within 10 s")?;
         match msg {
             Ok(Message::Text(t)) => {
                 let v: Value = serde_json::from_str(&t).expect("json");
@@ -47,12 +49,19 @@ async fn graphql_transport_ws_runs_an_operation_as_the_signed_in_user() {
     let app = TestApp::start().await;
     let (token, _) = app.register("ws@example.com").await;
     let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } })).await;
+    send(
+        &mut ws,
+        json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } }),
+    )
+    .await;
     assert_eq!(recv(&mut ws).await.expect("ack")["type"], "connection_ack");
     send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { email credits { balance } } }" } })).await;
     let next = recv(&mut ws).await.expect("next");
     assert_eq!(next["type"], "next", "{next}");
-    assert_eq!(next["payload"]["data"]["me"], json!({ "email": "ws@example.com", "credits": { "balance": 100 } }));
+    assert_eq!(
+        next["payload"]["data"]["me"],
+        json!({ "email": "ws@example.com", "credits": { "balance": 100 } })
+    );
     assert_eq!(recv(&mut ws).await.expect("complete"), json!({ "type": "complete", "id": "1" }));
 }
 
@@ -75,11 +84,13 @@ async fn anonymous_sockets_are_anonymous_and_bad_tokens_are_rejected() {
     let mut ws = connect(&app, "graphql-transport-ws").await;
     send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
     assert_eq!(recv(&mut ws).await.expect("ack")["type"], "connection_ack");
-    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { email } }" } })).await;
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { email } }" } }))
+        .await;
     assert_eq!(recv(&mut ws).await.expect("next")["payload"]["data"]["me"], json!(null));
 
     let mut ws = connect(&app, "graphql-transport-ws").await;
-    send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": "Bearer forged" } })).await;
+    send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": "Bearer forged" } }))
+        .await;
     match recv(&mut ws).await {
         None => {}
         Some(v) => assert_ne!(v["type"], "connection_ack", "a forged token was accepted: {v}"),

@@ -8,7 +8,7 @@ use mage_domain::Error as DomainError;
 /// Deliberately not `Display`: async-graphql converts any `Display` error into
 /// a code-less GraphQL error, so resolvers return `ApiResult` and the only way
 /// out is `From<ApiError>` below, which always sets the code.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     Unauthenticated(String),
     Forbidden(String),

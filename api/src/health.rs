@@ -35,5 +35,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     let redis = verdict(redis, "Redis");
     let ready = pg == "ok" && redis == "ok";
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(json!({ "status": if ready { "ok" } else { "unavailable" }, "postgres": pg, "redis": redis })))
+    (
+        code,
+        Json(json!({ "status": if ready { "ok" } else { "unavailable" }, "postgres": pg, "redis": redis })),
+    )
 }

@@ -77,14 +77,12 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
         Err(rejection) => return rejection.into_response(),
     };
     let schema = state.schema.clone();
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| {
-            let init_state = state.clone();
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move { connection_init(&init_state, payload) })
-                .serve()
-        })
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
+        let init_state = state.clone();
+        GraphQLWebSocket::new(socket, schema, protocol)
+            .on_connection_init(move |payload| async move { connection_init(&init_state, payload) })
+            .serve()
+    })
 }
 
 /// Authenticates a WebSocket from its `connection_init` payload:

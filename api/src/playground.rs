@@ -10,9 +10,21 @@ const PAGE: &str = include_str!("../assets/playground/index.html");
 
 const ASSETS: &[(&str, &str, &[u8])] = &[
     ("graphiql.min.css", "text/css; charset=utf-8", include_bytes!("../assets/playground/graphiql.min.css")),
-    ("graphiql.min.js", "text/javascript; charset=utf-8", include_bytes!("../assets/playground/graphiql.min.js")),
-    ("react.production.min.js", "text/javascript; charset=utf-8", include_bytes!("../assets/playground/react.production.min.js")),
-    ("react-dom.production.min.js", "text/javascript; charset=utf-8", include_bytes!("../assets/playground/react-dom.production.min.js")),
+    (
+        "graphiql.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/playground/graphiql.min.js"),
+    ),
+    (
+        "react.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/playground/react.production.min.js"),
+    ),
+    (
+        "react-dom.production.min.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/playground/react-dom.production.min.js"),
+    ),
 ];
 
 pub fn page() -> Response {
@@ -27,11 +39,10 @@ pub fn page() -> Response {
 
 pub async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|(name, _, _)| *name == file) {
-        Some((_, content_type, body)) => (
-            [(header::CONTENT_TYPE, *content_type), (header::CACHE_CONTROL, "public, max-age=86400")],
-            *body,
-        )
-            .into_response(),
+        Some((_, content_type, body)) => {
+            ([(header::CONTENT_TYPE, *content_type), (header::CACHE_CONTROL, "public, max-age=86400")], *body)
+                .into_response()
+        }
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }

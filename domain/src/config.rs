@@ -27,10 +27,10 @@ impl ConfigError {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL, e.g. postgres://postgres@127.0.0.1:5432/mage
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Connections in this process's PostgreSQL pool
-    #[arg(long, env = "MAGE_DB_POOL_SIZE", default_value_t = 16)]
+    #[arg(long, env = "MAGE_DB_POOL_SIZE", value_name = "MAGE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: usize,
 }
 
@@ -38,10 +38,7 @@ impl DatabaseArgs {
     pub fn resolve(&self) -> Result<DatabaseSettings, ConfigError> {
         let url = required("DATABASE_URL", &self.database_url)?;
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "DATABASE_URL",
-                "must start with postgres:// or postgresql://",
-            ));
+            return Err(ConfigError::new("DATABASE_URL", "must start with postgres:// or postgresql://"));
         }
         if self.db_pool_size == 0 {
             return Err(ConfigError::new("MAGE_DB_POOL_SIZE", "must be at least 1"));
@@ -59,11 +56,11 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL, e.g. redis://127.0.0.1:6379
-    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    #[arg(long, env = "REDIS_URL", value_name = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Prefix of every Redis key and channel Mage uses, so deployments (and
     /// tests) can share one Redis
-    #[arg(long, env = "MAGE_REDIS_PREFIX", default_value = "mage:")]
+    #[arg(long, env = "MAGE_REDIS_PREFIX", value_name = "MAGE_REDIS_PREFIX", default_value = "mage:")]
     pub redis_prefix: String,
 }
 
@@ -85,40 +82,50 @@ pub struct RedisSettings {
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
     /// Do not apply pending database migrations at start
-    #[arg(long, env = "MAGE_SKIP_MIGRATIONS")]
+    #[arg(long, env = "MAGE_SKIP_MIGRATIONS", value_name = "MAGE_SKIP_MIGRATIONS")]
     pub skip_migrations: bool,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
     /// Address the HTTP server listens on
-    #[arg(long, env = "MAGE_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "MAGE_ADDR", value_name = "MAGE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
     /// Public base URL of this deployment (links, checkout return URLs);
     /// defaults to http://MAGE_ADDR
-    #[arg(long, env = "MAGE_PUBLIC_URL")]
+    #[arg(long, env = "MAGE_PUBLIC_URL", value_name = "MAGE_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Secret that signs access tokens (HS256), at least 32 bytes; `mage dev`
     /// falls back to a development secret with a warning
-    #[arg(long, env = "MAGE_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "MAGE_JWT_SECRET", value_name = "MAGE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// Lifetime of an access token, in seconds
-    #[arg(long, env = "MAGE_TOKEN_TTL_SECONDS", default_value_t = 7 * 24 * 3600)]
+    #[arg(long, env = "MAGE_TOKEN_TTL_SECONDS", value_name = "MAGE_TOKEN_TTL_SECONDS", default_value_t = 7 * 24 * 3600)]
     pub token_ttl_seconds: u64,
     /// Credits granted to every new account
-    #[arg(long, env = "MAGE_SIGNUP_CREDITS", default_value_t = 100)]
+    #[arg(long, env = "MAGE_SIGNUP_CREDITS", value_name = "MAGE_SIGNUP_CREDITS", default_value_t = 100)]
     pub signup_credits: u32,
     /// Longest a GraphQL HTTP request may take, in seconds
-    #[arg(long, env = "MAGE_REQUEST_TIMEOUT_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "MAGE_REQUEST_TIMEOUT_SECONDS",
+        value_name = "MAGE_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 30
+    )]
     pub request_timeout_seconds: u64,
     /// Largest accepted request body, in bytes
-    #[arg(long, env = "MAGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "MAGE_MAX_BODY_BYTES", value_name = "MAGE_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Deepest selection nesting a GraphQL operation may have
-    #[arg(long, env = "MAGE_GRAPHQL_MAX_DEPTH", default_value_t = 16)]
+    #[arg(long, env = "MAGE_GRAPHQL_MAX_DEPTH", value_name = "MAGE_GRAPHQL_MAX_DEPTH", default_value_t = 16)]
     pub graphql_max_depth: usize,
     /// Highest complexity (fields, multiplied by page sizes) of one operation
-    #[arg(long, env = "MAGE_GRAPHQL_MAX_COMPLEXITY", default_value_t = 5000)]
+    #[arg(
+        long,
+        env = "MAGE_GRAPHQL_MAX_COMPLEXITY",
+        value_name = "MAGE_GRAPHQL_MAX_COMPLEXITY",
+        default_value_t = 5000
+    )]
     pub graphql_max_complexity: usize,
 }
 
@@ -160,10 +167,7 @@ impl ServerArgs {
                 u.trim_end_matches('/').to_owned()
             }
             Some(_) => {
-                return Err(ConfigError::new(
-                    "MAGE_PUBLIC_URL",
-                    "must start with http:// or https://",
-                ));
+                return Err(ConfigError::new("MAGE_PUBLIC_URL", "must start with http:// or https://"));
             }
             None => format!("http://{}", self.addr),
         };

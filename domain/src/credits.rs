@@ -251,11 +251,7 @@ async fn close_hold(conn: &mut Connection, hold_id: Uuid, kind: EntryKind) -> Re
             // closed the other way.
             return Err(Error::Conflict(format!("hold {hold_id} is already {}", hold.status)));
         }
-        let refs = Refs {
-            hold_id: Some(hold_id),
-            generation_id: hold.generation_id,
-            ..Refs::default()
-        };
+        let refs = Refs { hold_id: Some(hold_id), generation_id: hold.generation_id, ..Refs::default() };
         let amount = if kind == EntryKind::Capture {
             take_from_buckets(conn, hold.user_id, hold.amount, None).await?;
             -hold.amount
@@ -510,11 +506,8 @@ async fn take_from_buckets(
             .or_else(|| buckets.iter().max_by_key(|b| b.created_at))
             .ok_or_else(|| Error::Internal(format!("account {user_id} has no grant to carry a debt")))?;
         // Re-read: the loop above may have changed this bucket.
-        let remaining: i64 = credit_grants::table
-            .find(debtor.id)
-            .select(credit_grants::remaining)
-            .first(conn)
-            .await?;
+        let remaining: i64 =
+            credit_grants::table.find(debtor.id).select(credit_grants::remaining).first(conn).await?;
         tracing::warn!(%user_id, grant_id = %debtor.id, debt = left, "grant buckets could not cover a debit");
         set_remaining(conn, debtor.id, remaining - left).await?;
     }

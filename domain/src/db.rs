@@ -22,13 +22,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d61_6765_6d69_6772;
 
 pub fn pool(settings: &DatabaseSettings) -> Result<DbPool> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(&settings.url);
-    Pool::builder(manager)
-        .max_size(settings.pool_size)
-        .wait_timeout(Some(std::time::Duration::from_secs(10)))
-        .create_timeout(Some(std::time::Duration::from_secs(10)))
-        .runtime(diesel_async::pooled_connection::deadpool::Runtime::Tokio1)
-        .build()
-        .map_err(|e| Error::Pool(e.to_string()))
+    Pool::builder(manager).max_size(settings.pool_size).build().map_err(|e| Error::Pool(e.to_string()))
 }
 
 pub async fn connect(url: &str) -> Result<AsyncPgConnection> {

@@ -104,10 +104,11 @@ async fn ensure_template() -> String {
         #[diesel(sql_type = diesel::sql_types::Text)]
         datname: String,
     }
-    let existing: Vec<Name> = diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'mage_tpl_%'")
-        .load(&mut admin)
-        .await
-        .expect("list templates");
+    let existing: Vec<Name> =
+        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'mage_tpl_%'")
+            .load(&mut admin)
+            .await
+            .expect("list templates");
     if !existing.iter().any(|n| n.datname == template) {
         for old in &existing {
             let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", old.datname))
@@ -172,10 +173,8 @@ impl Drop for TestRedis {
         let _ = std::thread::spawn(move || {
             let Ok(client) = redis::Client::open(settings.url.as_str()) else { return };
             let Ok(mut conn) = client.get_connection() else { return };
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{}*", settings.prefix))
-                .query(&mut conn)
-                .unwrap_or_default();
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{}*", settings.prefix)).query(&mut conn).unwrap_or_default();
             if !keys.is_empty() {
                 let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
             }

@@ -2,8 +2,8 @@
 
 use std::str::FromStr;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -68,7 +68,8 @@ pub fn normalize_email(raw: &str) -> Result<String> {
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
-    if parsed.as_str() != email || !domain_ok {
+    // `email()` drops a display name ("Name <a@b.c>"): only a bare address is one.
+    if parsed.email() != email || !domain_ok {
         return bad("is not a valid email address");
     }
     Ok(email)
@@ -192,11 +193,7 @@ pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<User>> {
 }
 
 pub async fn find_many(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<User>> {
-    Ok(users::table
-        .filter(users::id.eq_any(ids))
-        .select(User::as_select())
-        .load(conn)
-        .await?)
+    Ok(users::table.filter(users::id.eq_any(ids)).select(User::as_select()).load(conn).await?)
 }
 
 pub async fn find_by_email(conn: &mut Connection, email: &str) -> Result<Option<User>> {

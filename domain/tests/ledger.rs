@@ -3,7 +3,7 @@
 //! after every scenario.
 
 use chrono::{Duration, Utc};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, TransactionManager};
 use mage_domain::credits::{self, Clawback, GrantSource, NewGrant};
 use mage_domain::db::DbPool;
 use mage_domain::testing::TestDb;
@@ -140,9 +140,12 @@ async fn capture_spends_the_credits_that_expire_first() {
     let u = user(&pool, "e@example.com", 100).await;
     let mut conn = pool.get().await.expect("conn");
     let soon = Utc::now() + Duration::days(3);
-    credits::grant(&mut conn, NewGrant { expires_at: Some(soon), source: GrantSource::Promo, ..grant(u, 40, "promo") })
-        .await
-        .expect("promo");
+    credits::grant(
+        &mut conn,
+        NewGrant { expires_at: Some(soon), source: GrantSource::Promo, ..grant(u, 40, "promo") },
+    )
+    .await
+    .expect("promo");
     assert_eq!(credits::expiring_soon(&mut conn, u, Duration::days(7)).await.expect("soon"), 40);
     let hold = credits::hold(&mut conn, u, 50, None, "spend").await.expect("hold");
     credits::capture(&mut conn, hold.id).await.expect("capture");
@@ -158,9 +161,10 @@ async fn clawback_may_go_negative_and_then_blocks_spending() {
     let pool = db.pool();
     let u = user(&pool, "k@example.com", 0).await;
     let mut conn = pool.get().await.expect("conn");
-    let bought = credits::grant(&mut conn, NewGrant { source: GrantSource::Purchase, ..grant(u, 100, "order-1") })
-        .await
-        .expect("purchase");
+    let bought =
+        credits::grant(&mut conn, NewGrant { source: GrantSource::Purchase, ..grant(u, 100, "order-1") })
+            .await
+            .expect("purchase");
     let hold = credits::hold(&mut conn, u, 80, None, "gen").await.expect("hold");
     credits::capture(&mut conn, hold.id).await.expect("capture");
     let claw = Clawback {
@@ -197,7 +201,9 @@ async fn a_crash_inside_a_transaction_leaves_nothing_behind() {
         assert!(r.is_err());
         // And a connection dropped mid-transaction (a killed process):
         let mut conn = mage_domain::db::connect(db.url()).await.expect("conn");
-        diesel::sql_query("BEGIN").execute(&mut conn).await.expect("begin");
+        <AsyncPgConnection as AsyncConnection>::TransactionManager::begin_transaction(&mut conn)
+            .await
+            .expect("begin");
         credits::hold(&mut conn, u, 60, None, "killed").await.expect("hold");
         drop(conn);
     }
@@ -217,6 +223,9 @@ async fn bad_amounts_are_refused() {
     let mut conn = pool.get().await.expect("conn");
     assert!(matches!(credits::grant(&mut conn, grant(u, 0, "zero")).await, Err(Error::InvalidInput { .. })));
     assert!(matches!(credits::hold(&mut conn, u, -5, None, "neg").await, Err(Error::InvalidInput { .. })));
-    assert!(matches!(credits::grant(&mut conn, grant(Uuid::new_v4(), 5, "ghost")).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        credits::grant(&mut conn, grant(Uuid::new_v4(), 5, "ghost")).await,
+        Err(Error::NotFound(_))
+    ));
     audit_ok(&pool, u).await;
 }

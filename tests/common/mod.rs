@@ -66,7 +66,8 @@ impl TestApp {
 
     /// POSTs an operation; returns the whole JSON response.
     pub async fn gql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
-        let mut req = self.http.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
+        let mut req =
+            self.http.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -102,7 +103,7 @@ impl TestApp {
     }
 
     pub async fn count(&self, table: &str) -> i64 {
-        count(&mut self.conn().await, table).await
+        count(&mut *self.conn().await, table).await
     }
 }
 

@@ -39,7 +39,8 @@ impl AdminMutation {
         idempotency_key: Option<String>,
     ) -> ApiResult<CreditAccount> {
         let admin = require_admin(ctx).await?;
-        let user_id: Uuid = user_id.parse().map_err(|_| ApiError::bad_input("userId", "userId is not a user id"))?;
+        let user_id: Uuid =
+            user_id.parse().map_err(|_| ApiError::bad_input("userId", "userId is not a user id"))?;
         if !(1..=MAX_GRANT).contains(&amount) {
             return Err(ApiError::bad_input("amount", format!("amount must be between 1 and {MAX_GRANT}")));
         }
@@ -52,7 +53,12 @@ impl AdminMutation {
         }
         let key = match idempotency_key.as_deref().map(str::trim) {
             Some(k) if !k.is_empty() && k.len() <= 200 => format!("admin-grant:{}:{k}", admin.id),
-            Some(_) => return Err(ApiError::bad_input("idempotencyKey", "idempotencyKey must be 1 to 200 characters")),
+            Some(_) => {
+                return Err(ApiError::bad_input(
+                    "idempotencyKey",
+                    "idempotencyKey must be 1 to 200 characters",
+                ));
+            }
             None => format!("admin-grant:{}:{}", admin.id, Uuid::new_v4()),
         };
         let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
