@@ -249,7 +249,7 @@ async fn close_hold(conn: &mut Connection, hold_id: Uuid, kind: EntryKind) -> Re
         if closed == 0 {
             // Locked account + missing entry for this kind: the hold was
             // closed the other way.
-            return Err(Error::Conflict(format!("hold {hold_id} is already {}", hold.status)));
+            return Err(Error::Conflict(format!("hold {hold_id} is already closed")));
         }
         let refs = Refs { hold_id: Some(hold_id), generation_id: hold.generation_id, ..Refs::default() };
         let amount = if kind == EntryKind::Capture {

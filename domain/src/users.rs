@@ -115,13 +115,14 @@ async fn verify_password(password: String, hash: String) -> Result<bool> {
 pub async fn register(pool: &DbPool, email: &str, password: &str, signup_credits: i64) -> Result<User> {
     let email = normalize_email(email)?;
     check_password(password)?;
-    let mut conn = pool.get().await?;
     // Saves the hashing work for the common duplicate; the unique index below
     // is what actually decides a race.
-    if find_by_email(&mut conn, &email).await?.is_some() {
+    if find_by_email(&mut *pool.get().await?, &email).await?.is_some() {
         return Err(email_taken());
     }
+    // No pooled connection is held while hashing: it takes tens of ms.
     let hash = hash_password(password.to_owned()).await?;
+    let mut conn = pool.get().await?;
     let result = conn
         .transaction::<_, Error, _>(async |conn| {
             let user: User = diesel::insert_into(users::table)
