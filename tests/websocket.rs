@@ -96,3 +96,24 @@ async fn anonymous_sockets_are_anonymous_and_bad_tokens_are_rejected() {
         Some(v) => assert_ne!(v["type"], "connection_ack", "a forged token was accepted: {v}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_over_the_socket_carry_a_code() {
+    let app = TestApp::start().await;
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    send(&mut ws, json!({ "type": "connection_init" })).await;
+    assert_eq!(recv(&mut ws).await.expect("ack")["type"], "connection_ack");
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ nope }" } })).await;
+    let msg = recv(&mut ws).await.expect("an answer");
+    let errors = if msg["type"] == "error" { &msg["payload"] } else { &msg["payload"]["errors"] };
+    assert_eq!(errors[0]["extensions"]["code"], "BAD_USER_INPUT", "{msg}");
+    send(&mut ws, json!({ "id": "2", "type": "subscribe", "payload": { "query": "{ creditEntries { edges { cursor } } }" } }))
+        .await;
+    let msg = loop {
+        let msg = recv(&mut ws).await.expect("an answer");
+        if msg["id"] == "2" {
+            break msg;
+        }
+    };
+    assert_eq!(msg["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{msg}");
+}

@@ -9,8 +9,9 @@ mod users;
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest};
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe};
 use async_graphql::{EmptySubscription, MergedObject, Response, Schema, SchemaBuilder};
+use futures_util::stream::{BoxStream, StreamExt};
 use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
 
@@ -79,7 +80,8 @@ pub fn request_data(req: async_graphql::Request, viewer: Viewer, pool: &DbPool) 
 
 /// Gives every error that left async-graphql without a code (parse and
 /// validation errors, depth and complexity limits, malformed variables) the
-/// code `BAD_USER_INPUT`.
+/// code `BAD_USER_INPUT`, over HTTP (`request`) and WebSocket (`subscribe`:
+/// every operation on a socket runs as a stream).
 struct ErrorCodes;
 
 impl ExtensionFactory for ErrorCodes {
@@ -91,10 +93,22 @@ impl ExtensionFactory for ErrorCodes {
 #[async_trait::async_trait]
 impl Extension for ErrorCodes {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        let mut response = next.run(ctx).await;
-        response.errors.iter_mut().for_each(ensure_code);
-        response
+        with_codes(next.run(ctx).await)
     }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        next.run(ctx, stream).map(with_codes).boxed()
+    }
+}
+
+fn with_codes(mut response: Response) -> Response {
+    response.errors.iter_mut().for_each(ensure_code);
+    response
 }
 
 fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
