@@ -34,7 +34,7 @@ apt_install() {
 
 pg_bin() {
     local d
-    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
     echo "${d:-/usr/bin}"
 }
 
@@ -42,10 +42,13 @@ pg_answers() { # url
     psql "$1" -Atqc 'select 1' >/dev/null 2>&1
 }
 
+have() { command -v "$1" >/dev/null 2>&1; }
+
 # Uses $DATABASE_URL when it answers, then a PostgreSQL on 127.0.0.1:5432
-# with trust auth, else starts a private cluster on port 55432.
+# with trust auth, else starts a private cluster on port 55432 (installing
+# the server first if this machine has none).
 ensure_postgres() {
-    apt_install postgresql postgresql-client
+    have psql || apt_install postgresql-client
     local admin
     if [ -n "${DATABASE_URL:-}" ] && pg_answers "$DATABASE_URL"; then
         admin="$DATABASE_URL"
@@ -55,6 +58,7 @@ ensure_postgres() {
         local data="$MAGE_STATE_DIR/pg" port=55432
         admin="postgres://postgres@127.0.0.1:$port/postgres"
         if ! pg_answers "$admin"; then
+            [ -x "$(pg_bin)/initdb" ] || apt_install postgresql
             say "no PostgreSQL answers: starting a private one on 127.0.0.1:$port ($data)"
             local run=()
             if [ "$(id -u)" -eq 0 ]; then run=(runuser -u postgres --); fi
@@ -81,7 +85,7 @@ ensure_postgres() {
 # Uses $REDIS_URL when it answers, then 127.0.0.1:6379, else starts a private
 # Redis on port 56379.
 ensure_redis() {
-    apt_install redis-server
+    have redis-cli || apt_install redis-tools
     redis_answers() { redis-cli -u "$1" ping 2>/dev/null | grep -q PONG; }
     if [ -n "${REDIS_URL:-}" ] && redis_answers "$REDIS_URL"; then
         :
@@ -91,6 +95,7 @@ ensure_redis() {
         local port=56379
         export REDIS_URL="redis://127.0.0.1:$port"
         if ! redis_answers "$REDIS_URL"; then
+            have redis-server || apt_install redis-server
             say "no Redis answers: starting a private one on 127.0.0.1:$port"
             redis-server --port "$port" --bind 127.0.0.1 --daemonize yes --save "" --appendonly no \
                 --dir "$MAGE_STATE_DIR" --logfile "$MAGE_STATE_DIR/redis.log" \
@@ -106,6 +111,10 @@ ensure_rust() {
         say "cargo is not installed: install Rust (https://rustup.rs) and run this again"
         exit 1
     fi
-    # Crates with C parts need a C compiler and pkg-config.
-    apt_install build-essential pkg-config ca-certificates
+    # Crates with C parts need a C compiler.
+    have cc || apt_install build-essential
+}
+
+ensure_ffmpeg() {
+    have ffmpeg && have ffprobe || apt_install ffmpeg
 }
