@@ -21,16 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server: GraphQL API, WebSocket subscriptions, playground
-    Serve {
-        #[command(flatten)]
-        db: DatabaseArgs,
-        #[command(flatten)]
-        redis: RedisArgs,
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        migrate: MigrateArgs,
-    },
+    Serve(ServeArgs),
     /// Run background workers
     Work {
         #[command(flatten)]
@@ -44,16 +35,7 @@ enum Command {
         queues: Vec<String>,
     },
     /// Run serve and work in one process, with development defaults
-    Dev {
-        #[command(flatten)]
-        db: DatabaseArgs,
-        #[command(flatten)]
-        redis: RedisArgs,
-        #[command(flatten)]
-        server: ServerArgs,
-        #[command(flatten)]
-        migrate: MigrateArgs,
-    },
+    Dev(ServeArgs),
     /// Apply pending database migrations and exit
     Migrate {
         #[command(flatten)]
@@ -66,6 +48,18 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DatabaseArgs,
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    migrate: MigrateArgs,
 }
 
 #[derive(Subcommand)]
@@ -115,7 +109,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { db, redis, server, migrate } => {
+        Command::Serve(ServeArgs { db, redis, server, migrate }) => {
             let settings = server.resolve(false)?;
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
             let state = mage_api::AppState::new(pool, redis, settings);
@@ -125,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
             mage_jobs::Workers { pool, redis, queues }.run(shutdown_signal()).await?;
         }
-        Command::Dev { db, redis, server, migrate } => {
+        Command::Dev(ServeArgs { db, redis, server, migrate }) => {
             let settings = server.resolve(true)?;
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
             let workers = mage_jobs::Workers { pool: pool.clone(), redis: redis.clone(), queues: vec![] };

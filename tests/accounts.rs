@@ -95,29 +95,17 @@ async fn login_checks_the_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_registrations_of_one_email_make_exactly_one_user() {
     let app = TestApp::start().await;
-    let tasks: Vec<_> = (0..200)
-        .map(|i| {
-            let http = app.http.clone();
-            let url = app.url("/graphql");
-            // Vary the case: the uniqueness is case-insensitive.
-            let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
-            tokio::spawn(async move {
-                let res: serde_json::Value = http
-                    .post(url)
-                    .json(&json!({ "query": REGISTER, "variables": { "e": email, "p": PASSWORD } }))
-                    .send()
-                    .await
-                    .expect("send")
-                    .json()
-                    .await
-                    .expect("json");
-                res
-            })
-        })
-        .collect();
+    // Vary the case: the uniqueness is case-insensitive.
+    let responses = app
+        .gql_concurrently(
+            200,
+            REGISTER,
+            |i| json!({ "e": if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" }, "p": PASSWORD }),
+            None,
+        )
+        .await;
     let mut ok = 0;
-    for t in tasks {
-        let res = t.await.expect("task");
+    for res in responses {
         if res.get("errors").is_none() {
             ok += 1;
         } else {

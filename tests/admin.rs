@@ -23,29 +23,10 @@ async fn only_admins_grant_and_a_key_grants_once() {
         .expect("promote");
 
     // Twenty concurrent retries of one grant: credited once.
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let http = app.http.clone();
-            let url = app.url("/graphql");
-            let token = admin_token.clone();
-            let vars = json!({ "u": user_id, "a": 50, "k": "k1" });
-            tokio::spawn(async move {
-                let res: serde_json::Value = http
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&json!({ "query": GRANT, "variables": vars }))
-                    .send()
-                    .await
-                    .expect("send")
-                    .json()
-                    .await
-                    .expect("json");
-                res
-            })
-        })
-        .collect();
-    for t in tasks {
-        let res = t.await.expect("task");
+    let responses = app
+        .gql_concurrently(20, GRANT, |_| json!({ "u": user_id, "a": 50, "k": "k1" }), Some(&admin_token))
+        .await;
+    for res in responses {
         assert_eq!(res["data"]["grantCredits"]["balance"], 150, "{res}");
     }
     let res = app.gql(GRANT, json!({ "u": user_id, "a": 0, "k": "k2" }), Some(&admin_token)).await;

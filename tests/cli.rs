@@ -6,6 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::post_graphql;
 use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::json;
 
@@ -150,26 +151,17 @@ async fn mage_serve_migrates_serves_and_promotes() {
     }
     assert!(ready, "mage serve never became ready");
 
-    let res: serde_json::Value = http
-        .post(format!("{base}/graphql"))
-        .json(&json!({ "query": "mutation { register(email: \"cli@example.com\", password: \"long enough pw\") { token } }" }))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("json");
+    let gql = format!("{base}/graphql");
+    let res = post_graphql(
+        &http,
+        &gql,
+        "mutation { register(email: \"cli@example.com\", password: \"long enough pw\") { token } }",
+        json!({}),
+        None,
+    )
+    .await;
     let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
-    let me: serde_json::Value = http
-        .post(format!("{base}/graphql"))
-        .bearer_auth(&token)
-        .json(&json!({ "query": "{ me { role credits { balance } } }" }))
-        .send()
-        .await
-        .expect("me")
-        .json()
-        .await
-        .expect("json");
+    let me = post_graphql(&http, &gql, "{ me { role credits { balance } } }", json!({}), Some(&token)).await;
     assert_eq!(me["data"]["me"], json!({ "role": "USER", "credits": { "balance": 250 } }));
 
     let out = mage()
@@ -178,16 +170,7 @@ async fn mage_serve_migrates_serves_and_promotes() {
         .output()
         .expect("promote");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let me: serde_json::Value = http
-        .post(format!("{base}/graphql"))
-        .bearer_auth(&token)
-        .json(&json!({ "query": "{ me { role } }" }))
-        .send()
-        .await
-        .expect("me")
-        .json()
-        .await
-        .expect("json");
+    let me = post_graphql(&http, &gql, "{ me { role } }", json!({}), Some(&token)).await;
     assert_eq!(me["data"]["me"]["role"], "ADMIN");
 
     let out = mage()

@@ -66,13 +66,30 @@ impl TestApp {
 
     /// POSTs an operation; returns the whole JSON response.
     pub async fn gql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
-        let mut req =
-            self.http.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+        post_graphql(&self.http, &self.url("/graphql"), query, variables, token).await
+    }
+
+    /// Runs the same operation `n` times at once; returns every response.
+    pub async fn gql_concurrently(
+        &self,
+        n: usize,
+        query: &str,
+        variables: impl Fn(usize) -> Value,
+        token: Option<&str>,
+    ) -> Vec<Value> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (http, url, query, vars) =
+                    (self.http.clone(), self.url("/graphql"), query.to_owned(), variables(i));
+                let token = token.map(str::to_owned);
+                tokio::spawn(async move { post_graphql(&http, &url, &query, vars, token.as_deref()).await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await.expect("task"));
         }
-        let res = req.send().await.expect("POST /graphql");
-        res.json().await.expect("JSON response")
+        out
     }
 
     pub async fn register(&self, email: &str) -> (String, String) {
@@ -113,6 +130,22 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// POSTs an operation to a GraphQL endpoint; returns the whole JSON response.
+pub async fn post_graphql(
+    http: &reqwest::Client,
+    url: &str,
+    query: &str,
+    variables: Value,
+    token: Option<&str>,
+) -> Value {
+    let mut req = http.post(url).json(&json!({ "query": query, "variables": variables }));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.expect("POST /graphql");
+    res.json().await.expect("JSON response")
 }
 
 pub async fn all_user_ids(conn: &mut mage_domain::db::Connection) -> Vec<uuid::Uuid> {

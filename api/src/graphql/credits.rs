@@ -36,6 +36,7 @@ impl CreditAccount {
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "mage_domain::credits::EntryKind")]
 pub enum CreditEntryKind {
     Grant,
     Purchase,
@@ -45,21 +46,6 @@ pub enum CreditEntryKind {
     Clawback,
     Expire,
     Adjustment,
-}
-
-impl From<EntryKind> for CreditEntryKind {
-    fn from(k: EntryKind) -> Self {
-        match k {
-            EntryKind::Grant => Self::Grant,
-            EntryKind::Purchase => Self::Purchase,
-            EntryKind::Hold => Self::Hold,
-            EntryKind::Capture => Self::Capture,
-            EntryKind::Release => Self::Release,
-            EntryKind::Clawback => Self::Clawback,
-            EntryKind::Expire => Self::Expire,
-            EntryKind::Adjustment => Self::Adjustment,
-        }
-    }
 }
 
 pub struct CreditEntry(pub models::CreditEntry);
