@@ -47,6 +47,13 @@ async fn me_is_null_when_signed_out_and_a_bad_token_is_unauthenticated() {
     assert_eq!(code(&app.gql(ME, json!({}), Some(&forged)).await), "UNAUTHENTICATED");
     let res = app.gql("{ creditEntries { edges { cursor } } }", json!({}), None).await;
     assert_eq!(code(&res), "UNAUTHENTICATED");
+    // A stale token does not stand in the way of public operations, signing
+    // in again included.
+    let res = app.gql("{ products { id } }", json!({}), Some(&forged)).await;
+    assert!(res.get("errors").is_none(), "{res}");
+    app.register("stale@example.com").await;
+    let res = app.gql(LOGIN, json!({ "e": "stale@example.com", "p": PASSWORD }), Some(&forged)).await;
+    assert!(res["data"]["login"]["token"].is_string(), "{res}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -78,13 +78,30 @@ impl Tokens {
     }
 }
 
-/// Who is calling: put into every request's data. `None` is an anonymous
-/// caller.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Viewer(pub Option<Uuid>);
+/// Who is calling: put into every request's data.
+#[derive(Debug, Clone, Default)]
+pub enum Viewer {
+    #[default]
+    Anonymous,
+    User(Uuid),
+    /// Credentials were sent but are no good (expired, forged). Public
+    /// operations such as `login` still run; anything that needs the caller
+    /// is `UNAUTHENTICATED` with the reason, so a client knows to sign in again.
+    Invalid(String),
+}
 
 impl Viewer {
     pub fn require(&self) -> Result<Uuid, ApiError> {
-        self.0.ok_or_else(ApiError::unauthenticated)
+        self.optional()?.ok_or_else(ApiError::unauthenticated)
+    }
+
+    /// The caller if signed in, `None` if anonymous, an error if the
+    /// credentials are bad.
+    pub fn optional(&self) -> Result<Option<Uuid>, ApiError> {
+        match self {
+            Self::Anonymous => Ok(None),
+            Self::User(id) => Ok(Some(*id)),
+            Self::Invalid(why) => Err(ApiError::Unauthenticated(why.clone())),
+        }
     }
 }

@@ -3,13 +3,18 @@
 
 use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::Router;
+use std::time::Duration;
+
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router, middleware};
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -26,34 +31,96 @@ pub fn router(state: AppState) -> Router {
         .route("/playground-assets/{file}", get(playground::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, s.request_timeout))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, s.request_timeout))
         .layer(DefaultBodyLimit::max(s.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(s.max_body_bytes))
+        // Outside the limits, so their answers get a JSON body too.
+        .layer(middleware::map_response(json_errors))
+        .layer(cors(&s.cors_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// The caller named by an `Authorization` header (HTTP) or a
-/// `connection_init` payload (WebSocket); no credentials is an anonymous
-/// caller, bad credentials an error.
-fn viewer_from(state: &AppState, credential: Option<&str>) -> Result<Viewer, ApiError> {
-    match credential.map(str::trim).filter(|c| !c.is_empty()) {
-        None => Ok(Viewer(None)),
-        Some(c) => state.tokens.verify_header(c).map(|id| Viewer(Some(id))),
+/// Bearer tokens, not cookies, carry the identity, so any origin may call
+/// the API unless MAGE_CORS_ORIGINS narrows it.
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(Duration::from_secs(3600));
+    if origins.is_empty() {
+        layer.allow_origin(AllowOrigin::any())
+    } else {
+        layer.allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok())))
     }
 }
 
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, req: GraphQLRequest) -> Response {
-    let credential = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let viewer = match viewer_from(&state, credential) {
-        Ok(v) => v,
+/// The caller named by an `Authorization` header (HTTP) or a
+/// `connection_init` payload (WebSocket); no credentials is an anonymous
+/// caller.
+fn viewer_from(state: &AppState, credential: Option<&str>) -> Viewer {
+    match credential.map(str::trim).filter(|c| !c.is_empty()) {
+        None => Viewer::Anonymous,
+        Some(c) => match state.tokens.verify_header(c) {
+            Ok(id) => Viewer::User(id),
+            Err(e) => Viewer::Invalid(e.message()),
+        },
+    }
+}
+
+/// A GraphQL error response outside of execution (bad body, limits).
+fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    (status, Json(body)).into_response()
+}
+
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
         Err(e) => {
-            let err = async_graphql::Error::from(e).into_server_error(Default::default());
-            return GraphQLResponse::from(async_graphql::Response::from_errors(vec![err])).into_response();
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "BAD_USER_INPUT",
+                format!("the body is not a GraphQL request ({e}): send JSON {{\"query\", \"variables\"}}"),
+            );
         }
     };
-    let req = request_data(req.into_inner(), viewer, &state.pool);
-    GraphQLResponse::from(state.schema.execute(req).await).into_response()
+    let credential = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let req = request_data(req, viewer_from(&state, credential), &state.pool);
+    // Executed on a task of its own: if the client goes away or the request
+    // times out, the operation still runs to its end, so no transaction is
+    // cut off half-way (cancelling one does not close it).
+    let schema = state.schema.clone();
+    match tokio::spawn(async move { schema.execute(req).await }).await {
+        Ok(response) => GraphQLResponse::from(response).into_response(),
+        Err(e) => {
+            let _ = ApiError::internal(format!("GraphQL execution task failed: {e}"));
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error".into())
+        }
+    }
+}
+
+/// Limits answered by tower layers (413, timeout) get a GraphQL error body
+/// with a code, like every other error.
+async fn json_errors(res: Response) -> Response {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    match res.status() {
+        StatusCode::PAYLOAD_TOO_LARGE if !is_json => error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BAD_USER_INPUT",
+            "the request body is larger than this server accepts".into(),
+        ),
+        StatusCode::SERVICE_UNAVAILABLE if !is_json => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "INTERNAL",
+            "the request did not finish in time; retry (with an idempotency key for mutations)".into(),
+        ),
+        _ => res,
+    }
 }
 
 /// `GET /graphql` is the WebSocket endpoint when the request asks for an
@@ -92,7 +159,11 @@ fn connection_init(state: &AppState, payload: serde_json::Value) -> async_graphq
     let credential = ["Authorization", "authorization", "token"]
         .iter()
         .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
-    let viewer = viewer_from(state, credential).map_err(async_graphql::Error::from)?;
+    // A socket states its credentials once, so bad ones refuse the socket.
+    let viewer = match viewer_from(state, credential) {
+        Viewer::Invalid(why) => return Err(ApiError::Unauthenticated(why).into()),
+        v => v,
+    };
     let mut data = Data::default();
     data.insert(viewer);
     data.insert(crate::graphql::Loaders::new(state.pool.clone()));

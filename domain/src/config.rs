@@ -119,6 +119,10 @@ pub struct ServerArgs {
     /// Deepest selection nesting a GraphQL operation may have
     #[arg(long, env = "MAGE_GRAPHQL_MAX_DEPTH", value_name = "MAGE_GRAPHQL_MAX_DEPTH", default_value_t = 16)]
     pub graphql_max_depth: usize,
+    /// Origins allowed to call the API from a browser, comma-separated
+    /// (default: any origin; tokens, not cookies, carry the identity)
+    #[arg(long, env = "MAGE_CORS_ORIGINS", value_name = "MAGE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Highest complexity (fields, multiplied by page sizes) of one operation
     #[arg(
         long,
@@ -140,6 +144,7 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
+    pub cors_origins: Vec<String>,
     /// `mage dev`: development conveniences are allowed.
     pub dev_mode: bool,
 }
@@ -182,6 +187,11 @@ impl ServerArgs {
                 return Err(ConfigError::new(name, "must be greater than 0"));
             }
         }
+        for origin in &self.cors_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError::new("MAGE_CORS_ORIGINS", format!("{origin:?} is not an origin")));
+            }
+        }
         Ok(ServerSettings {
             addr: self.addr,
             public_url,
@@ -192,6 +202,7 @@ impl ServerArgs {
             max_body_bytes: self.max_body_bytes,
             graphql_max_depth: self.graphql_max_depth,
             graphql_max_complexity: self.graphql_max_complexity,
+            cors_origins: self.cors_origins.clone(),
             dev_mode,
         })
     }

@@ -12,6 +12,19 @@
 //! Each function opens its own transaction, which becomes a savepoint when the
 //! caller already has one open, so an order or a generation can change in the
 //! same transaction as its credits.
+//!
+//! Idempotency keys are per account and namespaced by their caller
+//! (`signup:<user>`, `hold:gen:<generation>`, `capture:<hold>` ...). A key that
+//! comes back with a different operation or amount is a `Conflict`, never a
+//! silent success.
+//!
+//! Lock order, for every job that touches credits: the order or generation row
+//! first (if any), then the account row, then its grant rows. Taking them in
+//! another order can deadlock with capture and release.
+//!
+//! Expiry (a later job) must never expire credits that open holds reserve:
+//! it may take at most `balance - held`, so a capture always finds buckets
+//! to take from.
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -148,8 +161,8 @@ pub async fn grant(conn: &mut Connection, g: NewGrant) -> Result<CreditEntry> {
     }
     conn.transaction::<_, Error, _>(async |conn| {
         let acc = lock_account(conn, g.user_id).await?;
-        if let Some(done) = entry_by_key(conn, &g.idempotency_key).await? {
-            return Ok(done);
+        if let Some(done) = entry_by_key(conn, g.user_id, &g.idempotency_key).await? {
+            return same_operation(done, g.source.entry_kind(), g.amount, 0);
         }
         let grant_id: Uuid = diesel::insert_into(credit_grants::table)
             .values((
@@ -192,10 +205,10 @@ pub async fn hold(
     }
     conn.transaction::<_, Error, _>(async |conn| {
         let acc = lock_account(conn, user_id).await?;
-        if let Some(done) = entry_by_key(conn, idempotency_key).await? {
-            let hold_id = done.hold_id.ok_or_else(|| {
-                Error::Conflict(format!("idempotency key {idempotency_key} belongs to another entry"))
-            })?;
+        if let Some(done) = entry_by_key(conn, user_id, idempotency_key).await? {
+            let done = same_operation(done, EntryKind::Hold, 0, amount)?;
+            let hold_id =
+                done.hold_id.ok_or_else(|| Error::Internal("a HOLD entry without its hold".into()))?;
             return find_hold(conn, hold_id).await;
         }
         if acc.available() < amount {
@@ -236,8 +249,9 @@ async fn close_hold(conn: &mut Connection, hold_id: Uuid, kind: EntryKind) -> Re
         let hold = find_hold(conn, hold_id).await?;
         let acc = lock_account(conn, hold.user_id).await?;
         let key = format!("{}:{hold_id}", kind.as_str());
-        if let Some(done) = entry_by_key(conn, &key).await? {
-            return Ok(done);
+        if let Some(done) = entry_by_key(conn, hold.user_id, &key).await? {
+            let balance_change = if kind == EntryKind::Capture { -hold.amount } else { 0 };
+            return same_operation(done, kind, balance_change, -hold.amount);
         }
         let new_status = if kind == EntryKind::Capture { HOLD_CAPTURED } else { HOLD_RELEASED };
         let closed = diesel::update(credit_holds::table)
@@ -285,8 +299,8 @@ pub async fn clawback(conn: &mut Connection, c: Clawback) -> Result<CreditEntry>
     }
     conn.transaction::<_, Error, _>(async |conn| {
         let acc = lock_account(conn, c.user_id).await?;
-        if let Some(done) = entry_by_key(conn, &c.idempotency_key).await? {
-            return Ok(done);
+        if let Some(done) = entry_by_key(conn, c.user_id, &c.idempotency_key).await? {
+            return same_operation(done, EntryKind::Clawback, -c.amount, 0);
         }
         take_from_buckets(conn, c.user_id, c.amount, c.grant_id).await?;
         let refs = Refs {
@@ -358,7 +372,17 @@ impl Audit {
     }
 }
 
+/// Reads everything in one REPEATABLE READ snapshot, so it never reports a
+/// violation that is only a change landing between two of its queries.
 pub async fn audit(conn: &mut Connection, user_id: Uuid) -> Result<Audit> {
+    conn.build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(async |conn| audit_in(conn, user_id).await)
+        .await
+}
+
+async fn audit_in(conn: &mut Connection, user_id: Uuid) -> Result<Audit> {
     let acc = account(conn, user_id).await?;
     let amounts: i64 = credit_entries::table
         .filter(credit_entries::user_id.eq(user_id))
@@ -403,13 +427,27 @@ async fn lock_account(conn: &mut Connection, user_id: Uuid) -> Result<CreditAcco
         .ok_or(Error::NotFound("credit account"))
 }
 
-async fn entry_by_key(conn: &mut Connection, key: &str) -> Result<Option<CreditEntry>> {
+async fn entry_by_key(conn: &mut Connection, user_id: Uuid, key: &str) -> Result<Option<CreditEntry>> {
     Ok(credit_entries::table
+        .filter(credit_entries::user_id.eq(user_id))
         .filter(credit_entries::idempotency_key.eq(key))
         .select(CreditEntry::as_select())
         .first(conn)
         .await
         .optional()?)
+}
+
+/// The entry a repeated call found under its key, if it is the same
+/// operation; a key reused for something else is a conflict.
+fn same_operation(done: CreditEntry, kind: EntryKind, amount: i64, held_delta: i64) -> Result<CreditEntry> {
+    if done.kind == kind.as_str() && done.amount == amount && done.held_delta == held_delta {
+        Ok(done)
+    } else {
+        Err(Error::Conflict(format!(
+            "idempotency key {:?} was already used for another credit operation",
+            done.idempotency_key
+        )))
+    }
 }
 
 async fn find_hold(conn: &mut Connection, hold_id: Uuid) -> Result<CreditHold> {
@@ -465,8 +503,9 @@ async fn apply(
 
 /// Lowers the remaining credits of the account's buckets by `amount`:
 /// `first` (if given) first, then the buckets that expire soonest. Whatever
-/// the buckets cannot cover becomes a debt on `first`, or on the newest bucket,
-/// so that the sum of remaining keeps equal to the balance.
+/// the buckets cannot cover (only a clawback can get there) becomes a debt on
+/// `first`, or else on a bucket that never expires, so that the sum of
+/// remaining stays equal to the balance.
 async fn take_from_buckets(
     conn: &mut Connection,
     user_id: Uuid,
@@ -476,6 +515,7 @@ async fn take_from_buckets(
     let mut buckets: Vec<CreditGrant> = credit_grants::table
         .filter(credit_grants::user_id.eq(user_id))
         .filter(credit_grants::expired_at.is_null())
+        .filter(credit_grants::remaining.gt(0))
         .order((
             credit_grants::expires_at.asc().nulls_last(),
             credit_grants::created_at.asc(),
@@ -492,7 +532,7 @@ async fn take_from_buckets(
         buckets.insert(0, b);
     }
     let mut left = amount;
-    for b in buckets.iter().filter(|b| b.remaining > 0) {
+    for b in &buckets {
         if left == 0 {
             break;
         }
@@ -501,15 +541,27 @@ async fn take_from_buckets(
         left -= take;
     }
     if left > 0 {
-        let debtor = first
-            .and_then(|f| buckets.iter().find(|b| b.id == f))
-            .or_else(|| buckets.iter().max_by_key(|b| b.created_at))
-            .ok_or_else(|| Error::Internal(format!("account {user_id} has no grant to carry a debt")))?;
-        // Re-read: the loop above may have changed this bucket.
-        let remaining: i64 =
-            credit_grants::table.find(debtor.id).select(credit_grants::remaining).first(conn).await?;
-        tracing::warn!(%user_id, grant_id = %debtor.id, debt = left, "grant buckets could not cover a debit");
-        set_remaining(conn, debtor.id, remaining - left).await?;
+        let open = credit_grants::table
+            .filter(credit_grants::user_id.eq(user_id))
+            .filter(credit_grants::expired_at.is_null())
+            .select((credit_grants::id, credit_grants::remaining));
+        let debtor: Option<(Uuid, i64)> = match first {
+            Some(first) => open.filter(credit_grants::id.eq(first)).for_update().first(conn).await,
+            // Prefer a bucket that never expires: a debt on an expiring one
+            // would vanish with it.
+            None => {
+                open.order((credit_grants::expires_at.is_not_null(), credit_grants::created_at.desc()))
+                    .for_update()
+                    .first(conn)
+                    .await
+            }
+        }
+        .optional()?;
+        let (debtor, remaining) = debtor.ok_or_else(|| {
+            Error::Internal(format!("account {user_id} has no grant to carry a debt of {left}"))
+        })?;
+        tracing::warn!(%user_id, grant_id = %debtor, debt = left, "grant buckets could not cover a debit");
+        set_remaining(conn, debtor, remaining - left).await?;
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! PostgreSQL: the connection pool and the embedded migrations.
 
+use std::time::Duration;
+
 use diesel::sql_types::BigInt;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
@@ -20,9 +22,27 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 /// that two processes starting together do not migrate at the same time.
 const MIGRATION_LOCK_KEY: i64 = 0x6d61_6765_6d69_6772;
 
+/// Settings of every pooled session. A request that is cancelled mid-way
+/// cannot leave a transaction open (and its row locks held) for long, and no
+/// statement waits on a lock for ever.
+const SESSION_OPTIONS: &str =
+    "options=-c%20idle_in_transaction_session_timeout%3D60000%20-c%20lock_timeout%3D15000";
+
 pub fn pool(settings: &DatabaseSettings) -> Result<DbPool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(&settings.url);
-    Pool::builder(manager).max_size(settings.pool_size).build().map_err(|e| Error::Pool(e.to_string()))
+    let url = if settings.url.contains("options=") {
+        settings.url.clone()
+    } else {
+        let sep = if settings.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}{SESSION_OPTIONS}", settings.url)
+    };
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder(manager)
+        .max_size(settings.pool_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| Error::Pool(e.to_string()))
 }
 
 pub async fn connect(url: &str) -> Result<AsyncPgConnection> {

@@ -3,7 +3,8 @@
 use std::str::FromStr;
 
 use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -86,10 +87,28 @@ pub fn check_password(password: &str) -> Result<()> {
     Ok(())
 }
 
-/// Argon2id with the crate's defaults (OWASP's m=19 MiB, t=2, p=1), on the
-/// blocking pool: hashing takes tens of milliseconds of CPU.
+/// Argon2 needs 19 MiB and tens of milliseconds of CPU per hash: without a
+/// bound, a burst of sign-ups or logins would take hundreds of blocking
+/// threads and gigabytes. Twice the cores keeps the CPU busy and memory small.
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        tokio::sync::Semaphore::new(cores * 2)
+    })
+}
+
+/// Runs CPU-heavy password work on the blocking pool, a bounded number at once.
+async fn with_hashing_permit<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let _permit = hashing_permits().acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// Argon2id with the crate's defaults (OWASP's m=19 MiB, t=2, p=1).
 pub async fn hash_password(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || {
+    with_hashing_permit(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
@@ -97,17 +116,15 @@ pub async fn hash_password(password: String) -> Result<String> {
             .map_err(|e| Error::Internal(format!("password hashing failed: {e}")))
     })
     .await
-    .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 async fn verify_password(password: String, hash: String) -> Result<bool> {
-    tokio::task::spawn_blocking(move || {
+    with_hashing_permit(move || {
         let parsed = PasswordHash::new(&hash)
             .map_err(|e| Error::Internal(format!("stored password hash is unreadable: {e}")))?;
         Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
     .await
-    .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 /// Creates a user, their credit account and the signup grant, all in one

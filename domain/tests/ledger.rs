@@ -229,3 +229,54 @@ async fn bad_amounts_are_refused() {
     ));
     audit_ok(&pool, u).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_per_account_and_a_reused_key_is_a_conflict() {
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    let a = user(&pool, "a@example.com", 100).await;
+    let b = user(&pool, "b@example.com", 100).await;
+    let mut conn = pool.get().await.expect("conn");
+    // One key on two accounts: two operations, each on its own account.
+    let ha = credits::hold(&mut conn, a, 10, None, "gen:1").await.expect("hold a");
+    let hb = credits::hold(&mut conn, b, 20, None, "gen:1").await.expect("hold b");
+    assert_ne!(ha.id, hb.id);
+    assert_eq!(hb.user_id, b);
+    // The same key for another amount or another kind of operation.
+    let err = credits::hold(&mut conn, a, 11, None, "gen:1").await.expect_err("other amount");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    let err = credits::grant(&mut conn, grant(a, 10, "gen:1")).await.expect_err("other kind");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    // A hold made under a capture's key cannot pass for that capture.
+    let key = format!("capture:{}", ha.id);
+    credits::hold(&mut conn, a, 5, None, &key).await.expect("odd but allowed");
+    let err = credits::capture(&mut conn, ha.id).await.expect_err("key squatted");
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    audit_ok(&pool, a).await;
+    audit_ok(&pool, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pooled_sessions_cannot_hold_locks_for_ever() {
+    use diesel::QueryableByName;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        value: String,
+    }
+    let db = TestDb::new().await;
+    let pool = db.pool();
+    let mut conn = pool.get().await.expect("conn");
+    let idle: Setting =
+        diesel::sql_query("SELECT current_setting('idle_in_transaction_session_timeout') AS value")
+            .get_result(&mut conn)
+            .await
+            .expect("setting");
+    assert_eq!(idle.value, "1min");
+    let lock: Setting = diesel::sql_query("SELECT current_setting('lock_timeout') AS value")
+        .get_result(&mut conn)
+        .await
+        .expect("setting");
+    assert_eq!(lock.value, "15s");
+}

@@ -10,9 +10,9 @@ CREATE TABLE users (
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
--- Emails are stored lower-cased; the index on lower() keeps that true even for
--- a row written by hand.
-CREATE UNIQUE INDEX users_email_key ON users (lower(email));
+-- Emails are stored lower-cased (the CHECK above), so a plain unique index is
+-- case-insensitive uniqueness, and lookups by email use it.
+CREATE UNIQUE INDEX users_email_key ON users (email);
 
 -- One row per user: the cached balance and held amounts, and the row that
 -- serialises every change of them (SELECT ... FOR UPDATE).
@@ -171,7 +171,7 @@ CREATE TABLE credit_entries (
     held_delta      BIGINT NOT NULL DEFAULT 0,
     balance_after   BIGINT NOT NULL,
     held_after      BIGINT NOT NULL,
-    idempotency_key TEXT NOT NULL UNIQUE,
+    idempotency_key TEXT NOT NULL,
     grant_id        UUID REFERENCES credit_grants (id),
     hold_id         UUID REFERENCES credit_holds (id),
     order_id        UUID REFERENCES orders (id),
@@ -180,7 +180,11 @@ CREATE TABLE credit_entries (
     memo            TEXT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Keys are per account: one user's key can never answer for another's.
+CREATE UNIQUE INDEX credit_entries_idempotency_key ON credit_entries (user_id, idempotency_key);
 CREATE INDEX credit_entries_user_idx ON credit_entries (user_id, id DESC);
+CREATE INDEX credit_entries_generation_idx ON credit_entries (generation_id) WHERE generation_id IS NOT NULL;
+CREATE INDEX credit_entries_order_idx ON credit_entries (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX credit_entries_created_idx ON credit_entries (created_at);
 
 -- One row per day (in the stats time zone); recomputing a day is an upsert.

@@ -34,6 +34,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         max_body_bytes: 1024 * 1024,
         graphql_max_depth: 16,
         graphql_max_complexity: 5000,
+        cors_origins: vec![],
         dev_mode: false,
     }
 }

@@ -115,8 +115,9 @@ fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
     ctx.data_unchecked::<Arc<Services>>()
 }
 
-fn viewer(ctx: &async_graphql::Context<'_>) -> Viewer {
-    ctx.data_opt::<Viewer>().copied().unwrap_or_default()
+fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> &'a Viewer {
+    static ANONYMOUS: Viewer = Viewer::Anonymous;
+    ctx.data_opt::<Viewer>().unwrap_or(&ANONYMOUS)
 }
 
 fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {

@@ -60,7 +60,7 @@ pub struct UsersQuery;
 impl UsersQuery {
     /// The signed-in user; null when not signed in.
     async fn me(&self, ctx: &Context<'_>) -> ApiResult<Option<User>> {
-        let Some(id) = viewer(ctx).0 else { return Ok(None) };
+        let Some(id) = viewer(ctx).optional()? else { return Ok(None) };
         Ok(loaders(ctx).user(id).await?.map(User))
     }
 }
