@@ -6,6 +6,10 @@
 MAGE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MAGE_STATE_DIR="${MAGE_STATE_DIR:-$MAGE_ROOT/.mage}"
 mkdir -p "$MAGE_STATE_DIR"
+# rustup's tools, also for shells that did not source ~/.cargo/env.
+export PATH="$HOME/.cargo/bin:$PATH"
+# Never wait at a password prompt or on an unreachable host.
+export PGCONNECT_TIMEOUT=3
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -39,7 +43,7 @@ pg_bin() {
 }
 
 pg_answers() { # url
-    psql "$1" -Atqc 'select 1' >/dev/null 2>&1
+    psql -w "$1" -Atqc 'select 1' >/dev/null 2>&1 </dev/null
 }
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -55,7 +59,10 @@ ensure_postgres() {
     elif pg_answers "postgres://postgres@127.0.0.1:5432/postgres"; then
         admin="postgres://postgres@127.0.0.1:5432/postgres"
     else
+        # As root the server runs as the postgres user, who may not reach a
+        # checkout under /root: keep its files in a place of its own.
         local data="$MAGE_STATE_DIR/pg" port=55432
+        if [ "$(id -u)" -eq 0 ]; then data="${MAGE_PG_DIR:-/var/lib/mage/pg}"; fi
         admin="postgres://postgres@127.0.0.1:$port/postgres"
         if ! pg_answers "$admin"; then
             [ -x "$(pg_bin)/initdb" ] || apt_install postgresql
@@ -64,11 +71,11 @@ ensure_postgres() {
             if [ "$(id -u)" -eq 0 ]; then run=(runuser -u postgres --); fi
             if [ ! -f "$data/PG_VERSION" ]; then
                 mkdir -p "$data"
-                [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$data"
+                if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$data"; fi
                 chmod 700 "$data"
                 "${run[@]}" "$(pg_bin)/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
             fi
-            [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$data"
+            if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$data"; fi
             "${run[@]}" "$(pg_bin)/pg_ctl" -D "$data" -l "$data/server.log" -w \
                 -o "-p $port -k /tmp -c listen_addresses=127.0.0.1" start >/dev/null
         fi
@@ -76,8 +83,8 @@ ensure_postgres() {
     export MAGE_TEST_DATABASE_URL="${MAGE_TEST_DATABASE_URL:-$admin}"
     if [ -z "${DATABASE_URL:-}" ] || ! pg_answers "$DATABASE_URL"; then
         local base="${admin%/*}"
-        psql "$admin" -Atqc "select 1 from pg_database where datname = 'mage'" | grep -q 1 \
-            || psql "$admin" -qc 'CREATE DATABASE mage' >/dev/null
+        psql -w "$admin" -Atqc "select 1 from pg_database where datname = 'mage'" | grep -q 1 \
+            || psql -w "$admin" -qc 'CREATE DATABASE mage' >/dev/null
         export DATABASE_URL="$base/mage"
     fi
 }
@@ -107,12 +114,20 @@ ensure_redis() {
 }
 
 ensure_rust() {
-    if ! command -v cargo >/dev/null; then
+    if ! have cargo; then
         say "cargo is not installed: install Rust (https://rustup.rs) and run this again"
         exit 1
     fi
-    # Crates with C parts need a C compiler.
+    # Crates with C parts (ring) need a C compiler.
     have cc || apt_install build-essential
+}
+
+# rustfmt and clippy, which a minimal rustup profile leaves out.
+ensure_rust_lints() {
+    if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+        say "adding the rustfmt and clippy components"
+        rustup component add rustfmt clippy
+    fi
 }
 
 ensure_ffmpeg() {
