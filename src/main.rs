@@ -112,8 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(ServeArgs { db, redis, server, migrate }) => {
             let settings = server.resolve(false)?;
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
+            let listener = listen(settings.addr).await?;
             let state = mage_api::AppState::new(pool, redis, settings);
-            mage_api::serve(state, shutdown_signal()).await.context("HTTP server")?;
+            mage_api::serve_on(listener, state, shutdown_signal()).await.context("HTTP server")?;
         }
         Command::Work { db, redis, migrate, queues } => {
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
@@ -123,10 +124,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = server.resolve(true)?;
             let (pool, redis) = connect(&db, &redis, &migrate).await?;
             let workers = mage_jobs::Workers { pool: pool.clone(), redis: redis.clone(), queues: vec![] };
+            let listener = listen(settings.addr).await?;
             let state = mage_api::AppState::new(pool, redis, settings);
             println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
-            let (api, work) =
-                tokio::join!(mage_api::serve(state, shutdown_signal()), workers.run(shutdown_signal()));
+            let (api, work) = tokio::join!(
+                mage_api::serve_on(listener, state, shutdown_signal()),
+                workers.run(shutdown_signal())
+            );
             api.context("HTTP server")?;
             work?;
         }
@@ -163,6 +167,10 @@ async fn connect(
         }
     }
     Ok((mage_domain::db::pool(&db)?, redis))
+}
+
+async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on MAGE_ADDR {addr}"))
 }
 
 fn init_tracing() {

@@ -40,15 +40,8 @@ impl AppState {
     }
 }
 
-/// Serves until `shutdown` resolves, then finishes the requests in flight.
-pub async fn serve(
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(state.settings.addr).await?;
-    serve_on(listener, state, shutdown).await
-}
-
+/// Serves on `listener` until `shutdown` resolves, then finishes the
+/// requests in flight.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
