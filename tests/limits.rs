@@ -139,3 +139,29 @@ async fn health_and_readiness() {
     let body: serde_json::Value = res.json().await.expect("json");
     assert_eq!(body, json!({ "status": "ok", "postgres": "ok", "redis": "ok" }));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_request_is_answered_with_a_code_and_still_completes_whole() {
+    // Registration hashes a password for tens of milliseconds: longer than
+    // this server waits.
+    let app = TestApp::start_with(|s| s.request_timeout = std::time::Duration::from_millis(1)).await;
+    let res = app
+        .http
+        .post(app.url("/graphql"))
+        .json(&json!({ "query": "mutation { register(email: \"slow@example.com\", password: \"a long password\") { token } }" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(code(&body), "INTERNAL", "{body}");
+    // The operation was not cut off half-way: it finishes on its own task,
+    // user, account and signup grant together.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.count("credit_entries").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the registration never completed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.count("users").await, 1);
+    app.assert_ledger_invariants().await;
+}
