@@ -45,7 +45,8 @@ pub struct TestDb {
 impl TestDb {
     pub async fn new() -> Self {
         let template = ensure_template().await;
-        let name = format!("mage_test_{}", Uuid::new_v4().simple());
+        // The pid lets a later run drop what a killed run left behind.
+        let name = format!("mage_test_{}_{}", std::process::id(), Uuid::new_v4().simple());
         let mut admin = db::connect(&admin_url()).await.expect("connect to the test PostgreSQL");
         diesel::sql_query(format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""))
             .execute(&mut admin)
@@ -109,6 +110,7 @@ async fn ensure_template() -> String {
             .load(&mut admin)
             .await
             .expect("list templates");
+    drop_leftovers(&mut admin).await;
     if !existing.iter().any(|n| n.datname == template) {
         for old in &existing {
             let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", old.datname))
@@ -138,6 +140,36 @@ async fn ensure_template() -> String {
         .await
         .expect("template unlock");
     template
+}
+
+/// Drops the test databases of test processes that are gone (killed before
+/// their `Drop` ran). Only for a server on this machine, where the pid in a
+/// database's name says whether its process still runs.
+async fn drop_leftovers(admin: &mut diesel_async::AsyncPgConnection) {
+    let local = ["@127.0.0.1", "@localhost", "@[::1]", "@/"].iter().any(|h| admin_url().contains(h));
+    if !local {
+        return;
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let Ok(names) = diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'mage\\_test\\_%'")
+        .load::<Name>(admin)
+        .await
+    else {
+        return;
+    };
+    for Name { datname } in names {
+        let pid = datname.strip_prefix("mage_test_").and_then(|rest| rest.split('_').next());
+        let gone = pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if gone {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"))
+                .execute(admin)
+                .await;
+        }
+    }
 }
 
 /// Redis settings with a key prefix of the test's own; the keys are deleted
