@@ -6,8 +6,8 @@
 //! names a database the harness can connect to with the right to create
 //! databases; `MAGE_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) the Redis.
 
-use diesel::sql_types::BigInt;
-use diesel_async::RunQueryDsl;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::config::{DatabaseSettings, RedisSettings};
@@ -34,6 +34,26 @@ fn url_for(db: &str) -> String {
     };
     let cut = base.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(base.len());
     format!("{}/{db}{query}", &base[..cut])
+}
+
+#[derive(diesel::QueryableByName)]
+struct Name {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    datname: String,
+}
+
+/// Names of the databases matching a LIKE pattern.
+async fn databases_like(admin: &mut AsyncPgConnection, pattern: &str) -> Vec<String> {
+    diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE $1")
+        .bind::<Text, _>(pattern)
+        .load::<Name>(admin)
+        .await
+        .map(|names| names.into_iter().map(|n| n.datname).collect())
+        .unwrap_or_default()
+}
+
+async fn drop_database(admin: &mut AsyncPgConnection, name: &str) -> diesel::QueryResult<usize> {
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(admin).await
 }
 
 /// A database of its own for one test, dropped when this value is.
@@ -79,9 +99,7 @@ impl Drop for TestDb {
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     if let Ok(mut admin) = db::connect(&admin_url()).await {
-                        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
+                        let _ = drop_database(&mut admin, &name).await;
                     }
                 });
             }
@@ -100,28 +118,14 @@ async fn ensure_template() -> String {
         .execute(&mut admin)
         .await
         .expect("template lock");
-    #[derive(diesel::QueryableByName)]
-    struct Name {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        datname: String,
-    }
-    let existing: Vec<Name> =
-        diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'mage_tpl_%'")
-            .load(&mut admin)
-            .await
-            .expect("list templates");
+    let existing = databases_like(&mut admin, "mage\\_tpl\\_%").await;
     drop_leftovers(&mut admin).await;
-    if !existing.iter().any(|n| n.datname == template) {
+    if !existing.contains(&template) {
         for old in &existing {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", old.datname))
-                .execute(&mut admin)
-                .await;
+            let _ = drop_database(&mut admin, old).await;
         }
         let building = format!("{template}_building");
-        diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"))
-            .execute(&mut admin)
-            .await
-            .expect("drop a half-built template");
+        drop_database(&mut admin, &building).await.expect("drop a half-built template");
         diesel::sql_query(format!("CREATE DATABASE \"{building}\""))
             .execute(&mut admin)
             .await
@@ -145,29 +149,15 @@ async fn ensure_template() -> String {
 /// Drops the test databases of test processes that are gone (killed before
 /// their `Drop` ran). Only for a server on this machine, where the pid in a
 /// database's name says whether its process still runs.
-async fn drop_leftovers(admin: &mut diesel_async::AsyncPgConnection) {
+async fn drop_leftovers(admin: &mut AsyncPgConnection) {
     let local = ["@127.0.0.1", "@localhost", "@[::1]", "@/"].iter().any(|h| admin_url().contains(h));
     if !local {
         return;
     }
-    #[derive(diesel::QueryableByName)]
-    struct Name {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        datname: String,
-    }
-    let Ok(names) = diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE 'mage\\_test\\_%'")
-        .load::<Name>(admin)
-        .await
-    else {
-        return;
-    };
-    for Name { datname } in names {
-        let pid = datname.strip_prefix("mage_test_").and_then(|rest| rest.split('_').next());
-        let gone = pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
-        if gone {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{datname}\" WITH (FORCE)"))
-                .execute(admin)
-                .await;
+    for name in databases_like(admin, "mage\\_test\\_%").await {
+        let pid = name.strip_prefix("mage_test_").and_then(|rest| rest.split('_').next());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = drop_database(admin, &name).await;
         }
     }
 }

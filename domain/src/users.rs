@@ -118,9 +118,12 @@ pub async fn hash_password(password: String) -> Result<String> {
     .await
 }
 
-async fn verify_password(password: String, hash: String) -> Result<bool> {
+/// Checks `password` against `hash`, or against a dummy hash when there is
+/// no user, on the blocking pool (where the dummy is also made, once).
+async fn verify_password(password: String, hash: Option<String>) -> Result<bool> {
     with_hashing_permit(move || {
-        let parsed = PasswordHash::new(&hash)
+        let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
+        let parsed = PasswordHash::new(hash)
             .map_err(|e| Error::Internal(format!("stored password hash is unreadable: {e}")))?;
         Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
     })
@@ -180,14 +183,8 @@ fn email_taken() -> Error {
 /// The user with this email and password. An unknown email costs the same
 /// hashing work as a wrong password, so timing does not tell them apart.
 pub async fn authenticate(pool: &DbPool, email: &str, password: &str) -> Result<User> {
-    let email = email.trim().to_lowercase();
-    let mut conn = pool.get().await?;
-    let user = find_by_email(&mut conn, &email).await?;
-    drop(conn);
-    let hash = match &user {
-        Some(u) => u.password_hash.clone(),
-        None => dummy_hash().to_owned(),
-    };
+    let user = find_by_email(&mut *pool.get().await?, email).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
     let ok = verify_password(password.to_owned(), hash).await?;
     match user {
         Some(u) if ok => Ok(u),
