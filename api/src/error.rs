@@ -15,7 +15,7 @@ pub enum ApiError {
     NotFound(String),
     BadUserInput { field: Option<String>, message: String },
     InsufficientCredits { required: i64, available: i64 },
-    RateLimited { retry_after_seconds: u64 },
+    RateLimited { message: String, retry_after_seconds: u64 },
     Conflict(String),
     Internal,
 }
@@ -44,8 +44,8 @@ impl ApiError {
             Self::InsufficientCredits { required, available } => {
                 format!("not enough credits: {required} needed, {available} available")
             }
-            Self::RateLimited { retry_after_seconds } => {
-                format!("too many requests, retry in {retry_after_seconds} s")
+            Self::RateLimited { message, retry_after_seconds } => {
+                format!("{message}: retry in {retry_after_seconds} s")
             }
             Self::Internal => "internal error".into(),
         }
@@ -74,6 +74,9 @@ impl From<DomainError> for ApiError {
             }
             DomainError::NotFound(what) => Self::NotFound(what.to_owned()),
             DomainError::Conflict(m) => Self::Conflict(m),
+            DomainError::RateLimited { message, retry_after_seconds } => {
+                Self::RateLimited { message, retry_after_seconds }
+            }
             DomainError::InvalidCredentials => Self::Unauthenticated("wrong email or password".into()),
             DomainError::InsufficientCredits { required, available } => {
                 Self::InsufficientCredits { required, available }
@@ -97,7 +100,7 @@ impl From<ApiError> for async_graphql::Error {
                     ext.set("required", *required);
                     ext.set("available", *available);
                 }
-                ApiError::RateLimited { retry_after_seconds } => {
+                ApiError::RateLimited { retry_after_seconds, .. } => {
                     ext.set("retryAfterSeconds", *retry_after_seconds);
                 }
                 _ => {}

@@ -131,6 +131,18 @@ pub struct ServerArgs {
         default_value_t = 5000
     )]
     pub graphql_max_complexity: usize,
+    /// Generations one user may create per minute (sliding window, shared
+    /// by every API instance through Redis)
+    #[arg(
+        long,
+        env = "MAGE_GENERATIONS_PER_MINUTE",
+        value_name = "MAGE_GENERATIONS_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub generations_per_minute: u32,
+    /// Generations one user may have queued or running at once
+    #[arg(long, env = "MAGE_ACTIVE_GENERATIONS", value_name = "MAGE_ACTIVE_GENERATIONS", default_value_t = 4)]
+    pub active_generations: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -145,6 +157,7 @@ pub struct ServerSettings {
     pub graphql_max_depth: usize,
     pub graphql_max_complexity: usize,
     pub cors_origins: Vec<String>,
+    pub generation_limits: crate::limits::GenerationLimits,
     /// `mage dev`: development conveniences are allowed.
     pub dev_mode: bool,
 }
@@ -182,6 +195,8 @@ impl ServerArgs {
             ("MAGE_MAX_BODY_BYTES", self.max_body_bytes as u64),
             ("MAGE_GRAPHQL_MAX_DEPTH", self.graphql_max_depth as u64),
             ("MAGE_GRAPHQL_MAX_COMPLEXITY", self.graphql_max_complexity as u64),
+            ("MAGE_GENERATIONS_PER_MINUTE", u64::from(self.generations_per_minute)),
+            ("MAGE_ACTIVE_GENERATIONS", u64::from(self.active_generations)),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(name, "must be greater than 0"));
@@ -203,9 +218,90 @@ impl ServerArgs {
             graphql_max_depth: self.graphql_max_depth,
             graphql_max_complexity: self.graphql_max_complexity,
             cors_origins: self.cors_origins.clone(),
+            generation_limits: crate::limits::GenerationLimits {
+                per_minute: self.generations_per_minute,
+                active: self.active_generations,
+            },
             dev_mode,
         })
     }
+}
+
+/// Settings of `mage work` (and of the workers inside `mage dev`).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Render backend: `synthetic` (ffmpeg on the CPU, no GPU needed)
+    #[arg(long, env = "MAGE_RENDER_BACKEND", value_name = "MAGE_RENDER_BACKEND", default_value = "synthetic")]
+    pub render_backend: String,
+    /// Render jobs one worker process runs at once
+    #[arg(long, env = "MAGE_RENDER_CONCURRENCY", value_name = "MAGE_RENDER_CONCURRENCY", default_value_t = 2)]
+    pub render_concurrency: usize,
+    /// Transcode jobs one worker process runs at once
+    #[arg(
+        long,
+        env = "MAGE_TRANSCODE_CONCURRENCY",
+        value_name = "MAGE_TRANSCODE_CONCURRENCY",
+        default_value_t = 1
+    )]
+    pub transcode_concurrency: usize,
+    /// Attempts a job gets before its generation fails and its credits are released
+    #[arg(long, env = "MAGE_JOB_ATTEMPTS", value_name = "MAGE_JOB_ATTEMPTS", default_value_t = 3)]
+    pub job_attempts: usize,
+    /// This worker process's name, unique among all workers (default: host-pid)
+    #[arg(long, env = "MAGE_WORKER_NAME", value_name = "MAGE_WORKER_NAME")]
+    pub worker_name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub render_backend: String,
+    pub render_concurrency: usize,
+    pub transcode_concurrency: usize,
+    pub job_attempts: usize,
+    pub worker_name: String,
+}
+
+impl WorkerArgs {
+    pub fn resolve(&self) -> Result<WorkerSettings, ConfigError> {
+        for (name, value) in [
+            ("MAGE_RENDER_CONCURRENCY", self.render_concurrency),
+            ("MAGE_TRANSCODE_CONCURRENCY", self.transcode_concurrency),
+            ("MAGE_JOB_ATTEMPTS", self.job_attempts),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be greater than 0"));
+            }
+        }
+        if self.render_backend != "synthetic" {
+            return Err(ConfigError::new(
+                "MAGE_RENDER_BACKEND",
+                format!("unknown backend {:?} (this build has: synthetic)", self.render_backend),
+            ));
+        }
+        let worker_name = match self.worker_name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => default_worker_name(),
+        };
+        Ok(WorkerSettings {
+            render_backend: self.render_backend.clone(),
+            render_concurrency: self.render_concurrency,
+            transcode_concurrency: self.transcode_concurrency,
+            job_attempts: self.job_attempts,
+            worker_name,
+        })
+    }
+}
+
+/// Host name + pid: unique per process, and stable for its life, which
+/// apalis-redis needs to hand a dead worker's tasks to another (apalis #504).
+pub fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mage".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 fn required(name: &'static str, value: &Option<String>) -> Result<String, ConfigError> {

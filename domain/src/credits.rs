@@ -106,7 +106,7 @@ impl GrantSource {
     }
 }
 
-const HOLD_OPEN: &str = "open";
+pub const HOLD_OPEN: &str = "open";
 const HOLD_CAPTURED: &str = "captured";
 const HOLD_RELEASED: &str = "released";
 

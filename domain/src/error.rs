@@ -15,6 +15,8 @@ pub enum Error {
     InvalidCredentials,
     #[error("insufficient credits: {required} required, {available} available")]
     InsufficientCredits { required: i64, available: i64 },
+    #[error("rate limited: {message}")]
+    RateLimited { message: String, retry_after_seconds: u64 },
     #[error("database error: {0}")]
     Db(#[from] diesel::result::Error),
     #[error("database pool error: {0}")]

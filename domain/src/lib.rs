@@ -2,13 +2,18 @@
 //! lives here and nowhere else, so `diesel_async::RunQueryDsl` never meets
 //! GraphQL code.
 
+pub mod catalog;
 pub mod config;
 pub mod credits;
 pub mod db;
 pub mod error;
+pub mod events;
+pub mod generations;
 pub mod kv;
+pub mod limits;
 pub mod models;
 pub mod products;
+pub mod queue;
 pub mod schema;
 pub mod users;
 

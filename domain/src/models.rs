@@ -101,3 +101,58 @@ pub struct Product {
     pub sort_order: i32,
     pub created_at: DateTime<Utc>,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize, serde::Deserialize)]
+#[diesel(table_name = generations, check_for_backend(diesel::pg::Pg))]
+pub struct Generation {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub model: String,
+    pub kind: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub resolution: String,
+    pub duration_seconds: Option<i32>,
+    pub seed: Option<i64>,
+    pub status: String,
+    pub progress: i32,
+    pub stage: Option<String>,
+    pub priority: i32,
+    pub cost: i64,
+    pub idempotency_key: Option<String>,
+    pub attempts: i32,
+    pub backend: Option<String>,
+    pub output: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = render_models, check_for_backend(diesel::pg::Pg))]
+pub struct RenderModelRow {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub workflow: String,
+    pub max_duration_seconds: Option<i32>,
+    pub default_duration_seconds: Option<i32>,
+    pub fps: i32,
+    pub active: bool,
+    pub sort_order: i32,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = render_model_prices, check_for_backend(diesel::pg::Pg))]
+pub struct RenderModelPrice {
+    pub model_id: String,
+    pub resolution: String,
+    pub credits: i64,
+    pub credits_per_second: i64,
+}

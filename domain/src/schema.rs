@@ -111,6 +111,9 @@ diesel::table! {
         started_at -> Nullable<Timestamptz>,
         finished_at -> Nullable<Timestamptz>,
         heartbeat_at -> Nullable<Timestamptz>,
+        kind -> Text,
+        cancel_requested_at -> Nullable<Timestamptz>,
+        worker -> Nullable<Text>,
     }
 }
 
@@ -163,6 +166,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    render_model_prices (model_id, resolution) {
+        model_id -> Text,
+        resolution -> Text,
+        credits -> Int8,
+        credits_per_second -> Int8,
+    }
+}
+
+diesel::table! {
+    render_models (id) {
+        id -> Text,
+        kind -> Text,
+        name -> Text,
+        workflow -> Text,
+        max_duration_seconds -> Nullable<Int4>,
+        default_duration_seconds -> Nullable<Int4>,
+        fps -> Int4,
+        active -> Bool,
+        sort_order -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     stripe_events (id) {
         id -> Text,
         #[sql_name = "type"]
@@ -203,6 +230,7 @@ diesel::joinable!(generations -> users (user_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> products (product_id));
 diesel::joinable!(orders -> users (user_id));
+diesel::joinable!(render_model_prices -> render_models (model_id));
 diesel::joinable!(stripe_events -> orders (order_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -215,6 +243,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_items,
     orders,
     products,
+    render_model_prices,
+    render_models,
     stripe_events,
     users,
 );

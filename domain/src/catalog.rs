@@ -1,0 +1,302 @@
+//! The render model catalogue, prices and input validation. `quote` and
+//! `createGeneration` both go through [`price`], so a generation is charged
+//! exactly what its quote said.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+
+use crate::db::Connection;
+use crate::models::{RenderModelPrice, RenderModelRow};
+use crate::schema::{render_model_prices, render_models};
+use crate::{Error, Result};
+
+pub const PROMPT_MAX_CHARS: usize = 2000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum MediaKind {
+    Image,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Image => "image",
+            Self::Video => "video",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "image" => Some(Self::Image),
+            "video" => Some(Self::Video),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resolution {
+    R480p,
+    R720p,
+    R1080p,
+}
+
+impl Resolution {
+    pub const ALL: [Self; 3] = [Self::R480p, Self::R720p, Self::R1080p];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::R480p => "480p",
+            Self::R720p => "720p",
+            Self::R1080p => "1080p",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Frame size: 16:9 with even dimensions, as encoders need.
+    pub fn dimensions(self) -> (u32, u32) {
+        match self {
+            Self::R480p => (854, 480),
+            Self::R720p => (1280, 720),
+            Self::R1080p => (1920, 1080),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Price {
+    pub resolution: Resolution,
+    pub credits: i64,
+    pub credits_per_second: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RenderModel {
+    pub id: String,
+    pub kind: MediaKind,
+    pub name: String,
+    pub workflow: String,
+    pub max_duration_seconds: Option<i32>,
+    pub default_duration_seconds: Option<i32>,
+    pub fps: i32,
+    /// Ascending by resolution.
+    pub prices: Vec<Price>,
+}
+
+impl RenderModel {
+    pub fn resolutions(&self) -> Vec<Resolution> {
+        self.prices.iter().map(|p| p.resolution).collect()
+    }
+}
+
+/// What a client asks for, before validation.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationInput {
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub resolution: String,
+    pub duration_seconds: Option<i32>,
+    pub seed: Option<i64>,
+}
+
+/// A validated, priced input.
+#[derive(Debug, Clone)]
+pub struct Quote {
+    pub model: RenderModel,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub resolution: Resolution,
+    /// `None` for images.
+    pub duration_seconds: Option<i32>,
+    pub seed: Option<i64>,
+    pub price: i64,
+}
+
+/// Active models in display order, with their prices.
+pub async fn models(conn: &mut Connection) -> Result<Vec<RenderModel>> {
+    let rows: Vec<RenderModelRow> = render_models::table
+        .filter(render_models::active.eq(true))
+        .order((render_models::sort_order.asc(), render_models::id.asc()))
+        .select(RenderModelRow::as_select())
+        .load(conn)
+        .await?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let prices: Vec<RenderModelPrice> = render_model_prices::table
+        .filter(render_model_prices::model_id.eq_any(&ids))
+        .select(RenderModelPrice::as_select())
+        .load(conn)
+        .await?;
+    let mut by_model: HashMap<String, Vec<Price>> = HashMap::new();
+    for p in prices {
+        // A resolution this build does not know is skipped rather than
+        // breaking the whole catalogue.
+        if let Some(resolution) = Resolution::parse(&p.resolution) {
+            by_model.entry(p.model_id).or_default().push(Price {
+                resolution,
+                credits: p.credits,
+                credits_per_second: p.credits_per_second,
+            });
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let kind = MediaKind::parse(&r.kind)?;
+            let mut prices = by_model.remove(&r.id).unwrap_or_default();
+            prices.sort_by_key(|p| p.resolution);
+            Some(RenderModel {
+                id: r.id,
+                kind,
+                name: r.name,
+                workflow: r.workflow,
+                max_duration_seconds: r.max_duration_seconds,
+                default_duration_seconds: r.default_duration_seconds,
+                fps: r.fps,
+                prices,
+            })
+        })
+        .filter(|m| !m.prices.is_empty())
+        .collect())
+}
+
+pub async fn model(conn: &mut Connection, id: &str) -> Result<Option<RenderModel>> {
+    Ok(models(conn).await?.into_iter().find(|m| m.id == id))
+}
+
+/// Validates `input` against `model` and prices it.
+pub fn price(model: Option<RenderModel>, input: &GenerationInput) -> Result<Quote> {
+    let model = model.ok_or_else(|| Error::invalid("model", format!("unknown model {:?}", input.model)))?;
+    let prompt = check_text("prompt", &input.prompt, 1)?;
+    let negative_prompt = match input.negative_prompt.as_deref() {
+        None => None,
+        Some(n) => Some(check_text("negativePrompt", n, 0)?).filter(|n| !n.is_empty()),
+    };
+    let resolution = Resolution::parse(&input.resolution)
+        .and_then(|r| model.prices.iter().find(|p| p.resolution == r))
+        .ok_or_else(|| {
+            let offered: Vec<&str> = model.prices.iter().map(|p| p.resolution.as_str()).collect();
+            Error::invalid(
+                "resolution",
+                format!("{} offers {}", model.id, offered.join(", ")),
+            )
+        })?
+        .clone();
+    let duration_seconds = match (model.kind, input.duration_seconds) {
+        (MediaKind::Image, None) => None,
+        (MediaKind::Image, Some(_)) => {
+            return Err(Error::invalid("durationSeconds", "image models take no duration"));
+        }
+        (MediaKind::Video, d) => {
+            let max = model.max_duration_seconds.unwrap_or(1);
+            let d = d.or(model.default_duration_seconds).unwrap_or(max);
+            if d < 1 || d > max {
+                return Err(Error::invalid(
+                    "durationSeconds",
+                    format!("must be between 1 and {max} seconds for {}", model.id),
+                ));
+            }
+            Some(d)
+        }
+    };
+    if let Some(seed) = input.seed
+        && seed < 0
+    {
+        return Err(Error::invalid("seed", "must not be negative"));
+    }
+    let price = resolution.credits + resolution.credits_per_second * i64::from(duration_seconds.unwrap_or(0));
+    Ok(Quote {
+        prompt,
+        negative_prompt,
+        resolution: resolution.resolution,
+        duration_seconds,
+        seed: input.seed,
+        price,
+        model,
+    })
+}
+
+fn check_text(field: &'static str, text: &str, min: usize) -> Result<String> {
+    let t = text.trim();
+    // Newlines and tabs are how people write prompts; every other control
+    // character is either an accident or an attack on a downstream renderer.
+    if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    let n = t.chars().count();
+    if n < min {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if n > PROMPT_MAX_CHARS {
+        return Err(Error::invalid(field, format!("must be at most {PROMPT_MAX_CHARS} characters")));
+    }
+    Ok(t.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video() -> RenderModel {
+        RenderModel {
+            id: "v".into(),
+            kind: MediaKind::Video,
+            name: "V".into(),
+            workflow: "w".into(),
+            max_duration_seconds: Some(10),
+            default_duration_seconds: Some(5),
+            fps: 24,
+            prices: vec![
+                Price { resolution: Resolution::R480p, credits: 0, credits_per_second: 2 },
+                Price { resolution: Resolution::R720p, credits: 0, credits_per_second: 4 },
+            ],
+        }
+    }
+
+    fn input(prompt: &str, resolution: &str, d: Option<i32>) -> GenerationInput {
+        GenerationInput {
+            model: "v".into(),
+            prompt: prompt.into(),
+            resolution: resolution.into(),
+            duration_seconds: d,
+            ..GenerationInput::default()
+        }
+    }
+
+    fn field(r: Result<Quote>) -> &'static str {
+        match r {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("expected invalid input, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn prices_video_per_second() {
+        assert_eq!(price(Some(video()), &input("a cat", "480p", Some(5))).unwrap().price, 10);
+        assert_eq!(price(Some(video()), &input("a cat", "720p", None)).unwrap().price, 20);
+    }
+
+    #[test]
+    fn rejects_bad_input_naming_the_field() {
+        assert_eq!(field(price(None, &input("a", "480p", None))), "model");
+        assert_eq!(field(price(Some(video()), &input("   ", "480p", None))), "prompt");
+        assert_eq!(field(price(Some(video()), &input("a\u{7}b", "480p", None))), "prompt");
+        assert_eq!(field(price(Some(video()), &input(&"x".repeat(2001), "480p", None))), "prompt");
+        assert_eq!(field(price(Some(video()), &input("a", "1080p", None))), "resolution");
+        assert_eq!(field(price(Some(video()), &input("a", "480p", Some(11)))), "durationSeconds");
+        assert_eq!(field(price(Some(video()), &input("a", "480p", Some(0)))), "durationSeconds");
+    }
+
+    #[test]
+    fn trims_and_keeps_newlines() {
+        let q = price(Some(video()), &input("  two\nlines  ", "480p", None)).unwrap();
+        assert_eq!(q.prompt, "two\nlines");
+        assert_eq!(price(Some(video()), &input(&"é".repeat(2000), "480p", None)).unwrap().price, 10);
+    }
+}

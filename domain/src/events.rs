@@ -1,0 +1,66 @@
+//! Pub/sub on Redis: every change of a generation is published on its own
+//! channel and on its owner's, so any `mage serve` instance can push it to
+//! subscribers. Messages are the JSON of the generation row: a subscriber
+//! never has to read PostgreSQL to show a change.
+
+use uuid::Uuid;
+
+use crate::Result;
+use crate::kv::Redis;
+use crate::models::Generation;
+
+pub fn generation_channel(redis: &Redis, id: Uuid) -> String {
+    redis.key(&format!("events:generation:{id}"))
+}
+
+pub fn user_generations_channel(redis: &Redis, user_id: Uuid) -> String {
+    redis.key(&format!("events:user:{user_id}:generations"))
+}
+
+/// One message per dequeue from the render queue: subscribers of QUEUED
+/// generations recompute their positions from it.
+pub fn queue_advanced_channel(redis: &Redis) -> String {
+    redis.key("events:queue:render:advanced")
+}
+
+/// Cancellation requests for running generations; every worker process
+/// listens and stops the one it runs. Cancels are rare, so one channel for
+/// all of them costs nothing.
+pub fn cancel_channel(redis: &Redis) -> String {
+    redis.key("control:cancel")
+}
+
+/// `left_queue`: this change took the generation out of the QUEUED state,
+/// which moves every generation behind it one place up.
+pub async fn publish_generation(redis: &Redis, g: &Generation, left_queue: bool) -> Result<()> {
+    let payload =
+        serde_json::to_string(g).map_err(|e| crate::Error::Internal(format!("generation event: {e}")))?;
+    let mut conn = redis.conn().await?;
+    let mut pipe = redis::pipe();
+    pipe.publish(generation_channel(redis, g.id), &payload).ignore();
+    pipe.publish(user_generations_channel(redis, g.user_id), &payload).ignore();
+    if left_queue {
+        pipe.publish(queue_advanced_channel(redis), g.id.to_string()).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await?;
+    Ok(())
+}
+
+/// Publishing is best effort: PostgreSQL already holds the change, and a
+/// subscriber that misses one sees the next. A failure is logged, never
+/// allowed to fail the transition that caused it.
+pub async fn publish_generation_logged(redis: &Redis, g: &Generation, left_queue: bool) {
+    if let Err(e) = publish_generation(redis, g, left_queue).await {
+        tracing::warn!(generation_id = %g.id, error = %e, "could not publish a generation change");
+    }
+}
+
+pub async fn publish_cancel(redis: &Redis, id: Uuid) -> Result<()> {
+    let mut conn = redis.conn().await?;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(cancel_channel(redis))
+        .arg(id.to_string())
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}

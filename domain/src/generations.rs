@@ -1,0 +1,730 @@
+//! Generations: creation (price, hold, queue), the lifecycle state machine
+//! and the queries the API serves.
+//!
+//! ```text
+//! QUEUED ──▶ RENDERING ──▶ TRANSCODING ──▶ SUCCEEDED (capture)
+//!    │           │               │
+//!    └──────────▶┴───────────────┴──▶ FAILED / CANCELED (release)
+//! ```
+//!
+//! Every transition is one guarded `UPDATE ... WHERE status IN (<from>)`, so
+//! two workers (or a worker and a cancelling user) can never both move one
+//! generation: the loser updates no row and learns the generation moved on.
+//! A transition into a final state settles the generation's open holds in
+//! the same transaction, through the ledger's idempotent capture / release,
+//! so each hold is captured or released exactly once.
+//!
+//! Lock order (see `credits`): the generation row first, then the account.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::catalog::{self, GenerationInput, MediaKind, Quote};
+use crate::db::{Connection, DbPool};
+use crate::kv::Redis;
+use crate::limits::{self, GenerationLimits};
+use crate::models::{CreditHold, Generation};
+use crate::queue::{Queues, RenderJob};
+use crate::schema::{credit_holds, generations};
+use crate::{Error, Result, credits, events};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Queued,
+    Rendering,
+    Transcoding,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl Status {
+    pub const ALL: [Self; 6] =
+        [Self::Queued, Self::Rendering, Self::Transcoding, Self::Succeeded, Self::Failed, Self::Canceled];
+    pub const ACTIVE: [Self; 3] = [Self::Queued, Self::Rendering, Self::Transcoding];
+    pub const RUNNING: [Self; 2] = [Self::Rendering, Self::Transcoding];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Rendering => "rendering",
+            Self::Transcoding => "transcoding",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+
+    /// The one table of allowed moves.
+    pub fn can_become(self, next: Self) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Queued, Rendering)
+                | (Rendering, Transcoding)
+                | (Transcoding, Succeeded)
+                | (Queued | Rendering | Transcoding, Failed | Canceled)
+        )
+    }
+}
+
+impl Generation {
+    pub fn status(&self) -> Status {
+        Status::parse(&self.status).unwrap_or(Status::Failed)
+    }
+
+    pub fn media_kind(&self) -> MediaKind {
+        MediaKind::parse(&self.kind).unwrap_or(MediaKind::Video)
+    }
+
+    pub fn limit_member(&self) -> String {
+        limits::member(self.id, self.idempotency_key.as_deref())
+    }
+}
+
+/// The states a transition into `to` may start from, as stored.
+fn sources(to: Status) -> Vec<&'static str> {
+    Status::ALL.into_iter().filter(|s| s.can_become(to)).map(Status::as_str).collect()
+}
+
+/// The user-facing message of a generation that failed for a reason the user
+/// cannot act on (details go to the logs).
+pub const INTERNAL_FAILURE: &str = "Something went wrong on our side; your credits were not charged.";
+
+/// What `createGeneration` needs besides its input.
+#[derive(Clone)]
+pub struct Services {
+    pub pool: DbPool,
+    pub redis: Redis,
+    pub queues: Queues,
+    pub limits: GenerationLimits,
+}
+
+/// Prices an input without creating anything.
+pub async fn quote(conn: &mut Connection, input: &GenerationInput) -> Result<Quote> {
+    let model = catalog::model(conn, &input.model).await?;
+    catalog::price(model, input)
+}
+
+pub const IDEMPOTENCY_KEY_MAX: usize = 200;
+
+/// Creates a generation: validate, take rate-limit slots, then in one
+/// transaction insert it QUEUED and HOLD its price; only after the commit,
+/// enqueue the render. With an `idempotency_key`, a repeat (even a
+/// concurrent one) returns the first generation and charges nothing more.
+pub async fn create(
+    svc: &Services,
+    user_id: Uuid,
+    input: &GenerationInput,
+    idempotency_key: Option<&str>,
+) -> Result<Generation> {
+    let key = idempotency_key.map(str::trim).filter(|k| !k.is_empty());
+    if let Some(k) = key
+        && (k.len() > IDEMPOTENCY_KEY_MAX || k.chars().any(char::is_control))
+    {
+        return Err(Error::invalid(
+            "idempotencyKey",
+            format!("at most {IDEMPOTENCY_KEY_MAX} bytes without control characters"),
+        ));
+    }
+    let mut conn = svc.pool.get().await?;
+    let quote = quote(&mut conn, input).await?;
+    if let Some(k) = key
+        && let Some(first) = by_key(&mut conn, user_id, k).await?
+    {
+        return same_request(first, &quote);
+    }
+
+    let id = Uuid::now_v7();
+    let member = limits::member(id, key);
+    limits::reserve(&svc.redis, svc.limits, user_id, &member).await?;
+    let created = insert_with_hold(&mut conn, id, user_id, &quote, key).await;
+    let g = match created {
+        Ok(g) => g,
+        Err(e) => {
+            let replay = match (&e, key) {
+                (e, Some(k)) if e.is_unique_violation("generations_idempotency_key") => {
+                    by_key(&mut conn, user_id, k).await?
+                }
+                _ => None,
+            };
+            if replay.is_none()
+                && let Err(undo) = limits::undo(&svc.redis, user_id, &member).await
+            {
+                tracing::warn!(error = %undo, "could not give back a rate-limit slot");
+            }
+            return match replay {
+                // A concurrent request with the same key won the insert; its
+                // transaction rolled ours back whole, hold included.
+                Some(first) => same_request(first, &quote),
+                None => Err(e),
+            };
+        }
+    };
+    drop(conn);
+    let span = tracing::info_span!("generation", generation_id = %g.id);
+    let _enter = span.enter();
+    if let Err(e) = svc.queues.push_render(&RenderJob { generation_id: g.id }).await {
+        // Nothing half-done: without a job the generation would wait for the
+        // sweeper while its credits sit held, so it fails now and the hold
+        // goes back.
+        tracing::error!(error = %e, "could not enqueue the render job");
+        let mut conn = svc.pool.get().await?;
+        if let Some(failed) = fail(&mut conn, g.id, INTERNAL_FAILURE).await? {
+            finished(svc, &failed).await;
+        }
+        return Err(e);
+    }
+    tracing::info!(model = %g.model, cost = g.cost, "generation queued");
+    events::publish_generation_logged(&svc.redis, &g, false).await;
+    Ok(g)
+}
+
+fn same_request(first: Generation, quote: &Quote) -> Result<Generation> {
+    let same = first.model == quote.model.id
+        && first.prompt == quote.prompt
+        && first.resolution == quote.resolution.as_str()
+        && first.duration_seconds == quote.duration_seconds
+        && quote.seed.is_none_or(|s| first.seed == Some(s));
+    if same {
+        Ok(first)
+    } else {
+        Err(Error::Conflict("idempotencyKey was already used for a different generation".into()))
+    }
+}
+
+async fn insert_with_hold(
+    conn: &mut Connection,
+    id: Uuid,
+    user_id: Uuid,
+    q: &Quote,
+    key: Option<&str>,
+) -> Result<Generation> {
+    // Without a seed from the client, one is drawn here and stored, so the
+    // render can be reproduced and a retry renders the same thing.
+    let seed = q.seed.unwrap_or_else(|| i64::from(id.as_u128() as u32));
+    conn.transaction::<_, Error, _>(async |conn| {
+        let g: Generation = diesel::insert_into(generations::table)
+            .values((
+                generations::id.eq(id),
+                generations::user_id.eq(user_id),
+                generations::model.eq(&q.model.id),
+                generations::kind.eq(q.model.kind.as_str()),
+                generations::prompt.eq(&q.prompt),
+                generations::negative_prompt.eq(&q.negative_prompt),
+                generations::resolution.eq(q.resolution.as_str()),
+                generations::duration_seconds.eq(q.duration_seconds),
+                generations::seed.eq(seed),
+                generations::cost.eq(q.price),
+                generations::idempotency_key.eq(key),
+            ))
+            .returning(Generation::as_returning())
+            .get_result(conn)
+            .await?;
+        credits::hold(conn, user_id, q.price, Some(id), &hold_key(id, 1)).await?;
+        Ok(g)
+    })
+    .await
+}
+
+fn hold_key(id: Uuid, run: i64) -> String {
+    format!("hold:gen:{id}:{run}")
+}
+
+async fn by_key(conn: &mut Connection, user_id: Uuid, key: &str) -> Result<Option<Generation>> {
+    Ok(generations::table
+        .filter(generations::user_id.eq(user_id))
+        .filter(generations::idempotency_key.eq(key))
+        .select(Generation::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<Generation>> {
+    Ok(generations::table
+        .find(id)
+        .select(Generation::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The caller's generation; another user's is reported as missing, so ids
+/// cannot be probed.
+pub async fn find_own(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Generation> {
+    generations::table
+        .find(id)
+        .filter(generations::user_id.eq(user_id))
+        .select(Generation::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound("generation"))
+}
+
+/// A page of the user's generations, newest first, after the `(created_at,
+/// id)` cursor.
+pub async fn list(
+    conn: &mut Connection,
+    user_id: Uuid,
+    status: Option<Status>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<Generation>> {
+    let mut q = generations::table
+        .filter(generations::user_id.eq(user_id))
+        .select(Generation::as_select())
+        .order((generations::created_at.desc(), generations::id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some(s) = status {
+        q = q.filter(generations::status.eq(s.as_str()));
+    }
+    if let Some((at, id)) = after {
+        q = q.filter(
+            generations::created_at.lt(at).or(generations::created_at.eq(at).and(generations::id.lt(id))),
+        );
+    }
+    Ok(q.load(conn).await?)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// 1-based place in the render queue: QUEUED generations ahead by
+/// `(queued_at, id)`, an index range scan of `generations_queue_idx`.
+/// Workers take jobs first in, first out, so this is the order they start in.
+pub async fn queue_position(conn: &mut Connection, g: &Generation) -> Result<Option<i64>> {
+    if g.status() != Status::Queued {
+        return Ok(None);
+    }
+    let c: Count = diesel::sql_query(QUEUE_POSITION_SQL)
+        .bind::<Timestamptz, _>(g.queued_at)
+        .bind::<SqlUuid, _>(g.id)
+        .get_result(conn)
+        .await?;
+    Ok(Some(c.n + 1))
+}
+
+pub const QUEUE_POSITION_SQL: &str =
+    "SELECT count(*) AS n FROM generations WHERE status = 'queued' AND (queued_at, id) < ($1, $2)";
+
+#[derive(QueryableByName)]
+struct Avg {
+    #[diesel(sql_type = Nullable<Double>)]
+    seconds: Option<f64>,
+}
+
+/// Mean render-to-finish time of the model's last 20 successes, or `None`
+/// when it has none yet.
+pub async fn recent_render_seconds(conn: &mut Connection, model: &str) -> Result<Option<f64>> {
+    let a: Avg = diesel::sql_query(
+        "SELECT avg(extract(epoch FROM finished_at - started_at))::float8 AS seconds FROM (
+             SELECT started_at, finished_at FROM generations
+             WHERE model = $1 AND status = 'succeeded' AND started_at IS NOT NULL
+             ORDER BY finished_at DESC LIMIT 20) recent",
+    )
+    .bind::<Text, _>(model)
+    .get_result(conn)
+    .await?;
+    Ok(a.seconds)
+}
+
+/// Seconds until the generation is likely done: the jobs ahead of it spread
+/// over the live render slots, plus its own render.
+pub fn eta_seconds(g: &Generation, position: Option<i64>, render_seconds: f64, slots: u32) -> Option<i64> {
+    let slots = f64::from(slots.max(1));
+    let secs = match g.status() {
+        Status::Queued => {
+            let ahead = (position.unwrap_or(1) - 1) as f64;
+            ((ahead / slots).floor() + 1.0) * render_seconds
+        }
+        Status::Rendering | Status::Transcoding => {
+            render_seconds * (1.0 - f64::from(g.progress) / 100.0)
+        }
+        _ => return None,
+    };
+    Some(secs.ceil().max(1.0) as i64)
+}
+
+/// A guess for a model with no history: rendering runs about as long as the
+/// clip, plus start-up and transcode.
+pub fn default_render_seconds(g: &Generation) -> f64 {
+    5.0 + 2.0 * f64::from(g.duration_seconds.unwrap_or(1))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    pub depth: i64,
+    pub running: i64,
+    pub average_wait_seconds: Option<f64>,
+}
+
+#[derive(QueryableByName)]
+struct QueueRow {
+    #[diesel(sql_type = BigInt)]
+    depth: i64,
+    #[diesel(sql_type = BigInt)]
+    running: i64,
+    #[diesel(sql_type = Nullable<Double>)]
+    wait: Option<f64>,
+}
+
+/// Depth and running count, and the mean wait of generations that started
+/// in the last hour.
+pub async fn queue_stats(conn: &mut Connection) -> Result<QueueStats> {
+    let r: QueueRow = diesel::sql_query(
+        "SELECT
+           (SELECT count(*) FROM generations WHERE status = 'queued') AS depth,
+           (SELECT count(*) FROM generations WHERE status IN ('rendering', 'transcoding')) AS running,
+           (SELECT avg(extract(epoch FROM started_at - queued_at))::float8 FROM generations
+             WHERE status <> 'queued' AND started_at > now() - interval '1 hour') AS wait",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(QueueStats { depth: r.depth, running: r.running, average_wait_seconds: r.wait })
+}
+
+// --- Transitions -----------------------------------------------------------
+
+/// QUEUED → RENDERING, by `worker`. A generation already RENDERING is taken
+/// over only when its worker went silent (no heartbeat for `stale`) or is
+/// this same worker: that is a job redelivered after a crash. Returns `None`
+/// when someone else has it or it has moved on (cancelled, finished).
+pub async fn start_render(
+    conn: &mut Connection,
+    id: Uuid,
+    worker: &str,
+    backend: &str,
+    stale: std::time::Duration,
+) -> Result<Option<Generation>> {
+    let stale_before = Utc::now() - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    Ok(diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(
+            generations::status.eq(Status::Queued.as_str()).or(generations::status
+                .eq(Status::Rendering.as_str())
+                .and(generations::worker.eq(worker).or(generations::heartbeat_at.lt(stale_before)))),
+        )
+        .filter(generations::cancel_requested_at.is_null())
+        .set((
+            generations::status.eq(Status::Rendering.as_str()),
+            generations::started_at.eq(now),
+            generations::heartbeat_at.eq(now),
+            generations::updated_at.eq(now),
+            generations::progress.eq(0),
+            generations::stage.eq("starting"),
+            generations::attempts.eq(generations::attempts + 1),
+            generations::worker.eq(worker),
+            generations::backend.eq(backend),
+        ))
+        .returning(Generation::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+}
+
+/// Records progress and proves the worker alive. `false`: the generation is
+/// no longer `expected` (cancelled, failed by the sweeper): stop working.
+pub async fn record_progress(
+    conn: &mut Connection,
+    id: Uuid,
+    expected: Status,
+    progress: i32,
+    stage: &str,
+) -> Result<bool> {
+    let now = Utc::now();
+    let n = diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(generations::status.eq(expected.as_str()))
+        .set((
+            generations::progress.eq(progress.clamp(0, 100)),
+            generations::stage.eq(stage),
+            generations::heartbeat_at.eq(now),
+            generations::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// RENDERING → TRANSCODING.
+pub async fn start_transcode(conn: &mut Connection, id: Uuid) -> Result<Option<Generation>> {
+    let now = Utc::now();
+    Ok(diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(generations::status.eq_any(sources(Status::Transcoding)))
+        .set((
+            generations::status.eq(Status::Transcoding.as_str()),
+            generations::progress.eq(0),
+            generations::stage.eq("transcoding"),
+            generations::heartbeat_at.eq(now),
+            generations::updated_at.eq(now),
+        ))
+        .returning(Generation::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+}
+
+/// TRANSCODING → SUCCEEDED with its output, capturing the hold in the same
+/// transaction. `None`: it had already left TRANSCODING (cancelled).
+pub async fn succeed(
+    conn: &mut Connection,
+    id: Uuid,
+    output: serde_json::Value,
+) -> Result<Option<Generation>> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        let now = Utc::now();
+        let g: Option<Generation> = diesel::update(generations::table)
+            .filter(generations::id.eq(id))
+            .filter(generations::status.eq_any(sources(Status::Succeeded)))
+            .set((
+                generations::status.eq(Status::Succeeded.as_str()),
+                generations::progress.eq(100),
+                generations::stage.eq(None::<String>),
+                generations::output.eq(output),
+                generations::finished_at.eq(now),
+                generations::updated_at.eq(now),
+            ))
+            .returning(Generation::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        if g.is_some() {
+            settle_holds(conn, id, true).await?;
+        }
+        Ok(g)
+    })
+    .await
+}
+
+/// Any active state → FAILED with a message for the user, releasing the
+/// hold. `None`: it was already final.
+pub async fn fail(conn: &mut Connection, id: Uuid, user_message: &str) -> Result<Option<Generation>> {
+    end(conn, id, None, Status::Failed, Some(user_message)).await
+}
+
+async fn end(
+    conn: &mut Connection,
+    id: Uuid,
+    user_id: Option<Uuid>,
+    to: Status,
+    error: Option<&str>,
+) -> Result<Option<Generation>> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        let now = Utc::now();
+        let mut q = diesel::update(generations::table)
+            .filter(generations::id.eq(id))
+            .filter(generations::status.eq_any(sources(to)))
+            .into_boxed();
+        if let Some(u) = user_id {
+            q = q.filter(generations::user_id.eq(u));
+        }
+        let g: Option<Generation> = q
+            .set((
+                generations::status.eq(to.as_str()),
+                generations::stage.eq(None::<String>),
+                generations::error.eq(error),
+                generations::finished_at.eq(now),
+                generations::updated_at.eq(now),
+                generations::cancel_requested_at.eq(if to == Status::Canceled { Some(now) } else { None }),
+            ))
+            .returning(Generation::as_returning())
+            .get_result(conn)
+            .await
+            .optional()?;
+        if g.is_some() {
+            settle_holds(conn, id, false).await?;
+        }
+        Ok(g)
+    })
+    .await
+}
+
+/// Captures (success) or releases (failure) every open hold of the
+/// generation; normally exactly one.
+async fn settle_holds(conn: &mut Connection, id: Uuid, capture: bool) -> Result<()> {
+    let open: Vec<CreditHold> = credit_holds::table
+        .filter(credit_holds::generation_id.eq(id))
+        .filter(credit_holds::status.eq(credits::HOLD_OPEN))
+        .select(CreditHold::as_select())
+        .load(conn)
+        .await?;
+    for h in open {
+        if capture {
+            credits::capture(conn, h.id).await?;
+        } else {
+            credits::release(conn, h.id).await?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct Canceled {
+    pub generation: Generation,
+    /// It was RENDERING or TRANSCODING: its worker must be told to stop.
+    pub was_running: bool,
+}
+
+/// The user cancels: a QUEUED, RENDERING or TRANSCODING generation becomes
+/// CANCELED at once and its hold is released; a running one's worker is
+/// signalled by the caller. Any other state is a `Conflict`.
+pub async fn cancel(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Canceled> {
+    let before = find_own(conn, user_id, id).await?;
+    match end(conn, id, Some(user_id), Status::Canceled, None).await? {
+        Some(generation) => Ok(Canceled { generation, was_running: before.status() != Status::Queued }),
+        None => {
+            let now = find_own(conn, user_id, id).await?;
+            Err(Error::Conflict(format!("a {} generation cannot be cancelled", now.status)))
+        }
+    }
+}
+
+/// FAILED → QUEUED with a fresh hold of the same price. The caller enqueues.
+pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Generation> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        let g: Generation = generations::table
+            .find(id)
+            .filter(generations::user_id.eq(user_id))
+            .for_update()
+            .select(Generation::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(Error::NotFound("generation"))?;
+        if g.status() != Status::Failed {
+            return Err(Error::Conflict(format!("only a failed generation can be retried, this one is {}", g.status)));
+        }
+        let runs: i64 = credit_holds::table
+            .filter(credit_holds::generation_id.eq(id))
+            .count()
+            .get_result(conn)
+            .await?;
+        credits::hold(conn, user_id, g.cost, Some(id), &hold_key(id, runs + 1)).await?;
+        let now = Utc::now();
+        Ok(diesel::update(generations::table)
+            .filter(generations::id.eq(id))
+            .filter(generations::status.eq(Status::Failed.as_str()))
+            .set((
+                generations::status.eq(Status::Queued.as_str()),
+                generations::progress.eq(0),
+                generations::stage.eq(None::<String>),
+                generations::error.eq(None::<String>),
+                generations::output.eq(None::<serde_json::Value>),
+                generations::queued_at.eq(now),
+                generations::started_at.eq(None::<DateTime<Utc>>),
+                generations::finished_at.eq(None::<DateTime<Utc>>),
+                generations::heartbeat_at.eq(None::<DateTime<Utc>>),
+                generations::cancel_requested_at.eq(None::<DateTime<Utc>>),
+                generations::worker.eq(None::<String>),
+                generations::updated_at.eq(now),
+            ))
+            .returning(Generation::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+    .await
+}
+
+/// Retries a failed generation: new hold, back in the queue, job enqueued.
+pub async fn retry_and_enqueue(svc: &Services, user_id: Uuid, id: Uuid) -> Result<Generation> {
+    let mut conn = svc.pool.get().await?;
+    let current = find_own(&mut conn, user_id, id).await?;
+    if current.status() != Status::Failed {
+        return Err(Error::Conflict(format!(
+            "only a failed generation can be retried, this one is {}",
+            current.status
+        )));
+    }
+    let member = current.limit_member();
+    limits::reserve(&svc.redis, svc.limits, user_id, &member).await?;
+    let g = match retry(&mut conn, user_id, id).await {
+        Ok(g) => g,
+        Err(e) => {
+            if let Err(undo) = limits::undo(&svc.redis, user_id, &member).await {
+                tracing::warn!(error = %undo, "could not give back a rate-limit slot");
+            }
+            return Err(e);
+        }
+    };
+    if let Err(e) = svc.queues.push_render(&RenderJob { generation_id: g.id }).await {
+        tracing::error!(generation_id = %g.id, error = %e, "could not enqueue the render job");
+        if let Some(failed) = fail(&mut conn, g.id, INTERNAL_FAILURE).await? {
+            finished(svc, &failed).await;
+        }
+        return Err(e);
+    }
+    events::publish_generation_logged(&svc.redis, &g, false).await;
+    Ok(g)
+}
+
+/// Cancels and tells a running generation's worker to stop.
+pub async fn cancel_and_signal(svc: &Services, user_id: Uuid, id: Uuid) -> Result<Generation> {
+    let mut conn = svc.pool.get().await?;
+    let c = cancel(&mut conn, user_id, id).await?;
+    if c.was_running
+        && let Err(e) = events::publish_cancel(&svc.redis, id).await
+    {
+        // The worker also notices on its next progress write.
+        tracing::warn!(generation_id = %id, error = %e, "could not signal the cancel to the worker");
+    }
+    tracing::info!(generation_id = %id, "generation cancelled");
+    finished(svc, &c.generation).await;
+    Ok(c.generation)
+}
+
+/// After a generation reaches a final state: free its active slot and
+/// publish the change.
+pub async fn finished(svc: &Services, g: &Generation) {
+    finished_with(&svc.redis, g).await;
+}
+
+pub async fn finished_with(redis: &Redis, g: &Generation) {
+    if let Err(e) = limits::release_active(redis, g.user_id, &g.limit_member()).await {
+        tracing::warn!(generation_id = %g.id, error = %e, "could not free the active-generation slot");
+    }
+    events::publish_generation_logged(redis, g, false).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status::{self, *};
+
+    #[test]
+    fn state_machine_allows_only_the_documented_moves() {
+        let allowed = [
+            (Queued, Rendering),
+            (Rendering, Transcoding),
+            (Transcoding, Succeeded),
+            (Queued, Failed),
+            (Queued, Canceled),
+            (Rendering, Failed),
+            (Rendering, Canceled),
+            (Transcoding, Failed),
+            (Transcoding, Canceled),
+        ];
+        for from in Status::ALL {
+            for to in Status::ALL {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+}
