@@ -84,6 +84,7 @@ impl From<DomainError> for ApiError {
             e @ (DomainError::Db(_)
             | DomainError::Pool(_)
             | DomainError::Redis(_)
+            | DomainError::Storage(_)
             | DomainError::Internal(_)) => Self::internal(e),
         }
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
 use mage_domain::kv::Redis;
+use mage_domain::queue::Queues;
 
 pub use graphql::{MageSchema, build_schema};
 pub use http::router;
@@ -28,12 +29,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(pool: DbPool, redis: Redis, settings: ServerSettings) -> Self {
+    pub fn new(pool: DbPool, redis: Redis, queues: Queues, settings: ServerSettings) -> Self {
         let tokens = auth::Tokens::new(&settings.jwt_secret, settings.token_ttl);
         let services = Arc::new(graphql::Services {
             pool: pool.clone(),
+            redis: redis.clone(),
             tokens: tokens.clone(),
             signup_credits: settings.signup_credits,
+            generations: mage_domain::generations::Services {
+                pool: pool.clone(),
+                redis: redis.clone(),
+                queues,
+                limits: settings.generation_limits,
+            },
+            public_url: settings.public_url.clone(),
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self { pool, redis, settings: Arc::new(settings), tokens, schema }

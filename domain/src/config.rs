@@ -3,6 +3,7 @@
 //! reports a missing or malformed one as a single line naming it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -224,6 +225,51 @@ impl ServerArgs {
             },
             dev_mode,
         })
+    }
+}
+
+/// Where generated media is kept.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Folder of the local media store, served at /media (used unless
+    /// MAGE_STORAGE_URL is set)
+    #[arg(long, env = "MAGE_MEDIA_DIR", value_name = "MAGE_MEDIA_DIR", default_value = ".mage/media")]
+    pub media_dir: PathBuf,
+    /// Object store for media instead of the local folder, e.g. s3://bucket/prefix
+    /// (credentials and endpoint from the usual AWS_* variables)
+    #[arg(long, env = "MAGE_STORAGE_URL", value_name = "MAGE_STORAGE_URL")]
+    pub storage_url: Option<String>,
+    /// Public base URL of the media in MAGE_STORAGE_URL (a CDN or the bucket's URL)
+    #[arg(long, env = "MAGE_MEDIA_BASE_URL", value_name = "MAGE_MEDIA_BASE_URL")]
+    pub media_base_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub media_dir: PathBuf,
+    pub url: Option<String>,
+    pub base_url: Option<String>,
+}
+
+impl StorageArgs {
+    pub fn resolve(&self) -> Result<StorageSettings, ConfigError> {
+        let url = self.storage_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
+        let base_url = self.media_base_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+        if let Some(u) = &url
+            && !u.starts_with("s3://")
+        {
+            return Err(ConfigError::new("MAGE_STORAGE_URL", "must be an s3:// URL"));
+        }
+        let base_url = match (&url, base_url) {
+            (Some(_), None) => {
+                return Err(ConfigError::new("MAGE_MEDIA_BASE_URL", "is required with MAGE_STORAGE_URL"));
+            }
+            (_, Some(b)) if !(b.starts_with("http://") || b.starts_with("https://")) => {
+                return Err(ConfigError::new("MAGE_MEDIA_BASE_URL", "must start with http:// or https://"));
+            }
+            (_, b) => b.map(|b| b.trim_end_matches('/').to_owned()),
+        };
+        Ok(StorageSettings { media_dir: self.media_dir.clone(), url, base_url })
     }
 }
 

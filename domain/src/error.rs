@@ -23,6 +23,8 @@ pub enum Error {
     Pool(String),
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("storage error: {0}")]
+    Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -324,6 +324,10 @@ pub async fn queue_position(conn: &mut Connection, g: &Generation) -> Result<Opt
 pub const QUEUE_POSITION_SQL: &str =
     "SELECT count(*) AS n FROM generations WHERE status = 'queued' AND (queued_at, id) < ($1, $2)";
 
+/// The same query with literals, for tests that check its plan.
+pub const QUEUE_POSITION_SQL_EXPLAIN: &str = "EXPLAIN SELECT count(*) AS n FROM generations \
+     WHERE status = 'queued' AND (queued_at, id) < (now(), '00000000-0000-0000-0000-000000000000'::uuid)";
+
 #[derive(QueryableByName)]
 struct Avg {
     #[diesel(sql_type = Nullable<Double>)]

@@ -15,7 +15,9 @@ pub mod models;
 pub mod products;
 pub mod queue;
 pub mod schema;
+pub mod storage;
 pub mod users;
+pub mod workers;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

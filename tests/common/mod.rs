@@ -35,6 +35,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         graphql_max_depth: 16,
         graphql_max_complexity: 5000,
         cors_origins: vec![],
+        generation_limits: mage_domain::limits::GenerationLimits { per_minute: 20, active: 4 },
         dev_mode: false,
     }
 }

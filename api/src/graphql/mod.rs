@@ -2,6 +2,7 @@
 
 mod admin;
 mod credits;
+mod generations;
 mod loaders;
 mod pagination;
 mod products;
@@ -21,18 +22,34 @@ use crate::error::ensure_code;
 pub use loaders::Loaders;
 
 #[derive(MergedObject, Default)]
-pub struct Query(users::UsersQuery, credits::CreditsQuery, products::ProductsQuery);
+pub struct Query(
+    users::UsersQuery,
+    credits::CreditsQuery,
+    products::ProductsQuery,
+    generations::GenerationsQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(users::UsersMutation, admin::AdminMutation);
+pub struct Mutation(users::UsersMutation, generations::GenerationsMutation, admin::AdminMutation);
 
 pub type MageSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// What resolvers reach through `ctx.data`: set once when the server starts.
 pub struct Services {
     pub pool: DbPool,
+    pub redis: mage_domain::kv::Redis,
     pub tokens: Tokens,
     pub signup_credits: i64,
+    pub generations: mage_domain::generations::Services,
+    /// Base of the absolute URLs handed to clients.
+    pub public_url: String,
+}
+
+impl Services {
+    /// The URL a client fetches a stored media object from.
+    pub fn media_url(&self, key: &str) -> String {
+        format!("{}/media/{key}", self.public_url)
+    }
 }
 
 /// Limits applied to every operation; `schema_builder` is shared by the

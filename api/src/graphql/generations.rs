@@ -1,0 +1,438 @@
+//! Render models, quotes and generations: create, cancel, retry, list, and
+//! the queue.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use mage_domain::catalog::{self, GenerationInput, MediaKind};
+use mage_domain::generations::{self as domain, Status};
+use mage_domain::models::Generation as GenerationRow;
+use uuid::Uuid;
+
+use super::pagination::{decode_cursor, encode_cursor, page_size};
+use super::{services, viewer};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum Resolution {
+    #[graphql(name = "R480P")]
+    R480p,
+    #[graphql(name = "R720P")]
+    R720p,
+    #[graphql(name = "R1080P")]
+    R1080p,
+}
+
+impl From<catalog::Resolution> for Resolution {
+    fn from(r: catalog::Resolution) -> Self {
+        match r {
+            catalog::Resolution::R480p => Self::R480p,
+            catalog::Resolution::R720p => Self::R720p,
+            catalog::Resolution::R1080p => Self::R1080p,
+        }
+    }
+}
+
+impl From<Resolution> for catalog::Resolution {
+    fn from(r: Resolution) -> Self {
+        match r {
+            Resolution::R480p => Self::R480p,
+            Resolution::R720p => Self::R720p,
+            Resolution::R1080p => Self::R1080p,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ModelKind {
+    Image,
+    Video,
+}
+
+impl From<MediaKind> for ModelKind {
+    fn from(k: MediaKind) -> Self {
+        match k {
+            MediaKind::Image => Self::Image,
+            MediaKind::Video => Self::Video,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum GenerationStatus {
+    Queued,
+    Rendering,
+    Transcoding,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl From<Status> for GenerationStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Queued => Self::Queued,
+            Status::Rendering => Self::Rendering,
+            Status::Transcoding => Self::Transcoding,
+            Status::Succeeded => Self::Succeeded,
+            Status::Failed => Self::Failed,
+            Status::Canceled => Self::Canceled,
+        }
+    }
+}
+
+impl From<GenerationStatus> for Status {
+    fn from(s: GenerationStatus) -> Self {
+        match s {
+            GenerationStatus::Queued => Self::Queued,
+            GenerationStatus::Rendering => Self::Rendering,
+            GenerationStatus::Transcoding => Self::Transcoding,
+            GenerationStatus::Succeeded => Self::Succeeded,
+            GenerationStatus::Failed => Self::Failed,
+            GenerationStatus::Canceled => Self::Canceled,
+        }
+    }
+}
+
+/// What a model costs at one resolution: `credits + creditsPerSecond ×
+/// durationSeconds`.
+#[derive(SimpleObject)]
+pub struct ModelPrice {
+    resolution: Resolution,
+    credits: i64,
+    credits_per_second: i64,
+}
+
+pub struct RenderModel(catalog::RenderModel);
+
+#[Object]
+impl RenderModel {
+    async fn id(&self) -> ID {
+        ID(self.0.id.clone())
+    }
+    async fn kind(&self) -> ModelKind {
+        self.0.kind.into()
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn resolutions(&self) -> Vec<Resolution> {
+        self.0.resolutions().into_iter().map(Into::into).collect()
+    }
+    /// Video models only.
+    async fn max_duration_seconds(&self) -> Option<i32> {
+        self.0.max_duration_seconds
+    }
+    /// The duration used when `durationSeconds` is omitted (video models).
+    async fn default_duration_seconds(&self) -> Option<i32> {
+        self.0.default_duration_seconds
+    }
+    async fn prices(&self) -> Vec<ModelPrice> {
+        self.0
+            .prices
+            .iter()
+            .map(|p| ModelPrice {
+                resolution: p.resolution.into(),
+                credits: p.credits,
+                credits_per_second: p.credits_per_second,
+            })
+            .collect()
+    }
+}
+
+#[derive(InputObject)]
+pub struct CreateGenerationInput {
+    /// A RenderModel id.
+    model: String,
+    prompt: String,
+    negative_prompt: Option<String>,
+    resolution: Resolution,
+    /// Video models only; the model's default when omitted.
+    duration_seconds: Option<i32>,
+    seed: Option<i32>,
+    /// The same key twice (from the same user) returns the first generation
+    /// and charges once.
+    idempotency_key: Option<String>,
+}
+
+impl CreateGenerationInput {
+    fn domain(&self) -> GenerationInput {
+        GenerationInput {
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            resolution: catalog::Resolution::from(self.resolution).as_str().to_owned(),
+            duration_seconds: self.duration_seconds,
+            seed: self.seed.map(i64::from),
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Rendition {
+    name: String,
+    width: i32,
+    height: i32,
+    bandwidth: i64,
+}
+
+/// Where a finished generation can be fetched. URLs are absolute.
+#[derive(SimpleObject)]
+pub struct GenerationOutput {
+    /// HLS master playlist (video).
+    hls_url: Option<String>,
+    /// Progressive MP4 with faststart (video).
+    video_url: Option<String>,
+    /// Full-size PNG (image).
+    image_url: Option<String>,
+    poster_url: Option<String>,
+    width: i32,
+    height: i32,
+    duration_seconds: Option<f64>,
+    renditions: Vec<Rendition>,
+}
+
+pub struct Generation(pub GenerationRow);
+
+#[Object]
+impl Generation {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    async fn status(&self) -> GenerationStatus {
+        self.0.status().into()
+    }
+    /// 0–100 within the current stage.
+    async fn progress(&self) -> i32 {
+        self.0.progress
+    }
+    async fn stage(&self) -> Option<&str> {
+        self.0.stage.as_deref()
+    }
+    /// 1 = next to start; null unless QUEUED.
+    async fn queue_position(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
+        if self.0.status() != Status::Queued {
+            return Ok(None);
+        }
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(domain::queue_position(&mut conn, &self.0).await?)
+    }
+    /// Seconds until it is likely finished; null once final.
+    async fn eta_seconds(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
+        if self.0.status().is_final() {
+            return Ok(None);
+        }
+        let svc = services(ctx);
+        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let position = domain::queue_position(&mut conn, &self.0).await?;
+        let seconds = domain::recent_render_seconds(&mut conn, &self.0.model)
+            .await?
+            .unwrap_or_else(|| domain::default_render_seconds(&self.0));
+        let slots = mage_domain::workers::live_slots(&svc.redis, mage_domain::queue::RENDER)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(domain::eta_seconds(&self.0, position, seconds, slots))
+    }
+    async fn model(&self) -> &str {
+        &self.0.model
+    }
+    async fn kind(&self) -> ModelKind {
+        self.0.media_kind().into()
+    }
+    async fn prompt(&self) -> &str {
+        &self.0.prompt
+    }
+    async fn negative_prompt(&self) -> Option<&str> {
+        self.0.negative_prompt.as_deref()
+    }
+    async fn resolution(&self) -> Option<Resolution> {
+        catalog::Resolution::parse(&self.0.resolution).map(Into::into)
+    }
+    async fn duration_seconds(&self) -> Option<i32> {
+        self.0.duration_seconds
+    }
+    async fn seed(&self) -> Option<i64> {
+        self.0.seed
+    }
+    /// Credits this generation costs (held until it succeeds).
+    async fn cost(&self) -> i64 {
+        self.0.cost
+    }
+    /// Why it failed, in words fit for the user.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn output(&self, ctx: &Context<'_>) -> Option<GenerationOutput> {
+        if self.0.status() != Status::Succeeded {
+            return None;
+        }
+        let out = self.0.output.as_ref()?;
+        let svc = services(ctx);
+        let url = |field: &str| out.get(field).and_then(|v| v.as_str()).map(|key| svc.media_url(key));
+        let int = |field: &str| out.get(field).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
+        let renditions = out
+            .get("renditions")
+            .and_then(|r| r.as_array())
+            .map(|list| {
+                list.iter()
+                    .map(|r| Rendition {
+                        name: r.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
+                        width: r.get("width").and_then(|v| v.as_i64()).unwrap_or(0) as i32,
+                        height: r.get("height").and_then(|v| v.as_i64()).unwrap_or(0) as i32,
+                        bandwidth: r.get("bandwidth").and_then(|v| v.as_i64()).unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(GenerationOutput {
+            hls_url: url("hls"),
+            video_url: url("video"),
+            image_url: url("image"),
+            poster_url: url("poster"),
+            width: int("width"),
+            height: int("height"),
+            duration_seconds: out.get("durationSeconds").and_then(|v| v.as_f64()),
+            renditions,
+        })
+    }
+    async fn attempts(&self) -> i32 {
+        self.0.attempts
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn queued_at(&self) -> DateTime<Utc> {
+        self.0.queued_at
+    }
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.0.started_at
+    }
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.0.finished_at
+    }
+}
+
+#[derive(SimpleObject)]
+#[graphql(complex)]
+pub struct QueueStats {
+    /// Generations waiting to start.
+    depth: i64,
+    /// Generations rendering or transcoding.
+    running: i64,
+    /// Mean time from queued to started over the last hour.
+    average_wait_seconds: Option<f64>,
+}
+
+#[ComplexObject]
+impl QueueStats {
+    /// Render jobs the live workers can run at once.
+    async fn render_slots(&self, ctx: &Context<'_>) -> ApiResult<i32> {
+        let slots = mage_domain::workers::live_slots(&services(ctx).redis, mage_domain::queue::RENDER)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(slots as i32)
+    }
+}
+
+const GENERATION_CURSOR: &str = "gen";
+
+fn generation_cursor(g: &GenerationRow) -> String {
+    encode_cursor(GENERATION_CURSOR, format!("{}_{}", g.created_at.timestamp_micros(), g.id))
+}
+
+fn parse_generation_cursor(after: Option<&str>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
+    let Some(raw) = decode_cursor::<String>(GENERATION_CURSOR, after)? else { return Ok(None) };
+    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at = micros.parse().ok().and_then(DateTime::<Utc>::from_timestamp_micros).ok_or_else(bad)?;
+    Ok(Some((at, id.parse().map_err(|_| bad())?)))
+}
+
+fn parse_id(id: &ID) -> ApiResult<Uuid> {
+    // A malformed id cannot name anyone's generation: same answer as a
+    // missing one.
+    id.parse().map_err(|_| ApiError::NotFound("generation".into()))
+}
+
+#[derive(Default)]
+pub struct GenerationsQuery;
+
+#[Object]
+impl GenerationsQuery {
+    /// What can be generated, with prices.
+    async fn models(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderModel>> {
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(catalog::models(&mut conn).await?.into_iter().map(RenderModel).collect())
+    }
+
+    /// Credits `input` would cost; `createGeneration` charges exactly this.
+    async fn quote(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<i64> {
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(domain::quote(&mut conn, &input.domain()).await?.price)
+    }
+
+    /// One of your generations.
+    async fn generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Generation>> {
+        let user_id = viewer(ctx).require()?;
+        let id = parse_id(&id)?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(Some(Generation(domain::find_own(&mut conn, user_id, id).await?)))
+    }
+
+    /// Your generations, newest first.
+    async fn generations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<GenerationStatus>,
+    ) -> ApiResult<Connection<String, Generation>> {
+        let user_id = viewer(ctx).require()?;
+        let limit = page_size(first)?;
+        let after = parse_generation_cursor(after.as_deref())?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut rows = domain::list(&mut conn, user_id, status.map(Into::into), after, limit + 1).await?;
+        let has_next = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let mut page = Connection::new(after.is_some(), has_next);
+        page.edges.extend(rows.into_iter().map(|g| Edge::new(generation_cursor(&g), Generation(g))));
+        Ok(page)
+    }
+
+    /// The render queue right now.
+    async fn queue(&self, ctx: &Context<'_>) -> ApiResult<QueueStats> {
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let s = domain::queue_stats(&mut conn).await?;
+        Ok(QueueStats { depth: s.depth, running: s.running, average_wait_seconds: s.average_wait_seconds })
+    }
+}
+
+#[derive(Default)]
+pub struct GenerationsMutation;
+
+#[Object]
+impl GenerationsMutation {
+    /// Holds the quoted price and queues the generation. The credits are
+    /// charged when it succeeds and given back if it fails or is cancelled.
+    async fn create_generation(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<Generation> {
+        let user_id = viewer(ctx).require()?;
+        let svc = services(ctx);
+        let g = domain::create(&svc.generations, user_id, &input.domain(), input.idempotency_key.as_deref())
+            .await?;
+        Ok(Generation(g))
+    }
+
+    /// Stops a queued or running generation and gives its credits back.
+    async fn cancel_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
+        let user_id = viewer(ctx).require()?;
+        let id = parse_id(&id)?;
+        Ok(Generation(domain::cancel_and_signal(&services(ctx).generations, user_id, id).await?))
+    }
+
+    /// Runs a failed generation again, holding its price again.
+    async fn retry_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
+        let user_id = viewer(ctx).require()?;
+        let id = parse_id(&id)?;
+        Ok(Generation(domain::retry_and_enqueue(&services(ctx).generations, user_id, id).await?))
+    }
+}

@@ -1,0 +1,121 @@
+//! Render backends: whatever turns a prompt into a media file.
+//!
+//! The trait follows the shape every real backend has, so a ComfyUI backend
+//! fits it without pretending: a job is *submitted* (ComfyUI: `POST /prompt`,
+//! which answers with its own `prompt_id`), its *events* are streamed while it
+//! runs (ComfyUI: the WebSocket's progress messages), it can be *cancelled*
+//! (ComfyUI: `POST /interrupt`) and the backend reports its *health*
+//! (ComfyUI: `GET /system_stats`, including VRAM). The render worker owns the
+//! work directory; the backend only writes into it.
+//!
+//! [`synthetic::SyntheticBackend`] renders on the CPU with ffmpeg, so the
+//! whole pipeline runs (and is tested) on machines without a GPU.
+
+pub mod synthetic;
+
+use std::path::PathBuf;
+
+use futures_util::stream::BoxStream;
+
+/// Everything a backend needs to render one generation.
+#[derive(Debug, Clone)]
+pub struct RenderRequest {
+    pub generation_id: uuid::Uuid,
+    /// Render model id, e.g. `synth-video`.
+    pub model: String,
+    /// The backend's workflow for that model (a ComfyUI workflow name; for
+    /// the synthetic backend one of its [`synthetic`] workflows).
+    pub workflow: String,
+    pub kind: MediaKind,
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    /// Length of a video; ignored for images.
+    pub duration_seconds: Option<u32>,
+    pub fps: u32,
+    pub seed: i64,
+    /// An empty directory the backend writes its outputs into. The caller
+    /// owns it and removes it; the backend removes only partial outputs of a
+    /// cancelled or failed job.
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Video,
+}
+
+/// A submitted job, named by the backend's own id (ComfyUI's `prompt_id`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RenderJob {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenderEvent {
+    /// `percent` never goes down within a job; 100 comes just before
+    /// `Finished`.
+    Progress { stage: String, percent: u8 },
+    /// The last event of a job that worked.
+    Finished(RenderOutput),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderOutput {
+    /// Every file the job wrote, all inside the request's `work_dir`; the
+    /// primary output (mp4 for video, png for image) comes first.
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendHealth {
+    pub healthy: bool,
+    /// One line for operators, e.g. the backend's version or why it is not
+    /// healthy.
+    pub detail: String,
+    pub vram_free_bytes: Option<u64>,
+    pub vram_total_bytes: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The render itself failed and will fail again: `user_message` is fit to
+    /// show the end user (no paths, no command lines), `detail` is for logs.
+    #[error("render failed: {detail}")]
+    Failed { user_message: String, detail: String },
+    /// The backend could not be reached or is unhealthy: worth retrying
+    /// later.
+    #[error("render backend unavailable: {0}")]
+    Unavailable(String),
+    #[error("render canceled")]
+    Canceled,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+#[async_trait::async_trait]
+pub trait RenderBackend: Send + Sync + 'static {
+    /// Short stable name, recorded on the generation (`synthetic`, `comfyui`).
+    fn name(&self) -> &'static str;
+
+    /// Whether the backend can take work now. `Err(Unavailable)` when it
+    /// cannot even be asked; `Ok` with `healthy: false` when it answers but
+    /// is not fit for work.
+    async fn health(&self) -> Result<BackendHealth, RenderError>;
+
+    /// Starts (or queues) a render and returns at once with the job's id.
+    async fn submit(&self, req: RenderRequest) -> Result<RenderJob, RenderError>;
+
+    /// Events of a submitted job, ending with `Finished` or an error (a
+    /// cancelled job ends with `Err(Canceled)`). Called once per job: a
+    /// second call, or one for a job this backend does not know, yields a
+    /// single error.
+    fn events(&self, job: &RenderJob) -> BoxStream<'static, Result<RenderEvent, RenderError>>;
+
+    /// Stops the job (its process, its GPU work) and removes its partial
+    /// outputs; returns once that is done. Idempotent: cancelling a job that
+    /// already ended, or an unknown one, does nothing.
+    async fn cancel(&self, job: &RenderJob) -> Result<(), RenderError>;
+}
