@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mage_domain::config::{DatabaseArgs, MigrateArgs, RedisArgs, ServerArgs};
+use mage_domain::config::{DatabaseArgs, MigrateArgs, RedisArgs, ServerArgs, StorageArgs, WorkerArgs};
+use mage_domain::queue::Queues;
+use mage_domain::storage::Storage;
 use mage_domain::users::Role;
 
 #[derive(Parser)]
@@ -30,12 +32,21 @@ enum Command {
         redis: RedisArgs,
         #[command(flatten)]
         migrate: MigrateArgs,
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
         /// Comma-separated queues to run (default: all)
         #[arg(long, env = "MAGE_QUEUES", value_name = "MAGE_QUEUES", value_delimiter = ',')]
         queues: Vec<String>,
     },
     /// Run serve and work in one process, with development defaults
-    Dev(ServeArgs),
+    Dev {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
     /// Apply pending database migrations and exit
     Migrate {
         #[command(flatten)]
@@ -60,6 +71,8 @@ struct ServeArgs {
     server: ServerArgs,
     #[command(flatten)]
     migrate: MigrateArgs,
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[derive(Subcommand)]
@@ -109,23 +122,37 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(ServeArgs { db, redis, server, migrate }) => {
+        Command::Serve(ServeArgs { db, redis, server, migrate, storage }) => {
             let settings = server.resolve(false)?;
-            let (pool, redis) = connect(&db, &redis, &migrate).await?;
+            let storage = Storage::new(&storage.resolve()?)?;
+            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
             let listener = listen(settings.addr).await?;
-            let state = mage_api::AppState::new(pool, redis, settings);
+            let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
             mage_api::serve_on(listener, state, shutdown_signal()).await.context("HTTP server")?;
         }
-        Command::Work { db, redis, migrate, queues } => {
-            let (pool, redis) = connect(&db, &redis, &migrate).await?;
-            mage_jobs::Workers { pool, redis, queues }.run(shutdown_signal()).await?;
+        Command::Work { db, redis, migrate, storage, worker, queues: run_queues } => {
+            let settings = worker.resolve()?;
+            let storage = Storage::new(&storage.resolve()?)?;
+            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            mage_jobs::Workers { pool, redis, queues, storage, settings, run_queues }
+                .run(shutdown_signal())
+                .await?;
         }
-        Command::Dev(ServeArgs { db, redis, server, migrate }) => {
+        Command::Dev { serve: ServeArgs { db, redis, server, migrate, storage }, worker } => {
             let settings = server.resolve(true)?;
-            let (pool, redis) = connect(&db, &redis, &migrate).await?;
-            let workers = mage_jobs::Workers { pool: pool.clone(), redis: redis.clone(), queues: vec![] };
+            let worker = worker.resolve()?;
+            let storage = Storage::new(&storage.resolve()?)?;
+            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            let workers = mage_jobs::Workers {
+                pool: pool.clone(),
+                redis: redis.clone(),
+                queues: queues.clone(),
+                storage: storage.clone(),
+                settings: worker,
+                run_queues: vec![],
+            };
             let listener = listen(settings.addr).await?;
-            let state = mage_api::AppState::new(pool, redis, settings);
+            let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
             println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
             let (api, work) = tokio::join!(
                 mage_api::serve_on(listener, state, shutdown_signal()),
@@ -158,15 +185,19 @@ async fn connect(
     db: &DatabaseArgs,
     redis: &RedisArgs,
     migrate: &MigrateArgs,
-) -> anyhow::Result<(mage_domain::db::DbPool, mage_domain::kv::Redis)> {
+) -> anyhow::Result<(mage_domain::db::DbPool, mage_domain::kv::Redis, Queues)> {
     let db = db.resolve()?;
-    let redis = mage_domain::kv::Redis::new(&redis.resolve()?)?;
+    let redis_settings = redis.resolve()?;
+    let redis = mage_domain::kv::Redis::new(&redis_settings)?;
+    let queues = Queues::connect(&redis_settings.url, &redis_settings.prefix)
+        .await
+        .context("cannot reach Redis at REDIS_URL")?;
     if !migrate.skip_migrations {
         for v in mage_domain::db::run_migrations(&db.url).await? {
             tracing::info!(version = %v, "migration applied");
         }
     }
-    Ok((mage_domain::db::pool(&db)?, redis))
+    Ok((mage_domain::db::pool(&db)?, redis, queues))
 }
 
 async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

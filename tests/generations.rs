@@ -40,7 +40,13 @@ async fn generation(app: &TestApp, token: &str, id: &str) -> Value {
 }
 
 /// Polls until `done` holds for the generation, or panics after `within`.
-async fn wait_for(app: &TestApp, token: &str, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let g = generation(app, token, id).await;
@@ -72,7 +78,10 @@ async fn models_are_listed_with_prices_and_quote_matches_the_charge() {
 
     let q = |input: Value| {
         let app = &app;
-        async move { app.gql("query($i: CreateGenerationInput!) { quote(input: $i) }", json!({ "i": input }), None).await }
+        async move {
+            app.gql("query($i: CreateGenerationInput!) { quote(input: $i) }", json!({ "i": input }), None)
+                .await
+        }
     };
     assert_eq!(q(video("R480P", 5)).await["data"]["quote"], 10);
     assert_eq!(q(video("R720P", 5)).await["data"]["quote"], 20);
@@ -93,8 +102,14 @@ async fn bad_input_names_the_field_and_leaves_nothing_behind() {
         (json!({ "model": "synth-video", "prompt": "   ", "resolution": "R480P" }), "prompt"),
         (json!({ "model": "synth-video", "prompt": "a\u{0007}b", "resolution": "R480P" }), "prompt"),
         (json!({ "model": "synth-video", "prompt": "x".repeat(2001), "resolution": "R480P" }), "prompt"),
-        (json!({ "model": "synth-video", "prompt": "x", "resolution": "R480P", "durationSeconds": 11 }), "durationSeconds"),
-        (json!({ "model": "synth-image", "prompt": "x", "resolution": "R480P", "durationSeconds": 3 }), "durationSeconds"),
+        (
+            json!({ "model": "synth-video", "prompt": "x", "resolution": "R480P", "durationSeconds": 11 }),
+            "durationSeconds",
+        ),
+        (
+            json!({ "model": "synth-image", "prompt": "x", "resolution": "R480P", "durationSeconds": 3 }),
+            "durationSeconds",
+        ),
     ];
     for (input, field) in cases {
         let res = create(&app, &token, input.clone()).await;
@@ -182,7 +197,9 @@ async fn per_user_limits_answer_rate_limited_with_retry_after() {
     assert_eq!(code(&create(&app, &token, video("R480P", 1)).await), "RATE_LIMITED");
     // Cancelling one frees its slot.
     let id = first["data"]["createGeneration"]["id"].as_str().expect("id");
-    let res = app.gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": id }), Some(&token)).await;
+    let res = app
+        .gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": id }), Some(&token))
+        .await;
     assert_eq!(res["data"]["cancelGeneration"]["status"], "CANCELED", "{res}");
     assert!(create(&app, &token, video("R480P", 1)).await.get("errors").is_none());
 }
@@ -205,20 +222,44 @@ async fn queue_positions_follow_the_queue_and_only_owners_see_a_generation() {
     // Bob cannot see, cancel or retry Alice's: it does not exist for him.
     let res = app.gql(GENERATION, json!({ "id": id(&a1) }), Some(&bob)).await;
     assert_eq!(code(&res), "NOT_FOUND", "{res}");
-    let res = app.gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": id(&a1) }), Some(&bob)).await;
+    let res = app
+        .gql(
+            "mutation($id: ID!) { cancelGeneration(id: $id) { status } }",
+            json!({ "id": id(&a1) }),
+            Some(&bob),
+        )
+        .await;
     assert_eq!(code(&res), "NOT_FOUND", "{res}");
     let list = app.gql("{ generations(first: 10) { edges { node { id } } } }", json!({}), Some(&bob)).await;
     assert_eq!(list["data"]["generations"]["edges"].as_array().map(Vec::len), Some(1), "{list}");
 
     // Cancelling the head moves everyone up.
-    let res = app.gql("mutation($id: ID!) { cancelGeneration(id: $id) { status queuePosition } }", json!({ "id": id(&a1) }), Some(&alice)).await;
+    let res = app
+        .gql(
+            "mutation($id: ID!) { cancelGeneration(id: $id) { status queuePosition } }",
+            json!({ "id": id(&a1) }),
+            Some(&alice),
+        )
+        .await;
     assert_eq!(res["data"]["cancelGeneration"]["status"], "CANCELED", "{res}");
     assert_eq!(generation(&app, &bob, &id(&b1)).await["queuePosition"], 1);
     assert_eq!(generation(&app, &alice, &id(&a2)).await["queuePosition"], 2);
     // A final generation cannot be cancelled or retried again.
-    let again = app.gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": id(&a1) }), Some(&alice)).await;
+    let again = app
+        .gql(
+            "mutation($id: ID!) { cancelGeneration(id: $id) { status } }",
+            json!({ "id": id(&a1) }),
+            Some(&alice),
+        )
+        .await;
     assert_eq!(code(&again), "CONFLICT", "{again}");
-    let retry = app.gql("mutation($id: ID!) { retryGeneration(id: $id) { status } }", json!({ "id": id(&a1) }), Some(&alice)).await;
+    let retry = app
+        .gql(
+            "mutation($id: ID!) { retryGeneration(id: $id) { status } }",
+            json!({ "id": id(&a1) }),
+            Some(&alice),
+        )
+        .await;
     assert_eq!(code(&retry), "CONFLICT", "{retry}");
     assert_eq!(credits(&app, &alice).await, (100, 10));
 
@@ -237,12 +278,17 @@ async fn a_video_generation_goes_from_queued_to_a_playable_hls_ladder() {
     let _workers = app.start_workers().await;
     let (token, _) = app.register("e2e@example.com").await;
     let quote = app
-        .gql("query($i: CreateGenerationInput!) { quote(input: $i) }", json!({ "i": video("R720P", 5) }), None)
+        .gql(
+            "query($i: CreateGenerationInput!) { quote(input: $i) }",
+            json!({ "i": video("R720P", 5) }),
+            None,
+        )
         .await["data"]["quote"]
         .as_i64()
         .expect("quote");
     let created = create(&app, &token, video("R720P", 5)).await;
-    let id = created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
+    let id =
+        created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
     let start = Instant::now();
     let g = wait_for(&app, &token, &id, Duration::from_secs(60), is_final).await;
     eprintln!("720p 5 s render + transcode: {:.1} s", start.elapsed().as_secs_f64());
@@ -265,7 +311,11 @@ async fn a_video_generation_goes_from_queued_to_a_playable_hls_ladder() {
         .await
         .expect("ffprobe");
     let duration: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().unwrap_or(0.0);
-    assert!((duration - 5.0).abs() < 0.6, "ffprobe read {duration} s from {hls}: {}", String::from_utf8_lossy(&probe.stderr));
+    assert!(
+        (duration - 5.0).abs() < 0.6,
+        "ffprobe read {duration} s from {hls}: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     for url in [out["videoUrl"].as_str(), out["posterUrl"].as_str()] {
         let url = url.expect("url");
         assert!(app.http.get(url).send().await.expect("GET").status().is_success(), "{url}");
@@ -280,8 +330,11 @@ async fn an_image_generation_succeeds_with_an_image_and_a_poster() {
     let app = TestApp::start().await;
     let _workers = app.start_workers().await;
     let (token, _) = app.register("image@example.com").await;
-    let created = create(&app, &token, json!({ "model": "synth-image", "prompt": "a red fox", "resolution": "R480P" })).await;
-    let id = created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
+    let created =
+        create(&app, &token, json!({ "model": "synth-image", "prompt": "a red fox", "resolution": "R480P" }))
+            .await;
+    let id =
+        created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
     let g = wait_for(&app, &token, &id, Duration::from_secs(60), is_final).await;
     assert_eq!(g["status"], "SUCCEEDED", "{g}");
     let image = g["output"]["imageUrl"].as_str().expect("imageUrl");
@@ -303,17 +356,26 @@ async fn a_failing_render_ends_failed_with_the_hold_released_and_can_be_retried(
     let (token, _) = app.register("fail@example.com").await;
     let input = json!({ "model": "broken", "prompt": "never", "resolution": "R480P", "durationSeconds": 2 });
     let created = create(&app, &token, input).await;
-    let id = created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
+    let id =
+        created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
     let g = wait_for(&app, &token, &id, Duration::from_secs(30), is_final).await;
     assert_eq!(g["status"], "FAILED", "{g}");
     let error = g["error"].as_str().expect("error message");
-    assert!(!error.is_empty() && !error.contains("ffmpeg") && !error.contains('/'), "not fit for a user: {error}");
+    assert!(
+        !error.is_empty() && !error.contains("ffmpeg") && !error.contains('/'),
+        "not fit for a user: {error}"
+    );
     assert_eq!(credits(&app, &token).await, (100, 0));
 
     // Retrying holds the price again and runs again (and fails again).
-    let res = app.gql("mutation($id: ID!) { retryGeneration(id: $id) { status } }", json!({ "id": id }), Some(&token)).await;
+    let res = app
+        .gql("mutation($id: ID!) { retryGeneration(id: $id) { status } }", json!({ "id": id }), Some(&token))
+        .await;
     assert_eq!(res["data"]["retryGeneration"]["status"], "QUEUED", "{res}");
-    let g = wait_for(&app, &token, &id, Duration::from_secs(30), |g| g["status"] == "FAILED" && g["finishedAt"].is_string()).await;
+    let g = wait_for(&app, &token, &id, Duration::from_secs(30), |g| {
+        g["status"] == "FAILED" && g["finishedAt"].is_string()
+    })
+    .await;
     assert_eq!(g["status"], "FAILED");
     assert_eq!(credits(&app, &token).await, (100, 0));
     assert_eq!(app.count("credit_holds").await, 2);
@@ -329,14 +391,17 @@ async fn cancelling_a_running_render_releases_the_hold_and_stops_ffmpeg() {
     let _workers = app.start_workers().await;
     let (token, _) = app.register("cancel@example.com").await;
     let created = create(&app, &token, video("R480P", 10)).await;
-    let id = created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
+    let id =
+        created["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_owned();
     wait_for(&app, &token, &id, Duration::from_secs(30), |g| {
         g["status"] == "RENDERING" && g["progress"].as_i64().unwrap_or(0) > 0
     })
     .await;
     assert!(!child_ffmpeg_pids().is_empty(), "no ffmpeg running for the render");
 
-    let res = app.gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": id }), Some(&token)).await;
+    let res = app
+        .gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": id }), Some(&token))
+        .await;
     assert_eq!(res["data"]["cancelGeneration"]["status"], "CANCELED", "{res}");
     assert_eq!(credits(&app, &token).await, (100, 0));
 
@@ -347,7 +412,10 @@ async fn cancelling_a_running_render_releases_the_hold_and_stops_ffmpeg() {
     }
     // Nothing of it was kept.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!app.media_dir().join("generations").join(&id).exists(), "outputs of a cancelled generation remain");
+    assert!(
+        !app.media_dir().join("generations").join(&id).exists(),
+        "outputs of a cancelled generation remain"
+    );
     let g = generation(&app, &token, &id).await;
     assert_eq!(g["status"], "CANCELED");
     app.assert_ledger_invariants().await;
@@ -364,7 +432,7 @@ fn child_ffmpeg_pids() -> Vec<u32> {
         let ppid = rest.split_whitespace().nth(1).unwrap_or_default();
         let state = rest.split_whitespace().next().unwrap_or_default();
         if head.ends_with("(ffmpeg") && ppid == me && state != "Z" {
-            pids.extend(entry.file_name().to_str().and_then(|p| p.parse().ok()));
+            pids.extend(entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()));
         }
     }
     pids

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/playground-assets/{file}", get(playground::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .merge(crate::media::routes(&state))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, s.request_timeout))
         .layer(DefaultBodyLimit::max(s.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(s.max_body_bytes))
@@ -46,7 +47,9 @@ pub fn router(state: AppState) -> Router {
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE])
+        // Web players read byte ranges of /media cross-origin.
+        .expose_headers([header::CONTENT_RANGE, header::ACCEPT_RANGES])
         .max_age(Duration::from_secs(3600));
     if origins.is_empty() {
         layer.allow_origin(AllowOrigin::any())

@@ -6,6 +6,7 @@ pub mod error;
 pub mod graphql;
 mod health;
 mod http;
+mod media;
 mod playground;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
 use mage_domain::kv::Redis;
 use mage_domain::queue::Queues;
+use mage_domain::storage::Storage;
 
 pub use graphql::{MageSchema, build_schema};
 pub use http::router;
@@ -26,10 +28,17 @@ pub struct AppState {
     pub settings: Arc<ServerSettings>,
     pub tokens: auth::Tokens,
     pub schema: MageSchema,
+    pub storage: Storage,
 }
 
 impl AppState {
-    pub fn new(pool: DbPool, redis: Redis, queues: Queues, settings: ServerSettings) -> Self {
+    pub fn new(
+        pool: DbPool,
+        redis: Redis,
+        queues: Queues,
+        storage: Storage,
+        settings: ServerSettings,
+    ) -> Self {
         let tokens = auth::Tokens::new(&settings.jwt_secret, settings.token_ttl);
         let services = Arc::new(graphql::Services {
             pool: pool.clone(),
@@ -43,9 +52,10 @@ impl AppState {
                 limits: settings.generation_limits,
             },
             public_url: settings.public_url.clone(),
+            storage: storage.clone(),
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
-        Self { pool, redis, settings: Arc::new(settings), tokens, schema }
+        Self { pool, redis, settings: Arc::new(settings), tokens, schema, storage }
     }
 }
 

@@ -182,10 +182,7 @@ pub fn price(model: Option<RenderModel>, input: &GenerationInput) -> Result<Quot
         .and_then(|r| model.prices.iter().find(|p| p.resolution == r))
         .ok_or_else(|| {
             let offered: Vec<&str> = model.prices.iter().map(|p| p.resolution.as_str()).collect();
-            Error::invalid(
-                "resolution",
-                format!("{} offers {}", model.id, offered.join(", ")),
-            )
+            Error::invalid("resolution", format!("{} offers {}", model.id, offered.join(", ")))
         })?
         .clone();
     let duration_seconds = match (model.kind, input.duration_seconds) {

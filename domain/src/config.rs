@@ -142,7 +142,12 @@ pub struct ServerArgs {
     )]
     pub generations_per_minute: u32,
     /// Generations one user may have queued or running at once
-    #[arg(long, env = "MAGE_ACTIVE_GENERATIONS", value_name = "MAGE_ACTIVE_GENERATIONS", default_value_t = 4)]
+    #[arg(
+        long,
+        env = "MAGE_ACTIVE_GENERATIONS",
+        value_name = "MAGE_ACTIVE_GENERATIONS",
+        default_value_t = 4
+    )]
     pub active_generations: u32,
 }
 
@@ -228,26 +233,32 @@ impl ServerArgs {
     }
 }
 
-/// Where generated media is kept.
+/// Where generated media is kept: a local folder that `mage serve` serves
+/// at /media (the default), or an S3-compatible bucket.
 #[derive(Debug, Clone, Args)]
 pub struct StorageArgs {
     /// Folder of the local media store, served at /media (used unless
     /// MAGE_STORAGE_URL is set)
     #[arg(long, env = "MAGE_MEDIA_DIR", value_name = "MAGE_MEDIA_DIR", default_value = ".mage/media")]
     pub media_dir: PathBuf,
-    /// Object store for media instead of the local folder, e.g. s3://bucket/prefix
-    /// (credentials and endpoint from the usual AWS_* variables)
+    /// Bucket for media instead of the local folder, s3://bucket[/prefix]
+    /// (credentials, region and endpoint from the usual AWS_* variables;
+    /// /media is then not served)
     #[arg(long, env = "MAGE_STORAGE_URL", value_name = "MAGE_STORAGE_URL")]
     pub storage_url: Option<String>,
-    /// Public base URL of the media in MAGE_STORAGE_URL (a CDN or the bucket's URL)
+    /// Public base URL of the media (a CDN, or the bucket's URL); required
+    /// with MAGE_STORAGE_URL, and MAGE_PUBLIC_URL/media by default otherwise
     #[arg(long, env = "MAGE_MEDIA_BASE_URL", value_name = "MAGE_MEDIA_BASE_URL")]
     pub media_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct StorageSettings {
+    /// The local store's folder (unused with `url`).
     pub media_dir: PathBuf,
+    /// `s3://bucket[/prefix]`: the bucket, instead of the folder.
     pub url: Option<String>,
+    /// Public base URL of the media, without a trailing `/`.
     pub base_url: Option<String>,
 }
 
@@ -255,10 +266,17 @@ impl StorageArgs {
     pub fn resolve(&self) -> Result<StorageSettings, ConfigError> {
         let url = self.storage_url.as_deref().map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned);
         let base_url = self.media_base_url.as_deref().map(str::trim).filter(|u| !u.is_empty());
-        if let Some(u) = &url
-            && !u.starts_with("s3://")
-        {
-            return Err(ConfigError::new("MAGE_STORAGE_URL", "must be an s3:// URL"));
+        if let Some(u) = &url {
+            let bucket = u.strip_prefix("s3://").map(|rest| rest.split('/').next().unwrap_or_default());
+            if bucket.is_none_or(str::is_empty) {
+                return Err(ConfigError::new(
+                    "MAGE_STORAGE_URL",
+                    "must be s3://bucket or s3://bucket/prefix",
+                ));
+            }
+        }
+        if url.is_none() && self.media_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new("MAGE_MEDIA_DIR", "must not be empty"));
         }
         let base_url = match (&url, base_url) {
             (Some(_), None) => {
@@ -277,10 +295,20 @@ impl StorageArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Render backend: `synthetic` (ffmpeg on the CPU, no GPU needed)
-    #[arg(long, env = "MAGE_RENDER_BACKEND", value_name = "MAGE_RENDER_BACKEND", default_value = "synthetic")]
+    #[arg(
+        long,
+        env = "MAGE_RENDER_BACKEND",
+        value_name = "MAGE_RENDER_BACKEND",
+        default_value = "synthetic"
+    )]
     pub render_backend: String,
     /// Render jobs one worker process runs at once
-    #[arg(long, env = "MAGE_RENDER_CONCURRENCY", value_name = "MAGE_RENDER_CONCURRENCY", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "MAGE_RENDER_CONCURRENCY",
+        value_name = "MAGE_RENDER_CONCURRENCY",
+        default_value_t = 2
+    )]
     pub render_concurrency: usize,
     /// Transcode jobs one worker process runs at once
     #[arg(
@@ -354,5 +382,48 @@ fn required(name: &'static str, value: &Option<String>) -> Result<String, Config
     match value.as_deref().map(str::trim) {
         Some(v) if !v.is_empty() => Ok(v.to_owned()),
         _ => Err(ConfigError::new(name, "is not set")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn storage(url: Option<&str>, base: Option<&str>) -> Result<StorageSettings, ConfigError> {
+        StorageArgs {
+            media_dir: PathBuf::from(".mage/media"),
+            storage_url: url.map(str::to_owned),
+            media_base_url: base.map(str::to_owned),
+        }
+        .resolve()
+    }
+
+    #[test]
+    fn storage_is_a_local_folder_by_default() {
+        let s = storage(None, None).unwrap();
+        assert_eq!((s.media_dir, s.url, s.base_url), (PathBuf::from(".mage/media"), None, None));
+        // A CDN in front of the local store.
+        let s = storage(None, Some("https://cdn.example.com/m/")).unwrap();
+        assert_eq!(s.base_url.as_deref(), Some("https://cdn.example.com/m"));
+        // Empty means unset.
+        assert!(storage(Some(" "), None).unwrap().url.is_none());
+    }
+
+    #[test]
+    fn a_bucket_needs_an_s3_url_and_a_public_base() {
+        let s = storage(Some("s3://bucket/prefix"), Some("https://cdn.example.com")).unwrap();
+        assert_eq!(s.url.as_deref(), Some("s3://bucket/prefix"));
+        for (url, base, name) in [
+            (Some("s3://bucket"), None, "MAGE_MEDIA_BASE_URL"),
+            (Some("s3://bucket"), Some("cdn.example.com"), "MAGE_MEDIA_BASE_URL"),
+            (Some("https://bucket.example.com"), Some("https://cdn.example.com"), "MAGE_STORAGE_URL"),
+            (Some("s3://"), Some("https://cdn.example.com"), "MAGE_STORAGE_URL"),
+            (Some("s3:///prefix"), Some("https://cdn.example.com"), "MAGE_STORAGE_URL"),
+        ] {
+            let e = storage(url, base).unwrap_err();
+            assert_eq!(e.name, name, "{url:?} {base:?}: {e}");
+        }
     }
 }

@@ -15,6 +15,7 @@ pub use diesel_async::AsyncPgConnection as Connection;
 
 pub type DbPool = Pool<AsyncPgConnection>;
 pub type PooledConnection = Object<AsyncPgConnection>;
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
 

@@ -57,10 +57,7 @@ pub async fn publish_generation_logged(redis: &Redis, g: &Generation, left_queue
 
 pub async fn publish_cancel(redis: &Redis, id: Uuid) -> Result<()> {
     let mut conn = redis.conn().await?;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(cancel_channel(redis))
-        .arg(id.to_string())
-        .query_async(&mut conn)
-        .await?;
+    let _: i64 =
+        redis::cmd("PUBLISH").arg(cancel_channel(redis)).arg(id.to_string()).query_async(&mut conn).await?;
     Ok(())
 }

@@ -253,12 +253,7 @@ async fn by_key(conn: &mut Connection, user_id: Uuid, key: &str) -> Result<Optio
 }
 
 pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<Generation>> {
-    Ok(generations::table
-        .find(id)
-        .select(Generation::as_select())
-        .first(conn)
-        .await
-        .optional()?)
+    Ok(generations::table.find(id).select(Generation::as_select()).first(conn).await.optional()?)
 }
 
 /// The caller's generation; another user's is reported as missing, so ids
@@ -358,9 +353,7 @@ pub fn eta_seconds(g: &Generation, position: Option<i64>, render_seconds: f64, s
             let ahead = (position.unwrap_or(1) - 1) as f64;
             ((ahead / slots).floor() + 1.0) * render_seconds
         }
-        Status::Rendering | Status::Transcoding => {
-            render_seconds * (1.0 - f64::from(g.progress) / 100.0)
-        }
+        Status::Rendering | Status::Transcoding => render_seconds * (1.0 - f64::from(g.progress) / 100.0),
         _ => return None,
     };
     Some(secs.ceil().max(1.0) as i64)
@@ -615,13 +608,13 @@ pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Gen
             .optional()?
             .ok_or(Error::NotFound("generation"))?;
         if g.status() != Status::Failed {
-            return Err(Error::Conflict(format!("only a failed generation can be retried, this one is {}", g.status)));
+            return Err(Error::Conflict(format!(
+                "only a failed generation can be retried, this one is {}",
+                g.status
+            )));
         }
-        let runs: i64 = credit_holds::table
-            .filter(credit_holds::generation_id.eq(id))
-            .count()
-            .get_result(conn)
-            .await?;
+        let runs: i64 =
+            credit_holds::table.filter(credit_holds::generation_id.eq(id)).count().get_result(conn).await?;
         credits::hold(conn, user_id, g.cost, Some(id), &hold_key(id, runs + 1)).await?;
         let now = Utc::now();
         Ok(diesel::update(generations::table)

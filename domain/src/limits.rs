@@ -105,6 +105,7 @@ pub async fn undo(redis: &Redis, user_id: Uuid, member: &str) -> Result<()> {
 /// Frees the active slot of a generation that reached a final state.
 pub async fn release_active(redis: &Redis, user_id: Uuid, member: &str) -> Result<()> {
     let mut conn = redis.conn().await?;
-    let _: i64 = redis::cmd("ZREM").arg(active_key(redis, user_id)).arg(member).query_async(&mut conn).await?;
+    let _: i64 =
+        redis::cmd("ZREM").arg(active_key(redis, user_id)).arg(member).query_async(&mut conn).await?;
     Ok(())
 }

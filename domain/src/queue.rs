@@ -85,7 +85,8 @@ impl Queues {
         apalis_redis::queries::push_tasks(&mut conn, &config, &[task])
             .await
             .map_err(|e| Error::Internal(format!("enqueue on {queue}: {e}")))?;
-        let _: i64 = redis::cmd("PUBLISH").arg(self.wake_channel(queue)).arg(1).query_async(&mut conn).await?;
+        let _: i64 =
+            redis::cmd("PUBLISH").arg(self.wake_channel(queue)).arg(1).query_async(&mut conn).await?;
         Ok(())
     }
 

@@ -12,6 +12,7 @@
 //! a struggling dependency is not hammered.
 
 pub mod backend;
+mod ffmpeg;
 pub mod media;
 mod progress;
 mod render;
@@ -22,7 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
-use apalis::prelude::{AbortError, Attempt, BoxDynError, Data, Monitor, Strategy, WorkerBuilder};
+use apalis::prelude::{
+    AbortError, Attempt, BoxDynError, Data, Monitor, ParallelizeExt, Strategy, WorkerBuilder,
+};
 use apalis_redis::RedisStorage;
 use mage_domain::config::WorkerSettings;
 use mage_domain::db::DbPool;
@@ -71,6 +74,12 @@ impl From<mage_domain::Error> for JobError {
     }
 }
 
+impl From<mage_domain::db::PoolError> for JobError {
+    fn from(e: mage_domain::db::PoolError) -> Self {
+        Self::Retry(e.to_string())
+    }
+}
+
 impl From<std::io::Error> for JobError {
     fn from(e: std::io::Error) -> Self {
         Self::Retry(e.to_string())
@@ -113,13 +122,19 @@ impl Workers {
     /// Runs until `shutdown` resolves, then lets running jobs finish (up to
     /// a grace period). A worker that stops on its own (Redis gone for good)
     /// ends this with an error, so the process exits and is restarted.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), WorkError> {
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), WorkError> {
         let selected: Vec<&'static str> = if self.run_queues.is_empty() {
             QUEUES.to_vec()
         } else {
             let mut v = Vec::new();
             for q in &self.run_queues {
-                let known = QUEUES.iter().find(|k| **k == q.trim()).ok_or_else(|| WorkError::UnknownQueue(q.clone()))?;
+                let known = QUEUES
+                    .iter()
+                    .find(|k| **k == q.trim())
+                    .ok_or_else(|| WorkError::UnknownQueue(q.clone()))?;
                 if !v.contains(known) {
                     v.push(*known);
                 }
@@ -164,8 +179,10 @@ impl Workers {
                 queue::RENDER => {
                     let concurrency = self.settings.render_concurrency;
                     monitor.register(move |_restarts| {
-                        let storage = RedisStorage::<RenderJob>::new(conn.clone()).with_config(config.clone());
-                        let backend = apalis::prelude::PollWith::new(storage, Strategy::new().stream(signal.clone()));
+                        let storage =
+                            RedisStorage::<RenderJob>::new(conn.clone()).with_config(config.clone());
+                        let backend =
+                            apalis::prelude::PollWith::new(storage, Strategy::new().stream(signal.clone()));
                         WorkerBuilder::new(name.clone())
                             .backend(backend)
                             .concurrency(concurrency)
@@ -177,8 +194,10 @@ impl Workers {
                 _ => {
                     let concurrency = self.settings.transcode_concurrency;
                     monitor.register(move |_restarts| {
-                        let storage = RedisStorage::<TranscodeJob>::new(conn.clone()).with_config(config.clone());
-                        let backend = apalis::prelude::PollWith::new(storage, Strategy::new().stream(signal.clone()));
+                        let storage =
+                            RedisStorage::<TranscodeJob>::new(conn.clone()).with_config(config.clone());
+                        let backend =
+                            apalis::prelude::PollWith::new(storage, Strategy::new().stream(signal.clone()));
                         WorkerBuilder::new(name.clone())
                             .backend(backend)
                             .concurrency(concurrency)
@@ -216,10 +235,12 @@ impl Workers {
         };
 
         tracing::info!(worker = %self.settings.worker_name, queues = ?selected, "workers started");
-        let result = monitor.run_with_signal(async move {
-            shutdown.await;
-            Ok(())
-        }).await;
+        let result = monitor
+            .run_with_signal(async move {
+                shutdown.await;
+                Ok(())
+            })
+            .await;
         stop.cancel();
         let _ = announcer.await;
         let _ = listener.await;
@@ -233,14 +254,28 @@ async fn render_handler(job: RenderJob, attempt: Attempt, ctx: Data<Arc<Ctx>>) -
     settle(&ctx, id, attempt.current(), render::run(ctx.clone(), job).await).await
 }
 
-async fn transcode_handler(job: TranscodeJob, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+async fn transcode_handler(
+    job: TranscodeJob,
+    attempt: Attempt,
+    ctx: Data<Arc<Ctx>>,
+) -> Result<(), BoxDynError> {
     let id = job.generation_id;
     let ctx: Arc<Ctx> = (*ctx).clone();
-    settle(&ctx, id, attempt.current(), transcode::run(ctx.clone(), job).await).await
+    // Spawned: rustc cannot prove this future Send for every lifetime, which
+    // apalis' handler bound asks for; a task of its own sidesteps that.
+    let outcome = tokio::spawn(transcode::run(ctx.clone(), job))
+        .await
+        .unwrap_or_else(|e| Err(JobError::Retry(format!("transcode task: {e}"))));
+    settle(&ctx, id, attempt.current(), outcome).await
 }
 
 /// Turns a job's outcome into the generation's fate and apalis' verdict.
-async fn settle(ctx: &Ctx, id: Uuid, attempt: usize, outcome: Result<(), JobError>) -> Result<(), BoxDynError> {
+async fn settle(
+    ctx: &Ctx,
+    id: Uuid,
+    attempt: usize,
+    outcome: Result<(), JobError>,
+) -> Result<(), BoxDynError> {
     match outcome {
         Ok(()) => Ok(()),
         Err(JobError::Stop) => {

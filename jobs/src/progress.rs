@@ -34,10 +34,6 @@ impl Progress {
         Self { pool, redis, generation, expected, last_db_write: Instant::now(), dirty: false }
     }
 
-    pub fn generation(&self) -> &Generation {
-        &self.generation
-    }
-
     /// Records a step. Publishing happens only when something changed.
     pub async fn update(&mut self, percent: u8, stage: &str) -> Result<Result<(), Moved>, Error> {
         let percent = i32::from(percent.min(100));

@@ -25,7 +25,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), JobError> {
     async move {
         let mut conn = ctx.pool.get().await?;
         let Some(g) =
-            generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), STALE_AFTER).await?
+            generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), STALE_AFTER)
+                .await?
         else {
             // Already done, cancelled, or running on a live worker: running
             // this job again must not render twice.
@@ -38,7 +39,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), JobError> {
 
         let guard = ctx.cancels.register(id);
         let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
-        let (w, h) = catalog::Resolution::parse(&g.resolution).unwrap_or(catalog::Resolution::R480p).dimensions();
+        let (w, h) =
+            catalog::Resolution::parse(&g.resolution).unwrap_or(catalog::Resolution::R480p).dimensions();
         let model = {
             let mut conn = ctx.pool.get().await?;
             catalog::model(&mut conn, &g.model).await?

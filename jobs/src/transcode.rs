@@ -45,7 +45,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
         let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
 
         let work = tempfile::Builder::new().prefix("mage-transcode-").tempdir()?;
-        let ext = job.source_key.rsplit('.').next().unwrap_or("bin");
+        let ext = job.source_key.rsplit('.').next().unwrap_or("bin").to_owned();
         let source = work.path().join(format!("source.{ext}"));
         ctx.storage.get_to_file(&job.source_key, &source).await?;
         let out_dir = work.path().join("out");
@@ -65,19 +65,29 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
             }
             MediaKind::Video => {
                 let (tx, mut rx) = tokio::sync::watch::channel(0u8);
-                let transcoding = media::transcode_video(
-                    &source,
-                    &out_dir,
-                    move |p| {
-                        let _ = tx.send(p);
-                    },
-                    guard.token.clone(),
-                );
-                tokio::pin!(transcoding);
+                // Its own task, owning its inputs: a future that borrows
+                // across this select trips rustc's Send inference (apalis
+                // needs the handler future Send for every lifetime).
+                let (src, dst, token) = (source.clone(), out_dir.clone(), guard.token.clone());
+                let mut transcoding = tokio::spawn(async move {
+                    media::transcode_video(
+                        &src,
+                        &dst,
+                        move |p| {
+                            let _ = tx.send(p);
+                        },
+                        token,
+                    )
+                    .await
+                });
+                // If this job ends early, ffmpeg (kill_on_drop) goes with the task.
+                let _abort = AbortOnDrop(transcoding.abort_handle());
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
                 let out = loop {
                     let step = tokio::select! {
-                        res = &mut transcoding => break res.map_err(media_error)?,
+                        res = &mut transcoding => {
+                            break res.map_err(|e| JobError::Retry(format!("transcode task: {e}")))?.map_err(media_error)?
+                        }
                         _ = tick.tick() => progress.tick().await?,
                         changed = rx.changed() => {
                             if changed.is_err() {
@@ -134,11 +144,17 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
 
 fn media_error(e: MediaError) -> JobError {
     match e {
-        MediaError::Broken(user_message) => {
-            JobError::Fail { detail: user_message.clone(), user_message }
-        }
+        MediaError::Broken(user_message) => JobError::Fail { detail: user_message.clone(), user_message },
         MediaError::Failed { user_message, detail } => JobError::Fail { user_message, detail },
         MediaError::Canceled => JobError::Stop,
         MediaError::Io(e) => JobError::Retry(e.to_string()),
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

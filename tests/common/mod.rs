@@ -17,6 +17,9 @@ pub struct TestApp {
     pub pool: DbPool,
     pub http: reqwest::Client,
     pub settings: ServerSettings,
+    pub queues: mage_domain::queue::Queues,
+    pub storage: mage_domain::storage::Storage,
+    media: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     // Dropped last: the server must stop before its database goes.
     pub redis: TestRedis,
@@ -53,13 +56,84 @@ impl TestApp {
         let addr = listener.local_addr().expect("addr");
         let mut settings = settings(addr);
         tweak(&mut settings);
-        let state = mage_api::AppState::new(pool.clone(), redis.redis(), settings.clone());
+        let media = tempfile::tempdir().expect("media dir");
+        let storage = mage_domain::storage::Storage::new(&mage_domain::config::StorageSettings {
+            media_dir: media.path().to_path_buf(),
+            url: None,
+            base_url: None,
+        })
+        .expect("storage");
+        let queues = mage_domain::queue::Queues::connect(redis.redis().url(), redis.redis().prefix())
+            .await
+            .expect("queues");
+        let state = mage_api::AppState::new(
+            pool.clone(),
+            redis.redis(),
+            queues.clone(),
+            storage.clone(),
+            settings.clone(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(mage_api::serve_on(listener, state, async move {
             let _ = rx.await;
         }));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
-        Self { addr, pool, http, settings, shutdown: Some(tx), redis, db }
+        Self { addr, pool, http, settings, queues, storage, media, shutdown: Some(tx), redis, db }
+    }
+
+    pub fn media_dir(&self) -> &std::path::Path {
+        self.media.path()
+    }
+
+    /// Starts `mage work` (all queues) inside the test; it stops when the
+    /// returned guard is dropped.
+    pub async fn start_workers(&self) -> Workers {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let workers = mage_jobs::Workers {
+            pool: self.pool.clone(),
+            redis: self.redis.redis(),
+            queues: self.queues.clone(),
+            storage: self.storage.clone(),
+            settings: mage_domain::config::WorkerSettings {
+                render_backend: "synthetic".into(),
+                render_concurrency: 2,
+                transcode_concurrency: 1,
+                job_attempts: 3,
+                worker_name: format!("test-{}", uuid::Uuid::new_v4()),
+            },
+            run_queues: vec![],
+        };
+        let handle = tokio::spawn(async move {
+            workers
+                .run(async move {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        Workers { stop: Some(tx), handle: Some(handle) }
+    }
+
+    /// Runs SQL statements (test fixtures).
+    pub async fn sql(&self, statements: &str) {
+        use diesel_async::SimpleAsyncConnection;
+        self.conn().await.batch_execute(statements).await.expect("sql");
+    }
+
+    /// The plan of `explain` (an EXPLAIN statement) with sequential scans
+    /// discouraged, as on a table big enough to matter.
+    pub async fn explain(&self, explain: &str) -> String {
+        use diesel::QueryableByName;
+        use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+        #[derive(QueryableByName)]
+        struct Line {
+            #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+            line: String,
+        }
+        let mut conn = self.conn().await;
+        conn.batch_execute("SET enable_seqscan = off").await.expect("set");
+        let lines: Vec<Line> = diesel::sql_query(explain).load(&mut *conn).await.expect("explain");
+        conn.batch_execute("RESET enable_seqscan").await.expect("reset");
+        lines.into_iter().map(|l| l.line).collect::<Vec<_>>().join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -123,6 +197,22 @@ impl TestApp {
 
     pub async fn count(&self, table: &str) -> i64 {
         count(&mut *self.conn().await, table).await
+    }
+}
+
+pub struct Workers {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), mage_jobs::WorkError>>>,
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
     }
 }
 

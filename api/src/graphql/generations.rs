@@ -414,7 +414,11 @@ pub struct GenerationsMutation;
 impl GenerationsMutation {
     /// Holds the quoted price and queues the generation. The credits are
     /// charged when it succeeds and given back if it fails or is cancelled.
-    async fn create_generation(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<Generation> {
+    async fn create_generation(
+        &self,
+        ctx: &Context<'_>,
+        input: CreateGenerationInput,
+    ) -> ApiResult<Generation> {
         let user_id = viewer(ctx).require()?;
         let svc = services(ctx);
         let g = domain::create(&svc.generations, user_id, &input.domain(), input.idempotency_key.as_deref())

@@ -43,12 +43,13 @@ pub struct Services {
     pub generations: mage_domain::generations::Services,
     /// Base of the absolute URLs handed to clients.
     pub public_url: String,
+    pub storage: mage_domain::storage::Storage,
 }
 
 impl Services {
     /// The URL a client fetches a stored media object from.
     pub fn media_url(&self, key: &str) -> String {
-        format!("{}/media/{key}", self.public_url)
+        self.storage.public_url(&self.public_url, key)
     }
 }
 
