@@ -25,7 +25,7 @@ fn put(root: &Path, key: &str, body: &[u8]) {
     std::fs::write(path, body).expect("write");
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> &'a str {
+fn header(headers: &HeaderMap, name: header::HeaderName) -> &str {
     headers.get(&name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no {name} in {headers:?}"))
 }
 
