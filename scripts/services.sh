@@ -132,4 +132,6 @@ ensure_rust_lints() {
 
 ensure_ffmpeg() {
     have ffmpeg && have ffprobe || apt_install ffmpeg
+    # The synthetic renderer draws the prompt with DejaVu Sans.
+    [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 }

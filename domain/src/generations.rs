@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::catalog::{self, GenerationInput, MediaKind, Quote};
@@ -174,11 +175,14 @@ pub async fn create(
     };
     drop(conn);
     let span = tracing::info_span!("generation", generation_id = %g.id);
-    let _enter = span.enter();
+    enqueue_new(svc, g).instrument(span).await
+}
+
+/// After the commit: queue the render; without a job the generation would
+/// wait for the sweeper while its credits sit held, so if the push fails it
+/// fails now and the hold goes back (nothing half-done).
+async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generation> {
     if let Err(e) = svc.queues.push_render(&RenderJob { generation_id: g.id }).await {
-        // Nothing half-done: without a job the generation would wait for the
-        // sweeper while its credits sit held, so it fails now and the hold
-        // goes back.
         tracing::error!(error = %e, "could not enqueue the render job");
         let mut conn = svc.pool.get().await?;
         if let Some(failed) = fail(&mut conn, g.id, INTERNAL_FAILURE).await? {
@@ -186,7 +190,7 @@ pub async fn create(
         }
         return Err(e);
     }
-    tracing::info!(model = %g.model, cost = g.cost, "generation queued");
+    tracing::info!(model = %g.model, cost = g.cost, status = %g.status, "generation queued");
     events::publish_generation_logged(&svc.redis, &g, false).await;
     Ok(g)
 }
@@ -662,15 +666,8 @@ pub async fn retry_and_enqueue(svc: &Services, user_id: Uuid, id: Uuid) -> Resul
             return Err(e);
         }
     };
-    if let Err(e) = svc.queues.push_render(&RenderJob { generation_id: g.id }).await {
-        tracing::error!(generation_id = %g.id, error = %e, "could not enqueue the render job");
-        if let Some(failed) = fail(&mut conn, g.id, INTERNAL_FAILURE).await? {
-            finished(svc, &failed).await;
-        }
-        return Err(e);
-    }
-    events::publish_generation_logged(&svc.redis, &g, false).await;
-    Ok(g)
+    let span = tracing::info_span!("generation", generation_id = %g.id);
+    enqueue_new(svc, g).instrument(span).await
 }
 
 /// Cancels and tells a running generation's worker to stop.

@@ -28,8 +28,10 @@ pub const ALL: &[&str] = &[RENDER, TRANSCODE];
 /// How often a worker proves it is alive, and how many beats it may miss
 /// before another worker takes its tasks back (apalis-redis defaults to 10
 /// missed beats of 30 s: five minutes of a paid job going nowhere).
-pub const HEARTBEAT: Duration = Duration::from_secs(15);
-pub const MISSED_HEARTBEATS: usize = 4;
+/// Also bounds a delay seen right after a worker starts: its first jobs may
+/// wait until its first heartbeat (see the issue-3 note).
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+pub const MISSED_HEARTBEATS: usize = 12;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RenderJob {

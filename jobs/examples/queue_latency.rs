@@ -88,7 +88,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
             .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(500);
+    tokio::time::sleep(Duration::from_millis(idle)).await;
 
     let every = Duration::from_secs_f64(1.0 / rate);
     let mut tick = tokio::time::interval(every);

@@ -12,7 +12,6 @@
 //! a struggling dependency is not hammered.
 
 pub mod backend;
-mod ffmpeg;
 pub mod media;
 mod progress;
 mod render;
