@@ -245,8 +245,10 @@ impl Generation {
     async fn negative_prompt(&self) -> Option<&str> {
         self.0.negative_prompt.as_deref()
     }
-    async fn resolution(&self) -> Option<Resolution> {
-        catalog::Resolution::parse(&self.0.resolution).map(Into::into)
+    async fn resolution(&self) -> ApiResult<Resolution> {
+        catalog::Resolution::parse(&self.0.resolution)
+            .map(Into::into)
+            .ok_or_else(|| ApiError::internal(format!("generation with resolution {:?}", self.0.resolution)))
     }
     async fn duration_seconds(&self) -> Option<i32> {
         self.0.duration_seconds
