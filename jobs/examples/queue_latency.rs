@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apalis::layers::WorkerBuilderExt;
-use apalis::prelude::{Data, Monitor, ParallelizeExt, PollWith, Strategy, WorkerBuilder};
-use apalis_redis::RedisStorage;
+use apalis::prelude::{Data, Monitor, ParallelizeExt, WorkerBuilder};
 use mage_domain::queue::{self, Queues, RenderJob};
 use mage_jobs::wake::{self, Cancels, Signal};
 use tokio_util::sync::CancellationToken;
@@ -69,9 +68,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (conn, config) = (queues.connection(), queues.config(queue::RENDER));
     let (s1, s2) = (sent.clone(), seen.clone());
     let monitor = Monitor::new().register(move |_| {
-        let storage = RedisStorage::<RenderJob>::new(conn.clone()).with_config(config.clone());
         WorkerBuilder::new(format!("bench-{}", std::process::id()))
-            .backend(PollWith::new(storage, Strategy::new().stream(signal.clone())))
+            .backend(mage_jobs::woken_storage::<RenderJob>(&conn, &config, &signal))
             .concurrency(50)
             .data(s1.clone())
             .data(s2.clone())

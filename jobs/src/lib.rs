@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use apalis::layers::WorkerBuilderExt;
 use apalis::prelude::{
-    AbortError, Attempt, BoxDynError, Data, Monitor, ParallelizeExt, Strategy, WorkerBuilder,
+    AbortError, Attempt, BoxDynError, Data, Monitor, ParallelizeExt, PollWith, Strategy, WorkerBuilder,
 };
 use apalis_redis::RedisStorage;
 use mage_domain::config::WorkerSettings;
@@ -178,12 +178,8 @@ impl Workers {
                 queue::RENDER => {
                     let concurrency = self.settings.render_concurrency;
                     monitor.register(move |_restarts| {
-                        let storage =
-                            RedisStorage::<RenderJob>::new(conn.clone()).with_config(config.clone());
-                        let backend =
-                            apalis::prelude::PollWith::new(storage, Strategy::new().stream(signal.clone()));
                         WorkerBuilder::new(name.clone())
-                            .backend(backend)
+                            .backend(woken_storage::<RenderJob>(&conn, &config, &signal))
                             .concurrency(concurrency)
                             .data(ctx.clone())
                             .parallelize(tokio::spawn)
@@ -193,12 +189,8 @@ impl Workers {
                 _ => {
                     let concurrency = self.settings.transcode_concurrency;
                     monitor.register(move |_restarts| {
-                        let storage =
-                            RedisStorage::<TranscodeJob>::new(conn.clone()).with_config(config.clone());
-                        let backend =
-                            apalis::prelude::PollWith::new(storage, Strategy::new().stream(signal.clone()));
                         WorkerBuilder::new(name.clone())
-                            .backend(backend)
+                            .backend(woken_storage::<TranscodeJob>(&conn, &config, &signal))
                             .concurrency(concurrency)
                             .data(ctx.clone())
                             .parallelize(tokio::spawn)
@@ -245,6 +237,17 @@ impl Workers {
         let _ = listener.await;
         result.map_err(|e| WorkError::Stopped(e.to_string()))
     }
+}
+
+/// A queue's apalis-redis storage that fetches when `signal` fires (a push
+/// was announced, or the idle tick) instead of on a poll timer.
+pub fn woken_storage<T>(
+    conn: &apalis_redis::ConnectionManager,
+    config: &apalis_redis::Config,
+    signal: &Signal,
+) -> PollWith<RedisStorage<T>, Strategy> {
+    let storage = RedisStorage::<T>::new(conn.clone()).with_config(config.clone());
+    PollWith::new(storage, Strategy::new().stream(signal.clone()))
 }
 
 async fn render_handler(job: RenderJob, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
