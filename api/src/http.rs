@@ -1,11 +1,10 @@
 //! The axum router: GraphQL over HTTP and WebSocket on `/graphql`, the
 //! playground on `GET /graphql`, health checks.
 
-use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use std::time::Duration;
 
-use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::GraphQLResponse;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
@@ -30,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/playground-assets/{file}", get(playground::asset))
         .route("/healthz", get(health::healthz))
+        .route("/metrics", get(crate::metrics::render))
         .route("/readyz", get(health::readyz))
         .merge(crate::media::routes(&state))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, s.request_timeout))
@@ -61,7 +61,7 @@ fn cors(origins: &[String]) -> CorsLayer {
 /// The caller named by an `Authorization` header (HTTP) or a
 /// `connection_init` payload (WebSocket); no credentials is an anonymous
 /// caller.
-fn viewer_from(state: &AppState, credential: Option<&str>) -> Viewer {
+pub(crate) fn viewer_from(state: &AppState, credential: Option<&str>) -> Viewer {
     match credential.map(str::trim).filter(|c| !c.is_empty()) {
         None => Viewer::Anonymous,
         Some(c) => match state.tokens.verify_header(c) {
@@ -138,37 +138,18 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
     if !wants_upgrade {
         return playground::page();
     }
-    let protocol = match GraphQLProtocol::from_request_parts(&mut parts, &state).await {
-        Ok(p) => p,
-        Err(rejection) => return rejection.into_response(),
+    let Some(protocol) = crate::ws::protocol(&parts.headers) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "BAD_USER_INPUT",
+            "ask for the WebSocket subprotocol graphql-transport-ws (or the legacy graphql-ws)".into(),
+        );
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    let schema = state.schema.clone();
-    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |socket| {
-        let init_state = state.clone();
-        GraphQLWebSocket::new(socket, schema, protocol)
-            .on_connection_init(move |payload| async move { connection_init(&init_state, payload) })
-            .serve()
-    })
-}
-
-/// Authenticates a WebSocket from its `connection_init` payload:
-/// `{"Authorization": "Bearer <token>"}` (also `authorization` or `token`).
-/// A bad token rejects the connection.
-fn connection_init(state: &AppState, payload: serde_json::Value) -> async_graphql::Result<Data> {
-    let credential = ["Authorization", "authorization", "token"]
-        .iter()
-        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
-    // A socket states its credentials once, so bad ones refuse the socket.
-    let viewer = match viewer_from(state, credential) {
-        Viewer::Invalid(why) => return Err(ApiError::Unauthenticated(why).into()),
-        v => v,
-    };
-    let mut data = Data::default();
-    data.insert(viewer);
-    data.insert(crate::graphql::Loaders::new(state.pool.clone()));
-    Ok(data)
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
 }

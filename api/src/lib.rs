@@ -6,8 +6,11 @@ pub mod error;
 pub mod graphql;
 mod health;
 mod http;
+pub mod live;
 mod media;
+pub mod metrics;
 mod playground;
+mod ws;
 
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use mage_domain::storage::Storage;
 
 pub use graphql::{MageSchema, build_schema};
 pub use http::router;
+pub use ws::open_sockets;
 
 /// Everything a request handler needs, shared by all of them.
 #[derive(Clone)]
@@ -29,6 +33,11 @@ pub struct AppState {
     pub tokens: auth::Tokens,
     pub schema: MageSchema,
     pub storage: Storage,
+    pub live: live::Hub,
+    /// Cancelled when the server begins to stop: open WebSockets are closed
+    /// (clients reconnect to another instance) so the stop does not wait on
+    /// them.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -40,6 +49,8 @@ impl AppState {
         settings: ServerSettings,
     ) -> Self {
         let tokens = auth::Tokens::new(&settings.jwt_secret, settings.token_ttl);
+        metrics::init();
+        let live = live::Hub::start(redis.clone(), pool.clone());
         let services = Arc::new(graphql::Services {
             pool: pool.clone(),
             redis: redis.clone(),
@@ -53,9 +64,19 @@ impl AppState {
             },
             public_url: settings.public_url.clone(),
             storage: storage.clone(),
+            live: live.clone(),
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
-        Self { pool, redis, settings: Arc::new(settings), tokens, schema, storage }
+        Self {
+            pool,
+            redis,
+            settings: Arc::new(settings),
+            tokens,
+            schema,
+            storage,
+            live,
+            stopping: tokio_util::sync::CancellationToken::new(),
+        }
     }
 }
 
@@ -68,5 +89,10 @@ pub async fn serve_on(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, playground = %format!("{}/graphql", state.settings.public_url), "mage serve listening");
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }

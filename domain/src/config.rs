@@ -149,6 +149,24 @@ pub struct ServerArgs {
         default_value_t = 4
     )]
     pub active_generations: u32,
+    /// Seconds between the server's keep-alive messages on an idle WebSocket
+    /// (`ping` or `ka` per subprotocol, plus a WebSocket ping frame); a
+    /// socket silent for three of these is closed
+    #[arg(
+        long,
+        env = "MAGE_WS_KEEPALIVE_SECONDS",
+        value_name = "MAGE_WS_KEEPALIVE_SECONDS",
+        default_value_t = 15
+    )]
+    pub ws_keepalive_seconds: u64,
+    /// Seconds a new WebSocket may take to send `connection_init`
+    #[arg(
+        long,
+        env = "MAGE_WS_INIT_TIMEOUT_SECONDS",
+        value_name = "MAGE_WS_INIT_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub ws_init_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +182,8 @@ pub struct ServerSettings {
     pub graphql_max_complexity: usize,
     pub cors_origins: Vec<String>,
     pub generation_limits: crate::limits::GenerationLimits,
+    pub ws_keepalive: Duration,
+    pub ws_init_timeout: Duration,
     /// `mage dev`: development conveniences are allowed.
     pub dev_mode: bool,
 }
@@ -203,6 +223,8 @@ impl ServerArgs {
             ("MAGE_GRAPHQL_MAX_COMPLEXITY", self.graphql_max_complexity as u64),
             ("MAGE_GENERATIONS_PER_MINUTE", u64::from(self.generations_per_minute)),
             ("MAGE_ACTIVE_GENERATIONS", u64::from(self.active_generations)),
+            ("MAGE_WS_KEEPALIVE_SECONDS", self.ws_keepalive_seconds),
+            ("MAGE_WS_INIT_TIMEOUT_SECONDS", self.ws_init_timeout_seconds),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(name, "must be greater than 0"));
@@ -228,6 +250,8 @@ impl ServerArgs {
                 per_minute: self.generations_per_minute,
                 active: self.active_generations,
             },
+            ws_keepalive: Duration::from_secs(self.ws_keepalive_seconds),
+            ws_init_timeout: Duration::from_secs(self.ws_init_timeout_seconds),
             dev_mode,
         })
     }

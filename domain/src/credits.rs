@@ -589,3 +589,26 @@ pub async fn accounts(conn: &mut Connection, user_ids: &[Uuid]) -> Result<Vec<Cr
         .load(conn)
         .await?)
 }
+
+/// An account as of its latest ledger entry: `version` is that entry's id,
+/// which grows with every change of the account (entries are written under
+/// the account's row lock), so a reader can tell a newer state from an older.
+#[derive(Debug, Clone)]
+pub struct AccountState {
+    pub account: CreditAccount,
+    pub version: i64,
+}
+
+/// The current state of these users' accounts, with their versions.
+pub async fn account_states(conn: &mut Connection, user_ids: &[Uuid]) -> Result<Vec<AccountState>> {
+    let found = accounts(conn, user_ids).await?;
+    let versions: Vec<(Uuid, Option<i64>)> = credit_entries::table
+        .filter(credit_entries::user_id.eq_any(user_ids))
+        .group_by(credit_entries::user_id)
+        .select((credit_entries::user_id, diesel::dsl::max(credit_entries::id)))
+        .load(conn)
+        .await?;
+    let version_of =
+        |id: Uuid| versions.iter().find(|(u, _)| *u == id).and_then(|(_, v)| *v).unwrap_or(0);
+    Ok(found.into_iter().map(|account| AccountState { version: version_of(account.user_id), account }).collect())
+}

@@ -17,6 +17,14 @@ pub fn user_generations_channel(redis: &Redis, user_id: Uuid) -> String {
     redis.key(&format!("events:user:{user_id}:generations"))
 }
 
+/// "This user's credits changed": sent after every committed ledger entry.
+/// The message carries no figures; each API instance reads the account once
+/// for all its subscribers of that user, so they always see a committed,
+/// current state, whatever order messages arrive in.
+pub fn credits_channel(redis: &Redis, user_id: Uuid) -> String {
+    redis.key(&format!("events:user:{user_id}:credits"))
+}
+
 /// One message per dequeue from the render queue: subscribers of QUEUED
 /// generations recompute their positions from it.
 pub fn queue_advanced_channel(redis: &Redis) -> String {
@@ -52,6 +60,24 @@ pub async fn publish_generation(redis: &Redis, g: &Generation, left_queue: bool)
 pub async fn publish_generation_logged(redis: &Redis, g: &Generation, left_queue: bool) {
     if let Err(e) = publish_generation(redis, g, left_queue).await {
         tracing::warn!(generation_id = %g.id, error = %e, "could not publish a generation change");
+    }
+}
+
+pub async fn publish_credits_changed(redis: &Redis, user_id: Uuid) -> Result<()> {
+    let mut conn = redis.conn().await?;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(credits_channel(redis, user_id))
+        .arg(user_id.to_string())
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Best effort, like [`publish_generation_logged`]: the ledger already holds
+/// the change.
+pub async fn publish_credits_changed_logged(redis: &Redis, user_id: Uuid) {
+    if let Err(e) = publish_credits_changed(redis, user_id).await {
+        tracing::warn!(%user_id, error = %e, "could not publish a credits change");
     }
 }
 

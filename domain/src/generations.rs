@@ -192,6 +192,7 @@ async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generation> {
     }
     tracing::info!(model = %g.model, cost = g.cost, status = %g.status, "generation queued");
     events::publish_generation_logged(&svc.redis, &g, false).await;
+    events::publish_credits_changed_logged(&svc.redis, g.user_id).await;
     Ok(g)
 }
 
@@ -318,6 +319,51 @@ pub async fn queue_position(conn: &mut Connection, g: &Generation) -> Result<Opt
         .get_result(conn)
         .await?;
     Ok(Some(c.n + 1))
+}
+
+#[derive(QueryableByName)]
+struct Position {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    position: i64,
+}
+
+/// The queue positions of those of `ids` that are QUEUED, in one statement:
+/// one ordered pass over the queue up to the last of them (rather than one
+/// count per generation), which is what a live instance runs each time the
+/// queue moves to refresh every position its subscribers watch.
+pub async fn queue_positions(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Position> = diesel::sql_query(
+        "SELECT id, position FROM (
+             SELECT id, row_number() OVER (ORDER BY queued_at, id) AS position
+             FROM generations
+             WHERE status = 'queued'
+               AND queued_at <= (SELECT max(queued_at) FROM generations WHERE id = ANY($1))
+         ) q WHERE id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(ids)
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.position)).collect())
+}
+
+/// These generations, in no particular order (missing ids are left out).
+pub async fn find_many(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<Generation>> {
+    Ok(generations::table.filter(generations::id.eq_any(ids)).select(Generation::as_select()).load(conn).await?)
+}
+
+/// The user's QUEUED generations.
+pub async fn queued_of(conn: &mut Connection, user_id: Uuid) -> Result<Vec<Generation>> {
+    Ok(generations::table
+        .filter(generations::user_id.eq(user_id))
+        .filter(generations::status.eq(Status::Queued.as_str()))
+        .select(Generation::as_select())
+        .load(conn)
+        .await?)
 }
 
 pub const QUEUE_POSITION_SQL: &str =
@@ -686,7 +732,7 @@ pub async fn cancel_and_signal(svc: &Services, user_id: Uuid, id: Uuid) -> Resul
 }
 
 /// After a generation reaches a final state: free its active slot and
-/// publish the change.
+/// publish the change (of the generation and of its owner's credits).
 pub async fn finished(svc: &Services, g: &Generation) {
     finished_with(&svc.redis, g).await;
 }
@@ -696,6 +742,8 @@ pub async fn finished_with(redis: &Redis, g: &Generation) {
         tracing::warn!(generation_id = %g.id, error = %e, "could not free the active-generation slot");
     }
     events::publish_generation_logged(redis, g, false).await;
+    // Reaching a final state captured or released the hold.
+    events::publish_credits_changed_logged(redis, g.user_id).await;
 }
 
 #[cfg(test)]

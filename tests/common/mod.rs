@@ -39,6 +39,8 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         graphql_max_complexity: 5000,
         cors_origins: vec![],
         generation_limits: mage_domain::limits::GenerationLimits { per_minute: 20, active: 4 },
+        ws_keepalive: Duration::from_secs(15),
+        ws_init_timeout: Duration::from_secs(10),
         dev_mode: false,
     }
 }

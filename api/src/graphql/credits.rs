@@ -1,7 +1,8 @@
 //! Credits: the caller's account and ledger.
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{Context, Enum, ID, Object};
+use async_graphql::{Context, Enum, ID, Object, Subscription};
+use futures_util::{Stream, StreamExt};
 use chrono::{DateTime, Utc};
 use mage_domain::credits::{self as ledger, EntryKind};
 use mage_domain::models;
@@ -9,6 +10,7 @@ use mage_domain::models;
 use super::pagination::{decode_cursor, encode_cursor, page_size};
 use super::{services, viewer};
 use crate::error::{ApiError, ApiResult};
+use crate::live::Event;
 
 /// Days ahead that `expiringSoon` looks.
 const EXPIRING_SOON_DAYS: i64 = 7;
@@ -119,5 +121,29 @@ impl CreditsQuery {
         let mut page = Connection::new(after.is_some(), has_next);
         page.edges.extend(rows.into_iter().map(|e| Edge::new(encode_cursor("ce", e.id), CreditEntry(e))));
         Ok(page)
+    }
+}
+
+#[derive(Default)]
+pub struct CreditsSubscription;
+
+#[Subscription]
+impl CreditsSubscription {
+    /// Your account now, then after every ledger entry (grant, hold,
+    /// capture, release, purchase, clawback, expiry). A client that falls
+    /// behind gets the latest state.
+    async fn credits_changed(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = ApiResult<CreditAccount>> + use<>, ApiError> {
+        let user_id = viewer(ctx).require()?;
+        let sub = services(ctx).live.credits(user_id).await?;
+        Ok(sub.filter_map(|event| {
+            std::future::ready(match event {
+                Ok(Event::Credits(state)) => Some(Ok(CreditAccount(state.account.clone()))),
+                Ok(Event::Generation(_)) => None,
+                Err(lagged) => Some(Err(lagged.into())),
+            })
+        }))
     }
 }

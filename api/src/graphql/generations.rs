@@ -2,7 +2,8 @@
 //! the queue.
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SimpleObject};
+use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
+use futures_util::{Stream, StreamExt};
 use chrono::{DateTime, Utc};
 use mage_domain::catalog::{self, GenerationInput, MediaKind};
 use mage_domain::generations::{self as domain, Status};
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use super::pagination::{decode_cursor, encode_cursor, page_size};
 use super::{services, viewer};
 use crate::error::{ApiError, ApiResult};
+use crate::live::{self, Event, Subscription as LiveSubscription};
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum Resolution {
@@ -192,83 +194,107 @@ pub struct GenerationOutput {
     renditions: Vec<Rendition>,
 }
 
-pub struct Generation(pub GenerationRow);
+pub struct Generation {
+    row: GenerationRow,
+    /// The queue position when the caller already knows it (a live event
+    /// carries it); otherwise it is read when asked for.
+    known_position: Option<Option<i64>>,
+}
+
+impl From<GenerationRow> for Generation {
+    fn from(row: GenerationRow) -> Self {
+        Self { row, known_position: None }
+    }
+}
+
+impl From<&live::Snapshot> for Generation {
+    fn from(s: &live::Snapshot) -> Self {
+        let known = s.position.is_some() || s.status() != Status::Queued;
+        Self { row: s.row.clone(), known_position: known.then_some(s.position) }
+    }
+}
 
 #[Object]
 impl Generation {
     async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+        ID(self.row.id.to_string())
     }
     async fn status(&self) -> GenerationStatus {
-        self.0.status().into()
+        self.row.status().into()
     }
     /// 0–100 within the current stage.
     async fn progress(&self) -> i32 {
-        self.0.progress
+        self.row.progress
     }
     async fn stage(&self) -> Option<&str> {
-        self.0.stage.as_deref()
+        self.row.stage.as_deref()
     }
     /// 1 = next to start; null unless QUEUED.
     async fn queue_position(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
-        if self.0.status() != Status::Queued {
+        if self.row.status() != Status::Queued {
             return Ok(None);
         }
+        if let Some(known) = self.known_position {
+            return Ok(known);
+        }
         let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        Ok(domain::queue_position(&mut conn, &self.0).await?)
+        Ok(domain::queue_position(&mut conn, &self.row).await?)
     }
     /// Seconds until it is likely finished; null once final.
     async fn eta_seconds(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
-        if self.0.status().is_final() {
+        if self.row.status().is_final() {
             return Ok(None);
         }
         let svc = services(ctx);
         let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
-        let position = domain::queue_position(&mut conn, &self.0).await?;
-        let seconds = domain::recent_render_seconds(&mut conn, &self.0.model)
+        let position = match self.known_position {
+            Some(known) => known,
+            None => domain::queue_position(&mut conn, &self.row).await?,
+        };
+        let seconds = domain::recent_render_seconds(&mut conn, &self.row.model)
             .await?
-            .unwrap_or_else(|| domain::default_render_seconds(&self.0));
+            .unwrap_or_else(|| domain::default_render_seconds(&self.row));
         let slots = mage_domain::workers::live_slots(&svc.redis, mage_domain::queue::RENDER)
             .await
             .map_err(ApiError::internal)?;
-        Ok(domain::eta_seconds(&self.0, position, seconds, slots))
+        Ok(domain::eta_seconds(&self.row, position, seconds, slots))
     }
     async fn model(&self) -> &str {
-        &self.0.model
+        &self.row.model
     }
     async fn kind(&self) -> ModelKind {
-        self.0.media_kind().into()
+        self.row.media_kind().into()
     }
     async fn prompt(&self) -> &str {
-        &self.0.prompt
+        &self.row.prompt
     }
     async fn negative_prompt(&self) -> Option<&str> {
-        self.0.negative_prompt.as_deref()
+        self.row.negative_prompt.as_deref()
     }
     async fn resolution(&self) -> ApiResult<Resolution> {
-        catalog::Resolution::parse(&self.0.resolution)
+        catalog::Resolution::parse(&self.row.resolution)
             .map(Into::into)
-            .ok_or_else(|| ApiError::internal(format!("generation with resolution {:?}", self.0.resolution)))
+            .ok_or_else(|| ApiError::internal(format!("generation with resolution {:?}", self.row.resolution)))
     }
     async fn duration_seconds(&self) -> Option<i32> {
-        self.0.duration_seconds
+        self.row.duration_seconds
     }
     async fn seed(&self) -> Option<i64> {
-        self.0.seed
+        self.row.seed
     }
     /// Credits this generation costs (held until it succeeds).
     async fn cost(&self) -> i64 {
-        self.0.cost
+        self.row.cost
     }
     /// Why it failed, in words fit for the user.
     async fn error(&self) -> Option<&str> {
-        self.0.error.as_deref()
+        self.row.error.as_deref()
     }
     async fn output(&self, ctx: &Context<'_>) -> Option<GenerationOutput> {
-        if self.0.status() != Status::Succeeded {
+        if self.row.status() != Status::Succeeded {
             return None;
         }
-        let out = self.0.output.as_ref()?;
+        let out = self.row.output.as_ref()?;
         let svc = services(ctx);
         let url = |field: &str| out.get(field).and_then(|v| v.as_str()).map(|key| svc.media_url(key));
         let int = |field: &str| out.get(field).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
@@ -298,19 +324,19 @@ impl Generation {
         })
     }
     async fn attempts(&self) -> i32 {
-        self.0.attempts
+        self.row.attempts
     }
     async fn created_at(&self) -> DateTime<Utc> {
-        self.0.created_at
+        self.row.created_at
     }
     async fn queued_at(&self) -> DateTime<Utc> {
-        self.0.queued_at
+        self.row.queued_at
     }
     async fn started_at(&self) -> Option<DateTime<Utc>> {
-        self.0.started_at
+        self.row.started_at
     }
     async fn finished_at(&self) -> Option<DateTime<Utc>> {
-        self.0.finished_at
+        self.row.finished_at
     }
 }
 
@@ -378,7 +404,7 @@ impl GenerationsQuery {
         let user_id = viewer(ctx).require()?;
         let id = parse_id(&id)?;
         let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        Ok(Some(Generation(domain::find_own(&mut conn, user_id, id).await?)))
+        Ok(Some(domain::find_own(&mut conn, user_id, id).await?.into()))
     }
 
     /// Your generations, newest first.
@@ -397,7 +423,7 @@ impl GenerationsQuery {
         let has_next = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|g| Edge::new(generation_cursor(&g), Generation(g))));
+        page.edges.extend(rows.into_iter().map(|g| Edge::new(generation_cursor(&g), Generation::from(g))));
         Ok(page)
     }
 
@@ -425,20 +451,60 @@ impl GenerationsMutation {
         let svc = services(ctx);
         let g = domain::create(&svc.generations, user_id, &input.domain(), input.idempotency_key.as_deref())
             .await?;
-        Ok(Generation(g))
+        Ok(g.into())
     }
 
     /// Stops a queued or running generation and gives its credits back.
     async fn cancel_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
         let user_id = viewer(ctx).require()?;
         let id = parse_id(&id)?;
-        Ok(Generation(domain::cancel_and_signal(&services(ctx).generations, user_id, id).await?))
+        Ok(domain::cancel_and_signal(&services(ctx).generations, user_id, id).await?.into())
     }
 
     /// Runs a failed generation again, holding its price again.
     async fn retry_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
         let user_id = viewer(ctx).require()?;
         let id = parse_id(&id)?;
-        Ok(Generation(domain::retry_and_enqueue(&services(ctx).generations, user_id, id).await?))
+        Ok(domain::retry_and_enqueue(&services(ctx).generations, user_id, id).await?.into())
     }
+}
+
+#[derive(Default)]
+pub struct GenerationsSubscription;
+
+#[Subscription]
+impl GenerationsSubscription {
+    /// One of your generations: its current state at once, then every change
+    /// of status, stage, progress and queue position, in order; the stream
+    /// completes after a final state (SUCCEEDED, FAILED, CANCELED). A client
+    /// that falls far behind gets the latest progress rather than every step.
+    async fn generation_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<impl Stream<Item = ApiResult<Generation>> + use<>, ApiError> {
+        let user_id = viewer(ctx).require()?;
+        let id = parse_id(&id)?;
+        Ok(generations_of(services(ctx).live.generation(user_id, id).await?))
+    }
+
+    /// Every change of any of your generations (creation included), from now
+    /// on.
+    async fn my_generations(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<impl Stream<Item = ApiResult<Generation>> + use<>, ApiError> {
+        let user_id = viewer(ctx).require()?;
+        Ok(generations_of(services(ctx).live.user_generations(user_id).await?))
+    }
+}
+
+fn generations_of(sub: LiveSubscription) -> impl Stream<Item = ApiResult<Generation>> {
+    sub.filter_map(|event| {
+        std::future::ready(match event {
+            Ok(Event::Generation(s)) => Some(Ok(Generation::from(&*s))),
+            Ok(Event::Credits(_)) => None,
+            Err(lagged) => Some(Err(lagged.into())),
+        })
+    })
 }

@@ -11,7 +11,7 @@ mod users;
 use std::sync::Arc;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe};
-use async_graphql::{EmptySubscription, MergedObject, Response, Schema, SchemaBuilder};
+use async_graphql::{MergedObject, MergedSubscription, Response, Schema, SchemaBuilder};
 use futures_util::stream::{BoxStream, StreamExt};
 use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
@@ -32,7 +32,10 @@ pub struct Query(
 #[derive(MergedObject, Default)]
 pub struct Mutation(users::UsersMutation, generations::GenerationsMutation, admin::AdminMutation);
 
-pub type MageSchema = Schema<Query, Mutation, EmptySubscription>;
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(generations::GenerationsSubscription, credits::CreditsSubscription);
+
+pub type MageSchema = Schema<Query, Mutation, Subscription>;
 
 /// What resolvers reach through `ctx.data`: set once when the server starts.
 pub struct Services {
@@ -44,6 +47,8 @@ pub struct Services {
     /// Base of the absolute URLs handed to clients.
     pub public_url: String,
     pub storage: mage_domain::storage::Storage,
+    /// Live events for subscriptions.
+    pub live: crate::live::Hub,
 }
 
 impl Services {
@@ -73,8 +78,8 @@ impl Default for Limits {
     }
 }
 
-pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query::default(), Mutation::default(), Subscription::default())
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(64)
