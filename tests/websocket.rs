@@ -6,42 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::TestApp;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use common::ws::{Ws, recv, send};
+use serde_json::json;
 
 async fn connect(app: &TestApp, protocol: &str) -> Ws {
-    let mut req = format!("ws://{}/graphql", app.addr).into_client_request().expect("request");
-    req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
-    let (ws, res) = tokio_tungstenite::connect_async(req).await.expect("connect");
-    assert_eq!(res.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()), Some(protocol));
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.expect("send");
-}
-
-/// The next JSON message that is not a keep-alive, or None once closed.
-async fn recv(ws: &mut Ws) -> Option<Value> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no message within 10 s")?;
-        match msg {
-            Ok(Message::Text(t)) => {
-                let v: Value = serde_json::from_str(&t).expect("json");
-                if v["type"] != "ka" && v["type"] != "ping" {
-                    return Some(v);
-                }
-            }
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
+    common::ws::connect(app.addr, protocol).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,7 +48,7 @@ async fn legacy_graphql_ws_accepts_the_token_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn anonymous_sockets_are_anonymous_and_bad_tokens_are_rejected() {
+async fn anonymous_sockets_are_anonymous_and_bad_tokens_fail_each_operation() {
     let app = TestApp::start().await;
     let mut ws = connect(&app, "graphql-transport-ws").await;
     send(&mut ws, json!({ "type": "connection_init", "payload": {} })).await;
@@ -88,13 +57,22 @@ async fn anonymous_sockets_are_anonymous_and_bad_tokens_are_rejected() {
         .await;
     assert_eq!(recv(&mut ws).await.expect("next")["payload"]["data"]["me"], json!(null));
 
+    // A bad token does not refuse the socket: each operation that needs the
+    // caller says why it cannot run, with a code; public ones still run.
     let mut ws = connect(&app, "graphql-transport-ws").await;
     send(&mut ws, json!({ "type": "connection_init", "payload": { "Authorization": "Bearer forged" } }))
         .await;
-    match recv(&mut ws).await {
-        None => {}
-        Some(v) => assert_ne!(v["type"], "connection_ack", "a forged token was accepted: {v}"),
-    }
+    assert_eq!(recv(&mut ws).await.expect("ack")["type"], "connection_ack");
+    send(&mut ws, json!({ "id": "1", "type": "subscribe", "payload": { "query": "{ me { email } }" } }))
+        .await;
+    let msg = recv(&mut ws).await.expect("an answer");
+    assert_eq!(msg["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{msg}");
+    assert!(msg["payload"]["errors"][0]["message"].as_str().unwrap_or_default().contains("not valid"), "{msg}");
+    assert_eq!(recv(&mut ws).await.expect("complete")["type"], "complete");
+    send(&mut ws, json!({ "id": "2", "type": "subscribe", "payload": { "query": "{ models { id } }" } }))
+        .await;
+    let msg = recv(&mut ws).await.expect("an answer");
+    assert!(msg["payload"]["data"]["models"].is_array(), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -116,4 +94,51 @@ async fn errors_over_the_socket_carry_a_code() {
         }
     };
     assert_eq!(msg["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_server_keeps_idle_sockets_alive_in_each_protocol() {
+    let app = TestApp::start_with(|s| s.ws_keepalive = Duration::from_millis(300)).await;
+    for (protocol, init, ka) in
+        [("graphql-transport-ws", "connection_init", "ping"), ("graphql-ws", "connection_init", "ka")]
+    {
+        let mut ws = connect(&app, protocol).await;
+        send(&mut ws, json!({ "type": init })).await;
+        assert_eq!(recv(&mut ws).await.expect("ack")["type"], "connection_ack");
+        let mut seen = 0;
+        // Several periods pass; the client answers nothing itself but the
+        // WebSocket pongs tungstenite sends, and stays open.
+        while seen < 4 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws))
+                .await
+                .expect("a keep-alive in time")
+                .expect("open")
+                .expect("message");
+            if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                assert_eq!(v["type"], ka, "{protocol}: {v}");
+                seen += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socket_that_never_initialises_is_closed() {
+    let app = TestApp::start_with(|s| s.ws_init_timeout = Duration::from_millis(500)).await;
+    let mut ws = connect(&app, "graphql-transport-ws").await;
+    let started = std::time::Instant::now();
+    let close = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut ws))
+            .await
+            .expect("closed in time");
+        match msg {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let frame = close.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 4408, "{frame:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400));
 }

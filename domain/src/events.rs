@@ -81,6 +81,21 @@ pub async fn publish_credits_changed_logged(redis: &Redis, user_id: Uuid) {
     }
 }
 
+/// The render queue moved without a generation starting (one was
+/// cancelled or failed while QUEUED).
+pub async fn publish_queue_advanced_logged(redis: &Redis) {
+    let published: Result<()> = async {
+        let mut conn = redis.conn().await?;
+        let _: i64 =
+            redis::cmd("PUBLISH").arg(queue_advanced_channel(redis)).arg("").query_async(&mut conn).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = published {
+        tracing::warn!(error = %e, "could not publish a queue move");
+    }
+}
+
 pub async fn publish_cancel(redis: &Redis, id: Uuid) -> Result<()> {
     let mut conn = redis.conn().await?;
     let _: i64 =

@@ -728,6 +728,10 @@ pub async fn cancel_and_signal(svc: &Services, user_id: Uuid, id: Uuid) -> Resul
     }
     tracing::info!(generation_id = %id, "generation cancelled");
     finished(svc, &c.generation).await;
+    if !c.was_running {
+        // Everything queued behind it moved up one place.
+        events::publish_queue_advanced_logged(&svc.redis).await;
+    }
     Ok(c.generation)
 }
 

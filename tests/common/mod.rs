@@ -2,6 +2,8 @@
 //! database and a Redis key prefix of the test's own.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

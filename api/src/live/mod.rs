@@ -333,10 +333,10 @@ impl Inner {
         // A QUEUED state keeps the position already known for it (a change
         // of progress or stage does not move it); a new one gets computed.
         let known = topic_snapshot(topic, row.id);
-        let position = known
-            .filter(|k| k.status() == Status::Queued && k.row.queued_at == row.queued_at)
-            .and_then(|k| k.position);
         let queued = row.status() == Status::Queued;
+        let position = known
+            .filter(|k| queued && k.status() == Status::Queued && k.row.queued_at == row.queued_at)
+            .and_then(|k| k.position);
         let snapshot = Arc::new(Snapshot { row, position });
         if topic.remember(&snapshot) {
             topic.push(&Event::Generation(snapshot));

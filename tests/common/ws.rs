@@ -1,0 +1,62 @@
+//! A GraphQL-over-WebSocket test client (tokio-tungstenite).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub async fn connect(addr: std::net::SocketAddr, protocol: &str) -> Ws {
+    let mut req = format!("ws://{addr}/graphql").into_client_request().expect("request");
+    req.headers_mut().insert("Sec-WebSocket-Protocol", protocol.parse().expect("header"));
+    let (ws, res) = tokio_tungstenite::connect_async(req).await.expect("connect");
+    assert_eq!(res.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()), Some(protocol));
+    ws
+}
+
+/// A graphql-transport-ws socket past `connection_ack`, signed in with
+/// `token` when given.
+pub async fn connect_signed_in(addr: std::net::SocketAddr, token: Option<&str>) -> Ws {
+    let mut ws = connect(addr, "graphql-transport-ws").await;
+    let payload = match token {
+        Some(t) => json!({ "Authorization": format!("Bearer {t}") }),
+        None => json!({}),
+    };
+    send(&mut ws, json!({ "type": "connection_init", "payload": payload })).await;
+    let ack = recv(&mut ws).await.expect("ack");
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
+    ws
+}
+
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.expect("send");
+}
+
+pub async fn subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
+    send(ws, json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } }))
+        .await;
+}
+
+/// The next JSON message that is not a keep-alive, or None once closed.
+pub async fn recv(ws: &mut Ws) -> Option<Value> {
+    recv_within(ws, Duration::from_secs(30)).await
+}
+
+pub async fn recv_within(ws: &mut Ws, limit: Duration) -> Option<Value> {
+    loop {
+        let msg = tokio::time::timeout(limit, ws.next()).await.expect("no message in time")?;
+        match msg {
+            Ok(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v["type"] != "ka" && v["type"] != "ping" && v["type"] != "pong" {
+                    return Some(v);
+                }
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
