@@ -11,7 +11,12 @@ fn handle() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                // Shown from the first scrape, not from the first change.
+                subscriptions(0, 0);
+                websockets(0);
+                Some(h)
+            }
             Err(e) => {
                 // Another recorder (an embedding program's) already owns the
                 // facade: metrics go there, and /metrics shows nothing.
