@@ -18,9 +18,16 @@ fn video(seconds: i64) -> Value {
 
 async fn create(app: &TestApp, token: &str, input: Value) -> String {
     let res = app
-        .gql("mutation($i: CreateGenerationInput!) { createGeneration(input: $i) { id } }", json!({ "i": input }), Some(token))
+        .gql(
+            "mutation($i: CreateGenerationInput!) { createGeneration(input: $i) { id } }",
+            json!({ "i": input }),
+            Some(token),
+        )
         .await;
-    res["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("create failed: {res}")).to_owned()
+    res["data"]["createGeneration"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("create failed: {res}"))
+        .to_owned()
 }
 
 /// The `next` payloads of subscription `id` until it completes.
@@ -93,7 +100,8 @@ async fn generation_updated_sends_the_current_state_then_every_change_then_compl
         })
         .collect();
     let order = ["QUEUED", "RENDERING", "TRANSCODING", "SUCCEEDED"];
-    let rank = |s: &str| order.iter().position(|o| *o == s).unwrap_or_else(|| panic!("status {s}: {events:?}"));
+    let rank =
+        |s: &str| order.iter().position(|o| *o == s).unwrap_or_else(|| panic!("status {s}: {events:?}"));
     for pair in states.windows(2) {
         let (a, b) = (&pair[0], &pair[1]);
         assert!(rank(&b.0) > rank(&a.0) || (b.0 == a.0 && b.1 >= a.1), "out of order: {states:?}");
@@ -102,7 +110,10 @@ async fn generation_updated_sends_the_current_state_then_every_change_then_compl
         assert!(states.iter().any(|(st, _)| st == s), "never saw {s}: {states:?}");
     }
     let rendering: Vec<i64> = states.iter().filter(|(s, _)| s == "RENDERING").map(|(_, p)| *p).collect();
-    assert!(rendering.len() >= 3 && rendering.last() > rendering.first(), "progress did not rise: {states:?}");
+    assert!(
+        rendering.len() >= 3 && rendering.last() > rendering.first(),
+        "progress did not rise: {states:?}"
+    );
     let last = &events.last().expect("events")["data"]["generationUpdated"];
     assert!(last["output"]["hlsUrl"].as_str().is_some_and(|u| u.ends_with(".m3u8")), "{last}");
 
@@ -119,11 +130,20 @@ async fn generation_updated_sends_the_current_state_then_every_change_then_compl
 async fn queue_positions_and_credits_are_pushed_and_my_generations_sees_every_change() {
     let app = TestApp::start().await;
     let (token, _) = app.register("queue@example.com").await;
+    // A socket per subscription: a helper that waits for one subscription's
+    // messages skips the others'.
     let mut ws = connect_signed_in(app.addr, Some(&token)).await;
+    let mut mine = connect_signed_in(app.addr, Some(&token)).await;
+    let mut third = connect_signed_in(app.addr, Some(&token)).await;
     subscribe(&mut ws, "c", "subscription { creditsChanged { balance held } }", json!({})).await;
     assert_eq!(next_of(&mut ws, "c").await["data"]["creditsChanged"], json!({ "balance": 100, "held": 0 }));
-    subscribe(&mut ws, "mine", "subscription { myGenerations { id status queuePosition } }", json!({})).await;
-    let ids = [create(&app, &token, video(5)).await, create(&app, &token, video(5)).await, create(&app, &token, video(5)).await];
+    subscribe(&mut mine, "mine", "subscription { myGenerations { id status queuePosition } }", json!({}))
+        .await;
+    let ids = [
+        create(&app, &token, video(5)).await,
+        create(&app, &token, video(5)).await,
+        create(&app, &token, video(5)).await,
+    ];
     // 480p costs 10 per 5 s and up: three holds, one credits event each.
     let mut held = 0;
     while held < 3 * 10 {
@@ -134,7 +154,7 @@ async fn queue_positions_and_credits_are_pushed_and_my_generations_sees_every_ch
     // Each creation, and the positions the hub computes for them.
     let mut positions = std::collections::HashMap::new();
     while positions.len() < 3 || positions.values().any(|p: &Value| p.is_null()) {
-        let g = next_of(&mut ws, "mine").await["data"]["myGenerations"].clone();
+        let g = next_of(&mut mine, "mine").await["data"]["myGenerations"].clone();
         assert_eq!(g["status"], "QUEUED", "{g}");
         positions.insert(g["id"].as_str().expect("id").to_owned(), g["queuePosition"].clone());
     }
@@ -142,21 +162,31 @@ async fn queue_positions_and_credits_are_pushed_and_my_generations_sees_every_ch
         assert_eq!(positions[id], i + 1, "{positions:?}");
     }
 
-    subscribe(&mut ws, "third", "subscription($id: ID!) { generationUpdated(id: $id) { queuePosition } }", json!({ "id": ids[2] })).await;
-    assert_eq!(next_of(&mut ws, "third").await["data"]["generationUpdated"]["queuePosition"], 3);
+    subscribe(
+        &mut third,
+        "third",
+        "subscription($id: ID!) { generationUpdated(id: $id) { queuePosition } }",
+        json!({ "id": ids[2] }),
+    )
+    .await;
+    assert_eq!(next_of(&mut third, "third").await["data"]["generationUpdated"]["queuePosition"], 3);
     for (cancel, expect) in [(&ids[0], 2), (&ids[1], 1)] {
         let res = app
-            .gql("mutation($id: ID!) { cancelGeneration(id: $id) { status } }", json!({ "id": cancel }), Some(&token))
+            .gql(
+                "mutation($id: ID!) { cancelGeneration(id: $id) { status } }",
+                json!({ "id": cancel }),
+                Some(&token),
+            )
             .await;
         assert_eq!(res["data"]["cancelGeneration"]["status"], "CANCELED", "{res}");
-        let pos = next_of(&mut ws, "third").await;
+        let pos = next_of(&mut third, "third").await;
         assert_eq!(pos["data"]["generationUpdated"]["queuePosition"], expect, "{pos}");
         // myGenerations: the cancel, then (maybe after other moves) the new
         // position of the third.
         let mut saw_cancel = false;
         let mut saw_position = false;
         while !(saw_cancel && saw_position) {
-            let g = next_of(&mut ws, "mine").await["data"]["myGenerations"].clone();
+            let g = next_of(&mut mine, "mine").await["data"]["myGenerations"].clone();
             saw_cancel |= g["id"] == cancel.as_str() && g["status"] == "CANCELED";
             saw_position |= g["id"] == ids[2].as_str() && g["queuePosition"] == expect;
         }
@@ -184,7 +214,9 @@ async fn bad_credentials_and_other_users_generations_get_an_error_and_spare_the_
     let mut ws = connect_signed_in(app.addr, Some(&alice)).await;
     subscribe(&mut ws, "credits", "subscription { creditsChanged { balance held } }", json!({})).await;
     assert_eq!(next_of(&mut ws, "credits").await["data"]["creditsChanged"]["balance"], 100);
-    for (id, bad) in [("bob", bobs.as_str()), ("junk", "not-an-id"), ("missing", "0190c0de-0000-7000-8000-000000000000")] {
+    for (id, bad) in
+        [("bob", bobs.as_str()), ("junk", "not-an-id"), ("missing", "0190c0de-0000-7000-8000-000000000000")]
+    {
         subscribe(&mut ws, id, GENERATION_UPDATED, json!({ "id": bad })).await;
         let msg = loop {
             let m = recv(&mut ws).await.expect("an answer");
@@ -206,17 +238,29 @@ async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind
     const SUBSCRIBERS: usize = 2000;
     let app = TestApp::start().await;
     let (token, user_id) = app.register("many@example.com").await;
-    let ids = [create(&app, &token, video(5)).await, create(&app, &token, video(5)).await, create(&app, &token, video(5)).await, create(&app, &token, video(5)).await];
+    let ids = [
+        create(&app, &token, video(5)).await,
+        create(&app, &token, video(5)).await,
+        create(&app, &token, video(5)).await,
+        create(&app, &token, video(5)).await,
+    ];
     let sockets_before = gauge(&app, "mage_websocket_connections").await;
 
     let mut tasks = Vec::new();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(SUBSCRIBERS);
     let go = std::sync::Arc::new(tokio::sync::Notify::new());
     for i in 0..SUBSCRIBERS {
-        let (addr, token, id, ready, _go) = (app.addr, token.clone(), ids[i % ids.len()].clone(), ready_tx.clone(), go.clone());
+        let (addr, token, id, ready, _go) =
+            (app.addr, token.clone(), ids[i % ids.len()].clone(), ready_tx.clone(), go.clone());
         tasks.push(tokio::spawn(async move {
             let mut ws = connect_signed_in(addr, Some(&token)).await;
-            subscribe(&mut ws, "g", "subscription($id: ID!) { generationUpdated(id: $id) { id progress stage } }", json!({ "id": id })).await;
+            subscribe(
+                &mut ws,
+                "g",
+                "subscription($id: ID!) { generationUpdated(id: $id) { id progress stage } }",
+                json!({ "id": id }),
+            )
+            .await;
             let first = next_of(&mut ws, "g").await;
             assert_eq!(first["data"]["generationUpdated"]["progress"], 0);
             ready.send(()).await.expect("ready");
@@ -236,14 +280,20 @@ async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind
     // What a worker publishes: the row, progressed.
     let mut conn = app.conn().await;
     for id in &ids {
-        let mut row = mage_domain::generations::find(&mut conn, id.parse().expect("uuid")).await.expect("find").expect("row");
+        let mut row = mage_domain::generations::find(&mut conn, id.parse().expect("uuid"))
+            .await
+            .expect("find")
+            .expect("row");
         assert_eq!(row.user_id.to_string(), user_id);
         row.progress = 42;
         row.stage = Some("sampling".into());
         mage_domain::events::publish_generation(&app.redis.redis(), &row, false).await.expect("publish");
     }
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(60), t).await.expect("every subscriber got its event").expect("task");
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("every subscriber got its event")
+            .expect("task");
     }
     wait_for_gauge(&app, "mage_subscriptions", 0.0).await;
     wait_for_gauge(&app, "mage_pubsub_channels", 0.0).await;

@@ -67,7 +67,10 @@ async fn anonymous_sockets_are_anonymous_and_bad_tokens_fail_each_operation() {
         .await;
     let msg = recv(&mut ws).await.expect("an answer");
     assert_eq!(msg["payload"]["errors"][0]["extensions"]["code"], "UNAUTHENTICATED", "{msg}");
-    assert!(msg["payload"]["errors"][0]["message"].as_str().unwrap_or_default().contains("not valid"), "{msg}");
+    assert!(
+        msg["payload"]["errors"][0]["message"].as_str().unwrap_or_default().contains("not valid"),
+        "{msg}"
+    );
     assert_eq!(recv(&mut ws).await.expect("complete")["type"], "complete");
     send(&mut ws, json!({ "id": "2", "type": "subscribe", "payload": { "query": "{ models { id } }" } }))
         .await;

@@ -154,4 +154,3 @@ fn connection_init(state: &AppState, payload: serde_json::Value) -> async_graphq
     data.insert(crate::graphql::Loaders::new(state.pool.clone()));
     Ok(data)
 }
-

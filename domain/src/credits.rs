@@ -608,7 +608,9 @@ pub async fn account_states(conn: &mut Connection, user_ids: &[Uuid]) -> Result<
         .select((credit_entries::user_id, diesel::dsl::max(credit_entries::id)))
         .load(conn)
         .await?;
-    let version_of =
-        |id: Uuid| versions.iter().find(|(u, _)| *u == id).and_then(|(_, v)| *v).unwrap_or(0);
-    Ok(found.into_iter().map(|account| AccountState { version: version_of(account.user_id), account }).collect())
+    let version_of = |id: Uuid| versions.iter().find(|(u, _)| *u == id).and_then(|(_, v)| *v).unwrap_or(0);
+    Ok(found
+        .into_iter()
+        .map(|account| AccountState { version: version_of(account.user_id), account })
+        .collect())
 }

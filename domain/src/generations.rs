@@ -353,7 +353,11 @@ pub async fn queue_positions(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<
 
 /// These generations, in no particular order (missing ids are left out).
 pub async fn find_many(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<Generation>> {
-    Ok(generations::table.filter(generations::id.eq_any(ids)).select(Generation::as_select()).load(conn).await?)
+    Ok(generations::table
+        .filter(generations::id.eq_any(ids))
+        .select(Generation::as_select())
+        .load(conn)
+        .await?)
 }
 
 /// The user's QUEUED generations.

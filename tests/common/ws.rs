@@ -46,8 +46,10 @@ pub async fn recv(ws: &mut Ws) -> Option<Value> {
 }
 
 pub async fn recv_within(ws: &mut Ws, limit: Duration) -> Option<Value> {
+    // One deadline for the whole wait: keep-alives must not extend it.
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let msg = tokio::time::timeout(limit, ws.next()).await.expect("no message in time")?;
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.expect("no message in time")?;
         match msg {
             Ok(Message::Text(t)) => {
                 let v: Value = serde_json::from_str(&t).expect("json");

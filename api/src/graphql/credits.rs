@@ -2,8 +2,8 @@
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, Object, Subscription};
-use futures_util::{Stream, StreamExt};
 use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
 use mage_domain::credits::{self as ledger, EntryKind};
 use mage_domain::models;
 

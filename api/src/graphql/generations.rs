@@ -3,8 +3,8 @@
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
-use futures_util::{Stream, StreamExt};
 use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
 use mage_domain::catalog::{self, GenerationInput, MediaKind};
 use mage_domain::generations::{self as domain, Status};
 use mage_domain::models::Generation as GenerationRow;
@@ -272,9 +272,9 @@ impl Generation {
         self.row.negative_prompt.as_deref()
     }
     async fn resolution(&self) -> ApiResult<Resolution> {
-        catalog::Resolution::parse(&self.row.resolution)
-            .map(Into::into)
-            .ok_or_else(|| ApiError::internal(format!("generation with resolution {:?}", self.row.resolution)))
+        catalog::Resolution::parse(&self.row.resolution).map(Into::into).ok_or_else(|| {
+            ApiError::internal(format!("generation with resolution {:?}", self.row.resolution))
+        })
     }
     async fn duration_seconds(&self) -> Option<i32> {
         self.row.duration_seconds

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use mailbox::{CAPACITY, Event, Lagged, Snapshot};
 use mailbox::Mailbox;
+pub use mailbox::{CAPACITY, Event, Lagged, Snapshot};
 
 use crate::error::ApiError;
 
@@ -194,10 +194,7 @@ impl Hub {
     pub async fn user_generations(&self, user_id: Uuid) -> Result<Subscription, ApiError> {
         let channel = events::user_generations_channel(&self.inner.redis, user_id);
         let sub = self
-            .register(
-                channel,
-                || TopicKind::UserGenerations { last: HashMap::new(), loaded: false },
-            )
+            .register(channel, || TopicKind::UserGenerations { last: HashMap::new(), loaded: false })
             .await?;
         let needs_load = matches!(
             self.inner.lock().topics.get(&sub.channel).map(|t| &t.kind),
@@ -226,10 +223,7 @@ impl Hub {
     pub async fn credits(&self, user_id: Uuid) -> Result<Subscription, ApiError> {
         let channel = events::credits_channel(&self.inner.redis, user_id);
         let sub = self
-            .register(
-                channel,
-                || TopicKind::Credits { user_id, version: 0, reading: false, again: false },
-            )
+            .register(channel, || TopicKind::Credits { user_id, version: 0, reading: false, again: false })
             .await?;
         let mut conn = self.inner.pool.get().await.map_err(ApiError::internal)?;
         let now = credits::account_states(&mut conn, &[user_id])
@@ -275,7 +269,8 @@ impl Hub {
         };
         if !confirmed {
             let (tx, rx) = oneshot::channel();
-            let unavailable = || ApiError::internal("live events are unavailable: Redis did not confirm in time");
+            let unavailable =
+                || ApiError::internal("live events are unavailable: Redis did not confirm in time");
             self.inner.commands.send(Command::Subscribe(channel, tx)).map_err(|_| unavailable())?;
             match tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await {
                 Ok(Ok(Ok(()))) => {}
@@ -413,7 +408,8 @@ impl Inner {
             return Ok(());
         }
         let mut conn = self.pool.get().await?;
-        let positions: HashMap<Uuid, i64> = generations::queue_positions(&mut conn, &ids).await?.into_iter().collect();
+        let positions: HashMap<Uuid, i64> =
+            generations::queue_positions(&mut conn, &ids).await?.into_iter().collect();
         drop(conn);
         let mut state = self.lock();
         for topic in state.topics.values_mut() {
@@ -452,7 +448,8 @@ impl Inner {
         let rows = generations::find_many(&mut conn, &generation_ids).await?;
         drop(conn);
         for row in rows {
-            let payload = serde_json::to_vec(&row).map_err(|e| mage_domain::Error::Internal(e.to_string()))?;
+            let payload =
+                serde_json::to_vec(&row).map_err(|e| mage_domain::Error::Internal(e.to_string()))?;
             for channel in [
                 events::generation_channel(&self.redis, row.id),
                 events::user_generations_channel(&self.redis, row.user_id),
