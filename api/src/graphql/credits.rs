@@ -140,7 +140,7 @@ impl CreditsSubscription {
         let sub = services(ctx).live.credits(user_id).await?;
         Ok(sub.filter_map(|event| {
             std::future::ready(match event {
-                Ok(Event::Credits(state)) => Some(Ok(CreditAccount(state.account.clone()))),
+                Ok(Event::Credits(state)) => Some(Ok(CreditAccount(state.account))),
                 Ok(Event::Generation(_)) => None,
                 Err(lagged) => Some(Err(lagged.into())),
             })
