@@ -252,3 +252,42 @@ async fn register_then_me_in_headless_chromium() {
     assert!(text.contains("\"balance\": 100"), "{text}");
     drop(browser);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_runs_over_the_websocket_in_headless_chromium() {
+    let Some(binary) = chromium() else {
+        println!(
+            "SKIPPED: no Chromium here (scripts/test installs Debian's chromium; set MAGE_CHROMIUM to use another)"
+        );
+        return;
+    };
+    let app = TestApp::start().await;
+    let (token, _) = app.register("live-browser@example.com").await;
+    let (browser, port) = launch(&binary);
+    let mut page = Page::open(port).await;
+    let base = format!("http://{}", app.addr);
+    let headers = json!({ "Authorization": format!("Bearer {token}") }).to_string();
+    // The first event is the account as it stands.
+    let text = page
+        .run_in_playground(
+            &base,
+            "subscription { creditsChanged { balance held } }",
+            Some(&headers),
+            "\"balance\"",
+        )
+        .await;
+    assert!(text.contains("\"balance\": 100"), "{text}");
+    // A change made elsewhere reaches the open subscription.
+    let res = app
+        .gql(
+            "mutation($i: CreateGenerationInput!) { createGeneration(input: $i) { id } }",
+            json!({ "i": { "model": "synth-video", "prompt": "from the browser test", "resolution": "R480P", "durationSeconds": 5 } }),
+            Some(&token),
+        )
+        .await;
+    assert!(res.get("errors").is_none(), "{res}");
+    let text =
+        page.wait_for_text("document.querySelector('.result-window')?.innerText ?? ''", "\"held\": 10").await;
+    assert!(text.contains("\"balance\": 90"), "{text}");
+    drop(browser);
+}
