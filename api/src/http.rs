@@ -150,6 +150,11 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
         Err(rejection) => return rejection.into_response(),
     };
     upgrade
+        // GraphQL messages are small: tungstenite's 128 KiB default read
+        // buffer per socket would dominate the memory of an idle subscriber.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
+        .max_message_size(crate::ws::MAX_MESSAGE_BYTES)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
 }

@@ -21,6 +21,9 @@ use crate::AppState;
 use crate::auth::Viewer;
 use crate::http::viewer_from;
 
+/// Largest message a client may send (an operation with its variables).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Keep-alive periods a peer may stay silent (not even answering a ping
 /// frame) before its socket is considered dead.
 const SILENT_PERIODS: u32 = 3;
