@@ -52,8 +52,24 @@ impl Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        crate::metrics::websockets(OPEN.fetch_sub(1, Ordering::Relaxed) - 1);
+        let open = OPEN.fetch_sub(1, Ordering::Relaxed) - 1;
+        crate::metrics::websockets(open);
+        if open == 0 {
+            give_back_memory();
+        }
     }
+}
+
+/// glibc keeps what thousands of sockets freed in its arenas, so the
+/// process would stay at its high-water mark after a wave of clients left;
+/// once the last socket closes, hand the free pages back to the system.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    tokio::task::spawn_blocking(|| {
+        // SAFETY: malloc_trim only releases free memory of the allocator;
+        // it takes no pointers and is thread-safe.
+        unsafe { libc::malloc_trim(0) };
+    });
 }
 
 /// GraphQL sockets open in this process.
