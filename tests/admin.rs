@@ -22,6 +22,16 @@ async fn only_admins_grant_and_a_key_grants_once() {
         .await
         .expect("promote");
 
+    // The user watches their credits live.
+    let mut ws = common::ws::connect_signed_in(app.addr, Some(&user_token)).await;
+    common::ws::subscribe(&mut ws, "c", "subscription { creditsChanged { balance } }", json!({})).await;
+    let balance = async |ws: &mut common::ws::Ws| {
+        let msg = common::ws::recv(ws).await.expect("an event");
+        assert_eq!(msg["type"], "next", "{msg}");
+        msg["payload"]["data"]["creditsChanged"]["balance"].clone()
+    };
+    assert_eq!(balance(&mut ws).await, 100);
+
     // Twenty concurrent retries of one grant: credited once.
     let responses = app
         .gql_concurrently(20, GRANT, |_| json!({ "u": user_id, "a": 50, "k": "k1" }), Some(&admin_token))
@@ -38,5 +48,8 @@ async fn only_admins_grant_and_a_key_grants_once() {
     // A new key is a new grant.
     let res = app.gql(GRANT, json!({ "u": user_id, "a": 5, "k": "k4" }), Some(&admin_token)).await;
     assert_eq!(res["data"]["grantCredits"]["balance"], 155, "{res}");
+    // One event per ledger entry: the retries of k1 pushed nothing more.
+    assert_eq!(balance(&mut ws).await, 150);
+    assert_eq!(balance(&mut ws).await, 155);
     app.assert_ledger_invariants().await;
 }

@@ -81,6 +81,7 @@ impl AdminMutation {
             e => e.into(),
         })?;
         tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits granted by an admin");
+        mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
         Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))
     }
 }
