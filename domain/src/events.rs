@@ -63,14 +63,15 @@ pub async fn publish_generation_logged(redis: &Redis, g: &Generation, left_queue
     }
 }
 
-pub async fn publish_credits_changed(redis: &Redis, user_id: Uuid) -> Result<()> {
+/// One PUBLISH of `payload` on `channel`.
+async fn publish(redis: &Redis, channel: String, payload: String) -> Result<()> {
     let mut conn = redis.conn().await?;
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg(credits_channel(redis, user_id))
-        .arg(user_id.to_string())
-        .query_async(&mut conn)
-        .await?;
+    let _: i64 = redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut conn).await?;
     Ok(())
+}
+
+pub async fn publish_credits_changed(redis: &Redis, user_id: Uuid) -> Result<()> {
+    publish(redis, credits_channel(redis, user_id), user_id.to_string()).await
 }
 
 /// Best effort, like [`publish_generation_logged`]: the ledger already holds
@@ -84,21 +85,11 @@ pub async fn publish_credits_changed_logged(redis: &Redis, user_id: Uuid) {
 /// The render queue moved without a generation starting (one was
 /// cancelled or failed while QUEUED).
 pub async fn publish_queue_advanced_logged(redis: &Redis) {
-    let published: Result<()> = async {
-        let mut conn = redis.conn().await?;
-        let _: i64 =
-            redis::cmd("PUBLISH").arg(queue_advanced_channel(redis)).arg("").query_async(&mut conn).await?;
-        Ok(())
-    }
-    .await;
-    if let Err(e) = published {
+    if let Err(e) = publish(redis, queue_advanced_channel(redis), String::new()).await {
         tracing::warn!(error = %e, "could not publish a queue move");
     }
 }
 
 pub async fn publish_cancel(redis: &Redis, id: Uuid) -> Result<()> {
-    let mut conn = redis.conn().await?;
-    let _: i64 =
-        redis::cmd("PUBLISH").arg(cancel_channel(redis)).arg(id.to_string()).query_async(&mut conn).await?;
-    Ok(())
+    publish(redis, cancel_channel(redis), id.to_string()).await
 }
