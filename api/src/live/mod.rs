@@ -49,6 +49,8 @@ pub struct Hub {
 
 struct Inner {
     redis: Redis,
+    /// `events::queue_advanced_channel`, named once.
+    queue_channel: String,
     pool: DbPool,
     state: Mutex<State>,
     commands: mpsc::UnboundedSender<Command>,
@@ -149,6 +151,7 @@ impl Hub {
     pub fn start(redis: Redis, pool: DbPool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            queue_channel: events::queue_advanced_channel(&redis),
             redis,
             pool,
             state: Mutex::new(State::default()),
@@ -305,22 +308,22 @@ impl Inner {
 
     /// A message from Redis.
     fn dispatch(self: &Arc<Self>, channel: &str, payload: &[u8]) {
-        let Some(name) = channel.strip_prefix(self.redis.prefix()) else { return };
-        if name == "events:queue:render:advanced" {
+        if channel == self.queue_channel {
             self.reposition.notify_one();
             return;
         }
-        if name.ends_with(":credits") {
+        if channel.ends_with(":credits") {
             self.read_credits(channel);
             return;
         }
-        let row: Generation = match serde_json::from_slice(payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(%channel, error = %e, "unreadable generation event");
-                return;
-            }
-        };
+        match serde_json::from_slice(payload) {
+            Ok(row) => self.offer_generation(channel, row),
+            Err(e) => tracing::warn!(%channel, error = %e, "unreadable generation event"),
+        }
+    }
+
+    /// A generation's new state for the topic of `channel`.
+    fn offer_generation(&self, channel: &str, row: Generation) {
         let span = tracing::debug_span!("generation", generation_id = %row.id);
         let _enter = span.enter();
         let mut state = self.lock();
@@ -511,7 +514,7 @@ async fn run_connection(
     let (queue_channel, channels) = {
         let Some(inner) = hub.upgrade() else { return Ok(()) };
         let state = inner.lock();
-        (events::queue_advanced_channel(&inner.redis), state.topics.keys().cloned().collect::<Vec<_>>())
+        (inner.queue_channel.clone(), state.topics.keys().cloned().collect::<Vec<_>>())
     };
     sink.subscribe(&queue_channel).await?;
     for channel in &channels {
