@@ -3,24 +3,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::post_graphql;
+use common::process::{Child, free_port, mage, wait_ready};
 use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::json;
-
-fn mage() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mage"));
-    // The test's own environment must not leak settings into the child.
-    for (var, _) in std::env::vars() {
-        if var.starts_with("MAGE_") || var == "DATABASE_URL" || var == "REDIS_URL" {
-            cmd.env_remove(var);
-        }
-    }
-    cmd.env("MAGE_LOG", "warn");
-    cmd
-}
 
 fn one_line_error(out: &std::process::Output, names: &str) {
     assert!(!out.status.success());
@@ -96,19 +85,6 @@ fn print_schema_prints_the_committed_sdl() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), committed);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn mage_serve_migrates_serves_and_promotes() {
     let db = TestDb::new().await;
@@ -137,17 +113,7 @@ async fn mage_serve_migrates_serves_and_promotes() {
     );
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "mage serve never became ready");
+    wait_ready(&http, port, Duration::from_secs(20)).await;
 
     let gql = format!("{base}/graphql");
     let res = post_graphql(

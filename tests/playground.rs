@@ -43,6 +43,17 @@ async fn the_page_and_its_assets_come_from_mage() {
     assert_eq!(res.status(), 404);
 }
 
+/// Chromium, or None after saying why the browser test skips itself.
+fn chromium_or_skip() -> Option<String> {
+    let found = chromium();
+    if found.is_none() {
+        println!(
+            "SKIPPED: no Chromium here (scripts/test installs Debian's chromium; set MAGE_CHROMIUM to use another)"
+        );
+    }
+    found
+}
+
 fn chromium() -> Option<String> {
     if let Ok(path) = std::env::var("MAGE_CHROMIUM") {
         return Some(path);
@@ -222,12 +233,7 @@ fn encode(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn register_then_me_in_headless_chromium() {
-    let Some(binary) = chromium() else {
-        println!(
-            "SKIPPED: no Chromium here (scripts/test installs Debian's chromium; set MAGE_CHROMIUM to use another)"
-        );
-        return;
-    };
+    let Some(binary) = chromium_or_skip() else { return };
     let app = TestApp::start().await;
     let (browser, port) = launch(&binary);
     let mut page = Page::open(port).await;
@@ -255,12 +261,7 @@ async fn register_then_me_in_headless_chromium() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscription_runs_over_the_websocket_in_headless_chromium() {
-    let Some(binary) = chromium() else {
-        println!(
-            "SKIPPED: no Chromium here (scripts/test installs Debian's chromium; set MAGE_CHROMIUM to use another)"
-        );
-        return;
-    };
+    let Some(binary) = chromium_or_skip() else { return };
     let app = TestApp::start().await;
     let (token, _) = app.register("live-browser@example.com").await;
     let (browser, port) = launch(&binary);

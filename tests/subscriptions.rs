@@ -7,7 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::TestApp;
+use common::process::{Child, free_port, mage, wait_ready};
 use common::ws::{Ws, connect_signed_in, recv, recv_within, subscribe};
+use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::{Value, json};
 
 const GENERATION_UPDATED: &str = "subscription($id: ID!) { generationUpdated(id: $id) { id status progress stage queuePosition error output { hlsUrl } } }";
@@ -300,73 +302,35 @@ async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind
     wait_for_gauge(&app, "mage_websocket_connections", sockets_before).await;
 }
 
-mod processes {
-    //! Real `mage` processes: two `serve` on their own ports, one `work`.
-
-    use std::process::{Command, Stdio};
-
-    use mage_domain::testing::{TestDb, TestRedis};
-
-    pub struct Child(std::process::Child);
-
-    impl Drop for Child {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    pub fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-    }
-
-    pub fn spawn(args: &[&str], db: &TestDb, redis: &TestRedis, media: &std::path::Path, port: u16) -> Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mage"));
-        for (var, _) in std::env::vars() {
-            if var.starts_with("MAGE_") || var == "DATABASE_URL" || var == "REDIS_URL" {
-                cmd.env_remove(var);
-            }
-        }
-        Child(
-            cmd.args(args)
-                .env("MAGE_LOG", "warn")
-                .env("DATABASE_URL", db.url())
-                .env("REDIS_URL", redis.settings().url)
-                .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
-                .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
-                .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
-                .env("MAGE_MEDIA_DIR", media)
-                .env("MAGE_WORKER_NAME", format!("test-{port}"))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn mage"),
-        )
-    }
-
-    pub async fn wait_ready(http: &reqwest::Client, port: u16) {
-        for _ in 0..300 {
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("mage serve on {port} never became ready");
-    }
+/// `mage <args>` on this test's database, Redis prefix and media folder.
+fn spawn(args: &[&str], db: &TestDb, redis: &TestRedis, media: &std::path::Path, port: u16) -> Child {
+    Child(
+        mage()
+            .args(args)
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", redis.settings().url)
+            .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
+            .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
+            .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
+            .env("MAGE_MEDIA_DIR", media)
+            .env("MAGE_WORKER_NAME", format!("test-{port}"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn mage"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_on_one_instance_sees_every_event_of_a_generation_made_through_another() {
-    let db = mage_domain::testing::TestDb::new().await;
-    let redis = mage_domain::testing::TestRedis::new();
+    let db = TestDb::new().await;
+    let redis = TestRedis::new();
     let media = tempfile::tempdir().expect("media");
-    let (a, b) = (processes::free_port(), processes::free_port());
-    let _serve_a = processes::spawn(&["serve"], &db, &redis, media.path(), a);
-    processes::wait_ready(&reqwest::Client::new(), a).await;
-    let _serve_b = processes::spawn(&["serve"], &db, &redis, media.path(), b);
+    let (a, b) = (free_port(), free_port());
+    let _serve_a = spawn(&["serve"], &db, &redis, media.path(), a);
+    wait_ready(&reqwest::Client::new(), a, Duration::from_secs(30)).await;
+    let _serve_b = spawn(&["serve"], &db, &redis, media.path(), b);
     let http = reqwest::Client::new();
-    processes::wait_ready(&http, b).await;
+    wait_ready(&http, b, Duration::from_secs(30)).await;
 
     let gql_a = format!("http://127.0.0.1:{a}/graphql");
     let res = common::post_graphql(
@@ -392,7 +356,7 @@ async fn a_client_on_one_instance_sees_every_event_of_a_generation_made_through_
     subscribe(&mut ws, "g", GENERATION_UPDATED, json!({ "id": id })).await;
     let first = next_of(&mut ws, "g").await;
     assert_eq!(first["data"]["generationUpdated"]["status"], "QUEUED", "{first}");
-    let _work = processes::spawn(&["work"], &db, &redis, media.path(), processes::free_port());
+    let _work = spawn(&["work"], &db, &redis, media.path(), free_port());
     let events = collect_until_complete(&mut ws, "g").await;
     let statuses: Vec<&str> =
         events.iter().filter_map(|e| e["data"]["generationUpdated"]["status"].as_str()).collect();

@@ -2,6 +2,7 @@
 //! database and a Redis key prefix of the test's own.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod ws;
 
 use std::net::SocketAddr;

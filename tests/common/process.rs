@@ -1,0 +1,44 @@
+//! Real `mage` processes started by a test.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The `mage` binary with none of the test's own settings leaking in.
+pub fn mage() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mage"));
+    for (var, _) in std::env::vars() {
+        if var.starts_with("MAGE_") || var == "DATABASE_URL" || var == "REDIS_URL" {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env("MAGE_LOG", "warn");
+    cmd
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A child process killed when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `mage serve` on `port` answers `/readyz`, at most `limit`.
+pub async fn wait_ready(http: &reqwest::Client, port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("mage serve on {port} never became ready");
+}
