@@ -32,7 +32,8 @@ pub fn init() {
     let _ = handle();
 }
 
-pub async fn render() -> Response {
+pub async fn render(axum::extract::State(state): axum::extract::State<crate::AppState>) -> Response {
+    backends(&state.redis).await;
     let body = handle().map(PrometheusHandle::render).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }
@@ -51,4 +52,28 @@ pub fn websockets(open: usize) {
 /// A subscriber fell too far behind and its subscription was ended.
 pub fn lagged() {
     metrics::counter!("mage_subscriptions_lagged_total").increment(1);
+}
+
+/// Render backends' health as the workers last reported it to Redis, read
+/// at scrape time (the workers run in other processes).
+async fn backends(redis: &mage_domain::kv::Redis) {
+    match mage_domain::workers::backends(redis).await {
+        Ok(all) => {
+            for b in all {
+                let labels = [("backend", b.location.clone()), ("kind", b.kind.clone())];
+                metrics::gauge!("mage_render_backend_healthy", &labels).set(if b.healthy {
+                    1.0
+                } else {
+                    0.0
+                });
+                if let Some(free) = b.vram_free_bytes {
+                    metrics::gauge!("mage_render_backend_vram_free_bytes", &labels).set(free as f64);
+                }
+                if let Some(total) = b.vram_total_bytes {
+                    metrics::gauge!("mage_render_backend_vram_total_bytes", &labels).set(total as f64);
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "could not read render backend health"),
+    }
 }

@@ -85,6 +85,9 @@ pub struct RenderModel {
     pub max_duration_seconds: Option<i32>,
     pub default_duration_seconds: Option<i32>,
     pub fps: i32,
+    /// Overrides of `MAGE_RENDER_TIMEOUT_SECONDS` / `MAGE_JOB_ATTEMPTS`.
+    pub render_timeout_seconds: Option<i32>,
+    pub max_attempts: Option<i32>,
     /// Ascending by resolution.
     pub prices: Vec<Price>,
 }
@@ -159,6 +162,8 @@ pub async fn models(conn: &mut Connection) -> Result<Vec<RenderModel>> {
                 max_duration_seconds: r.max_duration_seconds,
                 default_duration_seconds: r.default_duration_seconds,
                 fps: r.fps,
+                render_timeout_seconds: r.render_timeout_seconds,
+                max_attempts: r.max_attempts,
                 prices,
             })
         })
@@ -249,6 +254,8 @@ mod tests {
             max_duration_seconds: Some(10),
             default_duration_seconds: Some(5),
             fps: 24,
+            render_timeout_seconds: None,
+            max_attempts: None,
             prices: vec![
                 Price { resolution: Resolution::R480p, credits: 0, credits_per_second: 2 },
                 Price { resolution: Resolution::R720p, credits: 0, credits_per_second: 4 },

@@ -73,6 +73,7 @@ impl Status {
         matches!(
             (self, next),
             (Queued, Rendering)
+                | (Rendering, Queued)
                 | (Rendering, Transcoding)
                 | (Transcoding, Succeeded)
                 | (Queued | Rendering | Transcoding, Failed | Canceled)
@@ -454,9 +455,11 @@ pub async fn queue_stats(conn: &mut Connection) -> Result<QueueStats> {
 // --- Transitions -----------------------------------------------------------
 
 /// QUEUED → RENDERING, by `worker`. A generation already RENDERING is taken
-/// over only when its worker went silent (no heartbeat for `stale`) or is
-/// this same worker: that is a job redelivered after a crash. Returns `None`
-/// when someone else has it or it has moved on (cancelled, finished).
+/// over only when its worker went silent (no heartbeat for `stale`), handed
+/// it back (shutdown), or is this same worker: that is a job redelivered
+/// after a crash, and the render it recorded (`backend_url`,
+/// `backend_job_id`) is kept so the new attempt attaches to it. Returns
+/// `None` when someone else has it or it has moved on (see [`why_not_started`]).
 pub async fn start_render(
     conn: &mut Connection,
     id: Uuid,
@@ -471,7 +474,12 @@ pub async fn start_render(
         .filter(
             generations::status.eq(Status::Queued.as_str()).or(generations::status
                 .eq(Status::Rendering.as_str())
-                .and(generations::worker.eq(worker).or(generations::heartbeat_at.lt(stale_before)))),
+                .and(
+                    generations::worker
+                        .eq(worker)
+                        .or(generations::worker.is_null())
+                        .or(generations::heartbeat_at.lt(stale_before)),
+                )),
         )
         .filter(generations::cancel_requested_at.is_null())
         .set((
@@ -489,6 +497,165 @@ pub async fn start_render(
         .get_result(conn)
         .await
         .optional()?)
+}
+
+/// Why [`start_render`] found nothing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotStarted {
+    /// Final, cancelled or gone: the job is done.
+    Over,
+    /// Another worker renders it and is alive: try again once its heartbeat
+    /// could have gone stale.
+    Busy { retry_in: std::time::Duration },
+    /// Past the render (transcoding): the job is done.
+    Moved,
+}
+
+pub async fn why_not_started(
+    conn: &mut Connection,
+    id: Uuid,
+    stale: std::time::Duration,
+) -> Result<NotStarted> {
+    let Some(g) = find(conn, id).await? else { return Ok(NotStarted::Over) };
+    Ok(match g.status() {
+        Status::Rendering => {
+            let age =
+                g.heartbeat_at.map(|h| (Utc::now() - h).to_std().unwrap_or_default()).unwrap_or_default();
+            NotStarted::Busy { retry_in: stale.saturating_sub(age) + std::time::Duration::from_secs(1) }
+        }
+        Status::Transcoding => NotStarted::Moved,
+        _ => NotStarted::Over,
+    })
+}
+
+/// Records, before submitting, which render on which backend this attempt
+/// runs. `false`: the generation left this worker (cancelled, taken over).
+pub async fn record_backend_job(
+    conn: &mut Connection,
+    id: Uuid,
+    worker: &str,
+    backend_url: Option<&str>,
+    backend_job_id: Option<&str>,
+) -> Result<bool> {
+    let n = diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(generations::status.eq(Status::Rendering.as_str()))
+        .filter(generations::worker.eq(worker))
+        .set((
+            generations::backend_url.eq(backend_url),
+            generations::backend_job_id.eq(backend_job_id),
+            generations::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// RENDERING → QUEUED after a failed attempt that may work later; the
+/// recorded backend render is kept, so the next attempt collects it if it
+/// finished after all. `false`: it already moved on.
+pub async fn requeue(
+    conn: &mut Connection,
+    id: Uuid,
+    worker: &str,
+    stage: &str,
+) -> Result<Option<Generation>> {
+    let now = Utc::now();
+    Ok(diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(generations::status.eq(Status::Rendering.as_str()))
+        .filter(generations::worker.eq(worker))
+        .set((
+            generations::status.eq(Status::Queued.as_str()),
+            generations::stage.eq(stage),
+            generations::progress.eq(0),
+            generations::worker.eq(None::<String>),
+            generations::heartbeat_at.eq(None::<DateTime<Utc>>),
+            generations::updated_at.eq(now),
+        ))
+        .returning(Generation::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+}
+
+/// A stopping worker gives a render back without waiting for it: the
+/// generation stays RENDERING (its backend render keeps going) and any
+/// worker may take it over at once.
+pub async fn hand_back(conn: &mut Connection, id: Uuid, worker: &str) -> Result<bool> {
+    let n = diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(generations::status.eq(Status::Rendering.as_str()))
+        .filter(generations::worker.eq(worker))
+        .set((generations::worker.eq(None::<String>), generations::updated_at.eq(Utc::now())))
+        .execute(conn)
+        .await?;
+    Ok(n == 1)
+}
+
+/// Generations in `statuses` whose worker has been silent since `before`
+/// (the sweeper fails them).
+pub async fn stale(conn: &mut Connection, before: DateTime<Utc>, limit: i64) -> Result<Vec<Generation>> {
+    Ok(generations::table
+        .filter(generations::status.eq_any([Status::Rendering.as_str(), Status::Transcoding.as_str()]))
+        .filter(generations::heartbeat_at.lt(before).or(generations::heartbeat_at.is_null()))
+        .filter(generations::updated_at.lt(before))
+        .order(generations::heartbeat_at.asc())
+        .limit(limit)
+        .select(Generation::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// QUEUED generations waiting since before `before`, oldest first (the
+/// sweeper checks that each still has a job).
+pub async fn queued_since(
+    conn: &mut Connection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Generation>> {
+    Ok(generations::table
+        .filter(generations::status.eq(Status::Queued.as_str()))
+        .filter(generations::updated_at.lt(before))
+        .order((generations::queued_at.asc(), generations::id.asc()))
+        .limit(limit)
+        .select(Generation::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Open holds whose generation is final or missing: what crashed between
+/// a final state and its settlement, or anything else that left one open.
+/// Released through the ledger (idempotent by hold).
+pub async fn release_orphaned_holds(conn: &mut Connection, limit: i64) -> Result<Vec<CreditHold>> {
+    let orphans: Vec<CreditHold> = credit_holds::table
+        .left_join(generations::table)
+        .filter(credit_holds::status.eq(credits::HOLD_OPEN))
+        .filter(credit_holds::generation_id.is_null().or(generations::status.eq_any([
+            Status::Succeeded.as_str(),
+            Status::Failed.as_str(),
+            Status::Canceled.as_str(),
+        ])))
+        .filter(credit_holds::created_at.lt(Utc::now() - chrono::Duration::minutes(1)))
+        .limit(limit)
+        .select(CreditHold::as_select())
+        .load(conn)
+        .await?;
+    let mut released = Vec::new();
+    for h in orphans {
+        let succeeded = match h.generation_id {
+            Some(g) => find(conn, g).await?.is_some_and(|g| g.status() == Status::Succeeded),
+            None => false,
+        };
+        // A SUCCEEDED generation's work was delivered: its hold is captured.
+        if succeeded {
+            credits::capture(conn, h.id).await?;
+        } else {
+            credits::release(conn, h.id).await?;
+        }
+        released.push(h);
+    }
+    Ok(released)
 }
 
 /// Records progress and proves the worker alive. `false`: the generation is
@@ -686,6 +853,8 @@ pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Gen
                 generations::heartbeat_at.eq(None::<DateTime<Utc>>),
                 generations::cancel_requested_at.eq(None::<DateTime<Utc>>),
                 generations::worker.eq(None::<String>),
+                generations::backend_url.eq(None::<String>),
+                generations::backend_job_id.eq(None::<String>),
                 generations::updated_at.eq(now),
             ))
             .returning(Generation::as_returning())
@@ -718,6 +887,50 @@ pub async fn retry_and_enqueue(svc: &Services, user_id: Uuid, id: Uuid) -> Resul
     };
     let span = tracing::info_span!("generation", generation_id = %g.id);
     enqueue_new(svc, g).instrument(span).await
+}
+
+/// An admin retries a dead job: its generation (FAILED when its job died)
+/// runs again for its owner, with a fresh hold, skipping the owner's rate
+/// limits. The dead job leaves the dead set first, so two admins retrying
+/// at once retry once; it goes back if the retry is refused.
+pub async fn retry_dead_job(svc: &Services, queue: &str, task_id: &str) -> Result<Generation> {
+    let Some(dead) = svc.queues.take_dead_job(queue, task_id).await? else {
+        return Err(Error::NotFound("dead job"));
+    };
+    let put_back = async || {
+        let mut conn = svc.queues.connection();
+        let added: redis::RedisResult<i64> = redis::cmd("SADD")
+            .arg(svc.queues.config(queue).dead_jobs_set())
+            .arg(task_id)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = added {
+            tracing::warn!(task_id, error = %e, "could not put a dead job back");
+        }
+    };
+    let Some(id) = dead.generation_id else {
+        put_back().await;
+        return Err(Error::Conflict("this dead job names no generation".into()));
+    };
+    let mut conn = svc.pool.get().await?;
+    let Some(g) = find(&mut conn, id).await? else {
+        return Err(Error::NotFound("generation"));
+    };
+    let g = match retry(&mut conn, g.user_id, id).await {
+        Ok(g) => g,
+        Err(e) => {
+            put_back().await;
+            return Err(e);
+        }
+    };
+    drop(conn);
+    let span = tracing::info_span!("generation", generation_id = %g.id);
+    async {
+        tracing::info!(queue, task_id, "dead job retried by an admin");
+        enqueue_new(svc, g).await
+    }
+    .instrument(span)
+    .await
 }
 
 /// Cancels and tells a running generation's worker to stop.
@@ -762,6 +975,7 @@ mod tests {
     fn state_machine_allows_only_the_documented_moves() {
         let allowed = [
             (Queued, Rendering),
+            (Rendering, Queued),
             (Rendering, Transcoding),
             (Transcoding, Succeeded),
             (Queued, Failed),

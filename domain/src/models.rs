@@ -132,6 +132,8 @@ pub struct Generation {
     pub heartbeat_at: Option<DateTime<Utc>>,
     pub cancel_requested_at: Option<DateTime<Utc>>,
     pub worker: Option<String>,
+    pub backend_url: Option<String>,
+    pub backend_job_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -146,6 +148,8 @@ pub struct RenderModelRow {
     pub fps: i32,
     pub active: bool,
     pub sort_order: i32,
+    pub render_timeout_seconds: Option<i32>,
+    pub max_attempts: Option<i32>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

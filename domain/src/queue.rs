@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use apalis_core::task::builder::TaskBuilder;
+use apalis_core::task::task_id::TaskId;
 use apalis_redis::{Config, ConnectionManager};
 use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
@@ -21,9 +22,41 @@ use crate::{Error, Result};
 
 pub const RENDER: &str = "render";
 pub const TRANSCODE: &str = "transcode";
+/// Not an apalis queue: the sweeper's timer, selectable like one with
+/// `mage work --queues`.
+pub const SWEEP: &str = "sweep";
 
 /// Every queue of this build, in the order `mage work` starts them.
-pub const ALL: &[&str] = &[RENDER, TRANSCODE];
+pub const ALL: &[&str] = &[RENDER, TRANSCODE, SWEEP];
+/// The queues whose jobs are generations' (listed for admins).
+pub const JOB_QUEUES: &[&str] = &[RENDER, TRANSCODE];
+
+/// A task's state as apalis-redis records it (`{queue}:meta:{id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskState {
+    pub status: Option<String>,
+    pub attempts: u32,
+    pub result: Option<String>,
+    pub done_at: Option<i64>,
+}
+
+impl TaskState {
+    /// Waiting, running or scheduled for a retry: it will still run.
+    pub fn alive(&self) -> bool {
+        !matches!(self.status.as_deref(), None | Some("Done" | "Killed"))
+    }
+}
+
+/// A job in a queue's dead set.
+#[derive(Debug, Clone)]
+pub struct DeadJob {
+    pub queue: String,
+    pub task_id: String,
+    pub generation_id: Option<Uuid>,
+    pub attempts: u32,
+    pub error: Option<String>,
+    pub died_at: Option<chrono::DateTime<chrono::Utc>>,
+}
 
 /// How often a worker proves it is alive, and how many beats it may miss
 /// before another worker takes its tasks back (apalis-redis defaults to 10
@@ -72,24 +105,168 @@ impl Queues {
     }
 
     pub async fn push_render(&self, job: &RenderJob) -> Result<()> {
-        self.push(RENDER, job).await
+        self.push_render_after(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a render to start after `delay` (a retry's backoff, a busy
+    /// or unhealthy backend). The generation's newest render task is
+    /// indexed, so the sweeper can tell when Redis lost it.
+    pub async fn push_render_after(&self, job: &RenderJob, delay: Duration) -> Result<()> {
+        let task_id = self.push(RENDER, job, delay).await?;
+        let mut conn = self.conn.clone();
+        let () = redis::cmd("HSET")
+            .arg(self.render_index())
+            .arg(job.generation_id.to_string())
+            .arg(task_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a generation's render task (it has left the queue for good).
+    pub async fn forget_render(&self, generation_id: Uuid) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("HDEL")
+            .arg(self.render_index())
+            .arg(generation_id.to_string())
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the generation's newest render task will still run.
+    pub async fn render_alive(&self, generation_id: Uuid) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let task: Option<String> = redis::cmd("HGET")
+            .arg(self.render_index())
+            .arg(generation_id.to_string())
+            .query_async(&mut conn)
+            .await?;
+        Ok(match task {
+            Some(t) => self.task_state(RENDER, &t).await?.alive(),
+            None => false,
+        })
+    }
+
+    fn render_index(&self) -> String {
+        format!("{}{RENDER}:by-generation", self.prefix)
     }
 
     pub async fn push_transcode(&self, job: &TranscodeJob) -> Result<()> {
-        self.push(TRANSCODE, job).await
+        self.push(TRANSCODE, job, Duration::ZERO).await.map(|_| ())
     }
 
-    async fn push<T: Serialize>(&self, queue: &str, job: &T) -> Result<()> {
+    async fn push<T: Serialize>(&self, queue: &str, job: &T, delay: Duration) -> Result<String> {
         let bytes = serde_json::to_vec(job).map_err(|e| Error::Internal(format!("job payload: {e}")))?;
-        let task = TaskBuilder::new(bytes).build();
+        let task_id = Uuid::new_v4().to_string();
+        let mut task = TaskBuilder::new(bytes).task_id(TaskId::from_string(task_id.clone()));
+        if !delay.is_zero() {
+            task = task.run_after(delay);
+        }
         let config = self.config(queue);
         let mut conn = self.conn.clone();
-        apalis_redis::queries::push_tasks(&mut conn, &config, &[task])
+        apalis_redis::queries::push_tasks(&mut conn, &config, &[task.build()])
             .await
             .map_err(|e| Error::Internal(format!("enqueue on {queue}: {e}")))?;
-        let _: i64 =
-            redis::cmd("PUBLISH").arg(self.wake_channel(queue)).arg(1).query_async(&mut conn).await?;
-        Ok(())
+        if delay.is_zero() {
+            let _: i64 =
+                redis::cmd("PUBLISH").arg(self.wake_channel(queue)).arg(1).query_async(&mut conn).await?;
+        }
+        Ok(task_id)
+    }
+
+    pub async fn task_state(&self, queue: &str, task_id: &str) -> Result<TaskState> {
+        let meta = format!("{}:{task_id}", self.config(queue).job_meta_hash());
+        let mut conn = self.conn.clone();
+        let (status, attempts, result, done_at): (Option<String>, Option<u32>, Option<String>, Option<i64>) =
+            redis::cmd("HMGET")
+                .arg(meta)
+                .arg("status")
+                .arg("attempts")
+                .arg("result")
+                .arg("done_at")
+                .query_async(&mut conn)
+                .await?;
+        Ok(TaskState { status, attempts: attempts.unwrap_or(0), result, done_at })
+    }
+
+    /// Jobs of `queue` that ran out of attempts, newest first.
+    pub async fn dead_jobs(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>> {
+        let config = self.config(queue);
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> =
+            redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query_async(&mut conn).await?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.push(self.dead_job(queue, &id).await?);
+        }
+        jobs.sort_by(|a, b| b.died_at.cmp(&a.died_at).then_with(|| a.task_id.cmp(&b.task_id)));
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    async fn dead_job(&self, queue: &str, task_id: &str) -> Result<DeadJob> {
+        let config = self.config(queue);
+        let mut conn = self.conn.clone();
+        let payload: Option<Vec<u8>> =
+            redis::cmd("HGET").arg(config.job_data_hash()).arg(task_id).query_async(&mut conn).await?;
+        let generation_id = payload
+            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+            .and_then(|v| v.get("generation_id")?.as_str()?.parse().ok());
+        let state = self.task_state(queue, task_id).await?;
+        // apalis-redis stores the handler's error as JSON ({"Err": "..."}).
+        let error = state.result.as_deref().map(|r| {
+            serde_json::from_str::<serde_json::Value>(r)
+                .ok()
+                .and_then(|v| v.get("Err").and_then(|e| e.as_str().map(str::to_owned)))
+                .unwrap_or_else(|| r.to_owned())
+        });
+        // done_at is in seconds.
+        let died_at = state.done_at.and_then(|s| chrono::DateTime::from_timestamp(s, 0));
+        Ok(DeadJob {
+            queue: queue.to_owned(),
+            task_id: task_id.to_owned(),
+            generation_id,
+            attempts: state.attempts,
+            error,
+            died_at,
+        })
+    }
+
+    /// Takes a job out of the dead set (before it is retried); `None` when
+    /// it is not there (already retried, or never died).
+    pub async fn take_dead_job(&self, queue: &str, task_id: &str) -> Result<Option<DeadJob>> {
+        let job = self.dead_job(queue, task_id).await?;
+        let mut conn = self.conn.clone();
+        let removed: i64 = redis::cmd("SREM")
+            .arg(self.config(queue).dead_jobs_set())
+            .arg(task_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok((removed == 1).then_some(job))
+    }
+
+    /// Counts for the admin queue view: waiting (pending + scheduled),
+    /// running (in flight on some worker) and dead.
+    pub async fn counts(&self, queue: &str) -> Result<QueueCounts> {
+        let config = self.config(queue);
+        let mut conn = self.conn.clone();
+        let (waiting, scheduled, dead, workers): (u64, u64, u64, Vec<String>) = redis::pipe()
+            .llen(config.active_jobs_list())
+            .zcard(config.scheduled_jobs_set())
+            .scard(config.dead_jobs_set())
+            .zrange(config.workers_set(), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        let mut running = 0;
+        for w in workers {
+            let n: u64 = redis::cmd("SCARD")
+                .arg(format!("{}:{w}", config.inflight_jobs_set()))
+                .query_async(&mut conn)
+                .await?;
+            running += n;
+        }
+        Ok(QueueCounts { waiting: waiting + scheduled, running, dead })
     }
 
     /// Jobs waiting in `queue` (pending and scheduled).
@@ -103,6 +280,13 @@ impl Queues {
             .await?;
         Ok(active + scheduled)
     }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueCounts {
+    pub waiting: u64,
+    pub running: u64,
+    pub dead: u64,
 }
 
 pub fn config(prefix: &str, queue: &str) -> Config {

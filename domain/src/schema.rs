@@ -114,6 +114,8 @@ diesel::table! {
         kind -> Text,
         cancel_requested_at -> Nullable<Timestamptz>,
         worker -> Nullable<Text>,
+        backend_url -> Nullable<Text>,
+        backend_job_id -> Nullable<Text>,
     }
 }
 
@@ -186,6 +188,8 @@ diesel::table! {
         active -> Bool,
         sort_order -> Int4,
         created_at -> Timestamptz,
+        render_timeout_seconds -> Nullable<Int4>,
+        max_attempts -> Nullable<Int4>,
     }
 }
 

@@ -170,8 +170,13 @@ pub struct TestRedis {
 
 impl TestRedis {
     pub fn new() -> Self {
+        Self::at(&redis_url())
+    }
+
+    /// A prefix of its own on the Redis at `url` (a test's private server).
+    pub fn at(url: &str) -> Self {
         let prefix = format!("mage-test:{}:", Uuid::new_v4().simple());
-        Self { settings: RedisSettings { url: redis_url(), prefix } }
+        Self { settings: RedisSettings { url: url.to_owned(), prefix } }
     }
 
     pub fn settings(&self) -> RedisSettings {

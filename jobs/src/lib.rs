@@ -1,20 +1,25 @@
 //! Mage's background workers: apalis workers on Redis queues, one module per
 //! job. `render` and `transcode` carry a generation from QUEUED to
-//! SUCCEEDED; later issues add `settle`, `stats` and `sweep`.
+//! SUCCEEDED; `sweep` finds what fell through the cracks.
 //!
-//! Retries: apalis-redis reschedules a failed task by itself (its Lua
-//! ignores `max_attempts`), so each handler counts attempts with `Attempt`
-//! and, at the limit, fails the generation (releasing its hold) and returns
-//! `AbortError`, which sends the task to `{queue}:dead`. A failure the user
-//! caused or that will not go away by retrying (the render itself failed)
-//! fails the generation at once. Between attempts the handler waits
-//! 2^attempt seconds (capped), on top of apalis-redis' own linear delay, so
-//! a struggling dependency is not hammered.
+//! Render retries do not use apalis-redis' own (its Lua ignores
+//! `max_attempts` and retries in place, holding a GPU slot for the
+//! backoff): a render that may work later puts its generation back to
+//! QUEUED and enqueues a new task after `MAGE_RETRY_BACKOFF_SECONDS`
+//! (doubling per attempt), and the attempt count lives on the generation,
+//! so a worker that crashed mid-render counts too. At the limit the
+//! generation fails (its hold released) and the task returns `AbortError`,
+//! which puts it in `{queue}:dead` for admins (`deadJobs`, `retryDeadJob`).
+//! Transcodes are local and short, so they keep apalis-redis' in-place
+//! retries, counted with `Attempt`. A failure that will not go away by
+//! retrying (the render itself failed) fails the generation at once.
 
 pub mod backend;
 pub mod media;
 mod progress;
 mod render;
+mod slot;
+mod sweep;
 mod transcode;
 pub mod wake;
 
@@ -26,7 +31,7 @@ use apalis::prelude::{
     AbortError, Attempt, BoxDynError, Data, Monitor, ParallelizeExt, PollWith, Strategy, WorkerBuilder,
 };
 use apalis_redis::RedisStorage;
-use mage_domain::config::WorkerSettings;
+use mage_domain::config::{RenderBackendKind, WorkerSettings};
 use mage_domain::db::DbPool;
 use mage_domain::generations;
 use mage_domain::kv::Redis;
@@ -36,7 +41,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backend::RenderBackend;
+use crate::slot::Slot;
 use crate::wake::{Cancels, Signal};
+
+pub use crate::sweep::{SweepReport, sweep_once};
 
 /// Every queue this build knows.
 pub const QUEUES: &[&str] = queue::ALL;
@@ -51,6 +59,10 @@ pub enum WorkError {
     UnknownQueue(String),
     #[error(transparent)]
     Domain(#[from] mage_domain::Error),
+    #[error(transparent)]
+    Template(#[from] backend::comfyui::workflow::TemplateError),
+    #[error("render backend: {0}")]
+    Backend(#[from] backend::RenderError),
     #[error("worker stopped: {0}")]
     Stopped(String),
 }
@@ -65,6 +77,8 @@ pub(crate) enum JobError {
     Fail { user_message: String, detail: String },
     /// The generation moved on without us (cancelled): stop quietly.
     Stop,
+    /// The worker is stopping and gave the job back to the queue.
+    HandedBack,
 }
 
 impl From<mage_domain::Error> for JobError {
@@ -85,16 +99,22 @@ impl From<std::io::Error> for JobError {
     }
 }
 
-/// Everything a job handler needs.
+/// Everything a job handler needs. Each render slot set (one per backend
+/// server) has its own, differing only in `backend` and `slot`.
 pub(crate) struct Ctx {
     pub pool: DbPool,
     pub redis: Redis,
     pub queues: Queues,
     pub storage: Storage,
     pub backend: Arc<dyn RenderBackend>,
+    pub slot: Arc<Slot>,
     pub cancels: Cancels,
     pub worker_name: String,
-    pub attempts: usize,
+    pub settings: WorkerSettings,
+    /// SIGTERM arrived: take nothing new, cut waits short.
+    pub stopping: CancellationToken,
+    /// The shutdown grace period is over: give running renders back.
+    pub hand_back: CancellationToken,
 }
 
 /// Storage key of a generation's rendered source.
@@ -105,6 +125,25 @@ pub(crate) fn source_key(id: Uuid, ext: &str) -> String {
 /// Storage prefix of everything a generation owns.
 pub(crate) fn output_prefix(id: Uuid) -> String {
     format!("generations/{id}/")
+}
+
+/// The render backends of these settings: one per ComfyUI server, or the
+/// one synthetic backend.
+pub fn render_backends(settings: &WorkerSettings) -> Result<Vec<Arc<dyn RenderBackend>>, WorkError> {
+    Ok(match &settings.render_backend {
+        RenderBackendKind::Synthetic => {
+            vec![Arc::new(backend::synthetic::SyntheticBackend::from_env()) as Arc<dyn RenderBackend>]
+        }
+        RenderBackendKind::ComfyUi { urls, workflows } => {
+            let templates = Arc::new(backend::comfyui::workflow::Templates::load(workflows)?);
+            tracing::info!(dir = %workflows.display(), templates = ?templates.names(), "ComfyUI workflow templates loaded");
+            let mut v: Vec<Arc<dyn RenderBackend>> = Vec::new();
+            for url in urls {
+                v.push(Arc::new(backend::comfyui::ComfyBackend::new(url, templates.clone())?));
+            }
+            v
+        }
+    })
 }
 
 pub struct Workers {
@@ -118,9 +157,12 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Runs until `shutdown` resolves, then lets running jobs finish (up to
-    /// a grace period). A worker that stops on its own (Redis gone for good)
-    /// ends this with an error, so the process exits and is restarted.
+    /// Runs until `shutdown` resolves. Then no job is taken any more;
+    /// running ones may finish within `MAGE_SHUTDOWN_GRACE_SECONDS`, after
+    /// which renders are handed back to the queue (their backend renders go
+    /// on, and the next worker attaches to them). A worker that stops on its
+    /// own (Redis gone for good) ends this with an error, so the process
+    /// exits and is restarted.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -143,69 +185,96 @@ impl Workers {
         mage_domain::db::ping(&self.pool).await?;
         self.redis.ping().await?;
 
-        let backend: Arc<dyn RenderBackend> = Arc::new(backend::synthetic::SyntheticBackend::from_env());
+        let backends = render_backends(&self.settings)?;
         let cancels = Cancels::default();
-        let ctx = Arc::new(Ctx {
-            pool: self.pool.clone(),
-            redis: self.redis.clone(),
-            queues: self.queues.clone(),
-            storage: self.storage.clone(),
-            backend,
-            cancels: cancels.clone(),
-            worker_name: self.settings.worker_name.clone(),
-            attempts: self.settings.job_attempts,
-        });
+        let stopping = CancellationToken::new();
+        let hand_back = CancellationToken::new();
+        let ctx_for = |backend: Arc<dyn RenderBackend>| {
+            Arc::new(Ctx {
+                pool: self.pool.clone(),
+                redis: self.redis.clone(),
+                queues: self.queues.clone(),
+                storage: self.storage.clone(),
+                slot: Arc::new(Slot::new(&*backend, &self.settings.worker_name)),
+                backend,
+                cancels: cancels.clone(),
+                worker_name: self.settings.worker_name.clone(),
+                settings: self.settings.clone(),
+                stopping: stopping.clone(),
+                hand_back: hand_back.clone(),
+            })
+        };
+        let render_ctxs: Vec<Arc<Ctx>> = backends.iter().cloned().map(ctx_for).collect();
+        let Some(first) = render_ctxs.first().cloned() else {
+            return Err(WorkError::Stopped("no render backend configured".into()));
+        };
 
         let stop = CancellationToken::new();
-        let signals: Vec<(String, Signal)> =
-            selected.iter().map(|q| (self.queues.wake_channel(q), Signal::default())).collect();
-        let listener = tokio::spawn(wake::listen(
-            self.redis.url().to_owned(),
-            signals.clone(),
-            mage_domain::events::cancel_channel(&self.redis),
-            cancels,
-            IDLE_POLL,
-            stop.clone(),
-        ));
-
-        let mut monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30));
-        for (queue_name, (_, signal)) in selected.iter().zip(signals) {
+        // One apalis worker (and wake-up signal) per render backend, one for
+        // transcode; the sweeper is a timer of its own.
+        let mut signals: Vec<(String, Signal)> = Vec::new();
+        let mut monitor = Monitor::new()
+            .shutdown_timeout(self.settings.shutdown_grace + Duration::from_secs(15))
+            .should_restart(restart_policy());
+        for queue_name in &selected {
             let conn = self.queues.connection();
             let config = self.queues.config(queue_name);
-            let name = format!("{}-{queue_name}", self.settings.worker_name);
-            let ctx = ctx.clone();
-            monitor = match *queue_name {
+            match *queue_name {
                 queue::RENDER => {
-                    let concurrency = self.settings.render_concurrency;
-                    monitor.register(move |_restarts| {
-                        WorkerBuilder::new(name.clone())
-                            .backend(woken_storage::<RenderJob>(&conn, &config, &signal))
-                            .concurrency(concurrency)
-                            .data(ctx.clone())
-                            .parallelize(tokio::spawn)
-                            .build(render_handler)
-                    })
+                    for (i, ctx) in render_ctxs.iter().enumerate() {
+                        let signal = Signal::default();
+                        signals.push((self.queues.wake_channel(queue_name), signal.clone()));
+                        let name = format!("{}-render-{i}", self.settings.worker_name);
+                        let concurrency = self.settings.render_concurrency;
+                        let ctx = ctx.clone();
+                        let (conn, config) = (conn.clone(), config.clone());
+                        tracing::info!(worker = %name, backend = %ctx.backend.location(), slots = concurrency, "render worker");
+                        monitor = monitor.register(move |_restarts| {
+                            WorkerBuilder::new(name.clone())
+                                .backend(woken_storage::<RenderJob>(&conn, &config, &signal))
+                                .concurrency(concurrency)
+                                .data(ctx.clone())
+                                .parallelize(tokio::spawn)
+                                .build(render_handler)
+                        });
+                    }
                 }
-                _ => {
+                queue::TRANSCODE => {
+                    let signal = Signal::default();
+                    signals.push((self.queues.wake_channel(queue_name), signal.clone()));
+                    let name = format!("{}-transcode", self.settings.worker_name);
                     let concurrency = self.settings.transcode_concurrency;
-                    monitor.register(move |_restarts| {
+                    let ctx = first.clone();
+                    monitor = monitor.register(move |_restarts| {
                         WorkerBuilder::new(name.clone())
                             .backend(woken_storage::<TranscodeJob>(&conn, &config, &signal))
                             .concurrency(concurrency)
                             .data(ctx.clone())
                             .parallelize(tokio::spawn)
                             .build(transcode_handler)
-                    })
+                    });
                 }
-            };
+                _ => {}
+            }
         }
+        let listener = tokio::spawn(wake::listen(
+            self.redis.url().to_owned(),
+            signals,
+            mage_domain::events::cancel_channel(&self.redis),
+            cancels,
+            IDLE_POLL,
+            stop.clone(),
+        ));
+        let sweeper =
+            selected.contains(&queue::SWEEP).then(|| tokio::spawn(sweep::run(first.clone(), stop.clone())));
 
         let announcer = {
             let redis = self.redis.clone();
             let name = self.settings.worker_name.clone();
-            let slots = self.settings.render_concurrency;
+            let slots = self.settings.render_slots();
             let runs_render = selected.contains(&queue::RENDER);
             let stop = stop.clone();
+            let ctxs = render_ctxs.clone();
             tokio::spawn(async move {
                 if !runs_render {
                     return;
@@ -218,6 +287,10 @@ impl Workers {
                             if let Err(e) = mage_domain::workers::announce(&redis, queue::RENDER, &name, slots).await {
                                 tracing::warn!(error = %e, "could not announce the render worker");
                             }
+                            // Admins see every backend's health, busy or idle.
+                            for ctx in &ctxs {
+                                ctx.slot.refresh(ctx).await;
+                            }
                         }
                     }
                 }
@@ -226,18 +299,63 @@ impl Workers {
         };
 
         tracing::info!(worker = %self.settings.worker_name, queues = ?selected, "workers started");
-        let result = monitor
-            .run_with_signal(async move {
+        let grace = self.settings.shutdown_grace;
+        let signal = {
+            let stopping = stopping.clone();
+            let hand_back = hand_back.clone();
+            async move {
                 shutdown.await;
+                tracing::info!(
+                    grace_seconds = grace.as_secs(),
+                    "stopping: taking no new jobs; running ones have the grace period"
+                );
+                stopping.cancel();
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    hand_back.cancel();
+                });
                 Ok(())
-            })
-            .await;
+            }
+        };
+        let result = monitor.run_with_signal(signal).await;
         stop.cancel();
         let _ = announcer.await;
         let _ = listener.await;
+        if let Some(s) = sweeper {
+            let _ = s.await;
+        }
         result.map_err(|e| WorkError::Stopped(e.to_string()))
     }
 }
+
+/// Restarts a worker whose stream failed (Redis restarted or was flushed:
+/// its registration and in-flight set are gone, and registering again is
+/// what repairs them), unless it failed [`RESTARTS_PER_WINDOW`] times within
+/// [`RESTART_WINDOW`]: then it stays down and the process exits once all
+/// its workers have, so a supervisor restarts it.
+fn restart_policy()
+-> impl Fn(&apalis::prelude::WorkerContext, &apalis::prelude::WorkerError) -> bool + Send + Sync + 'static {
+    let recent: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    > = std::sync::Mutex::default();
+    move |worker, error| {
+        let now = std::time::Instant::now();
+        let Ok(mut recent) = recent.lock() else { return false };
+        let times = recent.entry(worker.name().to_owned()).or_default();
+        times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        let allowed = times.len() < RESTARTS_PER_WINDOW;
+        if allowed {
+            times.push_back(now);
+            tracing::warn!(worker = %worker.name(), error = %error, "worker stopped; restarting it");
+        } else {
+            tracing::error!(worker = %worker.name(), error = %error, "worker keeps failing; leaving it stopped");
+        }
+        allowed
+    }
+}
+
+pub const RESTARTS_PER_WINDOW: usize = 20;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(300);
 
 /// A queue's apalis-redis storage that fetches when `signal` fires (a push
 /// was announced, or the idle tick) instead of on a poll timer.
@@ -250,10 +368,10 @@ pub fn woken_storage<T>(
     PollWith::new(storage, Strategy::new().stream(signal.clone()))
 }
 
-async fn render_handler(job: RenderJob, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
-    let id = job.generation_id;
+async fn render_handler(job: RenderJob, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
-    settle(&ctx, id, attempt.current(), render::run(ctx.clone(), job).await).await
+    // Spawned for the same reason as the transcode handler.
+    tokio::spawn(render::handle(ctx, job)).await.unwrap_or_else(|e| Err(format!("render task: {e}").into()))
 }
 
 async fn transcode_handler(
@@ -268,23 +386,22 @@ async fn transcode_handler(
     let outcome = tokio::spawn(transcode::run(ctx.clone(), job))
         .await
         .unwrap_or_else(|e| Err(JobError::Retry(format!("transcode task: {e}"))));
-    settle(&ctx, id, attempt.current(), outcome).await
+    settle_transcode(&ctx, id, attempt.current(), outcome).await
 }
 
-/// Turns a job's outcome into the generation's fate and apalis' verdict.
-async fn settle(
+/// Turns a transcode's outcome into the generation's fate and apalis'
+/// verdict. Transcodes are local and short: apalis-redis retries them in
+/// place (see the module note).
+async fn settle_transcode(
     ctx: &Ctx,
     id: Uuid,
     attempt: usize,
     outcome: Result<(), JobError>,
 ) -> Result<(), BoxDynError> {
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) | Err(JobError::HandedBack) => Ok(()),
         Err(JobError::Stop) => {
-            // Cancelled: whatever this generation already stored goes too.
-            if let Err(e) = ctx.storage.delete_prefix(&output_prefix(id)).await {
-                tracing::warn!(generation_id = %id, error = %e, "could not delete the outputs of a cancelled generation");
-            }
+            discard_outputs(ctx, id).await;
             Ok(())
         }
         Err(JobError::Fail { user_message, detail }) => {
@@ -292,7 +409,7 @@ async fn settle(
             fail_generation(ctx, id, &user_message).await?;
             Ok(())
         }
-        Err(JobError::Retry(detail)) if attempt + 1 >= ctx.attempts => {
+        Err(JobError::Retry(detail)) if attempt + 1 >= ctx.settings.job_attempts => {
             tracing::error!(generation_id = %id, attempt, %detail, "job failed for the last time");
             fail_generation(ctx, id, generations::INTERNAL_FAILURE).await?;
             Err(AbortError::new(detail).into())
@@ -305,7 +422,18 @@ async fn settle(
     }
 }
 
-async fn fail_generation(ctx: &Ctx, id: Uuid, user_message: &str) -> Result<(), mage_domain::Error> {
+/// Cancelled: whatever this generation already stored goes too.
+pub(crate) async fn discard_outputs(ctx: &Ctx, id: Uuid) {
+    if let Err(e) = ctx.storage.delete_prefix(&output_prefix(id)).await {
+        tracing::warn!(generation_id = %id, error = %e, "could not delete the outputs of a cancelled generation");
+    }
+}
+
+pub(crate) async fn fail_generation(
+    ctx: &Ctx,
+    id: Uuid,
+    user_message: &str,
+) -> Result<(), mage_domain::Error> {
     let mut conn = ctx.pool.get().await?;
     if let Some(g) = generations::fail(&mut conn, id, user_message).await? {
         drop(conn);

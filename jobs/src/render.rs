@@ -1,121 +1,322 @@
 //! The `render` queue: one job per generation (idempotent by its id). It
-//! moves the generation QUEUED → RENDERING, drives the backend, stores the
-//! rendered source and hands it to the `transcode` queue.
+//! checks the backend's health, moves the generation QUEUED → RENDERING,
+//! attaches to the render an earlier attempt recorded (or submits a new
+//! one, recorded first), stores every output and hands the primary one to
+//! the `transcode` queue.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use apalis::prelude::{AbortError, BoxDynError};
 use futures_util::StreamExt;
-use mage_domain::catalog::{self, MediaKind};
-use mage_domain::generations;
+use futures_util::stream::BoxStream;
+use mage_domain::catalog::{self, MediaKind, RenderModel};
+use mage_domain::generations::{self, NotStarted};
+use mage_domain::models::Generation;
 use mage_domain::queue::{RenderJob, TranscodeJob};
 use tracing::Instrument;
+use uuid::Uuid;
 
-use crate::backend::{MediaKind as BackendKind, RenderError, RenderEvent, RenderRequest};
+use crate::backend::{self, MediaKind as BackendKind, RenderError, RenderEvent, RenderOutput, RenderRequest};
 use crate::progress::Progress;
-use crate::{Ctx, JobError, source_key};
+use crate::wake::CancelGuard;
+use crate::{Ctx, JobError, discard_outputs, fail_generation, output_prefix, slot, source_key};
 
 /// A RENDERING generation whose worker has not written a heartbeat for this
-/// long is taken over by whichever worker gets its job again.
-pub const STALE_AFTER: Duration = Duration::from_secs(60);
+/// long is taken over by whichever worker gets its job again; it matches
+/// how long apalis-redis waits before handing a dead worker's tasks on
+/// (`queue::HEARTBEAT` × `queue::MISSED_HEARTBEATS`).
+pub const TAKEOVER_AFTER: Duration = Duration::from_secs(60);
 
-pub(crate) async fn run(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), JobError> {
+pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynError> {
     let id = job.generation_id;
-    let span = tracing::info_span!("render", generation_id = %id);
+    let span = tracing::info_span!("render", generation_id = %id, backend = %ctx.backend.location());
     async move {
+        if ctx.stopping.is_cancelled() {
+            // Fetched just as the worker began to stop: give it straight back.
+            ctx.queues.push_render(&job).await?;
+            return Ok(());
+        }
+        if let Err(why) = ctx.slot.check(&ctx).await {
+            // Put back before backing off, so the job is never only in a
+            // sleeping worker's hands. The generation is untouched: no
+            // attempt is used.
+            ctx.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
+            tracing::warn!(%why, "render backend unhealthy: job put back");
+            ctx.slot.back_off(&ctx).await;
+            return Ok(());
+        }
         let mut conn = ctx.pool.get().await?;
-        let Some(g) =
-            generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), STALE_AFTER)
-                .await?
-        else {
-            // Already done, cancelled, or running on a live worker: running
-            // this job again must not render twice.
-            tracing::info!("nothing to render: the generation is not waiting for a render");
+        let started =
+            generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), TAKEOVER_AFTER)
+                .await?;
+        let Some(g) = started else {
+            match generations::why_not_started(&mut conn, id, TAKEOVER_AFTER).await? {
+                NotStarted::Busy { retry_in } => {
+                    // Another worker has it and was alive a moment ago. If it
+                    // died, this job takes over once its heartbeat is stale.
+                    tracing::info!(retry_in = ?retry_in, "another worker renders this generation; checking again later");
+                    ctx.queues.push_render_after(&job, retry_in).await?;
+                }
+                NotStarted::Over | NotStarted::Moved => {
+                    tracing::info!("nothing to render: the generation is not waiting for a render");
+                }
+            }
             return Ok(());
         };
         drop(conn);
         tracing::info!(attempt = g.attempts, "render started");
         mage_domain::events::publish_generation_logged(&ctx.redis, &g, true).await;
 
-        let guard = ctx.cancels.register(id);
-        let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
-        let (w, h) =
-            catalog::Resolution::parse(&g.resolution).unwrap_or(catalog::Resolution::R480p).dimensions();
         let model = {
             let mut conn = ctx.pool.get().await?;
             catalog::model(&mut conn, &g.model).await?
         };
-        let Some(model) = model else {
-            return Err(JobError::Fail {
+        let max_attempts =
+            model.as_ref().and_then(|m| m.max_attempts).map_or(ctx.settings.job_attempts, |a| a.max(1) as usize);
+        let outcome = match (&model, g.attempts as usize > max_attempts) {
+            (None, _) => Err(JobError::Fail {
                 user_message: "This model is no longer available.".into(),
                 detail: format!("model {} is gone from the catalogue", g.model),
-            });
+            }),
+            // Every earlier attempt died with its worker (a crash loop).
+            (Some(_), true) => Err(JobError::Retry(format!("{} attempts started, none finished", g.attempts - 1))),
+            (Some(model), false) => run(&ctx, &g, model).await,
         };
-        let work = tempfile::Builder::new().prefix("mage-render-").tempdir()?;
-        let req = RenderRequest {
-            generation_id: id,
-            model: model.id.clone(),
-            workflow: model.workflow.clone(),
-            kind: match g.media_kind() {
-                MediaKind::Image => BackendKind::Image,
-                MediaKind::Video => BackendKind::Video,
-            },
-            prompt: g.prompt.clone(),
-            negative_prompt: g.negative_prompt.clone(),
-            width: w,
-            height: h,
-            duration_seconds: g.duration_seconds.map(|d| d.max(1) as u32),
-            fps: model.fps.max(1) as u32,
-            seed: g.seed.unwrap_or(0),
-            work_dir: work.path().to_path_buf(),
-        };
-        let submitted = ctx.backend.submit(req).await.map_err(render_error)?;
-        let mut events = ctx.backend.events(&submitted);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        let output = loop {
-            let step = tokio::select! {
-                _ = guard.token.cancelled() => None,
-                _ = tick.tick() => Some(progress.tick().await?),
-                ev = events.next() => match ev {
-                    Some(Ok(RenderEvent::Progress { stage, percent })) => {
-                        Some(progress.update(percent, &stage).await?)
-                    }
-                    Some(Ok(RenderEvent::Finished(out))) => break out,
-                    Some(Err(e)) => return Err(render_error(e)),
-                    None => return Err(JobError::Retry("the backend ended the job without a result".into())),
-                },
-            };
-            if !matches!(step, Some(Ok(()))) {
-                // Cancelled by the user (signal or state change): stop the
-                // backend; the API already released the credits.
-                if let Err(e) = ctx.backend.cancel(&submitted).await {
-                    tracing::warn!(error = %e, "backend did not confirm the cancel");
-                }
-                return Err(JobError::Stop);
-            }
-        };
-        let Some(primary) = output.files.first() else {
-            return Err(JobError::Fail {
-                user_message: "The renderer produced nothing.".into(),
-                detail: "backend finished without output files".into(),
-            });
-        };
-        let ext = primary.extension().and_then(|e| e.to_str()).unwrap_or("bin");
-        let key = source_key(id, ext);
-        ctx.storage.put_file(&key, primary).await?;
-        progress.update(100, "rendered").await?.map_err(|_| JobError::Stop)?;
-        ctx.queues.push_transcode(&TranscodeJob { generation_id: id, source_key: key }).await?;
-        tracing::info!("render finished; transcode queued");
-        Ok(())
+        settle(&ctx, &job, &g, max_attempts, outcome).await
     }
     .instrument(span)
     .await
 }
 
+/// Turns a render's outcome into the generation's fate and apalis' verdict.
+async fn settle(
+    ctx: &Ctx,
+    job: &RenderJob,
+    g: &Generation,
+    max_attempts: usize,
+    outcome: Result<(), JobError>,
+) -> Result<(), BoxDynError> {
+    let id = g.id;
+    match outcome {
+        Ok(()) | Err(JobError::HandedBack) => Ok(()),
+        Err(JobError::Stop) => {
+            discard_outputs(ctx, id).await;
+            Ok(())
+        }
+        Err(JobError::Fail { user_message, detail }) => {
+            tracing::warn!(%detail, "generation failed");
+            fail_generation(ctx, id, &user_message).await?;
+            Ok(())
+        }
+        Err(JobError::Retry(detail)) if g.attempts as usize >= max_attempts => {
+            tracing::error!(attempt = g.attempts, %detail, "render failed for the last time");
+            fail_generation(ctx, id, generations::INTERNAL_FAILURE).await?;
+            Err(AbortError::new(format!("attempt {} of {max_attempts}: {detail}", g.attempts)).into())
+        }
+        Err(JobError::Retry(detail)) => {
+            let exponent = (g.attempts.max(1) - 1).min(10) as u32;
+            let backoff = ctx.settings.retry_backoff.saturating_mul(1 << exponent);
+            let stage = format!("retrying (attempt {} of {max_attempts} failed)", g.attempts);
+            let mut conn = ctx.pool.get().await?;
+            if let Some(queued) = generations::requeue(&mut conn, id, &ctx.worker_name, &stage).await? {
+                drop(conn);
+                ctx.queues.push_render_after(job, backoff).await?;
+                tracing::warn!(attempt = g.attempts, retry_in = ?backoff, %detail, "render failed; it will be retried");
+                mage_domain::events::publish_generation_logged(&ctx.redis, &queued, false).await;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How one pass over a backend job ended.
+enum Driven {
+    Done(RenderOutput),
+    /// The backend does not know the job: submit it again.
+    Lost(String),
+    Job(JobError),
+    Canceled,
+    TimedOut,
+    HandBack,
+}
+
+impl From<mage_domain::Error> for Driven {
+    fn from(e: mage_domain::Error) -> Self {
+        Self::Job(e.into())
+    }
+}
+
+async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobError> {
+    let id = g.id;
+    let guard = ctx.cancels.register(id);
+    let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
+    let (w, h) = catalog::Resolution::parse(&g.resolution).unwrap_or(catalog::Resolution::R480p).dimensions();
+    let work = tempfile::Builder::new().prefix("mage-render-").tempdir()?;
+    let kind = match g.media_kind() {
+        MediaKind::Image => BackendKind::Image,
+        MediaKind::Video => BackendKind::Video,
+    };
+    let request = |job_id: String| RenderRequest {
+        generation_id: id,
+        job_id,
+        model: model.id.clone(),
+        workflow: model.workflow.clone(),
+        kind,
+        prompt: g.prompt.clone(),
+        negative_prompt: g.negative_prompt.clone(),
+        width: w,
+        height: h,
+        duration_seconds: g.duration_seconds.map(|d| d.max(1) as u32),
+        fps: model.fps.max(1) as u32,
+        // Without a seed of the user's, one fixed by the generation: every
+        // attempt renders the same picture.
+        seed: g.seed.unwrap_or_else(|| (id.as_u64_pair().0 >> 1) as i64),
+        work_dir: work.path().to_path_buf(),
+    };
+    let timeout = model
+        .render_timeout_seconds
+        .map_or(ctx.settings.render_timeout, |s| Duration::from_secs(s.max(1) as u64));
+    let deadline = tokio::time::Instant::now() + timeout;
+
+    let mut job = match (&g.backend_url, &g.backend_job_id) {
+        (Some(location), Some(job_id)) => {
+            tracing::info!(%location, %job_id, "attaching to the render an earlier attempt started");
+            backend::RenderJob {
+                id: job_id.clone(),
+                location: location.clone(),
+                kind,
+                work_dir: work.path().to_path_buf(),
+            }
+        }
+        _ => submit(ctx, id, request(Uuid::new_v4().to_string())).await?,
+    };
+    let mut resubmitted = false;
+    let output = loop {
+        let events = ctx.backend.events(&job);
+        match drive(ctx, &guard, &mut progress, events, deadline).await {
+            Driven::Done(output) => break output,
+            Driven::Lost(why) if !resubmitted => {
+                tracing::warn!(%why, "the backend lost the render; submitting it again");
+                resubmitted = true;
+                job = submit(ctx, id, request(Uuid::new_v4().to_string())).await?;
+            }
+            Driven::Lost(why) => return Err(JobError::Retry(why)),
+            Driven::Job(e) => return Err(e),
+            Driven::Canceled => {
+                // Cancelled by the user (signal or state change): stop the
+                // backend; the API already released the credits.
+                if let Err(e) = ctx.backend.cancel(&job).await {
+                    tracing::warn!(error = %e, "backend did not confirm the cancel");
+                }
+                return Err(JobError::Stop);
+            }
+            Driven::TimedOut => {
+                if let Err(e) = ctx.backend.cancel(&job).await {
+                    tracing::warn!(error = %e, "backend did not confirm the cancel of a timed-out render");
+                }
+                let mut conn = ctx.pool.get().await?;
+                generations::record_backend_job(&mut conn, id, &ctx.worker_name, None, None).await?;
+                return Err(JobError::Retry(format!("the render took longer than {}s", timeout.as_secs())));
+            }
+            Driven::HandBack => {
+                let mut conn = ctx.pool.get().await?;
+                if generations::hand_back(&mut conn, id, &ctx.worker_name).await? {
+                    ctx.queues.push_render(&RenderJob { generation_id: id }).await?;
+                    tracing::info!(
+                        "worker stopping: render handed back to the queue (the backend keeps rendering)"
+                    );
+                }
+                return Err(JobError::HandedBack);
+            }
+        }
+    };
+    store_outputs(ctx, id, &output).await?;
+    progress.update(100, "rendered").await?.map_err(|_| JobError::Stop)?;
+    let Some(primary) = output.files.first() else {
+        return Err(JobError::Fail {
+            user_message: "The renderer produced nothing.".into(),
+            detail: "backend finished without output files".into(),
+        });
+    };
+    let ext = primary.extension().and_then(|e| e.to_str()).unwrap_or("bin");
+    ctx.queues.push_transcode(&TranscodeJob { generation_id: id, source_key: source_key(id, ext) }).await?;
+    tracing::info!(files = output.files.len(), "render finished; transcode queued");
+    Ok(())
+}
+
+/// Records the new backend job on the generation, then submits it: a crash
+/// in between leaves a recorded job the backend does not know, which the
+/// next attempt submits again.
+async fn submit(ctx: &Ctx, id: Uuid, req: RenderRequest) -> Result<backend::RenderJob, JobError> {
+    let mut conn = ctx.pool.get().await?;
+    let location = ctx.backend.location();
+    if !generations::record_backend_job(&mut conn, id, &ctx.worker_name, Some(&location), Some(&req.job_id))
+        .await?
+    {
+        return Err(JobError::Stop);
+    }
+    drop(conn);
+    ctx.backend.submit(req).await.map_err(render_error)
+}
+
+async fn drive(
+    ctx: &Ctx,
+    guard: &CancelGuard,
+    progress: &mut Progress,
+    mut events: BoxStream<'static, Result<RenderEvent, RenderError>>,
+    deadline: tokio::time::Instant,
+) -> Driven {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let step = tokio::select! {
+            _ = guard.token.cancelled() => return Driven::Canceled,
+            _ = ctx.hand_back.cancelled() => return Driven::HandBack,
+            _ = tokio::time::sleep_until(deadline) => return Driven::TimedOut,
+            _ = tick.tick() => progress.tick().await,
+            ev = events.next() => match ev {
+                Some(Ok(RenderEvent::Progress { stage, percent })) => progress.update(percent, &stage).await,
+                Some(Ok(RenderEvent::Finished(out))) => return Driven::Done(out),
+                Some(Err(RenderError::Lost(why))) => return Driven::Lost(why),
+                Some(Err(e)) => return Driven::Job(render_error(e)),
+                None => return Driven::Job(JobError::Retry("the backend ended the job without a result".into())),
+            },
+        };
+        match step {
+            Ok(Ok(())) => {}
+            // The generation moved on (cancelled, or failed by the sweeper).
+            Ok(Err(_moved)) => return Driven::Canceled,
+            Err(e) => return e.into(),
+        }
+    }
+}
+
+/// The primary output becomes the transcode's source; every other output
+/// is kept beside it (a workflow may save several).
+async fn store_outputs(ctx: &Ctx, id: Uuid, output: &RenderOutput) -> Result<(), JobError> {
+    for (i, file) in output.files.iter().enumerate() {
+        let key = if i == 0 {
+            source_key(id, file.extension().and_then(|e| e.to_str()).unwrap_or("bin"))
+        } else {
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            format!("{}extra/{}", output_prefix(id), safe_name(&name, i))
+        };
+        ctx.storage.put_file(&key, file).await?;
+    }
+    Ok(())
+}
+
+fn safe_name(name: &str, i: usize) -> String {
+    let cleaned: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let cleaned = cleaned.trim_start_matches('.');
+    if cleaned.is_empty() { format!("output-{i}") } else { cleaned.to_owned() }
+}
+
 fn render_error(e: RenderError) -> JobError {
     match e {
         RenderError::Failed { user_message, detail } => JobError::Fail { user_message, detail },
-        RenderError::Unavailable(m) => JobError::Retry(m),
+        RenderError::Unavailable(m) | RenderError::Lost(m) => JobError::Retry(m),
         RenderError::Canceled => JobError::Stop,
         RenderError::Io(e) => JobError::Retry(e.to_string()),
     }

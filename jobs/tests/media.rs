@@ -25,6 +25,7 @@ fn request(
 ) -> RenderRequest {
     RenderRequest {
         generation_id: uuid::Uuid::new_v4(),
+        job_id: uuid::Uuid::new_v4().to_string(),
         model: "synth".into(),
         workflow: workflow.into(),
         kind,

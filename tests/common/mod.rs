@@ -8,7 +8,7 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mage_domain::config::ServerSettings;
+use mage_domain::config::{ServerSettings, WorkerSettings};
 use mage_domain::db::DbPool;
 use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::{Value, json};
@@ -54,8 +54,12 @@ impl TestApp {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut ServerSettings)) -> Self {
+        Self::start_on(TestRedis::new(), tweak).await
+    }
+
+    /// On a Redis of the test's choosing (a private server it may flush).
+    pub async fn start_on(redis: TestRedis, tweak: impl FnOnce(&mut ServerSettings)) -> Self {
         let db = TestDb::new().await;
-        let redis = TestRedis::new();
         let pool = db.pool();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -93,19 +97,20 @@ impl TestApp {
     /// Starts `mage work` (all queues) inside the test; it stops when the
     /// returned guard is dropped.
     pub async fn start_workers(&self) -> Workers {
+        self.start_workers_with(|_| {}).await
+    }
+
+    /// Workers in this process with the synthetic backend, as tweaked.
+    pub async fn start_workers_with(&self, tweak: impl FnOnce(&mut WorkerSettings)) -> Workers {
+        let mut settings = WorkerSettings::synthetic(&format!("test-{}", uuid::Uuid::new_v4()));
+        tweak(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let workers = mage_jobs::Workers {
             pool: self.pool.clone(),
             redis: self.redis.redis(),
             queues: self.queues.clone(),
             storage: self.storage.clone(),
-            settings: mage_domain::config::WorkerSettings {
-                render_backend: "synthetic".into(),
-                render_concurrency: 2,
-                transcode_concurrency: 1,
-                job_attempts: 3,
-                worker_name: format!("test-{}", uuid::Uuid::new_v4()),
-            },
+            settings,
             run_queues: vec![],
         };
         let handle = tokio::spawn(async move {

@@ -1,11 +1,12 @@
 //! Operations for admins (role ADMIN); everyone else gets `FORBIDDEN`.
 
-use async_graphql::{Context, ID, Object};
+use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use mage_domain::credits::{self as ledger, GrantSource, NewGrant};
 use uuid::Uuid;
 
 use super::credits::CreditAccount;
+use super::generations::Generation;
 use super::services;
 use super::users::current_user;
 use crate::error::{ApiError, ApiResult};
@@ -14,7 +15,7 @@ const MAX_GRANT: i64 = 1_000_000;
 
 /// The signed-in user if they are an admin. The role is read from the
 /// database on every call, so a demotion takes effect at once.
-async fn require_admin(ctx: &Context<'_>) -> ApiResult<mage_domain::models::User> {
+pub(crate) async fn require_admin(ctx: &Context<'_>) -> ApiResult<mage_domain::models::User> {
     let user = current_user(ctx).await?;
     if !user.is_admin() {
         return Err(ApiError::Forbidden("this operation is for admins".into()));
@@ -22,11 +23,95 @@ async fn require_admin(ctx: &Context<'_>) -> ApiResult<mage_domain::models::User
     Ok(user)
 }
 
+/// A job that ran out of attempts; its generation was failed and its
+/// credits released.
+#[derive(SimpleObject)]
+pub struct DeadJob {
+    /// `render` or `transcode`.
+    queue: String,
+    /// Pass to `retryDeadJob`.
+    task_id: ID,
+    generation_id: Option<ID>,
+    attempts: i32,
+    /// The last error, for operators.
+    error: Option<String>,
+    died_at: Option<DateTime<Utc>>,
+}
+
+fn job_queue(queue: &str) -> ApiResult<&'static str> {
+    mage_domain::queue::JOB_QUEUES.iter().copied().find(|q| *q == queue).ok_or_else(|| {
+        ApiError::bad_input(
+            "queue",
+            format!("queue must be one of: {}", mage_domain::queue::JOB_QUEUES.join(", ")),
+        )
+    })
+}
+
+#[derive(Default)]
+pub struct AdminQuery;
+
+#[Object]
+impl AdminQuery {
+    /// Jobs that ran out of attempts, newest first (admins only). Without
+    /// `queue`, those of every queue.
+    async fn dead_jobs(
+        &self,
+        ctx: &Context<'_>,
+        queue: Option<String>,
+        #[graphql(default = 50)] first: i32,
+    ) -> ApiResult<Vec<DeadJob>> {
+        require_admin(ctx).await?;
+        if !(1..=500).contains(&first) {
+            return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
+        }
+        let queues = match queue.as_deref() {
+            Some(q) => vec![job_queue(q)?],
+            None => mage_domain::queue::JOB_QUEUES.to_vec(),
+        };
+        let mut all = Vec::new();
+        for q in queues {
+            all.extend(
+                services(ctx)
+                    .generations
+                    .queues
+                    .dead_jobs(q, first as usize)
+                    .await
+                    .map_err(ApiError::internal)?,
+            );
+        }
+        all.sort_by(|a, b| b.died_at.cmp(&a.died_at));
+        all.truncate(first as usize);
+        Ok(all
+            .into_iter()
+            .map(|j| DeadJob {
+                queue: j.queue,
+                task_id: ID(j.task_id),
+                generation_id: j.generation_id.map(|g| ID(g.to_string())),
+                attempts: j.attempts as i32,
+                error: j.error,
+                died_at: j.died_at,
+            })
+            .collect())
+    }
+}
+
 #[derive(Default)]
 pub struct AdminMutation;
 
 #[Object]
 impl AdminMutation {
+    /// Runs a dead job's generation again for its owner (admins only): a
+    /// fresh hold of the same price, back in the queue. `NOT_FOUND` when the
+    /// job is not dead (already retried); `INSUFFICIENT_CREDITS` when the
+    /// owner can no longer afford it.
+    async fn retry_dead_job(&self, ctx: &Context<'_>, queue: String, task_id: ID) -> ApiResult<Generation> {
+        let admin = require_admin(ctx).await?;
+        let queue = job_queue(&queue)?;
+        let g = mage_domain::generations::retry_dead_job(&services(ctx).generations, queue, &task_id).await?;
+        tracing::info!(admin_id = %admin.id, generation_id = %g.id, queue, task_id = %task_id.as_str(), "dead job retried");
+        Ok(Generation::from(g))
+    }
+
     /// Grants credits to a user, recorded in their ledger with the reason.
     /// Pass an `idempotencyKey` to make retries safe: the same key grants once.
     async fn grant_credits(

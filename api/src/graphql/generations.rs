@@ -360,6 +360,79 @@ impl QueueStats {
             .map_err(ApiError::internal)?;
         Ok(slots as i32)
     }
+
+    /// Every render backend's health as the workers last saw it (admins
+    /// only).
+    async fn backends(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderBackendStatus>> {
+        super::admin::require_admin(ctx).await?;
+        let all = mage_domain::workers::backends(&services(ctx).redis).await.map_err(ApiError::internal)?;
+        Ok(all.into_iter().map(RenderBackendStatus).collect())
+    }
+
+    /// Job counts per queue (admins only).
+    async fn jobs(&self, ctx: &Context<'_>) -> ApiResult<Vec<JobQueueCounts>> {
+        super::admin::require_admin(ctx).await?;
+        let queues = &services(ctx).generations.queues;
+        let mut out = Vec::new();
+        for q in mage_domain::queue::JOB_QUEUES {
+            let c = queues.counts(q).await.map_err(ApiError::internal)?;
+            out.push(JobQueueCounts {
+                queue: (*q).to_owned(),
+                waiting: c.waiting as i32,
+                running: c.running as i32,
+                dead: c.dead as i32,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One queue's jobs in Redis.
+#[derive(SimpleObject)]
+pub struct JobQueueCounts {
+    queue: String,
+    /// Waiting or scheduled (retries, delayed starts).
+    waiting: i32,
+    /// Taken by a worker.
+    running: i32,
+    /// Out of attempts (see `deadJobs`).
+    dead: i32,
+}
+
+/// A render backend (a ComfyUI server, or a worker's synthetic renderer).
+pub struct RenderBackendStatus(mage_domain::workers::BackendStatus);
+
+#[Object]
+impl RenderBackendStatus {
+    /// `comfyui` or `synthetic`.
+    async fn kind(&self) -> &str {
+        &self.0.kind
+    }
+    /// Its URL (`local:<worker>` for a synthetic one).
+    async fn location(&self) -> &str {
+        &self.0.location
+    }
+    /// Reachable and reporting a GPU with VRAM, checked within the last
+    /// two minutes.
+    async fn healthy(&self) -> bool {
+        self.0.healthy
+    }
+    async fn detail(&self) -> &str {
+        &self.0.detail
+    }
+    /// Float: VRAM sizes exceed GraphQL's 32-bit Int.
+    async fn vram_free_bytes(&self) -> Option<f64> {
+        self.0.vram_free_bytes.map(|b| b as f64)
+    }
+    async fn vram_total_bytes(&self) -> Option<f64> {
+        self.0.vram_total_bytes.map(|b| b as f64)
+    }
+    async fn checked_by(&self) -> &str {
+        &self.0.checked_by
+    }
+    async fn checked_at(&self) -> DateTime<Utc> {
+        self.0.checked_at
+    }
 }
 
 const GENERATION_CURSOR: &str = "gen";

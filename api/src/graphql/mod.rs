@@ -27,6 +27,7 @@ pub struct Query(
     credits::CreditsQuery,
     products::ProductsQuery,
     generations::GenerationsQuery,
+    admin::AdminQuery,
 );
 
 #[derive(MergedObject, Default)]

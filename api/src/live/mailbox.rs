@@ -219,6 +219,8 @@ mod tests {
             heartbeat_at: None,
             cancel_requested_at: None,
             worker: None,
+            backend_url: None,
+            backend_job_id: None,
         }
     }
 

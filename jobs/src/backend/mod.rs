@@ -8,9 +8,17 @@
 //! (ComfyUI: `GET /system_stats`, including VRAM). The render worker owns the
 //! work directory; the backend only writes into it.
 //!
+//! Mage, not the backend, names each job (`RenderRequest::job_id`) and
+//! records that name and the backend's location on the generation *before*
+//! submitting: a worker that takes over after a crash, or the next attempt
+//! after a lost connection, attaches to the same job through
+//! [`RenderBackend::events`] instead of rendering twice.
+//!
 //! [`synthetic::SyntheticBackend`] renders on the CPU with ffmpeg, so the
-//! whole pipeline runs (and is tested) on machines without a GPU.
+//! whole pipeline runs (and is tested) on machines without a GPU;
+//! [`comfyui::ComfyBackend`] drives a ComfyUI server on a GPU host.
 
+pub mod comfyui;
 pub mod synthetic;
 
 use std::path::PathBuf;
@@ -21,6 +29,9 @@ use futures_util::stream::BoxStream;
 #[derive(Debug, Clone)]
 pub struct RenderRequest {
     pub generation_id: uuid::Uuid,
+    /// The job's name on the backend, chosen by Mage (ComfyUI: the
+    /// `prompt_id`).
+    pub job_id: String,
     /// Render model id, e.g. `synth-video`.
     pub model: String,
     /// The backend's workflow for that model (a ComfyUI workflow name; for
@@ -41,16 +52,22 @@ pub struct RenderRequest {
     pub work_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MediaKind {
     Image,
     Video,
 }
 
-/// A submitted job, named by the backend's own id (ComfyUI's `prompt_id`).
+/// A submitted job: enough to find it again from any worker process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RenderJob {
+    /// [`RenderRequest::job_id`].
     pub id: String,
+    /// Where it runs ([`RenderBackend::location`]).
+    pub location: String,
+    pub kind: MediaKind,
+    /// Where its outputs are written or downloaded to.
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +108,10 @@ pub enum RenderError {
     Unavailable(String),
     #[error("render canceled")]
     Canceled,
+    /// The backend does not know the job (it restarted and lost its queue,
+    /// or the job lived in a process that died): submit it again.
+    #[error("render job lost: {0}")]
+    Lost(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -100,18 +121,23 @@ pub trait RenderBackend: Send + Sync + 'static {
     /// Short stable name, recorded on the generation (`synthetic`, `comfyui`).
     fn name(&self) -> &'static str;
 
+    /// Which server this instance renders on (a ComfyUI base URL), recorded
+    /// with the job so another worker can find it.
+    fn location(&self) -> String;
+
     /// Whether the backend can take work now. `Err(Unavailable)` when it
     /// cannot even be asked; `Ok` with `healthy: false` when it answers but
     /// is not fit for work.
     async fn health(&self) -> Result<BackendHealth, RenderError>;
 
-    /// Starts (or queues) a render and returns at once with the job's id.
+    /// Starts (or queues) a render named `req.job_id` and returns at once.
     async fn submit(&self, req: RenderRequest) -> Result<RenderJob, RenderError>;
 
     /// Events of a submitted job, ending with `Finished` or an error (a
-    /// cancelled job ends with `Err(Canceled)`). Called once per job: a
-    /// second call, or one for a job this backend does not know, yields a
-    /// single error.
+    /// cancelled job ends with `Err(Canceled)`, a job the backend does not
+    /// know with `Err(Lost)`). For a job that already finished, the result
+    /// is collected at once. The job may have been submitted by another
+    /// process (at `job.location`).
     fn events(&self, job: &RenderJob) -> BoxStream<'static, Result<RenderEvent, RenderError>>;
 
     /// Stops the job (its process, its GPU work) and removes its partial

@@ -6,9 +6,9 @@
 //! parametrised by a hash of the prompt and seed, its colours rotate over
 //! time, and the prompt is drawn on the frames. Workflows:
 //!
-//! - `synthetic-video`: H.264 `render.mp4` of the requested size, frame rate
+//! - `text-to-video`: H.264 `render.mp4` of the requested size, frame rate
 //!   and duration;
-//! - `synthetic-image`: one frame, `render.png`;
+//! - `text-to-image`: one frame, `render.png`;
 //! - `synthetic-broken`: ffmpeg is run with a filter that does not exist,
 //!   so a render fails for real (tests and demos of the failure path).
 //!
@@ -31,8 +31,8 @@ use super::{
 };
 use crate::media::{self, Exit};
 
-pub const WORKFLOW_VIDEO: &str = "synthetic-video";
-pub const WORKFLOW_IMAGE: &str = "synthetic-image";
+pub const WORKFLOW_VIDEO: &str = "text-to-video";
+pub const WORKFLOW_IMAGE: &str = "text-to-image";
 pub const WORKFLOW_BROKEN: &str = "synthetic-broken";
 
 /// Environment variable read by [`SyntheticBackend::from_env`].
@@ -170,6 +170,12 @@ impl RenderBackend for SyntheticBackend {
         "synthetic"
     }
 
+    /// Jobs live in this process: another process never finds them, and
+    /// submits again (`Lost`).
+    fn location(&self) -> String {
+        "local".to_owned()
+    }
+
     async fn health(&self) -> Result<BackendHealth, RenderError> {
         let cached = self
             .health
@@ -202,7 +208,7 @@ impl RenderBackend for SyntheticBackend {
                 });
             }
         };
-        let id = format!("synthetic-{}", uuid::Uuid::new_v4());
+        let id = req.job_id.clone();
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let kill = CancellationToken::new();
         let done = CancellationToken::new();
@@ -222,7 +228,7 @@ impl RenderBackend for SyntheticBackend {
             tx,
         };
         tokio::spawn(driver.run(child));
-        Ok(RenderJob { id })
+        Ok(RenderJob { id, location: self.location(), kind: req.kind, work_dir: req.work_dir })
     }
 
     fn events(&self, job: &RenderJob) -> BoxStream<'static, Event> {
@@ -243,7 +249,7 @@ impl RenderBackend for SyntheticBackend {
                     })
                 }
                 None if canceled => Err(RenderError::Canceled),
-                None => Err(RenderError::Unavailable(format!("unknown render job {}", job.id))),
+                None => Err(RenderError::Lost(format!("unknown render job {}", job.id))),
             }
         };
         match taken {

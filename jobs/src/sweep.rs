@@ -1,0 +1,139 @@
+//! The sweeper: every `MAGE_SWEEP_INTERVAL_SECONDS`, in one worker process
+//! at a time (a Redis lock that lives for one interval), it repairs what no
+//! job will: QUEUED generations whose job Redis lost (restarted empty, or
+//! the enqueue after the commit failed) are enqueued again; RENDERING or
+//! TRANSCODING generations whose worker has been silent for
+//! `MAGE_STALE_AFTER_SECONDS` are failed and their holds released; holds
+//! left open by anything else are settled. Each action is logged with its
+//! generation id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mage_domain::generations;
+use mage_domain::queue::RenderJob;
+use tokio_util::sync::CancellationToken;
+
+use crate::Ctx;
+
+/// A generation queued this recently may still be on its way into Redis
+/// (committed, not yet enqueued): it is left alone.
+pub const ENQUEUE_GRACE: Duration = Duration::from_secs(10);
+/// Rows looked at per pass and kind; the next pass takes the rest.
+const BATCH: i64 = 500;
+pub const STALE_MESSAGE: &str = "The render stopped responding; your credits were not charged.";
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SweepReport {
+    pub requeued: Vec<uuid::Uuid>,
+    pub failed_stale: Vec<uuid::Uuid>,
+    pub holds_settled: usize,
+}
+
+pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let every = ctx.settings.sweep_interval;
+    let lock = ctx.redis.key("sweep:lock");
+    // The first pass comes soon after start, so a Redis that restarted
+    // empty with the workers is repaired without waiting a whole interval.
+    let mut next = tokio::time::Instant::now() + ENQUEUE_GRACE.min(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        next = tokio::time::Instant::now() + every;
+        match take_lock(&ctx, &lock, every).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "sweeper: could not take its lock");
+                continue;
+            }
+        }
+        match sweep(&ctx).await {
+            Ok(r) if r != SweepReport::default() => tracing::info!(
+                requeued = r.requeued.len(),
+                failed_stale = r.failed_stale.len(),
+                holds_settled = r.holds_settled,
+                "sweep done"
+            ),
+            Ok(_) => tracing::debug!("sweep: nothing to do"),
+            Err(e) => tracing::warn!(error = %e, "sweep failed; the next one retries"),
+        }
+    }
+}
+
+/// `SET NX PX`: whoever sets it sweeps this interval; it expires by itself,
+/// so a replica that dies holding it blocks one interval at most.
+async fn take_lock(ctx: &Ctx, key: &str, ttl: Duration) -> Result<bool, mage_domain::Error> {
+    let mut conn = ctx.redis.conn().await?;
+    let ttl_ms = ttl.as_millis().saturating_sub(200).max(100) as u64;
+    let set: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(&ctx.worker_name)
+        .arg("NX")
+        .arg("PX")
+        .arg(ttl_ms)
+        .query_async(&mut conn)
+        .await?;
+    Ok(set.is_some())
+}
+
+/// One pass, whatever the lock says (tests and `mage` tools call it).
+pub async fn sweep_once(
+    pool: &mage_domain::db::DbPool,
+    redis: &mage_domain::kv::Redis,
+    queues: &mage_domain::queue::Queues,
+    stale_after: Duration,
+) -> Result<SweepReport, mage_domain::Error> {
+    let mut report = SweepReport::default();
+    let mut conn = pool.get().await?;
+    let now = chrono::Utc::now();
+
+    let grace = chrono::Duration::from_std(ENQUEUE_GRACE).unwrap_or_default();
+    for g in generations::queued_since(&mut conn, now - grace, BATCH).await? {
+        if queues.render_alive(g.id).await? {
+            continue;
+        }
+        queues.push_render(&RenderJob { generation_id: g.id }).await?;
+        tracing::warn!(generation_id = %g.id, "sweeper: a queued generation had no job in Redis; enqueued it again");
+        report.requeued.push(g.id);
+    }
+
+    let stale = chrono::Duration::from_std(stale_after).unwrap_or(chrono::Duration::MAX);
+    for g in generations::stale(&mut conn, now - stale, BATCH).await? {
+        if let Some(failed) = generations::fail(&mut conn, g.id, STALE_MESSAGE).await? {
+            tracing::warn!(
+                generation_id = %g.id,
+                status = %g.status,
+                worker = ?g.worker,
+                heartbeat_at = ?g.heartbeat_at,
+                "sweeper: no heartbeat for too long; failed the generation and released its credits"
+            );
+            generations::finished_with(redis, &failed).await;
+            if let Err(e) = queues.forget_render(g.id).await {
+                tracing::debug!(generation_id = %g.id, error = %e, "could not drop the render index entry");
+            }
+            report.failed_stale.push(g.id);
+        }
+    }
+
+    for h in generations::release_orphaned_holds(&mut conn, BATCH).await? {
+        tracing::warn!(
+            hold_id = %h.id,
+            generation_id = ?h.generation_id,
+            amount = h.amount,
+            "sweeper: settled a hold left open by a finished generation"
+        );
+        mage_domain::events::publish_credits_changed_logged(redis, h.user_id).await;
+        report.holds_settled += 1;
+    }
+    if !report.requeued.is_empty() {
+        mage_domain::events::publish_queue_advanced_logged(redis).await;
+    }
+    Ok(report)
+}
+
+async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
+    sweep_once(&ctx.pool, &ctx.redis, &ctx.queues, ctx.settings.stale_after).await
+}
