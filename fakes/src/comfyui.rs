@@ -1,0 +1,825 @@
+//! A fake ComfyUI: the HTTP + WebSocket API of ComfyUI's `server.py` and
+//! the behaviour of its single-GPU executor, with the message shapes of
+//! ComfyUI 0.3 and VideoHelperSuite, rendering ffmpeg test patterns of the
+//! requested size instead of diffusion.
+//!
+//! What it keeps faithful because Mage depends on it:
+//! - one prompt runs at a time, FIFO; the queue lives in memory only;
+//! - a prompt's events go only to the socket of its `client_id`, and a new
+//!   socket with the same id replaces the old one; nothing is replayed;
+//! - `execution_success` is sent before the history entry is written;
+//! - an unqualified `POST /interrupt` stops whatever runs;
+//! - outputs are listed in `/history/{id}` and served by `/view`.
+//!
+//! Faults tests can inject: unhealthy `/system_stats`, a node error when the
+//! prompt text contains a needle, WebSocket drops mid-render.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// What `/system_stats` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// The server answers 503 (ComfyUI behind a proxy whose upstream died).
+    Down,
+    /// ComfyUI runs but found no CUDA device (driver lost, `--cpu`).
+    NoGpu,
+}
+
+/// One accepted `POST /prompt`.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub prompt_id: String,
+    pub client_id: Option<String>,
+    pub prompt: Value,
+    pub number: u64,
+}
+
+const VRAM_TOTAL: u64 = 25_386_352_640;
+/// Output node classes and the key their files are listed under.
+const OUTPUT_NODES: &[(&str, &str)] =
+    &[("SaveImage", "images"), ("VHS_VideoCombine", "gifs"), ("SaveVideo", "videos"), ("SaveWEBM", "images")];
+/// Node classes this fake knows; anything else fails validation as in
+/// ComfyUI when a custom node is missing.
+const KNOWN_NODES: &[&str] = &[
+    "CheckpointLoaderSimple",
+    "UNETLoader",
+    "CLIPLoader",
+    "VAELoader",
+    "ModelSamplingSD3",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "EmptyHunyuanLatentVideo",
+    "EmptySD3LatentImage",
+    "KSampler",
+    "KSamplerAdvanced",
+    "VAEDecode",
+    "SaveImage",
+    "VHS_VideoCombine",
+    "SaveVideo",
+    "CreateVideo",
+    "SaveWEBM",
+];
+const SAMPLERS: &[&str] = &["KSampler", "KSamplerAdvanced"];
+
+#[derive(Clone)]
+struct Queued {
+    number: u64,
+    prompt_id: String,
+    prompt: Value,
+    extra_data: Value,
+    outputs: Vec<String>,
+    client_id: Option<String>,
+}
+
+impl Queued {
+    /// The tuple ComfyUI lists in `/queue` and `/history`.
+    fn tuple(&self) -> Value {
+        json!([self.number, self.prompt_id, self.prompt, self.extra_data, self.outputs])
+    }
+}
+
+struct Socket {
+    conn: u64,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+struct Inner {
+    health: Health,
+    step_delay: Duration,
+    fail_rules: Vec<(String, String)>,
+    drop_after_steps: Option<u32>,
+    next_number: u64,
+    next_conn: u64,
+    pending: VecDeque<Queued>,
+    running: Option<Queued>,
+    interrupt_requested: bool,
+    history: HashMap<String, Value>,
+    sockets: HashMap<String, Socket>,
+    counters: HashMap<String, u32>,
+    // What tests read back.
+    submissions: Vec<Submission>,
+    executions: HashMap<String, usize>,
+    completed: Vec<String>,
+    downloads: HashMap<String, usize>,
+    interrupts: Vec<Option<String>>,
+    queue_deletes: Vec<String>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    work: Notify,
+    out_dir: PathBuf,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide what the fake recorded.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends to the socket currently registered for `client_id`, as
+    /// ComfyUI's `send_sync(..., sid)` does; without a socket the message is
+    /// lost.
+    fn send(&self, client_id: Option<&str>, kind: &str, data: Value) {
+        let text = json!({"type": kind, "data": data}).to_string();
+        let inner = self.lock();
+        match client_id {
+            Some(id) => {
+                if let Some(s) = inner.sockets.get(id) {
+                    let _ = s.tx.send(Message::Text(text.into()));
+                }
+            }
+            None => {
+                for s in inner.sockets.values() {
+                    let _ = s.tx.send(Message::Text(text.clone().into()));
+                }
+            }
+        }
+    }
+}
+
+/// A running fake ComfyUI server; stops when dropped.
+pub struct FakeComfy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    _out: tempfile::TempDir,
+}
+
+impl Drop for FakeComfy {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl FakeComfy {
+    /// Starts on a free local port with 20 ms sampler steps.
+    pub async fn start() -> Self {
+        let fake = Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await.expect("start fake ComfyUI");
+        fake.set_step_delay(Duration::from_millis(20));
+        fake
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let out = tempfile::Builder::new().prefix("fake-comfyui-").tempdir()?;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                health: Health::Healthy,
+                step_delay: Duration::from_millis(100),
+                fail_rules: Vec::new(),
+                drop_after_steps: None,
+                next_number: 0,
+                next_conn: 0,
+                pending: VecDeque::new(),
+                running: None,
+                interrupt_requested: false,
+                history: HashMap::new(),
+                sockets: HashMap::new(),
+                counters: HashMap::new(),
+                submissions: Vec::new(),
+                executions: HashMap::new(),
+                completed: Vec::new(),
+                downloads: HashMap::new(),
+                interrupts: Vec::new(),
+                queue_deletes: Vec::new(),
+            }),
+            work: Notify::new(),
+            out_dir: out.path().join("output"),
+        });
+        std::fs::create_dir_all(&shared.out_dir)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let app = Router::new()
+            .route("/system_stats", get(system_stats))
+            .route("/prompt", post(submit).get(prompt_info))
+            .route("/queue", get(queue).post(queue_edit))
+            .route("/interrupt", post(interrupt))
+            .route("/history", get(history_all))
+            .route("/history/{id}", get(history_one))
+            .route("/view", get(view))
+            .route("/ws", get(ws))
+            .with_state(shared.clone());
+        let serve_stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(serve_stop.cancelled_owned()).await;
+        });
+        tokio::spawn(executor(shared.clone(), stop.clone()));
+        Ok(Self { addr, shared, stop, _out: out })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_health(&self, health: Health) {
+        self.shared.lock().health = health;
+        self.shared.work.notify_one();
+    }
+
+    pub fn set_step_delay(&self, delay: Duration) {
+        self.shared.lock().step_delay = delay;
+    }
+
+    /// Prompts whose text contains `needle` fail in their sampler with
+    /// `message`, as a CUDA out-of-memory or a bad model file does.
+    pub fn fail_when_prompt_contains(&self, needle: &str, message: &str) {
+        self.shared.lock().fail_rules.push((needle.to_owned(), message.to_owned()));
+    }
+
+    /// Closes the socket of each running prompt's client once, after its
+    /// sampler's `n`-th step.
+    pub fn drop_websockets_after_steps(&self, n: u32) {
+        self.shared.lock().drop_after_steps = Some(n);
+    }
+
+    pub fn submissions(&self) -> Vec<Submission> {
+        self.shared.lock().submissions.clone()
+    }
+
+    /// How many times the prompt started executing.
+    pub fn executions(&self, prompt_id: &str) -> usize {
+        self.shared.lock().executions.get(prompt_id).copied().unwrap_or(0)
+    }
+
+    pub fn total_executions(&self) -> usize {
+        self.shared.lock().executions.values().sum()
+    }
+
+    /// Prompts that ran to success, in order.
+    pub fn completed(&self) -> Vec<String> {
+        self.shared.lock().completed.clone()
+    }
+
+    /// `/view` downloads by file name.
+    pub fn downloads(&self) -> HashMap<String, usize> {
+        self.shared.lock().downloads.clone()
+    }
+
+    /// Every `POST /interrupt`, with the `prompt_id` it named (`None` for an
+    /// unqualified interrupt).
+    pub fn interrupts(&self) -> Vec<Option<String>> {
+        self.shared.lock().interrupts.clone()
+    }
+
+    /// Prompt ids named in `POST /queue {"delete": [...]}`.
+    pub fn queue_deletes(&self) -> Vec<String> {
+        self.shared.lock().queue_deletes.clone()
+    }
+
+    /// Prompts waiting or running.
+    pub fn queue_len(&self) -> usize {
+        let inner = self.shared.lock();
+        inner.pending.len() + usize::from(inner.running.is_some())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn system_stats(State(shared): State<Arc<Shared>>) -> Response {
+    let health = shared.lock().health;
+    let devices = match health {
+        Health::Down => return (StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable").into_response(),
+        Health::NoGpu => json!([{
+            "name": "cpu", "type": "cpu", "index": null,
+            "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
+        }]),
+        Health::Healthy => {
+            let busy = shared.lock().running.is_some();
+            let free = if busy { VRAM_TOTAL / 4 } else { VRAM_TOTAL - 1_073_741_824 };
+            json!([{
+                "name": "cuda:0 NVIDIA GeForce RTX 4090 : cudaMallocAsync", "type": "cuda", "index": 0,
+                "vram_total": VRAM_TOTAL, "vram_free": free,
+                "torch_vram_total": 0, "torch_vram_free": 0,
+            }])
+        }
+    };
+    Json(json!({
+        "system": {
+            "os": "posix", "ram_total": 67_108_864_000u64, "ram_free": 50_000_000_000u64,
+            "comfyui_version": "0.3.60", "python_version": "3.12.3", "pytorch_version": "2.7.1+cu128",
+            "embedded_python": false, "argv": ["main.py", "--listen"],
+        },
+        "devices": devices,
+    }))
+    .into_response()
+}
+
+fn bad_request(kind: &str, message: &str, details: &str, node_errors: Value) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({
+            "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
+            "node_errors": node_errors,
+        })),
+    )
+        .into_response()
+}
+
+/// ComfyUI's `validate_prompt`, reduced to what a template can get wrong:
+/// unknown classes, dangling links, no output node.
+fn validate(prompt: &Map<String, Value>) -> Result<Vec<String>, Response> {
+    let mut outputs = Vec::new();
+    let mut node_errors = Map::new();
+    for (id, node) in prompt {
+        let Some(class) = node["class_type"].as_str() else {
+            return Err(bad_request(
+                "invalid_prompt",
+                "Cannot execute because a node is missing the class_type property.",
+                &format!("Node ID '#{id}'"),
+                json!({}),
+            ));
+        };
+        if !KNOWN_NODES.contains(&class) {
+            return Err(bad_request(
+                "invalid_prompt",
+                &format!("Cannot execute because node {class} does not exist."),
+                &format!("Node ID '#{id}'"),
+                json!({}),
+            ));
+        }
+        for (name, value) in node["inputs"].as_object().into_iter().flatten() {
+            if let Some(link) = value.as_array().filter(|a| a.len() == 2 && a[1].is_u64())
+                && !link[0].as_str().is_some_and(|from| prompt.contains_key(from))
+            {
+                node_errors.insert(
+                    id.clone(),
+                    json!({"errors": [{"type": "bad_linked_input", "message": "Bad linked input",
+                        "details": name, "extra_info": {"input_name": name}}],
+                        "dependent_outputs": [], "class_type": class}),
+                );
+            }
+        }
+        if OUTPUT_NODES.iter().any(|(c, _)| *c == class) {
+            outputs.push(id.clone());
+        }
+    }
+    if outputs.is_empty() {
+        return Err(bad_request("prompt_no_outputs", "Prompt has no outputs", "", json!([])));
+    }
+    if !node_errors.is_empty() {
+        return Err(bad_request(
+            "prompt_outputs_failed_validation",
+            "Prompt outputs failed validation",
+            "",
+            Value::Object(node_errors),
+        ));
+    }
+    outputs.sort();
+    Ok(outputs)
+}
+
+async fn submit(State(shared): State<Arc<Shared>>, body: Option<Json<Value>>) -> Response {
+    let Some(Json(body)) = body else {
+        return bad_request("invalid_prompt", "Invalid JSON", "", json!({}));
+    };
+    let Some(prompt) = body["prompt"].as_object() else {
+        return bad_request("no_prompt", "No prompt provided", "", json!({}));
+    };
+    let outputs = match validate(prompt) {
+        Ok(outputs) => outputs,
+        Err(resp) => return resp,
+    };
+    let prompt_id =
+        body["prompt_id"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let client_id = body["client_id"].as_str().map(str::to_owned);
+    let mut extra_data = body["extra_data"].clone();
+    if !extra_data.is_object() {
+        extra_data = json!({});
+    }
+    if let Some(c) = &client_id {
+        extra_data["client_id"] = json!(c);
+    }
+    let number = {
+        let mut inner = shared.lock();
+        let number = inner.next_number;
+        inner.next_number += 1;
+        inner.submissions.push(Submission {
+            prompt_id: prompt_id.clone(),
+            client_id: client_id.clone(),
+            prompt: Value::Object(prompt.clone()),
+            number,
+        });
+        inner.pending.push_back(Queued {
+            number,
+            prompt_id: prompt_id.clone(),
+            prompt: Value::Object(prompt.clone()),
+            extra_data,
+            outputs,
+            client_id,
+        });
+        number
+    };
+    shared.work.notify_one();
+    Json(json!({"prompt_id": prompt_id, "number": number, "node_errors": {}})).into_response()
+}
+
+async fn prompt_info(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let inner = shared.lock();
+    let remaining = inner.pending.len() + usize::from(inner.running.is_some());
+    Json(json!({"exec_info": {"queue_remaining": remaining}}))
+}
+
+async fn queue(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let inner = shared.lock();
+    let running: Vec<Value> = inner.running.iter().map(Queued::tuple).collect();
+    let pending: Vec<Value> = inner.pending.iter().map(Queued::tuple).collect();
+    Json(json!({"queue_running": running, "queue_pending": pending}))
+}
+
+async fn queue_edit(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> StatusCode {
+    let mut inner = shared.lock();
+    if body["clear"].as_bool() == Some(true) {
+        inner.pending.clear();
+    }
+    for id in body["delete"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        inner.queue_deletes.push(id.to_owned());
+        inner.pending.retain(|q| q.prompt_id != id);
+    }
+    StatusCode::OK
+}
+
+async fn interrupt(State(shared): State<Arc<Shared>>, body: Option<Json<Value>>) -> StatusCode {
+    let target = body.and_then(|Json(b)| b["prompt_id"].as_str().map(str::to_owned));
+    let mut inner = shared.lock();
+    inner.interrupts.push(target.clone());
+    // As ComfyUI: with a prompt_id only that prompt, if it is the one
+    // running; without, whatever runs.
+    let hit = match (&target, &inner.running) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(id), Some(r)) => &r.prompt_id == id,
+    };
+    if hit {
+        inner.interrupt_requested = true;
+    }
+    StatusCode::OK
+}
+
+async fn history_all(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let inner = shared.lock();
+    Json(Value::Object(inner.history.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+}
+
+async fn history_one(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Json<Value> {
+    let inner = shared.lock();
+    Json(match inner.history.get(&id) {
+        Some(entry) => json!({ id: entry }),
+        None => json!({}),
+    })
+}
+
+#[derive(Deserialize)]
+struct ViewQuery {
+    filename: String,
+    #[serde(default)]
+    subfolder: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+async fn view(State(shared): State<Arc<Shared>>, Query(q): Query<ViewQuery>) -> Response {
+    let safe = |s: &str| !s.contains("..") && !s.starts_with('/');
+    if !safe(&q.filename) || !safe(&q.subfolder) || q.kind.as_deref().is_some_and(|k| k != "output") {
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    let path = shared.out_dir.join(&q.subfolder).join(&q.filename);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            *shared.lock().downloads.entry(q.filename.clone()).or_default() += 1;
+            let mime = match path.extension().and_then(|e| e.to_str()) {
+                Some("png") => "image/png",
+                Some("mp4") => "video/mp4",
+                Some("webm") => "video/webm",
+                _ => "application/octet-stream",
+            };
+            ([(axum::http::header::CONTENT_TYPE, mime)], bytes).into_response()
+        }
+        Err(_) => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    #[serde(rename = "clientId")]
+    client_id: Option<String>,
+}
+
+async fn ws(State(shared): State<Arc<Shared>>, Query(q): Query<WsQuery>, up: WebSocketUpgrade) -> Response {
+    let sid = q.client_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    up.on_upgrade(move |socket| follow_socket(shared, sid, socket))
+}
+
+async fn follow_socket(shared: Arc<Shared>, sid: String, mut socket: WebSocket) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let conn = {
+        let mut inner = shared.lock();
+        inner.next_conn += 1;
+        let conn = inner.next_conn;
+        // Same client id: the new socket replaces the old, whose sender is
+        // dropped here, which ends it.
+        inner.sockets.insert(sid.clone(), Socket { conn, tx: tx.clone() });
+        let remaining = inner.pending.len() + usize::from(inner.running.is_some());
+        let status = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}, "sid": sid}});
+        let _ = tx.send(Message::Text(status.to_string().into()));
+        conn
+    };
+    drop(tx);
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(msg) => {
+                    let close = matches!(msg, Message::Close(_));
+                    if socket.send(msg).await.is_err() || close {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let mut inner = shared.lock();
+    if inner.sockets.get(&sid).is_some_and(|s| s.conn == conn) {
+        inner.sockets.remove(&sid);
+    }
+}
+
+/// ComfyUI's prompt worker: one prompt at a time, FIFO, while healthy.
+async fn executor(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let next = {
+            let mut inner = shared.lock();
+            if inner.health == Health::Healthy {
+                let next = inner.pending.pop_front();
+                if let Some(q) = &next {
+                    inner.running = Some(q.clone());
+                    inner.interrupt_requested = false;
+                    *inner.executions.entry(q.prompt_id.clone()).or_default() += 1;
+                }
+                next
+            } else {
+                None
+            }
+        };
+        let Some(job) = next else {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = shared.work.notified() => continue,
+                // Health changes and queue edits may not notify.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            }
+        };
+        let entry = tokio::select! {
+            _ = stop.cancelled() => return,
+            entry = execute(&shared, &job) => entry,
+        };
+        let success = entry["status"]["status_str"] == "success";
+        let cid = job.client_id.as_deref();
+        if success {
+            shared.send(cid, "execution_success", json!({"prompt_id": job.prompt_id, "timestamp": now_ms()}));
+            // ComfyUI writes history only after the executor returns.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        {
+            let mut inner = shared.lock();
+            inner.history.insert(job.prompt_id.clone(), entry);
+            inner.running = None;
+            if success {
+                inner.completed.push(job.prompt_id.clone());
+            }
+        }
+        shared.send(cid, "executing", json!({"node": null, "display_node": null, "prompt_id": job.prompt_id}));
+    }
+}
+
+/// Nodes in an order where every node comes after its inputs.
+fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<String> {
+    fn visit(id: &str, prompt: &Map<String, Value>, seen: &mut Vec<String>, order: &mut Vec<String>) {
+        if seen.iter().any(|s| s == id) {
+            return;
+        }
+        seen.push(id.to_owned());
+        for value in prompt[id]["inputs"].as_object().into_iter().flatten().map(|(_, v)| v) {
+            if let Some(from) = value.as_array().filter(|a| a.len() == 2).and_then(|a| a[0].as_str())
+                && prompt.contains_key(from)
+            {
+                visit(from, prompt, seen, order);
+            }
+        }
+        order.push(id.to_owned());
+    }
+    let (mut seen, mut order) = (Vec::new(), Vec::new());
+    for out in outputs {
+        visit(out, prompt, &mut seen, &mut order);
+    }
+    order
+}
+
+/// Width, height and frame count of the latent an output node decodes,
+/// found by walking its links back to the empty latent.
+fn latent_size(prompt: &Map<String, Value>, id: &str, depth: u32) -> Option<(u64, u64, u64)> {
+    let inputs = prompt.get(id)?["inputs"].as_object()?;
+    if let (Some(w), Some(h)) = (inputs.get("width").and_then(Value::as_u64), inputs.get("height").and_then(Value::as_u64))
+    {
+        let frames = inputs.get("length").and_then(Value::as_u64).unwrap_or(1);
+        let batch = inputs.get("batch_size").and_then(Value::as_u64).unwrap_or(1);
+        return Some((w, h, frames.max(batch)));
+    }
+    if depth > 32 {
+        return None;
+    }
+    // The latent, samples and image inputs lead back to it.
+    for key in ["images", "samples", "latent_image", "image", "video"] {
+        if let Some(from) = inputs.get(key).and_then(|v| v.as_array()).and_then(|a| a.first()?.as_str())
+            && let Some(size) = latent_size(prompt, from, depth + 1)
+        {
+            return Some(size);
+        }
+    }
+    None
+}
+
+struct Run<'a> {
+    shared: &'a Shared,
+    job: &'a Queued,
+    messages: Vec<Value>,
+    dropped: bool,
+}
+
+impl Run<'_> {
+    fn send(&mut self, kind: &str, data: Value) {
+        if matches!(kind, "execution_start" | "execution_cached" | "execution_error" | "execution_interrupted") {
+            self.messages.push(json!([kind, data]));
+        }
+        self.shared.send(self.job.client_id.as_deref(), kind, data);
+    }
+
+    fn ended(&mut self, status: &str, outputs: Map<String, Value>, meta: Map<String, Value>) -> Value {
+        json!({
+            "prompt": self.job.tuple(),
+            "outputs": outputs,
+            "status": {"status_str": status, "completed": status == "success", "messages": self.messages},
+            "meta": meta,
+        })
+    }
+}
+
+async fn execute(shared: &Shared, job: &Queued) -> Value {
+    let mut run = Run { shared, job, messages: Vec::new(), dropped: false };
+    let pid = job.prompt_id.clone();
+    let Some(prompt) = job.prompt.as_object() else {
+        return run.ended("error", Map::new(), Map::new());
+    };
+    run.send("execution_start", json!({"prompt_id": pid, "timestamp": now_ms()}));
+    run.send("execution_cached", json!({"nodes": [], "prompt_id": pid, "timestamp": now_ms()}));
+    let text = prompt.values().filter_map(|n| n["inputs"]["text"].as_str()).collect::<Vec<_>>().join("\n");
+    let failure = shared.lock().fail_rules.iter().find(|(needle, _)| text.contains(needle)).map(|(_, m)| m.clone());
+    let mut executed: Vec<String> = Vec::new();
+    let mut outputs = Map::new();
+    let mut meta = Map::new();
+    for id in execution_order(prompt, &job.outputs) {
+        let class = prompt[&id]["class_type"].as_str().unwrap_or_default().to_owned();
+        run.send("executing", json!({"node": id, "display_node": id, "prompt_id": pid}));
+        if SAMPLERS.contains(&class.as_str()) {
+            if let Some(message) = &failure {
+                let data = json!({
+                    "prompt_id": pid, "node_id": id, "node_type": class, "executed": executed,
+                    "exception_message": message, "exception_type": "RuntimeError",
+                    "traceback": ["  File \"execution.py\", line 496, in execute\n"],
+                    "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms(),
+                });
+                run.send("execution_error", data);
+                return run.ended("error", outputs, meta);
+            }
+            let steps = prompt[&id]["inputs"]["steps"].as_u64().unwrap_or(20).max(1);
+            for step in 1..=steps {
+                let (delay, drop_after) = {
+                    let inner = shared.lock();
+                    (inner.step_delay, inner.drop_after_steps)
+                };
+                tokio::time::sleep(delay).await;
+                if std::mem::take(&mut shared.lock().interrupt_requested) {
+                    let data = json!({"prompt_id": pid, "node_id": id, "node_type": class,
+                        "executed": executed, "timestamp": now_ms()});
+                    run.send("execution_interrupted", data);
+                    return run.ended("error", outputs, meta);
+                }
+                run.send("progress", json!({"value": step, "max": steps, "prompt_id": pid, "node": id}));
+                if drop_after == Some(step as u32) && !run.dropped {
+                    run.dropped = true;
+                    if let Some(cid) = &job.client_id {
+                        // Dropping the sender closes the socket after what
+                        // was already queued on it.
+                        let mut inner = shared.lock();
+                        if let Some(s) = inner.sockets.remove(cid) {
+                            let _ = s.tx.send(Message::Close(None));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((_, key)) = OUTPUT_NODES.iter().find(|(c, _)| *c == class) {
+            match write_output(shared, prompt, &id, &class).await {
+                Ok(files) => {
+                    let output = json!({ *key: files });
+                    run.send(
+                        "executed",
+                        json!({"node": id, "display_node": id, "output": output, "prompt_id": pid}),
+                    );
+                    outputs.insert(id.clone(), output);
+                }
+                Err(e) => {
+                    run.send(
+                        "execution_error",
+                        json!({
+                            "prompt_id": pid, "node_id": id, "node_type": class, "executed": executed,
+                            "exception_message": e, "exception_type": "RuntimeError", "traceback": [],
+                            "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms(),
+                        }),
+                    );
+                    return run.ended("error", outputs, meta);
+                }
+            }
+        }
+        meta.insert(
+            id.clone(),
+            json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id}),
+        );
+        executed.push(id);
+    }
+    run.messages.push(json!(["execution_success", {"prompt_id": pid, "timestamp": now_ms()}]));
+    run.ended("success", outputs, meta)
+}
+
+/// Renders an output node's files with ffmpeg, named as ComfyUI and
+/// VideoHelperSuite name them, and returns their listing.
+async fn write_output(
+    shared: &Shared,
+    prompt: &Map<String, Value>,
+    id: &str,
+    class: &str,
+) -> Result<Vec<Value>, String> {
+    let inputs = &prompt[id]["inputs"];
+    let prefix = inputs["filename_prefix"].as_str().unwrap_or("ComfyUI").to_owned();
+    if prefix.contains("..") || prefix.starts_with('/') {
+        return Err(format!("invalid filename_prefix {prefix:?}"));
+    }
+    let (w, h, frames) = latent_size(prompt, id, 0).unwrap_or((512, 512, 1));
+    let video = class != "SaveImage";
+    let fps = inputs["frame_rate"].as_f64().or_else(|| inputs["fps"].as_f64()).unwrap_or(16.0).max(1.0);
+    let count = if video { 1 } else { frames.max(1) };
+    let mut files = Vec::new();
+    for _ in 0..count {
+        let n = {
+            let mut inner = shared.lock();
+            let c = inner.counters.entry(prefix.clone()).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let name = if video { format!("{prefix}_{n:05}.mp4") } else { format!("{prefix}_{n:05}_.png") };
+        let path = shared.out_dir.join(&name);
+        let source = format!("testsrc2=size={w}x{h}:rate={fps}");
+        let mut cmd = tokio::process::Command::new("ffmpeg");
+        cmd.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", &source]);
+        if video {
+            let frames = frames.max(1).to_string();
+            cmd.args(["-frames:v", &frames, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]);
+        } else {
+            cmd.args(["-frames:v", "1"]);
+        }
+        let out = cmd.arg(&path).output().await.map_err(|e| format!("ffmpeg: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        files.push(if video {
+            json!({"filename": name, "subfolder": "", "type": "output", "format": "video/h264-mp4",
+                   "frame_rate": fps, "workflow": format!("{prefix}_{n:05}.png"),
+                   "fullpath": path.to_string_lossy()})
+        } else {
+            json!({"filename": name, "subfolder": "", "type": "output"})
+        });
+    }
+    Ok(files)
+}

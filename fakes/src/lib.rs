@@ -1,0 +1,5 @@
+//! Stand-ins for the outside services Mage talks to, speaking their real
+//! protocols over real sockets, so tests exercise Mage's own clients end to
+//! end. Nothing here mocks Mage's code.
+
+pub mod comfyui;
