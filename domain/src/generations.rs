@@ -816,7 +816,8 @@ pub async fn cancel(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Ca
     }
 }
 
-/// FAILED → QUEUED with a fresh hold of the same price. The caller enqueues.
+/// FAILED → QUEUED with a fresh hold of the same price and its attempts
+/// counted afresh. The caller enqueues.
 pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Generation> {
     conn.transaction::<_, Error, _>(async |conn| {
         let g: Generation = generations::table
@@ -847,6 +848,8 @@ pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Gen
                 generations::stage.eq(None::<String>),
                 generations::error.eq(None::<String>),
                 generations::output.eq(None::<serde_json::Value>),
+                // A new run gets every attempt again.
+                generations::attempts.eq(0),
                 generations::queued_at.eq(now),
                 generations::started_at.eq(None::<DateTime<Utc>>),
                 generations::finished_at.eq(None::<DateTime<Utc>>),
