@@ -172,11 +172,7 @@ async fn done_tasks(app: &TestApp, queue: &str) -> i64 {
 fn stored_files(app: &TestApp, id: Uuid) -> usize {
     fn walk(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 })
-                    .sum()
-            })
+            .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum())
             .unwrap_or(0)
     }
     walk(&app.media_dir().join("generations").join(id.to_string()))
@@ -234,7 +230,8 @@ async fn a_node_error_fails_the_generation_with_the_nodes_message_and_gives_the_
     let r = wait_status(&app, id, "failed", Duration::from_secs(60)).await;
     let error = r.error.clone().unwrap_or_default();
     assert!(error.contains("KSampler") && error.contains("CUDA out of memory"), "{r:?}");
-    let api = app.gql("query($id: ID!) { generation(id: $id) { status error } }", json!({"id": id}), Some(&token));
+    let api =
+        app.gql("query($id: ID!) { generation(id: $id) { status error } }", json!({"id": id}), Some(&token));
     let api = api.await;
     assert_eq!(api["data"]["generation"]["error"].as_str(), Some(error.as_str()), "{api}");
     assert_eq!(ledger(&app, id).await, ["hold", "release"]);
@@ -374,7 +371,10 @@ async fn an_unhealthy_backend_delays_jobs_without_using_attempts_and_they_succee
         let r = wait_status(&app, id, "succeeded", Duration::from_secs(90)).await;
         assert_eq!(r.attempts, 1, "{r:?}");
     }
-    println!("unhealthy backend: all generations succeeded {:.1} s after it recovered", recovered.elapsed().as_secs_f64());
+    println!(
+        "unhealthy backend: all generations succeeded {:.1} s after it recovered",
+        recovered.elapsed().as_secs_f64()
+    );
     let res = app.gql(BACKENDS, json!({}), Some(&admin)).await;
     let b = &res["data"]["queue"]["backends"][0];
     assert_eq!(b["healthy"], true, "{res}");
@@ -399,7 +399,10 @@ async fn kill_9_of_a_worker_mid_render_the_next_worker_finishes_it_with_one_hold
 
     let _second = work_process(&app, &fake, &[]);
     let r = wait_status(&app, id, "succeeded", Duration::from_secs(180)).await;
-    println!("kill -9: generation succeeded {:.1} s after its worker was killed", killed.elapsed().as_secs_f64());
+    println!(
+        "kill -9: generation succeeded {:.1} s after its worker was killed",
+        killed.elapsed().as_secs_f64()
+    );
     assert_eq!(ledger(&app, id).await, ["capture", "hold"], "{r:?}");
     assert_eq!(fake.executions(&prompt_id), 1, "the render was resumed, not run twice");
     assert_eq!(fake.submissions().len(), 1);
@@ -481,19 +484,26 @@ async fn sigterm_hands_back_the_running_render_and_exits_0_and_the_next_worker_c
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "mage work exited with {status}");
+    let exited = termed.elapsed();
     let r = row(&app, id).await;
     assert_eq!(r.status, "rendering", "handed back, not failed: {r:?}");
     assert_eq!(ledger(&app, id).await, ["hold"]);
 
     let _second = work_process(&app, &fake, &[]);
+    let restarted = Instant::now();
     let r = wait_status(&app, id, "succeeded", Duration::from_secs(120)).await;
-    println!("SIGTERM: exited in {:.1} s; the next worker finished the render", termed.elapsed().as_secs_f64());
+    println!(
+        "SIGTERM: exited 0 in {:.1} s; the next worker finished the render {:.1} s after it started",
+        exited.as_secs_f64(),
+        restarted.elapsed().as_secs_f64()
+    );
     assert_eq!(fake.executions(&prompt_id), 1, "collected, not rendered again: {r:?}");
     assert_eq!(ledger(&app, id).await, ["capture", "hold"]);
 }
 
 const DEAD: &str = "query($q: String) { deadJobs(queue: $q) { queue taskId generationId attempts error } }";
-const RETRY_DEAD: &str = "mutation($q: String!, $t: ID!) { retryDeadJob(queue: $q, taskId: $t) { id status } }";
+const RETRY_DEAD: &str =
+    "mutation($q: String!, $t: ID!) { retryDeadJob(queue: $q, taskId: $t) { id status } }";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_render_out_of_attempts_is_dead_listed_for_admins_and_retryable() {

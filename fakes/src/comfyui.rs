@@ -610,7 +610,11 @@ async fn executor(shared: Arc<Shared>, stop: CancellationToken) {
                 inner.completed.push(job.prompt_id.clone());
             }
         }
-        shared.send(cid, "executing", json!({"node": null, "display_node": null, "prompt_id": job.prompt_id}));
+        shared.send(
+            cid,
+            "executing",
+            json!({"node": null, "display_node": null, "prompt_id": job.prompt_id}),
+        );
     }
 }
 
@@ -641,7 +645,8 @@ fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<Strin
 /// found by walking its links back to the empty latent.
 fn latent_size(prompt: &Map<String, Value>, id: &str, depth: u32) -> Option<(u64, u64, u64)> {
     let inputs = prompt.get(id)?["inputs"].as_object()?;
-    if let (Some(w), Some(h)) = (inputs.get("width").and_then(Value::as_u64), inputs.get("height").and_then(Value::as_u64))
+    if let (Some(w), Some(h)) =
+        (inputs.get("width").and_then(Value::as_u64), inputs.get("height").and_then(Value::as_u64))
     {
         let frames = inputs.get("length").and_then(Value::as_u64).unwrap_or(1);
         let batch = inputs.get("batch_size").and_then(Value::as_u64).unwrap_or(1);
@@ -670,7 +675,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     fn send(&mut self, kind: &str, data: Value) {
-        if matches!(kind, "execution_start" | "execution_cached" | "execution_error" | "execution_interrupted") {
+        if matches!(
+            kind,
+            "execution_start" | "execution_cached" | "execution_error" | "execution_interrupted"
+        ) {
             self.messages.push(json!([kind, data]));
         }
         self.shared.send(self.job.client_id.as_deref(), kind, data);
@@ -695,7 +703,8 @@ async fn execute(shared: &Shared, job: &Queued) -> Value {
     run.send("execution_start", json!({"prompt_id": pid, "timestamp": now_ms()}));
     run.send("execution_cached", json!({"nodes": [], "prompt_id": pid, "timestamp": now_ms()}));
     let text = prompt.values().filter_map(|n| n["inputs"]["text"].as_str()).collect::<Vec<_>>().join("\n");
-    let failure = shared.lock().fail_rules.iter().find(|(needle, _)| text.contains(needle)).map(|(_, m)| m.clone());
+    let failure =
+        shared.lock().fail_rules.iter().find(|(needle, _)| text.contains(needle)).map(|(_, m)| m.clone());
     let mut executed: Vec<String> = Vec::new();
     let mut outputs = Map::new();
     let mut meta = Map::new();
@@ -805,7 +814,16 @@ async fn write_output(
         cmd.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", &source]);
         if video {
             let frames = frames.max(1).to_string();
-            cmd.args(["-frames:v", &frames, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]);
+            cmd.args([
+                "-frames:v",
+                &frames,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-pix_fmt",
+                "yuv420p",
+            ]);
         } else {
             cmd.args(["-frames:v", "1"]);
         }

@@ -94,7 +94,9 @@ impl Slot {
     }
 
     /// Waits out the current backoff (doubling it for next time), or until
-    /// the worker stops.
+    /// the worker stops. The backend is probed every `HEALTH_FRESH` while
+    /// waiting, so a recovered backend takes jobs again within seconds and
+    /// not at the end of a long backoff.
     pub async fn back_off(&self, ctx: &Ctx) {
         let wait = {
             let mut state = self.state.lock().await;
@@ -102,9 +104,19 @@ impl Slot {
             state.backoff = (state.backoff * 2).min(BACKOFF_MAX);
             wait
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.stopping.cancelled() => {}
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let nap = until.saturating_duration_since(tokio::time::Instant::now()).min(HEALTH_FRESH);
+            if nap.is_zero() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = ctx.stopping.cancelled() => return,
+            }
+            if self.check(ctx).await.is_ok() {
+                return;
+            }
         }
     }
 }
