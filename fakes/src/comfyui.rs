@@ -336,25 +336,25 @@ fn bad_request(kind: &str, message: &str, details: &str, node_errors: Value) -> 
 
 /// ComfyUI's `validate_prompt`, reduced to what a template can get wrong:
 /// unknown classes, dangling links, no output node.
-fn validate(prompt: &Map<String, Value>) -> Result<Vec<String>, Response> {
+fn validate(prompt: &Map<String, Value>) -> Result<Vec<String>, Box<Response>> {
     let mut outputs = Vec::new();
     let mut node_errors = Map::new();
     for (id, node) in prompt {
         let Some(class) = node["class_type"].as_str() else {
-            return Err(bad_request(
+            return Err(Box::new(bad_request(
                 "invalid_prompt",
                 "Cannot execute because a node is missing the class_type property.",
                 &format!("Node ID '#{id}'"),
                 json!({}),
-            ));
+            )));
         };
         if !KNOWN_NODES.contains(&class) {
-            return Err(bad_request(
+            return Err(Box::new(bad_request(
                 "invalid_prompt",
                 &format!("Cannot execute because node {class} does not exist."),
                 &format!("Node ID '#{id}'"),
                 json!({}),
-            ));
+            )));
         }
         for (name, value) in node["inputs"].as_object().into_iter().flatten() {
             if let Some(link) = value.as_array().filter(|a| a.len() == 2 && a[1].is_u64())
@@ -373,15 +373,15 @@ fn validate(prompt: &Map<String, Value>) -> Result<Vec<String>, Response> {
         }
     }
     if outputs.is_empty() {
-        return Err(bad_request("prompt_no_outputs", "Prompt has no outputs", "", json!([])));
+        return Err(Box::new(bad_request("prompt_no_outputs", "Prompt has no outputs", "", json!([]))));
     }
     if !node_errors.is_empty() {
-        return Err(bad_request(
+        return Err(Box::new(bad_request(
             "prompt_outputs_failed_validation",
             "Prompt outputs failed validation",
             "",
             Value::Object(node_errors),
-        ));
+        )));
     }
     outputs.sort();
     Ok(outputs)
@@ -396,7 +396,7 @@ async fn submit(State(shared): State<Arc<Shared>>, body: Option<Json<Value>>) ->
     };
     let outputs = match validate(prompt) {
         Ok(outputs) => outputs,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let prompt_id =
         body["prompt_id"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());

@@ -79,7 +79,7 @@ impl AdminQuery {
                     .map_err(ApiError::internal)?,
             );
         }
-        all.sort_by(|a, b| b.died_at.cmp(&a.died_at));
+        all.sort_by_key(|j| std::cmp::Reverse(j.died_at));
         all.truncate(first as usize);
         Ok(all
             .into_iter()
