@@ -549,3 +549,40 @@ async fn a_render_out_of_attempts_is_dead_listed_for_admins_and_retryable() {
     assert_eq!(ledger(&app, id).await, ["capture", "hold", "hold", "release"]);
     app.assert_ledger_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_requeues_lost_jobs_fails_silent_renders_and_settles_stray_holds_once() {
+    let app = app().await;
+    let (token, _) = app.register("swept@example.com").await;
+    let lost = create(&app, &token, video("its job vanished")).await;
+    let silent = create(&app, &token, video("its worker vanished")).await;
+    let stray = create(&app, &token, video("its hold was left open")).await;
+    // No workers run: the faults are made by hand, as a crash would leave
+    // them. Redis forgets one job; a worker died mid-render an hour ago;
+    // a generation ended without settling its hold.
+    app.queues.forget_render(lost).await.expect("forget");
+    app.sql(&format!(
+        "UPDATE generations SET updated_at = now() - interval '1 minute' WHERE id = '{lost}';
+         UPDATE generations SET status = 'rendering', worker = 'gone', started_at = now() - interval '1 hour',
+             heartbeat_at = now() - interval '1 hour', updated_at = now() - interval '1 hour' WHERE id = '{silent}';
+         UPDATE generations SET status = 'canceled', finished_at = now() WHERE id = '{stray}';
+         UPDATE credit_holds SET created_at = now() - interval '2 minutes' WHERE generation_id = '{stray}';"
+    ))
+    .await;
+    let (pool, redis, queues) = (&app.pool, &app.redis.redis(), &app.queues);
+    let stale_after = Duration::from_secs(900);
+    let report = mage_jobs::sweep_once(pool, redis, queues, stale_after).await.expect("sweep");
+    assert_eq!(report.requeued, [lost]);
+    assert_eq!(report.failed_stale, [silent]);
+    assert_eq!(report.holds_settled, 1);
+    assert!(queues.render_alive(lost).await.expect("alive"), "enqueued again");
+    let r = row(&app, silent).await;
+    assert_eq!((r.status.as_str(), r.error.as_deref()), ("failed", Some(mage_jobs::STALE_MESSAGE)));
+    assert_eq!(ledger(&app, silent).await, ["hold", "release"]);
+    assert_eq!(ledger(&app, stray).await, ["hold", "release"]);
+    assert_eq!(ledger(&app, lost).await, ["hold"], "a queued generation keeps its hold");
+
+    let again = mage_jobs::sweep_once(pool, redis, queues, stale_after).await.expect("sweep");
+    assert_eq!(again, mage_jobs::SweepReport::default(), "a second pass finds nothing");
+    app.assert_ledger_invariants().await;
+}

@@ -44,7 +44,7 @@ use crate::backend::RenderBackend;
 use crate::slot::Slot;
 use crate::wake::{Cancels, Signal};
 
-pub use crate::sweep::{SweepReport, sweep_once};
+pub use crate::sweep::{STALE_MESSAGE, SweepReport, sweep_once};
 
 /// Every queue this build knows.
 pub const QUEUES: &[&str] = queue::ALL;
