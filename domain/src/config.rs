@@ -11,6 +11,8 @@ use thiserror::Error;
 
 /// Used by `mage dev` only, and loudly: a token signed with it is worthless.
 pub const DEV_JWT_SECRET: &str = "mage-development-secret-do-not-use-in-production";
+/// Signs the events of the development checkout page under `mage dev`.
+pub const DEV_WEBHOOK_SECRET: &str = "whsec_mage_development_do_not_use_in_production";
 
 #[derive(Debug, Error)]
 #[error("{name}: {problem}")]
@@ -167,6 +169,51 @@ pub struct ServerArgs {
         default_value_t = 10
     )]
     pub ws_init_timeout_seconds: u64,
+    /// Stripe secret key (`sk_live_...` / `sk_test_...`); without it
+    /// checkout is only available under `mage dev`, as a local page
+    #[arg(long, env = "STRIPE_SECRET_KEY", value_name = "STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+    /// Signing secret of the Stripe webhook endpoint (`whsec_...`); `mage
+    /// dev` falls back to a development secret
+    #[arg(long, env = "STRIPE_WEBHOOK_SECRET", value_name = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Base URL of the Stripe API (default https://api.stripe.com; tests
+    /// point it at a fake)
+    #[arg(long, env = "STRIPE_API_BASE", value_name = "STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+    /// Checkouts one user may start per minute
+    #[arg(
+        long,
+        env = "MAGE_CHECKOUTS_PER_MINUTE",
+        value_name = "MAGE_CHECKOUTS_PER_MINUTE",
+        default_value_t = 5
+    )]
+    pub checkouts_per_minute: u32,
+}
+
+/// Stripe, as the API server uses it.
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    pub stripe_secret_key: Option<String>,
+    /// `None`: webhooks are refused (503) until it is set.
+    pub webhook_secret: Option<String>,
+    pub stripe_api_base: Option<String>,
+    pub checkouts_per_minute: u32,
+    /// Longest a call to the Stripe API may take.
+    pub stripe_timeout: Duration,
+}
+
+impl PaymentSettings {
+    /// No Stripe account: checkout goes through the development page.
+    pub fn development() -> Self {
+        Self {
+            stripe_secret_key: None,
+            webhook_secret: Some(DEV_WEBHOOK_SECRET.to_owned()),
+            stripe_api_base: None,
+            checkouts_per_minute: 5,
+            stripe_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +233,7 @@ pub struct ServerSettings {
     pub ws_init_timeout: Duration,
     /// `mage dev`: development conveniences are allowed.
     pub dev_mode: bool,
+    pub payments: PaymentSettings,
 }
 
 impl ServerArgs {
@@ -225,6 +273,7 @@ impl ServerArgs {
             ("MAGE_ACTIVE_GENERATIONS", u64::from(self.active_generations)),
             ("MAGE_WS_KEEPALIVE_SECONDS", self.ws_keepalive_seconds),
             ("MAGE_WS_INIT_TIMEOUT_SECONDS", self.ws_init_timeout_seconds),
+            ("MAGE_CHECKOUTS_PER_MINUTE", u64::from(self.checkouts_per_minute)),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(name, "must be greater than 0"));
@@ -253,6 +302,41 @@ impl ServerArgs {
             ws_keepalive: Duration::from_secs(self.ws_keepalive_seconds),
             ws_init_timeout: Duration::from_secs(self.ws_init_timeout_seconds),
             dev_mode,
+            payments: self.payments(dev_mode)?,
+        })
+    }
+
+    fn payments(&self, dev_mode: bool) -> Result<PaymentSettings, ConfigError> {
+        let key = self.stripe_secret_key.clone().filter(|k| !k.is_empty());
+        if let Some(k) = &key
+            && !(k.starts_with("sk_") || k.starts_with("rk_"))
+        {
+            return Err(ConfigError::new("STRIPE_SECRET_KEY", "must be a secret key (sk_...) or a restricted key"));
+        }
+        let webhook_secret = match (self.stripe_webhook_secret.clone().filter(|s| !s.is_empty()), dev_mode) {
+            (Some(s), _) => Some(s),
+            (None, true) => Some(DEV_WEBHOOK_SECRET.to_owned()),
+            (None, false) if key.is_some() => {
+                return Err(ConfigError::new(
+                    "STRIPE_WEBHOOK_SECRET",
+                    "is required with STRIPE_SECRET_KEY: without it no payment would ever be credited",
+                ));
+            }
+            (None, false) => None,
+        };
+        let base = match &self.stripe_api_base {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Some(u.trim_end_matches('/').to_owned())
+            }
+            Some(_) => return Err(ConfigError::new("STRIPE_API_BASE", "must start with http:// or https://")),
+            None => None,
+        };
+        Ok(PaymentSettings {
+            stripe_secret_key: key,
+            webhook_secret,
+            stripe_api_base: base,
+            checkouts_per_minute: self.checkouts_per_minute,
+            stripe_timeout: Duration::from_secs(10),
         })
     }
 }

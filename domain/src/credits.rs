@@ -315,6 +315,51 @@ pub async fn clawback(conn: &mut Connection, c: Clawback) -> Result<CreditEntry>
     .await
 }
 
+/// Ends a grant now: what is left of it leaves the balance as one EXPIRE
+/// entry (keyed by `idempotency_key`). Credits that open holds reserve are
+/// never expired (at most `balance - held` goes), so a capture always finds
+/// buckets to take from; the rest of such a grant stays until spent.
+/// `None`: nothing was left to expire.
+pub async fn expire_grant(
+    conn: &mut Connection,
+    grant_id: Uuid,
+    idempotency_key: &str,
+    stripe_event_id: Option<&str>,
+) -> Result<Option<CreditEntry>> {
+    conn.transaction::<_, Error, _>(async |conn| {
+        let user_id: Uuid = credit_grants::table.find(grant_id).select(credit_grants::user_id).first(conn).await?;
+        let acc = lock_account(conn, user_id).await?;
+        if let Some(done) = entry_by_key(conn, user_id, idempotency_key).await? {
+            return Ok(Some(done));
+        }
+        let g: CreditGrant =
+            credit_grants::table.find(grant_id).for_update().select(CreditGrant::as_select()).first(conn).await?;
+        if g.expired_at.is_some() || g.remaining <= 0 {
+            return Ok(None);
+        }
+        let take = g.remaining.min((acc.balance - acc.held).max(0));
+        let left = g.remaining - take;
+        diesel::update(credit_grants::table.find(grant_id))
+            .set((
+                credit_grants::remaining.eq(left),
+                credit_grants::expired_at.eq(if left == 0 { Some(Utc::now()) } else { None }),
+            ))
+            .execute(conn)
+            .await?;
+        if take == 0 {
+            return Ok(None);
+        }
+        let refs = Refs {
+            grant_id: Some(grant_id),
+            order_id: g.order_id,
+            stripe_event_id: stripe_event_id.map(str::to_owned),
+            ..Refs::default()
+        };
+        apply(conn, acc, EntryKind::Expire, -take, 0, idempotency_key, refs).await.map(Some)
+    })
+    .await
+}
+
 /// Credits of unexpired grants that expire within `within` from now.
 pub async fn expiring_soon(conn: &mut Connection, user_id: Uuid, within: Duration) -> Result<i64> {
     let now = Utc::now();

@@ -27,6 +27,10 @@ pub enum Error {
     Storage(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The payment provider could not be reached or refused the request;
+    /// the message is safe to show.
+    #[error("payment provider: {0}")]
+    PaymentProvider(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

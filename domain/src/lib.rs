@@ -12,6 +12,8 @@ pub mod generations;
 pub mod kv;
 pub mod limits;
 pub mod models;
+pub mod orders;
+pub mod payments;
 pub mod products;
 pub mod queue;
 pub mod schema;

@@ -160,3 +160,71 @@ pub struct RenderModelPrice {
     pub credits: i64,
     pub credits_per_second: i64,
 }
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: String,
+    pub total_cents: i64,
+    pub currency: String,
+    pub credits: i64,
+    pub refunded_cents: i64,
+    pub stripe_checkout_session_id: Option<String>,
+    pub stripe_payment_intent_id: Option<String>,
+    pub stripe_subscription_id: Option<String>,
+    pub checkout_url: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub mode: String,
+    pub stripe_customer_id: Option<String>,
+    pub credits_clawed_back: i64,
+    pub disputed_credits: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = order_items, check_for_backend(diesel::pg::Pg))]
+pub struct OrderItem {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub product_id: String,
+    pub product_name: String,
+    pub quantity: i32,
+    pub unit_price_cents: i64,
+    pub unit_credits: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = stripe_events, check_for_backend(diesel::pg::Pg))]
+pub struct StripeEvent {
+    pub id: String,
+    pub type_: String,
+    pub livemode: bool,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub order_id: Option<Uuid>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub user_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = subscriptions, check_for_backend(diesel::pg::Pg))]
+pub struct Subscription {
+    pub id: String,
+    pub user_id: Uuid,
+    pub order_id: Option<Uuid>,
+    pub product_id: String,
+    pub status: String,
+    pub current_period_end: Option<DateTime<Utc>>,
+    pub grant_id: Option<Uuid>,
+    pub canceled_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}

@@ -22,12 +22,14 @@ use crate::{Error, Result};
 
 pub const RENDER: &str = "render";
 pub const TRANSCODE: &str = "transcode";
+/// Stripe events to apply to orders and credits.
+pub const SETTLE: &str = "settle";
 /// Not an apalis queue: the sweeper's timer, selectable like one with
 /// `mage work --queues`.
 pub const SWEEP: &str = "sweep";
 
 /// Every queue of this build, in the order `mage work` starts them.
-pub const ALL: &[&str] = &[RENDER, TRANSCODE, SWEEP];
+pub const ALL: &[&str] = &[RENDER, TRANSCODE, SETTLE, SWEEP];
 /// The queues whose jobs are generations' (listed for admins).
 pub const JOB_QUEUES: &[&str] = &[RENDER, TRANSCODE];
 
@@ -69,6 +71,12 @@ pub const MISSED_HEARTBEATS: usize = 12;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RenderJob {
     pub generation_id: Uuid,
+}
+
+/// One stored Stripe event to settle (idempotent by the event id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SettleJob {
+    pub event_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -150,6 +158,10 @@ impl Queues {
 
     fn render_index(&self) -> String {
         format!("{}{RENDER}:by-generation", self.prefix)
+    }
+
+    pub async fn push_settle(&self, job: &SettleJob) -> Result<()> {
+        self.push(SETTLE, job, Duration::ZERO).await.map(|_| ())
     }
 
     pub async fn push_transcode(&self, job: &TranscodeJob) -> Result<()> {

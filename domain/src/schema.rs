@@ -149,6 +149,10 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         paid_at -> Nullable<Timestamptz>,
+        mode -> Text,
+        stripe_customer_id -> Nullable<Text>,
+        credits_clawed_back -> Int8,
+        disputed_credits -> Int8,
     }
 }
 
@@ -206,6 +210,22 @@ diesel::table! {
         processed_at -> Nullable<Timestamptz>,
         attempts -> Int4,
         last_error -> Nullable<Text>,
+        user_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    subscriptions (id) {
+        id -> Text,
+        user_id -> Uuid,
+        order_id -> Nullable<Uuid>,
+        product_id -> Text,
+        status -> Text,
+        current_period_end -> Nullable<Timestamptz>,
+        grant_id -> Nullable<Uuid>,
+        canceled_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -236,6 +256,11 @@ diesel::joinable!(order_items -> products (product_id));
 diesel::joinable!(orders -> users (user_id));
 diesel::joinable!(render_model_prices -> render_models (model_id));
 diesel::joinable!(stripe_events -> orders (order_id));
+diesel::joinable!(stripe_events -> users (user_id));
+diesel::joinable!(subscriptions -> credit_grants (grant_id));
+diesel::joinable!(subscriptions -> orders (order_id));
+diesel::joinable!(subscriptions -> products (product_id));
+diesel::joinable!(subscriptions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     credit_accounts,
@@ -250,5 +275,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     render_model_prices,
     render_models,
     stripe_events,
+    subscriptions,
     users,
 );

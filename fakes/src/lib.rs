@@ -3,3 +3,4 @@
 //! end. Nothing here mocks Mage's code.
 
 pub mod comfyui;
+pub mod stripe;

@@ -45,6 +45,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         ws_keepalive: Duration::from_secs(15),
         ws_init_timeout: Duration::from_secs(10),
         dev_mode: false,
+        payments: mage_domain::config::PaymentSettings::development(),
     }
 }
 
