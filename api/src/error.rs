@@ -13,10 +13,21 @@ pub enum ApiError {
     Unauthenticated(String),
     Forbidden(String),
     NotFound(String),
-    BadUserInput { field: Option<String>, message: String },
-    InsufficientCredits { required: i64, available: i64 },
-    RateLimited { message: String, retry_after_seconds: u64 },
+    BadUserInput {
+        field: Option<String>,
+        message: String,
+    },
+    InsufficientCredits {
+        required: i64,
+        available: i64,
+    },
+    RateLimited {
+        message: String,
+        retry_after_seconds: u64,
+    },
     Conflict(String),
+    /// Stripe could not be reached or refused; nothing was charged.
+    PaymentProvider(String),
     Internal,
 }
 
@@ -44,13 +55,16 @@ impl ApiError {
             Self::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Conflict(_) => "CONFLICT",
+            Self::PaymentProvider(_) => "PAYMENT_PROVIDER_ERROR",
             Self::Internal => "INTERNAL",
         }
     }
 
     pub fn message(&self) -> String {
         match self {
-            Self::Unauthenticated(m) | Self::Forbidden(m) | Self::Conflict(m) => m.clone(),
+            Self::Unauthenticated(m) | Self::Forbidden(m) | Self::Conflict(m) | Self::PaymentProvider(m) => {
+                m.clone()
+            }
             Self::NotFound(what) => format!("{what} not found"),
             Self::BadUserInput { message, .. } => message.clone(),
             Self::InsufficientCredits { required, available } => {
@@ -86,6 +100,7 @@ impl From<DomainError> for ApiError {
             }
             DomainError::NotFound(what) => Self::NotFound(what.to_owned()),
             DomainError::Conflict(m) => Self::Conflict(m),
+            DomainError::PaymentProvider(m) => Self::PaymentProvider(m),
             DomainError::RateLimited { message, retry_after_seconds } => {
                 Self::RateLimited { message, retry_after_seconds }
             }

@@ -9,6 +9,7 @@ mod http;
 pub mod live;
 mod media;
 pub mod metrics;
+mod payments;
 mod playground;
 mod ws;
 
@@ -34,6 +35,7 @@ pub struct AppState {
     pub schema: MageSchema,
     pub storage: Storage,
     pub live: live::Hub,
+    pub queues: Queues,
     /// Cancelled when the server begins to stop: open WebSockets are closed
     /// (clients reconnect to another instance) so the stop does not wait on
     /// them.
@@ -59,12 +61,19 @@ impl AppState {
             generations: mage_domain::generations::Services {
                 pool: pool.clone(),
                 redis: redis.clone(),
-                queues,
+                queues: queues.clone(),
                 limits: settings.generation_limits,
             },
             public_url: settings.public_url.clone(),
             storage: storage.clone(),
             live: live.clone(),
+            payments: mage_domain::payments::checkout::PaymentServices {
+                pool: pool.clone(),
+                redis: redis.clone(),
+                settings: settings.payments.clone(),
+                public_url: settings.public_url.clone(),
+                dev_mode: settings.dev_mode,
+            },
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self {
@@ -75,6 +84,7 @@ impl AppState {
             schema,
             storage,
             live,
+            queues,
             stopping: tokio_util::sync::CancellationToken::new(),
         }
     }

@@ -311,7 +311,10 @@ impl ServerArgs {
         if let Some(k) = &key
             && !(k.starts_with("sk_") || k.starts_with("rk_"))
         {
-            return Err(ConfigError::new("STRIPE_SECRET_KEY", "must be a secret key (sk_...) or a restricted key"));
+            return Err(ConfigError::new(
+                "STRIPE_SECRET_KEY",
+                "must be a secret key (sk_...) or a restricted key",
+            ));
         }
         let webhook_secret = match (self.stripe_webhook_secret.clone().filter(|s| !s.is_empty()), dev_mode) {
             (Some(s), _) => Some(s),
@@ -328,7 +331,9 @@ impl ServerArgs {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 Some(u.trim_end_matches('/').to_owned())
             }
-            Some(_) => return Err(ConfigError::new("STRIPE_API_BASE", "must start with http:// or https://")),
+            Some(_) => {
+                return Err(ConfigError::new("STRIPE_API_BASE", "must start with http:// or https://"));
+            }
             None => None,
         };
         Ok(PaymentSettings {

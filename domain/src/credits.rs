@@ -327,13 +327,18 @@ pub async fn expire_grant(
     stripe_event_id: Option<&str>,
 ) -> Result<Option<CreditEntry>> {
     conn.transaction::<_, Error, _>(async |conn| {
-        let user_id: Uuid = credit_grants::table.find(grant_id).select(credit_grants::user_id).first(conn).await?;
+        let user_id: Uuid =
+            credit_grants::table.find(grant_id).select(credit_grants::user_id).first(conn).await?;
         let acc = lock_account(conn, user_id).await?;
         if let Some(done) = entry_by_key(conn, user_id, idempotency_key).await? {
             return Ok(Some(done));
         }
-        let g: CreditGrant =
-            credit_grants::table.find(grant_id).for_update().select(CreditGrant::as_select()).first(conn).await?;
+        let g: CreditGrant = credit_grants::table
+            .find(grant_id)
+            .for_update()
+            .select(CreditGrant::as_select())
+            .first(conn)
+            .await?;
         if g.expired_at.is_some() || g.remaining <= 0 {
             return Ok(None);
         }

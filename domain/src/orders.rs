@@ -70,7 +70,12 @@ impl Order {
 
 /// Creates a PENDING order of `quantity` × the product, copying its price
 /// and credits. Plans are bought one at a time.
-pub async fn create(conn: &mut Connection, user_id: Uuid, product_id: &str, quantity: i32) -> Result<(Order, Product)> {
+pub async fn create(
+    conn: &mut Connection,
+    user_id: Uuid,
+    product_id: &str,
+    quantity: i32,
+) -> Result<(Order, Product)> {
     if !(1..=MAX_QUANTITY).contains(&quantity) {
         return Err(Error::invalid("quantity", format!("must be between 1 and {MAX_QUANTITY}")));
     }
@@ -118,7 +123,12 @@ pub async fn create(conn: &mut Connection, user_id: Uuid, product_id: &str, quan
 }
 
 /// Records the checkout page the user is sent to.
-pub async fn attach_checkout(conn: &mut Connection, id: Uuid, session_id: Option<&str>, url: &str) -> Result<Order> {
+pub async fn attach_checkout(
+    conn: &mut Connection,
+    id: Uuid,
+    session_id: Option<&str>,
+    url: &str,
+) -> Result<Order> {
     Ok(diesel::update(orders::table.find(id))
         .set((
             orders::stripe_checkout_session_id.eq(session_id),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, Loader};
 use mage_domain::db::DbPool;
-use mage_domain::models::{CreditAccount, User};
-use mage_domain::{credits, users};
+use mage_domain::models::{CreditAccount, OrderItem, User};
+use mage_domain::{credits, orders, users};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -15,13 +15,15 @@ use crate::error::ApiError;
 pub struct Loaders {
     pub users: DataLoader<UserLoader>,
     pub accounts: DataLoader<AccountLoader>,
+    pub order_items: DataLoader<OrderItemsLoader>,
 }
 
 impl Loaders {
     pub fn new(pool: DbPool) -> Self {
         Self {
             users: DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
-            accounts: DataLoader::new(AccountLoader(pool), tokio::spawn),
+            accounts: DataLoader::new(AccountLoader(pool.clone()), tokio::spawn),
+            order_items: DataLoader::new(OrderItemsLoader(pool), tokio::spawn),
         }
     }
 
@@ -35,6 +37,31 @@ impl Loaders {
             .await
             .map_err(|e| ApiError::internal(e.as_ref()))?
             .ok_or_else(|| ApiError::NotFound("credit account".into()))
+    }
+
+    pub async fn order_items(&self, order_id: Uuid) -> Result<Vec<OrderItem>, ApiError> {
+        Ok(self
+            .order_items
+            .load_one(order_id)
+            .await
+            .map_err(|e| ApiError::internal(e.as_ref()))?
+            .unwrap_or_default())
+    }
+}
+
+pub struct OrderItemsLoader(DbPool);
+
+impl Loader<Uuid> for OrderItemsLoader {
+    type Value = Vec<OrderItem>;
+    type Error = Arc<mage_domain::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Vec<OrderItem>>, Self::Error> {
+        let mut conn = self.0.get().await.map_err(|e| Arc::new(e.into()))?;
+        let mut by_order: HashMap<Uuid, Vec<OrderItem>> = HashMap::new();
+        for item in orders::items(&mut conn, keys).await.map_err(Arc::new)? {
+            by_order.entry(item.order_id).or_default().push(item);
+        }
+        Ok(by_order)
     }
 }
 

@@ -4,6 +4,7 @@ mod admin;
 mod credits;
 mod generations;
 mod loaders;
+mod orders;
 mod pagination;
 mod products;
 mod users;
@@ -26,12 +27,18 @@ pub struct Query(
     users::UsersQuery,
     credits::CreditsQuery,
     products::ProductsQuery,
+    orders::OrdersQuery,
     generations::GenerationsQuery,
     admin::AdminQuery,
 );
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(users::UsersMutation, generations::GenerationsMutation, admin::AdminMutation);
+pub struct Mutation(
+    users::UsersMutation,
+    orders::OrdersMutation,
+    generations::GenerationsMutation,
+    admin::AdminMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(generations::GenerationsSubscription, credits::CreditsSubscription);
@@ -50,6 +57,7 @@ pub struct Services {
     pub storage: mage_domain::storage::Storage,
     /// Live events for subscriptions.
     pub live: crate::live::Hub,
+    pub payments: mage_domain::payments::checkout::PaymentServices,
 }
 
 impl Services {

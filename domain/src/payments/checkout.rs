@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 
 use stripe::{ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_checkout::CheckoutSessionMode;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
     CreateCheckoutSessionSubscriptionData, ProductData,
 };
-use stripe_checkout::CheckoutSessionMode;
 use uuid::Uuid;
 
 use crate::config::PaymentSettings;
@@ -41,7 +41,12 @@ pub fn dev_checkout_path(order_id: Uuid) -> String {
 /// Creates the order and its checkout. When Stripe cannot be reached or
 /// refuses, the order ends FAILED with the reason and the caller gets
 /// `PaymentProvider` — never a half-made checkout.
-pub async fn create(svc: &PaymentServices, user_id: Uuid, product_id: &str, quantity: i32) -> Result<Checkout> {
+pub async fn create(
+    svc: &PaymentServices,
+    user_id: Uuid,
+    product_id: &str,
+    quantity: i32,
+) -> Result<Checkout> {
     if svc.settings.stripe_secret_key.is_none() && !svc.dev_mode {
         return Err(Error::PaymentProvider("payments are not configured on this server".into()));
     }
@@ -86,8 +91,10 @@ async fn stripe_session(
         builder = builder.url(base.clone());
     }
     let client = builder.build()?;
-    let metadata =
-        HashMap::from([("order_id".to_owned(), order.id.to_string()), ("user_id".to_owned(), order.user_id.to_string())]);
+    let metadata = HashMap::from([
+        ("order_id".to_owned(), order.id.to_string()),
+        ("user_id".to_owned(), order.user_id.to_string()),
+    ]);
     let mut item = CreateCheckoutSessionLineItems::new();
     item.quantity = Some(quantity as u64);
     let plan = order.is_subscription();
@@ -127,9 +134,8 @@ async fn stripe_session(
         .timeout(svc.settings.stripe_timeout)
         .send(&client)
         .await?;
-    let url = session
-        .url
-        .ok_or_else(|| StripeError::JSONDeserialize("the checkout session has no url".into()))?;
+    let url =
+        session.url.ok_or_else(|| StripeError::JSONDeserialize("the checkout session has no url".into()))?;
     Ok((session.id.as_str().to_owned(), url))
 }
 

@@ -23,8 +23,8 @@ pub enum Intake {
 
 /// The id, type and livemode of a raw event.
 pub fn parse(payload: &[u8]) -> Result<(String, String, bool, Value)> {
-    let v: Value =
-        serde_json::from_slice(payload).map_err(|e| Error::invalid("body", format!("not a JSON event: {e}")))?;
+    let v: Value = serde_json::from_slice(payload)
+        .map_err(|e| Error::invalid("body", format!("not a JSON event: {e}")))?;
     let id = v["id"].as_str().filter(|id| id.starts_with("evt_")).map(str::to_owned);
     let kind = v["type"].as_str().map(str::to_owned);
     match (id, kind) {

@@ -157,9 +157,14 @@ fn timestamp(v: &Value) -> Option<DateTime<Utc>> {
     v.as_i64().and_then(|t| Utc.timestamp_opt(t, 0).single())
 }
 
-async fn order_named(conn: &mut Connection, reference: Option<&str>) -> Result<std::result::Result<Order, Verdict>> {
+async fn order_named(
+    conn: &mut Connection,
+    reference: Option<&str>,
+) -> Result<std::result::Result<Order, Verdict>> {
     let Some(reference) = reference.filter(|r| !r.is_empty()) else {
-        return Ok(Err(Verdict::failed("the event names no order (client_reference_id / metadata.order_id)")));
+        return Ok(Err(Verdict::failed(
+            "the event names no order (client_reference_id / metadata.order_id)",
+        )));
     };
     let Ok(id) = reference.parse::<Uuid>() else {
         return Ok(Err(Verdict::failed(format!("unknown order {reference:?}"))));
@@ -181,20 +186,30 @@ async fn checkout_session(conn: &mut Connection, ev: &StripeEvent, s: &Value) ->
             }
             let paid = matches!(s["payment_status"].as_str(), Some("paid" | "no_payment_required"));
             if !paid {
-                return Ok(Verdict::done(&order, 0, "checkout completed; waiting for the asynchronous payment"));
+                return Ok(Verdict::done(
+                    &order,
+                    0,
+                    "checkout completed; waiting for the asynchronous payment",
+                ));
             }
             pay(conn, ev, &order, s).await
         }
-        "checkout.session.async_payment_failed" => {
-            Ok(match set_status(conn, &order, Status::Pending, Status::Failed, Some("the payment failed")).await? {
+        "checkout.session.async_payment_failed" => Ok(
+            match set_status(conn, &order, Status::Pending, Status::Failed, Some("the payment failed"))
+                .await?
+            {
                 true => Verdict::done(&order, 0, "payment failed; order FAILED"),
                 false => Verdict::ignored(format!("order is already {}", order.status)).about(&order),
-            })
-        }
-        _ => Ok(match set_status(conn, &order, Status::Pending, Status::Canceled, Some("checkout expired")).await? {
-            true => Verdict::done(&order, 0, "checkout expired; order CANCELED"),
-            false => Verdict::ignored(format!("order is already {}", order.status)).about(&order),
-        }),
+            },
+        ),
+        _ => Ok(
+            match set_status(conn, &order, Status::Pending, Status::Canceled, Some("checkout expired"))
+                .await?
+            {
+                true => Verdict::done(&order, 0, "checkout expired; order CANCELED"),
+                false => Verdict::ignored(format!("order is already {}", order.status)).about(&order),
+            },
+        ),
     }
 }
 
@@ -244,7 +259,11 @@ async fn set_status(
         return Ok(false);
     }
     diesel::update(orders::table.find(order.id))
-        .set((orders::status.eq(to.as_str()), orders::failure_reason.eq(reason), orders::updated_at.eq(Utc::now())))
+        .set((
+            orders::status.eq(to.as_str()),
+            orders::failure_reason.eq(reason),
+            orders::updated_at.eq(Utc::now()),
+        ))
         .execute(conn)
         .await?;
     Ok(true)
@@ -316,12 +335,7 @@ async fn subscription_of_order(conn: &mut Connection, sub_id: &str, order: &Orde
         .set(orders::stripe_subscription_id.eq(sub_id))
         .execute(conn)
         .await?;
-    Ok(subscriptions::table
-        .find(sub_id)
-        .for_update()
-        .select(Subscription::as_select())
-        .first(conn)
-        .await?)
+    Ok(subscriptions::table.find(sub_id).for_update().select(Subscription::as_select()).first(conn).await?)
 }
 
 /// The first period's credits, granted once whether the checkout or the
@@ -409,7 +423,11 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
     let Some(sub_id) = id_of(&details["subscription"]).or_else(|| id_of(&inv["subscription"])) else {
         return Ok(Verdict::ignored("not a subscription invoice"));
     };
-    let metadata = if details["metadata"].is_object() { &details["metadata"] } else { &inv["subscription_details"]["metadata"] };
+    let metadata = if details["metadata"].is_object() {
+        &details["metadata"]
+    } else {
+        &inv["subscription_details"]["metadata"]
+    };
     let sub = match locate_subscription(conn, &sub_id, metadata).await? {
         Ok(s) => s,
         Err(v) => return Ok(v),
@@ -420,7 +438,10 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
         .or_else(|| line["price"]["id"].as_str())
         .or_else(|| line["plan"]["id"].as_str());
     let Some(plan) = plan_by_price(conn, price).await? else {
-        return Ok(about_sub(Verdict::failed(format!("unknown plan price {}", price.unwrap_or("(none)"))), &sub));
+        return Ok(about_sub(
+            Verdict::failed(format!("unknown plan price {}", price.unwrap_or("(none)"))),
+            &sub,
+        ));
     };
     let period_end = timestamp(&line["period"]["end"]).or_else(|| timestamp(&inv["period_end"]));
     let invoice_id = inv["id"].as_str().unwrap_or(&ev.id);
@@ -433,7 +454,10 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
                 // The first invoice proves the payment as well as the
                 // checkout event does.
                 set_status(conn, &order, Status::Pending, Status::Paid, None).await?;
-                diesel::update(orders::table.find(order_id)).set(orders::paid_at.eq(Utc::now())).execute(conn).await?;
+                diesel::update(orders::table.find(order_id))
+                    .set(orders::paid_at.eq(Utc::now()))
+                    .execute(conn)
+                    .await?;
             }
             first_period(conn, ev, &sub, plan.credits, period_end).await?
         }
@@ -503,7 +527,10 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
     let item = &s["items"]["data"][0];
     let price = item["price"]["id"].as_str().or_else(|| item["plan"]["id"].as_str());
     let Some(plan) = plan_by_price(conn, price).await? else {
-        return Ok(about_sub(Verdict::failed(format!("unknown plan price {}", price.unwrap_or("(none)"))), &sub));
+        return Ok(about_sub(
+            Verdict::failed(format!("unknown plan price {}", price.unwrap_or("(none)"))),
+            &sub,
+        ));
     };
     let period_end = timestamp(&item["current_period_end"]).or_else(|| timestamp(&s["current_period_end"]));
     let status = s["status"].as_str().unwrap_or("active");
@@ -533,7 +560,10 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
             expires_at: period_end.or(sub.current_period_end),
             order_id: sub.order_id,
             stripe_event_id: Some(ev.id.clone()),
-            memo: Some(format!("subscription {}: plan changed from {} to {}", sub.id, sub.product_id, plan.id)),
+            memo: Some(format!(
+                "subscription {}: plan changed from {} to {}",
+                sub.id, sub.product_id, plan.id
+            )),
             idempotency_key: format!("plan-change:{}", ev.id),
         },
     )
@@ -585,7 +615,13 @@ async fn purchase_grant(conn: &mut Connection, order_id: Uuid) -> Result<Option<
         .optional()?)
 }
 
-async fn claw_back(conn: &mut Connection, ev: &StripeEvent, order: &Order, amount: i64, key: String) -> Result<()> {
+async fn claw_back(
+    conn: &mut Connection,
+    ev: &StripeEvent,
+    order: &Order,
+    amount: i64,
+    key: String,
+) -> Result<()> {
     if amount <= 0 {
         return Ok(());
     }
@@ -625,7 +661,9 @@ async fn charge_refunded(conn: &mut Connection, ev: &StripeEvent, charge: &Value
         return Ok(Verdict::failed(format!("no order paid with payment intent {pi}")));
     };
     if !order.status().was_paid() {
-        return Ok(Verdict::ignored(format!("order is {}: no credits to take back", order.status)).about(&order));
+        return Ok(
+            Verdict::ignored(format!("order is {}: no credits to take back", order.status)).about(&order)
+        );
     }
     // `amount_refunded` is the charge's running total: each refund is
     // applied once, in whatever order the events come.

@@ -54,8 +54,9 @@ pub fn verify(payload: &[u8], header: Option<&str>, secret: &str, now: i64) -> R
     }
     let expected = mac(secret, timestamp, payload);
     // Constant-time comparison per candidate (`verify_slice`).
-    let matches =
-        candidates.iter().any(|c| hex::decode(c).is_ok_and(|sig| expected.clone().verify_slice(&sig).is_ok()));
+    let matches = candidates
+        .iter()
+        .any(|c| hex::decode(c).is_ok_and(|sig| expected.clone().verify_slice(&sig).is_ok()));
     if !matches {
         return Err(SignatureError::Mismatch);
     }
@@ -108,6 +109,9 @@ mod tests {
     #[test]
     fn matches_an_independent_computation() {
         let header = sign(br#"{"id":"evt_test"}"#, "whsec_test_secret", 1_492_774_577);
-        assert_eq!(header, "t=1492774577,v1=22f7d74836ddad3284a2b80853dd2fe731655c1bfddcff3c3666a500cf3abd80");
+        assert_eq!(
+            header,
+            "t=1492774577,v1=22f7d74836ddad3284a2b80853dd2fe731655c1bfddcff3c3666a500cf3abd80"
+        );
     }
 }

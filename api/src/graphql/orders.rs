@@ -1,0 +1,227 @@
+//! Buying credits: checkout, and the user's orders.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ID, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use mage_domain::models;
+use mage_domain::orders::{self as domain, Status};
+use mage_domain::payments::checkout;
+use uuid::Uuid;
+
+use super::admin::require_admin;
+use super::pagination::{decode_cursor, encode_cursor, page_size};
+use super::users::current_user;
+use super::{loaders, services, viewer};
+use crate::error::{ApiError, ApiResult};
+
+const ORDER_CURSOR: &str = "order";
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Failed,
+    Canceled,
+    Refunded,
+    PartiallyRefunded,
+    Disputed,
+}
+
+impl From<Status> for OrderStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Pending => Self::Pending,
+            Status::Paid => Self::Paid,
+            Status::Failed => Self::Failed,
+            Status::Canceled => Self::Canceled,
+            Status::Refunded => Self::Refunded,
+            Status::PartiallyRefunded => Self::PartiallyRefunded,
+            Status::Disputed => Self::Disputed,
+        }
+    }
+}
+
+pub struct Order(models::Order);
+
+#[Object]
+impl Order {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    async fn status(&self) -> OrderStatus {
+        self.0.status().into()
+    }
+
+    async fn total_cents(&self) -> i64 {
+        self.0.total_cents
+    }
+
+    /// ISO 4217 code, upper case.
+    async fn currency(&self) -> String {
+        self.0.currency.to_uppercase()
+    }
+
+    /// Credits the order grants when paid (per month for a plan).
+    async fn credits(&self) -> i64 {
+        self.0.credits
+    }
+
+    async fn refunded_cents(&self) -> i64 {
+        self.0.refunded_cents
+    }
+
+    /// Why the checkout could not start or the payment failed.
+    async fn failure_reason(&self) -> Option<&str> {
+        self.0.failure_reason.as_deref()
+    }
+
+    async fn items(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderItem>> {
+        Ok(loaders(ctx).order_items(self.0.id).await?.into_iter().map(OrderItem::from).collect())
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+
+    async fn paid_at(&self) -> Option<DateTime<Utc>> {
+        self.0.paid_at
+    }
+
+    /// The Stripe events about this order and how they were settled
+    /// (admins only).
+    async fn stripe_events(&self, ctx: &Context<'_>) -> ApiResult<Vec<StripeEvent>> {
+        require_admin(ctx).await?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(domain::events(&mut conn, self.0.id).await?.into_iter().map(StripeEvent::from).collect())
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct OrderItem {
+    product_id: ID,
+    product_name: String,
+    quantity: i32,
+    unit_price_cents: i64,
+    unit_credits: i64,
+}
+
+impl From<models::OrderItem> for OrderItem {
+    fn from(i: models::OrderItem) -> Self {
+        Self {
+            product_id: ID(i.product_id),
+            product_name: i.product_name,
+            quantity: i.quantity,
+            unit_price_cents: i.unit_price_cents,
+            unit_credits: i.unit_credits,
+        }
+    }
+}
+
+/// A Stripe event as Mage received and settled it.
+#[derive(SimpleObject)]
+pub struct StripeEvent {
+    id: ID,
+    #[graphql(name = "type")]
+    kind: String,
+    /// `received`, `processed`, `ignored` or `failed`.
+    status: String,
+    /// Why it failed or was ignored.
+    error: Option<String>,
+    received_at: DateTime<Utc>,
+    processed_at: Option<DateTime<Utc>>,
+}
+
+impl From<models::StripeEvent> for StripeEvent {
+    fn from(e: models::StripeEvent) -> Self {
+        Self {
+            id: ID(e.id),
+            kind: e.type_,
+            status: e.status,
+            error: e.last_error,
+            received_at: e.received_at,
+            processed_at: e.processed_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Checkout {
+    order: Order,
+    /// Where to send the user to pay.
+    url: String,
+}
+
+fn order_cursor(o: &models::Order) -> String {
+    encode_cursor(ORDER_CURSOR, format!("{}_{}", o.created_at.timestamp_micros(), o.id))
+}
+
+fn parse_order_cursor(after: Option<&str>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
+    let Some(raw) = decode_cursor::<String>(ORDER_CURSOR, after)? else { return Ok(None) };
+    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at = micros.parse().ok().and_then(DateTime::<Utc>::from_timestamp_micros).ok_or_else(bad)?;
+    Ok(Some((at, id.parse().map_err(|_| bad())?)))
+}
+
+#[derive(Default)]
+pub struct OrdersQuery;
+
+#[Object]
+impl OrdersQuery {
+    /// Your orders, newest first.
+    async fn orders(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, Order>> {
+        let user_id = viewer(ctx).require()?;
+        let limit = page_size(first)?;
+        let after = parse_order_cursor(after.as_deref())?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
+        let has_next = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let mut page = Connection::new(after.is_some(), has_next);
+        page.edges.extend(rows.into_iter().map(|o| Edge::new(order_cursor(&o), Order(o))));
+        Ok(page)
+    }
+
+    /// One of your orders (admins: anyone's).
+    async fn order(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Order>> {
+        let user = current_user(ctx).await?;
+        let Ok(id) = id.parse::<Uuid>() else { return Ok(None) };
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let order = if user.is_admin() {
+            domain::find(&mut conn, id).await?
+        } else {
+            match domain::find_own(&mut conn, user.id, id).await {
+                Ok(o) => Some(o),
+                Err(mage_domain::Error::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(order.map(Order))
+    }
+}
+
+#[derive(Default)]
+pub struct OrdersMutation;
+
+#[Object]
+impl OrdersMutation {
+    /// Starts buying a product: a PENDING order at today's price and the
+    /// checkout page to send the user to. Credits arrive when the payment
+    /// is confirmed (a Stripe webhook), never on return from the page.
+    async fn create_checkout(
+        &self,
+        ctx: &Context<'_>,
+        product_id: ID,
+        #[graphql(default = 1)] quantity: i32,
+    ) -> ApiResult<Checkout> {
+        let user_id = viewer(ctx).require()?;
+        let c = checkout::create(&services(ctx).payments, user_id, &product_id, quantity).await?;
+        Ok(Checkout { order: Order(c.order), url: c.url })
+    }
+}
