@@ -18,6 +18,7 @@ pub mod backend;
 pub mod media;
 mod progress;
 mod render;
+mod settle;
 mod slot;
 mod sweep;
 mod transcode;
@@ -35,7 +36,7 @@ use mage_domain::config::{RenderBackendKind, WorkerSettings};
 use mage_domain::db::DbPool;
 use mage_domain::generations;
 use mage_domain::kv::Redis;
-use mage_domain::queue::{self, Queues, RenderJob, TranscodeJob};
+use mage_domain::queue::{self, Queues, RenderJob, SettleJob, TranscodeJob};
 use mage_domain::storage::Storage;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -254,6 +255,20 @@ impl Workers {
                             .build(transcode_handler)
                     });
                 }
+                queue::SETTLE => {
+                    let signal = Signal::default();
+                    signals.push((self.queues.wake_channel(queue_name), signal.clone()));
+                    let name = format!("{}-settle", self.settings.worker_name);
+                    let ctx = first.clone();
+                    monitor = monitor.register(move |_restarts| {
+                        WorkerBuilder::new(name.clone())
+                            .backend(woken_storage::<SettleJob>(&conn, &config, &signal))
+                            .concurrency(SETTLE_CONCURRENCY)
+                            .data(ctx.clone())
+                            .parallelize(tokio::spawn)
+                            .build(settle_handler)
+                    });
+                }
                 _ => {}
             }
         }
@@ -372,6 +387,17 @@ async fn render_handler(job: RenderJob, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDy
     let ctx: Arc<Ctx> = (*ctx).clone();
     // Spawned for the same reason as the transcode handler.
     tokio::spawn(render::handle(ctx, job)).await.unwrap_or_else(|e| Err(format!("render task: {e}").into()))
+}
+
+/// Settlements are short transactions; a few at once keep a burst of
+/// webhooks moving without crowding the database.
+const SETTLE_CONCURRENCY: usize = 4;
+
+async fn settle_handler(job: SettleJob, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let ctx: Arc<Ctx> = (*ctx).clone();
+    tokio::spawn(settle::run(ctx, job, attempt.current()))
+        .await
+        .unwrap_or_else(|e| Err(format!("settle task: {e}").into()))
 }
 
 async fn transcode_handler(

@@ -19,6 +19,12 @@ use crate::Ctx;
 /// A generation queued this recently may still be on its way into Redis
 /// (committed, not yet enqueued): it is left alone.
 pub const ENQUEUE_GRACE: Duration = Duration::from_secs(10);
+/// A stored Stripe event unsettled for this long lost its job (settling
+/// takes milliseconds).
+const EVENT_GRACE: Duration = Duration::from_secs(120);
+/// Failed settlement attempts after which the sweeper leaves an event to
+/// admins (it stays FAILED-to-settle, visible with its error).
+const EVENT_ATTEMPTS: i32 = 25;
 /// Rows looked at per pass and kind; the next pass takes the rest.
 const BATCH: i64 = 500;
 pub const STALE_MESSAGE: &str = "The render stopped responding; your credits were not charged.";
@@ -28,6 +34,8 @@ pub struct SweepReport {
     pub requeued: Vec<uuid::Uuid>,
     pub failed_stale: Vec<uuid::Uuid>,
     pub holds_settled: usize,
+    /// Stripe events stored but not settled, enqueued again.
+    pub events_requeued: usize,
 }
 
 pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
@@ -55,6 +63,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 requeued = r.requeued.len(),
                 failed_stale = r.failed_stale.len(),
                 holds_settled = r.holds_settled,
+                events_requeued = r.events_requeued,
                 "sweep done"
             ),
             Ok(_) => tracing::debug!("sweep: nothing to do"),
@@ -128,6 +137,14 @@ pub async fn sweep_once(
         mage_domain::events::publish_credits_changed_logged(redis, h.user_id).await;
         report.holds_settled += 1;
     }
+    let before = now - chrono::Duration::from_std(EVENT_GRACE).unwrap_or_default();
+    for event_id in mage_domain::payments::intake::unsettled(&mut conn, before, EVENT_ATTEMPTS, BATCH).await?
+    {
+        queues.push_settle(&mage_domain::queue::SettleJob { event_id: event_id.clone() }).await?;
+        tracing::warn!(%event_id, "sweeper: a Stripe event was stored but never settled; enqueued it again");
+        report.events_requeued += 1;
+    }
+
     if !report.requeued.is_empty() {
         mage_domain::events::publish_queue_advanced_logged(redis).await;
     }

@@ -55,3 +55,32 @@ pub async fn store(conn: &mut Connection, payload: &[u8]) -> Result<(String, Int
         stripe_events::table.find(&id).select(stripe_events::processed_at).first(conn).await?;
     Ok((id, Intake::Duplicate { settled: processed.is_some() }))
 }
+
+/// Counts a failed settlement attempt and keeps its error for admins.
+pub async fn record_failure(conn: &mut Connection, event_id: &str, error: &str) -> Result<()> {
+    diesel::update(stripe_events::table.find(event_id))
+        .filter(stripe_events::processed_at.is_null())
+        .set((stripe_events::attempts.eq(stripe_events::attempts + 1), stripe_events::last_error.eq(error)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Events stored before `before` and still unsettled (a lost enqueue, or
+/// settlement jobs that died), oldest first, for the sweeper.
+pub async fn unsettled(
+    conn: &mut Connection,
+    before: chrono::DateTime<chrono::Utc>,
+    max_attempts: i32,
+    limit: i64,
+) -> Result<Vec<String>> {
+    Ok(stripe_events::table
+        .filter(stripe_events::processed_at.is_null())
+        .filter(stripe_events::received_at.lt(before))
+        .filter(stripe_events::attempts.lt(max_attempts))
+        .order(stripe_events::received_at.asc())
+        .limit(limit)
+        .select(stripe_events::id)
+        .load(conn)
+        .await?)
+}

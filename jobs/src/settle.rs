@@ -1,0 +1,49 @@
+//! The `settle` queue: applies one stored Stripe event (see
+//! `mage_domain::payments::settle`). Idempotent by the event id: the event
+//! row is locked and marked processed in the transaction that applies it,
+//! so a duplicate job, a retry or a second worker finds it done.
+
+use std::sync::Arc;
+
+use apalis::prelude::{AbortError, BoxDynError};
+use mage_domain::payments::settle::{self, Outcome};
+use mage_domain::queue::SettleJob;
+use tracing::Instrument;
+
+use crate::Ctx;
+
+/// Infrastructure failures (database, pool) are retried this many times by
+/// apalis-redis, then the job is dead (listed for admins) and the event
+/// stays unsettled for the sweeper and for Stripe's own redelivery.
+pub const ATTEMPTS: usize = 10;
+
+pub(crate) async fn run(ctx: Arc<Ctx>, job: SettleJob, attempt: usize) -> Result<(), BoxDynError> {
+    let span = tracing::info_span!("settle", event_id = %job.event_id);
+    async move {
+        let mut conn = ctx.pool.get().await?;
+        match settle::settle(&mut conn, &job.event_id).await {
+            Ok(Outcome::AlreadySettled) => {
+                tracing::debug!("already settled");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(mage_domain::Error::NotFound(_)) => {
+                tracing::warn!("no such stored event; nothing to settle");
+                Ok(())
+            }
+            Err(e) => {
+                let _ =
+                    mage_domain::payments::intake::record_failure(&mut conn, &job.event_id, &e.to_string())
+                        .await;
+                if attempt >= ATTEMPTS {
+                    tracing::error!(attempt, error = %e, "settlement failed for the last time");
+                    return Err(AbortError::new(format!("attempt {attempt}: {e}")).into());
+                }
+                tracing::warn!(attempt, error = %e, "settlement failed; it will be retried");
+                Err(e.into())
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
