@@ -365,6 +365,12 @@ pub async fn expire_grant(
     .await
 }
 
+/// Whether the account has an entry under this idempotency key (an
+/// operation that must not be prepared twice checks this first).
+pub async fn has_entry(conn: &mut Connection, user_id: Uuid, idempotency_key: &str) -> Result<bool> {
+    Ok(entry_by_key(conn, user_id, idempotency_key).await?.is_some())
+}
+
 /// Credits of unexpired grants that expire within `within` from now.
 pub async fn expiring_soon(conn: &mut Connection, user_id: Uuid, within: Duration) -> Result<i64> {
     let now = Utc::now();

@@ -60,6 +60,7 @@ impl TestApp {
 
     /// On a Redis of the test's choosing (a private server it may flush).
     pub async fn start_on(redis: TestRedis, tweak: impl FnOnce(&mut ServerSettings)) -> Self {
+        init_tracing();
         let db = TestDb::new().await;
         let pool = db.pool();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -233,6 +234,14 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
+}
+
+/// Logs of the code under test, shown for failing tests (`MAGE_TEST_LOG`
+/// filters them; warnings by default).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MAGE_TEST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
 /// POSTs an operation to a GraphQL endpoint; returns the whole JSON response.

@@ -462,6 +462,12 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
             first_period(conn, ev, &sub, plan.credits, period_end).await?
         }
         Some("subscription_cycle") => {
+            if credits::has_entry(conn, sub.user_id, &format!("invoice:{invoice_id}")).await? {
+                return Ok(about_sub(
+                    Verdict::ignored(format!("invoice {invoice_id} already applied")),
+                    &sub,
+                ));
+            }
             // Unused plan credits do not carry over: the last period's
             // grant ends before the new one starts.
             let expired = match sub.grant_id {
