@@ -646,6 +646,9 @@ async fn bad_and_stale_signatures_are_refused_with_no_side_effect() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(balance(&app, &token).await, 100);
     assert_eq!(order_status(&app, &order).await, "pending");
+    // The development checkout exists only under `mage dev`.
+    let page = app.http.get(app.url(&format!("/dev/checkout/{order}"))).send().await.expect("get");
+    assert_eq!(page.status(), 404);
     // Within the tolerance it is accepted.
     assert_eq!(post_signed(&app, &ev, SECRET, now - 290).await, 200);
 }

@@ -292,3 +292,71 @@ async fn a_subscription_runs_over_the_websocket_in_headless_chromium() {
     assert!(text.contains("\"balance\": 90"), "{text}");
     drop(browser);
 }
+
+/// The development checkout under a real `mage dev` (no Stripe keys): the
+/// Pay button, clicked in Chromium, sends the signed event to Mage's own
+/// webhook, the settle worker grants the pack, and `me` shows the credits.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dev_checkout_pay_button_turns_into_credits_under_mage_dev() {
+    let Some(binary) = chromium_or_skip() else { return };
+    let db = mage_domain::testing::TestDb::new().await;
+    let redis = mage_domain::testing::TestRedis::new();
+    let port = common::process::free_port();
+    let media = tempfile::tempdir().expect("media");
+    let _dev = common::process::Child(
+        common::process::mage()
+            .arg("dev")
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", redis.settings().url)
+            .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
+            .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
+            .env("MAGE_MEDIA_DIR", media.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn mage dev"),
+    );
+    let http = reqwest::Client::new();
+    common::process::wait_ready(&http, port, Duration::from_secs(30)).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let gql = format!("{base}/graphql");
+    let res = common::post_graphql(
+        &http,
+        &gql,
+        "mutation { register(email: \"buyer@example.com\", password: \"long enough pw\") { token } }",
+        json!({}),
+        None,
+    )
+    .await;
+    let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
+    let res = common::post_graphql(
+        &http,
+        &gql,
+        "mutation { createCheckout(productId: \"starter\") { url order { id status } } }",
+        json!({}),
+        Some(&token),
+    )
+    .await;
+    let url = res["data"]["createCheckout"]["url"].as_str().unwrap_or_else(|| panic!("{res}")).to_owned();
+    assert!(url.starts_with(&format!("{base}/dev/checkout/")), "{url}");
+
+    let (browser, devtools) = launch(&binary);
+    let mut page = Page::open(devtools).await;
+    page.call("Page.navigate", json!({ "url": url })).await;
+    page.wait_for_text("document.getElementById('pay') ? 'ready' : ''", "ready").await;
+    page.eval("document.getElementById('pay').click()").await;
+    // Back on the page, which refreshes until the worker has settled it.
+    page.wait_for_text("document.getElementById('status')?.innerText ?? ''", "paid").await;
+    let me =
+        common::post_graphql(&http, &gql, "{ me { credits { balance } } }", json!({}), Some(&token)).await;
+    assert_eq!(me["data"]["me"]["credits"]["balance"], 200, "{me}");
+    let orders = common::post_graphql(
+        &http,
+        &gql,
+        "{ orders { edges { node { status } } } }",
+        json!({}),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(orders["data"]["orders"]["edges"][0]["node"]["status"], "PAID", "{orders}");
+    drop(browser);
+}

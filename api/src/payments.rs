@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -90,7 +90,18 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-async fn dev_checkout(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    /// Set after Pay or Cancel: the page waits for the settlement.
+    #[serde(default)]
+    sent: Option<String>,
+}
+
+async fn dev_checkout(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Response {
     let (order, items) = match dev_order(&state, &id).await {
         Ok(o) => o,
         Err(r) => return r,
@@ -107,15 +118,18 @@ async fn dev_checkout(State(state): State<AppState>, Path(id): Path<String>) -> 
         order.total_cents % 100,
         order.currency.to_uppercase()
     );
-    let actions = if order.status == "pending" {
+    let actions = if order.status == "pending" && q.sent.is_some() {
+        // Sent, not yet settled by a worker: look again in a moment.
+        r#"<p>Sent to Mage's webhook; waiting for the settlement…</p><meta http-equiv="refresh" content="1">"#
+            .to_owned()
+    } else if order.status == "pending" {
         format!(
             r#"<form method="post" action="/dev/checkout/{id}/pay"><button id="pay" type="submit">Pay {amount}</button></form>
 <form method="post" action="/dev/checkout/{id}/cancel"><button id="cancel" type="submit">Cancel</button></form>"#,
             id = order.id
         )
     } else {
-        // Settlement runs on the workers: look again in a moment.
-        r#"<meta http-equiv="refresh" content="1">"#.to_owned()
+        String::new()
     };
     Html(format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>Mage development checkout</title></head>
@@ -175,7 +189,7 @@ async fn dev_event(state: AppState, id: String, pay: bool) -> Response {
                 .into_response();
         }
     }
-    Redirect::to(&format!("/dev/checkout/{}", order.id)).into_response()
+    Redirect::to(&format!("/dev/checkout/{}?sent=1", order.id)).into_response()
 }
 
 async fn first_price(state: &AppState, items: &[OrderItem]) -> Option<String> {
