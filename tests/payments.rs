@@ -212,6 +212,26 @@ async fn a_credit_pack_purchase_grants_its_credits_once_paid() {
     assert_eq!(order_status(&app, &order).await, "paid");
     let res = app.gql(ORDERS, json!({}), Some(&token)).await;
     assert_eq!(res["data"]["orders"]["edges"][0]["node"]["status"], "PAID", "{res}");
+
+    const ORDER: &str = "query($id: ID!) { order(id: $id) { status paidAt } }";
+    const EVENTS: &str = "query($id: ID!) { order(id: $id) { stripeEvents { type status error } } }";
+    let res = app.gql(ORDER, json!({"id": order}), Some(&token)).await;
+    assert_eq!(res["data"]["order"]["status"], "PAID", "{res}");
+    assert!(res["data"]["order"]["paidAt"].is_string(), "{res}");
+    let (other, _) = app.register("someone-else@example.com").await;
+    let res = app.gql(ORDER, json!({"id": order}), Some(&other)).await;
+    assert!(res["data"]["order"].is_null(), "another user's order is not theirs to see: {res}");
+    let res = app.gql(EVENTS, json!({"id": order}), Some(&token)).await;
+    assert_eq!(code(&res), "FORBIDDEN", "{res}");
+    // The role is read on every call: the token from before the promotion works.
+    let (admin, _) = app.register("admin@example.com").await;
+    mage_domain::users::set_role(&app.pool, "admin@example.com", mage_domain::users::Role::Admin)
+        .await
+        .expect("promote");
+    let res = app.gql(EVENTS, json!({"id": order}), Some(&admin)).await;
+    let events = &res["data"]["order"]["stripeEvents"];
+    assert_eq!(events[0]["type"], "checkout.session.completed", "{res}");
+    assert_eq!(events[0]["status"], "processed", "{res}");
     app.assert_ledger_invariants().await;
 }
 
@@ -538,6 +558,14 @@ async fn upgrades_and_downgrades_reset_plan_credits_at_once_and_cancellation_kee
     )
     .await;
     assert_eq!(down.status, "processed");
+    assert_eq!(balance(&app, &token).await, 100 + 1000);
+    // An upgrade created before the downgrade, delivered late: ignored.
+    let mut late = event(
+        "customer.subscription.updated",
+        subscription("sub_c", "price_mage_pro_monthly", "active", end),
+    );
+    late["created"] = json!(chrono::Utc::now().timestamp() - 3600);
+    assert_eq!(deliver(&app, &late).await.status, "ignored");
     assert_eq!(balance(&app, &token).await, 100 + 1000);
     // Same plan again (a status change only): no credit moves.
     let same = deliver(

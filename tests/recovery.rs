@@ -569,12 +569,20 @@ async fn the_sweeper_requeues_lost_jobs_fails_silent_renders_and_settles_stray_h
          UPDATE credit_holds SET created_at = now() - interval '2 minutes' WHERE generation_id = '{stray}';"
     ))
     .await;
+    // A Stripe event stored five minutes ago whose settle job was lost.
+    app.sql(
+        "INSERT INTO stripe_events (id, type, payload, received_at)
+         VALUES ('evt_lost', 'payout.paid', '{}'::jsonb, now() - interval '5 minutes')",
+    )
+    .await;
     let (pool, redis, queues) = (&app.pool, &app.redis.redis(), &app.queues);
     let stale_after = Duration::from_secs(900);
     let report = mage_jobs::sweep_once(pool, redis, queues, stale_after).await.expect("sweep");
     assert_eq!(report.requeued, [lost]);
     assert_eq!(report.failed_stale, [silent]);
     assert_eq!(report.holds_settled, 1);
+    assert_eq!(report.events_requeued, 1);
+    assert_eq!(queues.counts("settle").await.expect("counts").waiting, 1, "its settle job is back");
     assert!(queues.render_alive(lost).await.expect("alive"), "enqueued again");
     let r = row(&app, silent).await;
     assert_eq!((r.status.as_str(), r.error.as_deref()), ("failed", Some(mage_jobs::STALE_MESSAGE)));

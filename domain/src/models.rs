@@ -225,6 +225,7 @@ pub struct Subscription {
     pub current_period_end: Option<DateTime<Utc>>,
     pub grant_id: Option<Uuid>,
     pub canceled_at: Option<DateTime<Utc>>,
+    pub event_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -224,6 +224,7 @@ diesel::table! {
         current_period_end -> Nullable<Timestamptz>,
         grant_id -> Nullable<Uuid>,
         canceled_at -> Nullable<Timestamptz>,
+        event_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

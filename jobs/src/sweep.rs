@@ -22,6 +22,7 @@ pub const ENQUEUE_GRACE: Duration = Duration::from_secs(10);
 /// A stored Stripe event unsettled for this long lost its job (settling
 /// takes milliseconds).
 const EVENT_GRACE: Duration = Duration::from_secs(120);
+const EVENT_REQUEUE_EVERY: Duration = Duration::from_secs(600);
 /// Failed settlement attempts after which the sweeper leaves an event to
 /// admins (it stays FAILED-to-settle, visible with its error).
 const EVENT_ATTEMPTS: i32 = 25;
@@ -140,6 +141,20 @@ pub async fn sweep_once(
     let before = now - chrono::Duration::from_std(EVENT_GRACE).unwrap_or_default();
     for event_id in mage_domain::payments::intake::unsettled(&mut conn, before, EVENT_ATTEMPTS, BATCH).await?
     {
+        // Once per EVENT_REQUEUE_EVERY: while the settle workers are down the
+        // job waits in the queue, and one copy is enough.
+        let mut r = redis.conn().await?;
+        let fresh: Option<String> = redis::cmd("SET")
+            .arg(redis.key(&format!("settle:requeued:{event_id}")))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(EVENT_REQUEUE_EVERY.as_secs())
+            .query_async(&mut r)
+            .await?;
+        if fresh.is_none() {
+            continue;
+        }
         queues.push_settle(&mage_domain::queue::SettleJob { event_id: event_id.clone() }).await?;
         tracing::warn!(%event_id, "sweeper: a Stripe event was stored but never settled; enqueued it again");
         report.events_requeued += 1;

@@ -27,6 +27,9 @@ CREATE TABLE subscriptions (
     current_period_end TIMESTAMPTZ,
     grant_id           UUID REFERENCES credit_grants (id),
     canceled_at        TIMESTAMPTZ,
+    -- `created` of the newest subscription event applied: an older one
+    -- arriving late must not undo a newer plan change.
+    event_at           TIMESTAMPTZ,
     created_at         TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at         TIMESTAMPTZ NOT NULL DEFAULT now()
 );

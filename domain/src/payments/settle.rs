@@ -530,6 +530,9 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
         Ok(sub) => sub,
         Err(v) => return Ok(v),
     };
+    if let Some(stale) = older_than_applied(ev, &sub) {
+        return Ok(about_sub(stale, &sub));
+    }
     let item = &s["items"]["data"][0];
     let price = item["price"]["id"].as_str().or_else(|| item["plan"]["id"].as_str());
     let Some(plan) = plan_by_price(conn, price).await? else {
@@ -540,9 +543,11 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
     };
     let period_end = timestamp(&item["current_period_end"]).or_else(|| timestamp(&s["current_period_end"]));
     let status = s["status"].as_str().unwrap_or("active");
+    let event_at = timestamp(&ev.payload["created"]);
     if plan.id == sub.product_id {
         diesel::update(subscriptions::table.find(&sub.id))
             .set((
+                subscriptions::event_at.eq(event_at.or(sub.event_at)),
                 subscriptions::status.eq(status),
                 subscriptions::current_period_end.eq(period_end.or(sub.current_period_end)),
                 subscriptions::updated_at.eq(Utc::now()),
@@ -576,6 +581,7 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
     .await?;
     diesel::update(subscriptions::table.find(&sub.id))
         .set((
+            subscriptions::event_at.eq(event_at.or(sub.event_at)),
             subscriptions::product_id.eq(&plan.id),
             subscriptions::grant_id.eq(entry.grant_id),
             subscriptions::status.eq(status),
@@ -589,6 +595,16 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
         order_id: sub.order_id,
         user_id: Some(sub.user_id),
         credits: plan.credits + expired.map_or(0, |e| e.amount),
+    })
+}
+
+/// A subscription event created before the newest one applied: Stripe
+/// does not deliver in order, and applying it would undo a later change.
+fn older_than_applied(ev: &StripeEvent, sub: &Subscription) -> Option<Verdict> {
+    let created = timestamp(&ev.payload["created"])?;
+    let applied = sub.event_at?;
+    (created < applied).then(|| {
+        Verdict::ignored(format!("created {created}, before the subscription change applied at {applied}"))
     })
 }
 
