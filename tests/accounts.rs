@@ -127,11 +127,15 @@ async fn concurrent_registrations_of_one_email_make_exactly_one_user() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn products_lists_the_seeded_packs() {
+async fn products_lists_the_seeded_packs_and_plans() {
     let app = TestApp::start().await;
     let res = app.gql("{ products { id kind name credits priceCents currency } }", json!({}), None).await;
     let products = res["data"]["products"].as_array().expect("products");
-    assert_eq!(products.len(), 3, "{res}");
+    assert_eq!(products.len(), 5, "three packs and two monthly plans: {res}");
+    assert_eq!(
+        products[3],
+        json!({ "id": "basic", "kind": "PLAN", "name": "Basic plan (monthly)", "credits": 1000, "priceCents": 1000, "currency": "USD" })
+    );
     assert_eq!(
         products[0],
         json!({ "id": "starter", "kind": "PACK", "name": "Starter pack", "credits": 100, "priceCents": 500, "currency": "USD" })

@@ -283,6 +283,11 @@ impl FakeComfy {
         self.shared.lock().queue_deletes.clone()
     }
 
+    /// The prompt executing now.
+    pub fn running(&self) -> Option<String> {
+        self.shared.lock().running.as_ref().map(|q| q.prompt_id.clone())
+    }
+
     /// Prompts waiting or running.
     pub fn queue_len(&self) -> usize {
         let inner = self.shared.lock();
