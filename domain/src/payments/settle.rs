@@ -390,6 +390,14 @@ async fn locate_subscription(
     sub_id: &str,
     metadata: &Value,
 ) -> Result<std::result::Result<Subscription, Verdict>> {
+    // The order first, then the subscription, as the checkout path takes
+    // them: the other order could deadlock with a concurrent checkout event.
+    let known: Option<Option<Uuid>> =
+        subscriptions::table.find(sub_id).select(subscriptions::order_id).first(conn).await.optional()?;
+    let order_id = known.flatten().or_else(|| metadata["order_id"].as_str().and_then(|o| o.parse().ok()));
+    if let Some(order_id) = order_id {
+        order_rows::lock(conn, order_id).await?;
+    }
     let found = subscriptions::table
         .find(sub_id)
         .for_update()
