@@ -259,6 +259,23 @@ async fn the_same_event_delivered_ten_times_at_once_grants_once() {
     assert_eq!(balance(&app, &token).await, 600);
     assert_eq!(ledger_sum(&app, &user, "purchase").await, 500);
     assert_eq!(app.count("stripe_events").await, 1);
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = BigInt)]
+        attempts: i64,
+        #[diesel(sql_type = BigInt)]
+        entries: i64,
+    }
+    let a: Applied = diesel::sql_query(
+        "SELECT e.attempts::bigint AS attempts,
+                (SELECT count(*) FROM credit_entries c WHERE c.stripe_event_id = e.id) AS entries
+         FROM stripe_events e WHERE e.id = $1",
+    )
+    .bind::<Text, _>(ev["id"].as_str().expect("id"))
+    .get_result(&mut *app.conn().await)
+    .await
+    .expect("event");
+    assert_eq!((a.attempts, a.entries), (1, 1), "settled once, by one run");
     app.assert_ledger_invariants().await;
 }
 
@@ -395,6 +412,25 @@ async fn partial_and_full_refunds_take_back_credits_in_proportion_each_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_delivered_before_its_checkout_waits_for_it() {
+    let Shop { app, stripe: _stripe, _workers } = shop().await;
+    let (token, user) = app.register("early@example.com").await;
+    let order = checkout(&app, &token, "starter", 1).await;
+    let refund = event(
+        "charge.refunded",
+        json!({"id": "ch_e", "object": "charge", "amount": 500, "amount_refunded": 250, "payment_intent": pi_of(&order)}),
+    );
+    assert_eq!(post_signed(&app, &refund, SECRET, chrono::Utc::now().timestamp()).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    deliver(&app, &event("checkout.session.completed", session(&order, &user, 500, "paid", json!({})))).await;
+    let r = settled(&app, refund["id"].as_str().expect("id")).await;
+    assert_eq!(r.status, "processed", "{r:?}");
+    assert_eq!(balance(&app, &token).await, 100 + 100 - 50);
+    assert_eq!(order_status(&app, &order).await, "partially_refunded");
+    app.assert_ledger_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_dispute_keeps_the_credits_taken_and_a_won_one_gives_them_back() {
     let Shop { app, stripe: _stripe, _workers } = shop().await;
     let (token, user) = app.register("dispute@example.com").await;
@@ -403,7 +439,11 @@ async fn a_lost_dispute_keeps_the_credits_taken_and_a_won_one_gives_them_back() 
     deliver(&app, &event("checkout.session.completed", session(&lost, &user, 500, "paid", json!({})))).await;
     deliver(&app, &event("checkout.session.completed", session(&won, &user, 2000, "paid", json!({})))).await;
     assert_eq!(balance(&app, &token).await, 700);
-    let dispute = |id: &str, order: &str, status: &str| json!({"id": id, "object": "dispute", "amount": 500, "payment_intent": pi_of(order), "status": status});
+    // Disputes of the whole payment.
+    let dispute = |id: &str, order: &str, status: &str| {
+        let amount = if order == won { 2000 } else { 500 };
+        json!({"id": id, "object": "dispute", "amount": amount, "payment_intent": pi_of(order), "status": status})
+    };
     deliver(&app, &event("charge.dispute.created", dispute("dp_lost", &lost, "needs_response"))).await;
     assert_eq!(order_status(&app, &lost).await, "disputed");
     assert_eq!(balance(&app, &token).await, 600);
@@ -419,6 +459,28 @@ async fn a_lost_dispute_keeps_the_credits_taken_and_a_won_one_gives_them_back() 
     let r = deliver(&app, &event("charge.dispute.closed", dispute("dp_won", &won, "won"))).await;
     assert_eq!(r.status, "ignored");
     assert_eq!(balance(&app, &token).await, 600);
+
+    // An inquiry withdraws no money: no credits move.
+    deliver(&app, &event("charge.dispute.created", dispute("du_inq", &won, "warning_needs_response"))).await;
+    assert_eq!(balance(&app, &token).await, 600);
+    deliver(&app, &event("charge.dispute.closed", dispute("du_inq", &won, "warning_closed"))).await;
+    assert_eq!(balance(&app, &token).await, 600);
+
+    // Refunded in full while disputed, then won: the refund stands, nothing
+    // comes back.
+    let refunded = checkout(&app, &token, "starter", 1).await;
+    deliver(&app, &event("checkout.session.completed", session(&refunded, &user, 500, "paid", json!({}))))
+        .await;
+    assert_eq!(balance(&app, &token).await, 700);
+    deliver(&app, &event("charge.dispute.created", dispute("dp_ref", &refunded, "needs_response"))).await;
+    assert_eq!(balance(&app, &token).await, 600);
+    let charge = json!({"id": "ch_r", "object": "charge", "amount": 500, "amount_refunded": 500,
+                        "payment_intent": pi_of(&refunded)});
+    deliver(&app, &event("charge.refunded", charge)).await;
+    assert_eq!(balance(&app, &token).await, 600);
+    deliver(&app, &event("charge.dispute.closed", dispute("dp_ref", &refunded, "won"))).await;
+    assert_eq!(balance(&app, &token).await, 600);
+    assert_eq!(order_status(&app, &refunded).await, "refunded");
     app.assert_ledger_invariants().await;
 }
 
@@ -559,6 +621,36 @@ async fn upgrades_and_downgrades_reset_plan_credits_at_once_and_cancellation_kee
     .await;
     assert_eq!(down.status, "processed");
     assert_eq!(balance(&app, &token).await, 100 + 1000);
+    // An upgrade whose proration is unpaid waits; the paid one applies.
+    let unpaid = deliver(
+        &app,
+        &event(
+            "customer.subscription.updated",
+            subscription("sub_c", "price_mage_pro_monthly", "past_due", end),
+        ),
+    )
+    .await;
+    assert_eq!(unpaid.status, "ignored", "{unpaid:?}");
+    assert_eq!(balance(&app, &token).await, 100 + 1000);
+    let paid = deliver(
+        &app,
+        &event(
+            "customer.subscription.updated",
+            subscription("sub_c", "price_mage_pro_monthly", "active", end),
+        ),
+    )
+    .await;
+    assert_eq!(paid.status, "processed", "{paid:?}");
+    assert_eq!(balance(&app, &token).await, 100 + 5000);
+    deliver(
+        &app,
+        &event(
+            "customer.subscription.updated",
+            subscription("sub_c", "price_mage_basic_monthly", "active", end),
+        ),
+    )
+    .await;
+    assert_eq!(balance(&app, &token).await, 100 + 1000);
     // An upgrade created before the downgrade, delivered late: ignored.
     let mut late = event(
         "customer.subscription.updated",
@@ -605,6 +697,17 @@ async fn upgrades_and_downgrades_reset_plan_credits_at_once_and_cancellation_kee
         .await
         .expect("subscription");
     assert_eq!(s.status, "canceled");
+    // An update after the cancellation does not bring it back.
+    let after = deliver(
+        &app,
+        &event(
+            "customer.subscription.updated",
+            subscription("sub_c", "price_mage_pro_monthly", "active", end),
+        ),
+    )
+    .await;
+    assert_eq!(after.status, "ignored");
+    assert_eq!(balance(&app, &token).await, 1100);
     app.assert_ledger_invariants().await;
 }
 

@@ -112,7 +112,8 @@ impl From<DomainError> for ApiError {
             | DomainError::Pool(_)
             | DomainError::Redis(_)
             | DomainError::Storage(_)
-            | DomainError::Internal(_)) => Self::internal(e),
+            | DomainError::Internal(_)
+            | DomainError::NotYet(_)) => Self::internal(e),
         }
     }
 }

@@ -31,6 +31,10 @@ pub enum Error {
     /// the message is safe to show.
     #[error("payment provider: {0}")]
     PaymentProvider(String),
+    /// A job found what it needs not ready yet (an event that depends on
+    /// another not yet applied); it is retried.
+    #[error("not yet: {0}")]
+    NotYet(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -27,7 +27,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: SettleJob, attempt: usize) -> Result
                 Ok(())
             }
             Ok(_) => Ok(()),
-            Err(mage_domain::Error::NotFound(_)) => {
+            Err(mage_domain::Error::NotFound("stripe event")) => {
                 tracing::warn!("no such stored event; nothing to settle");
                 Ok(())
             }
@@ -39,7 +39,11 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: SettleJob, attempt: usize) -> Result
                     tracing::error!(attempt, error = %e, "settlement failed for the last time");
                     return Err(AbortError::new(format!("attempt {attempt}: {e}")).into());
                 }
-                tracing::warn!(attempt, error = %e, "settlement failed; it will be retried");
+                if matches!(e, mage_domain::Error::NotYet(_)) {
+                    tracing::info!(attempt, reason = %e, "settlement waits for another event; it will be retried");
+                } else {
+                    tracing::warn!(attempt, error = %e, "settlement failed; it will be retried");
+                }
                 Err(e.into())
             }
         }

@@ -34,6 +34,12 @@ pub enum Outcome {
     AlreadySettled,
 }
 
+/// Why an event cannot be settled yet (it depends on one not settled yet,
+/// e.g. a refund that arrived before its checkout): the transaction is
+/// rolled back and the job retried later.
+#[derive(Debug, Clone)]
+struct NotYet(String);
+
 /// What a handler decided, with the order and user it concerned.
 struct Verdict {
     outcome: Outcome,
@@ -41,6 +47,8 @@ struct Verdict {
     user_id: Option<Uuid>,
     /// Credits moved (positive granted, negative taken).
     credits: i64,
+    /// Set: settle later, nothing of this run is kept.
+    wait: Option<NotYet>,
 }
 
 impl Verdict {
@@ -50,15 +58,29 @@ impl Verdict {
             order_id: Some(order.id),
             user_id: Some(order.user_id),
             credits,
+            wait: None,
         }
     }
 
     fn ignored(note: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Ignored(note.into()), order_id: None, user_id: None, credits: 0 }
+        Self { outcome: Outcome::Ignored(note.into()), order_id: None, user_id: None, credits: 0, wait: None }
     }
 
     fn failed(reason: impl Into<String>) -> Self {
-        Self { outcome: Outcome::Failed(reason.into()), order_id: None, user_id: None, credits: 0 }
+        Self {
+            outcome: Outcome::Failed(reason.into()),
+            order_id: None,
+            user_id: None,
+            credits: 0,
+            wait: None,
+        }
+    }
+
+    /// Settle later: what it waits for is not settled yet.
+    fn not_yet(reason: impl Into<String>) -> Self {
+        let mut v = Self::ignored("");
+        v.wait = Some(NotYet(reason.into()));
+        v
     }
 
     fn about(mut self, order: &Order) -> Self {
@@ -82,7 +104,16 @@ pub async fn settle(conn: &mut Connection, event_id: &str) -> Result<Outcome> {
             if ev.processed_at.is_some() {
                 return Ok((ev, None));
             }
-            let verdict = apply(conn, &ev).await?;
+            let verdict = match apply(conn, &ev).await {
+                Ok(v) => v,
+                // A ledger key reused with another amount: a real
+                // inconsistency that no retry fixes; kept for admins.
+                Err(Error::Conflict(m)) => Verdict::failed(m),
+                Err(e) => return Err(e),
+            };
+            if let Some(NotYet(why)) = &verdict.wait {
+                return Err(Error::NotYet(why.clone()));
+            }
             let (status, error) = match &verdict.outcome {
                 Outcome::Processed(_) | Outcome::AlreadySettled => ("processed", None),
                 Outcome::Ignored(_) => ("ignored", None),
@@ -140,7 +171,7 @@ async fn apply(conn: &mut Connection, ev: &StripeEvent) -> Result<Verdict> {
         | "checkout.session.expired" => checkout_session(conn, ev, obj).await,
         "invoice.paid" | "invoice.payment_succeeded" => invoice_paid(conn, ev, obj).await,
         "customer.subscription.updated" => subscription_updated(conn, ev, obj).await,
-        "customer.subscription.deleted" => subscription_deleted(conn, obj).await,
+        "customer.subscription.deleted" => subscription_deleted(conn, ev, obj).await,
         "charge.refunded" => charge_refunded(conn, ev, obj).await,
         "charge.dispute.created" => dispute_created(conn, ev, obj).await,
         "charge.dispute.closed" => dispute_closed(conn, ev, obj).await,
@@ -348,6 +379,13 @@ async fn first_period(
     amount: i64,
     period_end: Option<DateTime<Utc>>,
 ) -> Result<i64> {
+    let key = format!("subscription:{}:first", sub.id);
+    let existed = credits::has_entry(conn, sub.user_id, &key).await?;
+    if !existed && sub.grant_id.is_some() {
+        // A renewal or a plan change was settled first: its grant is the
+        // subscription's credits now.
+        return Ok(0);
+    }
     let expires = period_end.or(sub.current_period_end).unwrap_or_else(|| Utc::now() + Duration::days(31));
     let entry = credits::grant(
         conn,
@@ -359,10 +397,15 @@ async fn first_period(
             order_id: sub.order_id,
             stripe_event_id: Some(ev.id.clone()),
             memo: Some(format!("subscription {}: first period", sub.id)),
-            idempotency_key: format!("subscription:{}:first", sub.id),
+            idempotency_key: key,
         },
     )
     .await?;
+    // Only while the first period's grant is still the current one (a plan
+    // change may have replaced it) is it adjusted and recorded.
+    if sub.grant_id.is_some() && sub.grant_id != entry.grant_id {
+        return Ok(0);
+    }
     if let Some(end) = period_end
         && let Some(grant_id) = entry.grant_id
     {
@@ -379,7 +422,7 @@ async fn first_period(
         ))
         .execute(conn)
         .await?;
-    Ok(if entry.stripe_event_id.as_deref() == Some(ev.id.as_str()) { amount } else { 0 })
+    Ok(if existed { 0 } else { amount })
 }
 
 /// The subscription an invoice or subscription event is about: by the id
@@ -455,19 +498,45 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
     let invoice_id = inv["id"].as_str().unwrap_or(&ev.id);
     let granted = match inv["billing_reason"].as_str() {
         Some("subscription_create") => {
-            if let Some(order_id) = sub.order_id
-                && let Some(order) = order_rows::lock(conn, order_id).await?
-                && order.status() == Status::Pending
-            {
+            let order = match sub.order_id {
+                Some(id) => order_rows::lock(conn, id).await?,
+                None => None,
+            };
+            let mut amount = plan.credits;
+            if let Some(order) = &order {
+                // The same checks as the checkout event's: what was paid is
+                // what the order says.
+                let paid = inv["amount_paid"].as_i64().or_else(|| inv["total"].as_i64());
+                let currency = inv["currency"].as_str().map(str::to_lowercase);
+                if paid.is_some_and(|p| p != order.total_cents)
+                    || currency.as_ref().is_some_and(|c| *c != order.currency)
+                {
+                    let why = format!(
+                        "amount mismatch: invoice {invoice_id} paid {} {}, the order is {} {}",
+                        paid.unwrap_or_default(),
+                        currency.unwrap_or_default(),
+                        order.total_cents,
+                        order.currency
+                    );
+                    return Ok(about_sub(Verdict::failed(why), &sub));
+                }
                 // The first invoice proves the payment as well as the
                 // checkout event does.
-                set_status(conn, &order, Status::Pending, Status::Paid, None).await?;
-                diesel::update(orders::table.find(order_id))
-                    .set(orders::paid_at.eq(Utc::now()))
-                    .execute(conn)
-                    .await?;
+                if !order.status().was_paid() {
+                    diesel::update(orders::table.find(order.id))
+                        .set((
+                            orders::status.eq(Status::Paid.as_str()),
+                            orders::paid_at.eq(Utc::now()),
+                            orders::failure_reason.eq(None::<String>),
+                            orders::updated_at.eq(Utc::now()),
+                        ))
+                        .execute(conn)
+                        .await?;
+                }
+                // What the order was sold for, as the checkout grants it.
+                amount = order.credits;
             }
-            first_period(conn, ev, &sub, plan.credits, period_end).await?
+            first_period(conn, ev, &sub, amount, period_end).await?
         }
         Some("subscription_cycle") => {
             if credits::has_entry(conn, sub.user_id, &format!("invoice:{invoice_id}")).await? {
@@ -523,6 +592,7 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
         order_id: sub.order_id,
         user_id: Some(sub.user_id),
         credits: granted,
+        wait: None,
     })
 }
 
@@ -552,7 +622,14 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
     let period_end = timestamp(&item["current_period_end"]).or_else(|| timestamp(&s["current_period_end"]));
     let status = s["status"].as_str().unwrap_or("active");
     let event_at = timestamp(&ev.payload["created"]);
-    if plan.id == sub.product_id {
+    if sub.status == "canceled" {
+        return Ok(about_sub(Verdict::ignored("the subscription is canceled"), &sub));
+    }
+    // A plan change counts once it is paid for: with the proration invoice
+    // unpaid Stripe reports the new price with `past_due` / `incomplete`,
+    // and the `active` update that follows payment applies it.
+    let paid_up = matches!(status, "active" | "trialing");
+    if plan.id == sub.product_id || !paid_up {
         diesel::update(subscriptions::table.find(&sub.id))
             .set((
                 subscriptions::event_at.eq(event_at.or(sub.event_at)),
@@ -562,7 +639,12 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
             ))
             .execute(conn)
             .await?;
-        return Ok(about_sub(Verdict::ignored(format!("same plan; status {status}")), &sub));
+        let note = if plan.id == sub.product_id {
+            format!("same plan; status {status}")
+        } else {
+            format!("plan change to {} waits for its payment (status {status})", plan.id)
+        };
+        return Ok(about_sub(Verdict::ignored(note), &sub));
     }
     // A plan change takes effect at once, up or down: what is left of the
     // old plan's credits ends and the new plan's amount is granted.
@@ -603,6 +685,7 @@ async fn subscription_updated(conn: &mut Connection, ev: &StripeEvent, s: &Value
         order_id: sub.order_id,
         user_id: Some(sub.user_id),
         credits: plan.credits + expired.map_or(0, |e| e.amount),
+        wait: None,
     })
 }
 
@@ -616,7 +699,7 @@ fn older_than_applied(ev: &StripeEvent, sub: &Subscription) -> Option<Verdict> {
     })
 }
 
-async fn subscription_deleted(conn: &mut Connection, s: &Value) -> Result<Verdict> {
+async fn subscription_deleted(conn: &mut Connection, ev: &StripeEvent, s: &Value) -> Result<Verdict> {
     let Some(sub_id) = id_of(&s["id"]) else { return Ok(Verdict::failed("a subscription without an id")) };
     let sub = match locate_subscription(conn, &sub_id, &s["metadata"]).await? {
         Ok(sub) => sub,
@@ -625,6 +708,7 @@ async fn subscription_deleted(conn: &mut Connection, s: &Value) -> Result<Verdic
     // Renewals end; credits already granted stay until they expire.
     diesel::update(subscriptions::table.find(&sub.id))
         .set((
+            subscriptions::event_at.eq(timestamp(&ev.payload["created"]).or(sub.event_at)),
             subscriptions::status.eq("canceled"),
             subscriptions::canceled_at.eq(Utc::now()),
             subscriptions::updated_at.eq(Utc::now()),
@@ -688,12 +772,11 @@ async fn charge_refunded(conn: &mut Connection, ev: &StripeEvent, charge: &Value
         return Ok(Verdict::failed("a refunded charge without a payment intent"));
     };
     let Some(order) = order_rows::lock_by_payment_intent(conn, &pi).await? else {
-        return Ok(Verdict::failed(format!("no order paid with payment intent {pi}")));
+        // Its checkout event may not be settled yet.
+        return Ok(Verdict::not_yet(format!("no order paid with payment intent {pi} yet")));
     };
     if !order.status().was_paid() {
-        return Ok(
-            Verdict::ignored(format!("order is {}: no credits to take back", order.status)).about(&order)
-        );
+        return Ok(Verdict::not_yet(format!("order {} is {}, not paid yet", order.id, order.status)));
     }
     // `amount_refunded` is the charge's running total: each refund is
     // applied once, in whatever order the events come.
@@ -730,7 +813,7 @@ async fn dispute_order(conn: &mut Connection, d: &Value) -> Result<std::result::
     };
     Ok(order_rows::lock_by_payment_intent(conn, &pi)
         .await?
-        .ok_or_else(|| Verdict::failed(format!("no order paid with payment intent {pi}"))))
+        .ok_or_else(|| Verdict::not_yet(format!("no order paid with payment intent {pi} yet"))))
 }
 
 async fn dispute_created(conn: &mut Connection, ev: &StripeEvent, d: &Value) -> Result<Verdict> {
@@ -739,11 +822,19 @@ async fn dispute_created(conn: &mut Connection, ev: &StripeEvent, d: &Value) -> 
         Err(v) => return Ok(v),
     };
     let Some(dispute_id) = id_of(&d["id"]) else { return Ok(Verdict::failed("a dispute without an id")) };
-    if order.status() == Status::Disputed || !order.status().was_paid() {
+    if is_inquiry(d) {
+        return Ok(Verdict::ignored("an inquiry (warning_*): no money is withdrawn").about(&order));
+    }
+    if !order.status().was_paid() {
+        return Ok(Verdict::not_yet(format!("order {} is {}, not paid yet", order.id, order.status)));
+    }
+    if order.status() == Status::Disputed {
         return Ok(Verdict::ignored(format!("order is already {}", order.status)).about(&order));
     }
-    // The money is held by the bank: its credits go until the dispute is won.
-    let take = (order.credits - order.credits_clawed_back).max(0);
+    // The disputed money is withdrawn until the dispute is won: the credits
+    // it bought go (all that is left of them for a whole-amount dispute).
+    let disputed = d["amount"].as_i64().unwrap_or(order.total_cents).clamp(0, order.total_cents);
+    let take = credits_for(&order, disputed).min(order.credits - order.credits_clawed_back).max(0);
     claw_back(conn, ev, &order, take, format!("dispute:{dispute_id}")).await?;
     diesel::update(orders::table.find(order.id))
         .set((
@@ -757,12 +848,21 @@ async fn dispute_created(conn: &mut Connection, ev: &StripeEvent, d: &Value) -> 
     Ok(Verdict::done(&order, -take, format!("dispute {dispute_id} opened")))
 }
 
+/// Inquiries (`warning_needs_response`, `warning_under_review`,
+/// `warning_closed`) withdraw no money.
+fn is_inquiry(d: &Value) -> bool {
+    d["status"].as_str().is_some_and(|s| s.starts_with("warning_"))
+}
+
 async fn dispute_closed(conn: &mut Connection, ev: &StripeEvent, d: &Value) -> Result<Verdict> {
     let order = match dispute_order(conn, d).await? {
         Ok(o) => o,
         Err(v) => return Ok(v),
     };
     let Some(dispute_id) = id_of(&d["id"]) else { return Ok(Verdict::failed("a dispute without an id")) };
+    if is_inquiry(d) {
+        return Ok(Verdict::ignored("an inquiry closed: no money was withdrawn").about(&order));
+    }
     if order.status() != Status::Disputed {
         return Ok(Verdict::ignored(format!("order is {}, not disputed", order.status)).about(&order));
     }
@@ -771,7 +871,11 @@ async fn dispute_closed(conn: &mut Connection, ev: &StripeEvent, d: &Value) -> R
         // Lost: the credits taken when it opened stay taken.
         return Ok(Verdict::done(&order, 0, format!("dispute {dispute_id} closed: {outcome}")));
     }
-    let restore = order.disputed_credits;
+    // Refunds stand whatever the dispute's outcome: give back only what the
+    // unrefunded part of the payment is worth (a refund made during the
+    // dispute took nothing, the dispute had taken it already).
+    let kept_by_refunds = credits_for(&order, order.refunded_cents);
+    let restore = (order.credits_clawed_back - kept_by_refunds).clamp(0, order.disputed_credits.max(0));
     if restore > 0 {
         credits::grant(
             conn,
