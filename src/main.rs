@@ -59,6 +59,29 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Daily statistics
+    Stats {
+        #[command(subcommand)]
+        command: StatsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StatsCommand {
+    /// Compute (or recompute) the daily statistics of a range of days
+    Backfill {
+        /// First day, YYYY-MM-DD
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last day, YYYY-MM-DD (inclusive)
+        #[arg(long)]
+        to: chrono::NaiveDate,
+        /// Time zone the days are cut in (IANA name)
+        #[arg(long, env = "MAGE_STATS_TZ", value_name = "MAGE_STATS_TZ", default_value = "UTC")]
+        tz: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -171,6 +194,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::PrintSchema => print!("{}", mage_api::build_schema().sdl()),
+        Command::Stats { command: StatsCommand::Backfill { from, to, tz, db } } => {
+            anyhow::ensure!(from <= to, "--from must be on or before --to");
+            let pool = mage_domain::db::pool(&db.resolve()?)?;
+            let mut conn = pool.get().await?;
+            anyhow::ensure!(
+                mage_domain::stats::valid_time_zone(&mut conn, &tz).await?,
+                "MAGE_STATS_TZ: {tz:?} is not a time zone PostgreSQL knows"
+            );
+            let mut day = from;
+            while day <= to {
+                let s = mage_domain::stats::compute_day(&mut conn, day, &tz).await?;
+                println!(
+                    "{day}: {} new users, {} orders paid, {} generations created, {} succeeded",
+                    s.new_users, s.orders_paid, s.generations_created, s.generations_succeeded
+                );
+                day = day.succ_opt().context("date overflow")?;
+            }
+        }
         Command::User { command: UserCommand::Promote { email, role, db } } => {
             let pool = mage_domain::db::pool(&db.resolve()?)?;
             let user = mage_domain::users::set_role(&pool, &email, role).await?;

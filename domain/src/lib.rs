@@ -17,6 +17,7 @@ pub mod payments;
 pub mod products;
 pub mod queue;
 pub mod schema;
+pub mod stats;
 pub mod storage;
 pub mod users;
 pub mod workers;

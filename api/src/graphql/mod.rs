@@ -7,6 +7,7 @@ mod loaders;
 mod orders;
 mod pagination;
 mod products;
+mod stats;
 mod users;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct Query(
     products::ProductsQuery,
     orders::OrdersQuery,
     generations::GenerationsQuery,
+    stats::StatsQuery,
     admin::AdminQuery,
 );
 
