@@ -70,14 +70,16 @@ enum Command {
 enum StatsCommand {
     /// Compute (or recompute) the daily statistics of a range of days
     Backfill {
+        #[command(flatten)]
+        redis: RedisArgs,
         /// First day, YYYY-MM-DD
         #[arg(long)]
         from: chrono::NaiveDate,
         /// Last day, YYYY-MM-DD (inclusive)
         #[arg(long)]
         to: chrono::NaiveDate,
-        /// Time zone the days are cut in (IANA name)
-        #[arg(long, env = "MAGE_STATS_TZ", value_name = "MAGE_STATS_TZ", default_value = "UTC")]
+        /// Time zone the days are cut in (IANA name; MAGE_STATS_TZ)
+        #[arg(long, env = "MAGE_STATS_TZ", default_value = "UTC")]
         tz: String,
         #[command(flatten)]
         db: DatabaseArgs,
@@ -194,9 +196,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::PrintSchema => print!("{}", mage_api::build_schema().sdl()),
-        Command::Stats { command: StatsCommand::Backfill { from, to, tz, db } } => {
+        Command::Stats { command: StatsCommand::Backfill { from, to, tz, db, redis } } => {
             anyhow::ensure!(from <= to, "--from must be on or before --to");
             let pool = mage_domain::db::pool(&db.resolve()?)?;
+            let redis = mage_domain::kv::Redis::new(&redis.resolve()?)?;
             let mut conn = pool.get().await?;
             anyhow::ensure!(
                 mage_domain::stats::valid_time_zone(&mut conn, &tz).await?,
@@ -204,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             let mut day = from;
             while day <= to {
-                let s = mage_domain::stats::compute_day(&mut conn, day, &tz).await?;
+                let s = mage_domain::stats::recompute(&mut conn, &redis, day, &tz).await?;
                 println!(
                     "{day}: {} new users, {} orders paid, {} generations created, {} succeeded",
                     s.new_users, s.orders_paid, s.generations_created, s.generations_succeeded

@@ -57,6 +57,8 @@ fn backfill(app: &TestApp) {
     let out = mage()
         .args(["stats", "backfill", "--from", "2026-01-10", "--to", "2026-01-11"])
         .env("DATABASE_URL", app.db.url())
+        .env("REDIS_URL", app.redis.redis().url())
+        .env("MAGE_REDIS_PREFIX", app.redis.redis().prefix())
         .output()
         .expect("mage stats backfill");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -111,6 +113,15 @@ async fn two_seeded_days_come_out_exactly_and_computing_again_changes_nothing() 
     );
     backfill(&app);
     assert_eq!(days(&app, &admin).await, first, "computing the days again changes nothing");
+    // A late change of the source (a generation of the 10th ends) shows
+    // after the next computation, past the read cache.
+    app.sql(
+        "UPDATE generations SET status = 'failed', finished_at = '2026-01-10 20:00+00' WHERE prompt = 'g6'",
+    )
+    .await;
+    backfill(&app);
+    let again = days(&app, &admin).await;
+    assert_eq!(again[0]["generationsFailed"], 2, "{again}");
     assert_eq!(app.count("daily_stats").await, 2);
 
     let (user, _) = app.register("not-admin@example.com").await;
@@ -121,4 +132,60 @@ async fn two_seeded_days_come_out_exactly_and_computing_again_changes_nothing() 
     assert_eq!(code(&res), "BAD_USER_INPUT", "{res}");
     let res = app.gql(QUERY, json!({"f": "2026-13-01", "t": "2026-01-09"}), Some(&admin)).await;
     assert_eq!(code(&res), "BAD_USER_INPUT", "{res}");
+}
+
+/// Two `mage work` processes run the stats cron (every second here): each
+/// tick is computed by exactly one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_compute_each_tick_once() {
+    let app = TestApp::start().await;
+    let redis = app.redis.redis();
+    let work = || {
+        common::process::Child(
+            mage()
+                .arg("work")
+                .env("DATABASE_URL", app.db.url())
+                .env("REDIS_URL", redis.url())
+                .env("MAGE_REDIS_PREFIX", redis.prefix())
+                .env("MAGE_MEDIA_DIR", app.media_dir())
+                .env("MAGE_QUEUES", "stats")
+                .env("MAGE_STATS_CRON", "* * * * * *")
+                .spawn()
+                .expect("spawn mage work"),
+        )
+    };
+    let (a, b) = (work(), work());
+    let mut conn = app.queues.connection();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ticks: i64 =
+            redis::cmd("HLEN").arg(redis.key("stats:ticks")).query_async(&mut conn).await.expect("HLEN");
+        if ticks >= 4 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cron did not tick: {ticks} ticks");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    drop((a, b));
+    let ticks: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(redis.key("stats:ticks")).query_async(&mut conn).await.expect("HGETALL");
+    let computations: i64 =
+        redis::cmd("GET").arg(redis.key("stats:computations")).query_async(&mut conn).await.expect("GET");
+    assert_eq!(computations, ticks.len() as i64, "one computation per tick: {ticks:?}");
+    let workers: std::collections::HashSet<&String> = ticks.values().collect();
+    assert!(!workers.is_empty(), "{ticks:?}");
+    // Yesterday (UTC) is in the table.
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).date_naive();
+    assert_eq!(app.count("daily_stats").await, 1);
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct D {
+        #[diesel(sql_type = diesel::sql_types::Date)]
+        day: chrono::NaiveDate,
+    }
+    let d: D = diesel::sql_query("SELECT day FROM daily_stats")
+        .get_result(&mut *app.conn().await)
+        .await
+        .expect("day");
+    assert_eq!(d.day, yesterday);
 }

@@ -483,6 +483,13 @@ pub struct WorkerArgs {
     /// This worker process's name, unique among all workers (default: host-pid)
     #[arg(long, env = "MAGE_WORKER_NAME", value_name = "MAGE_WORKER_NAME")]
     pub worker_name: Option<String>,
+    /// When the daily statistics of the previous day are computed (cron
+    /// with seconds, in UTC)
+    #[arg(long, env = "MAGE_STATS_CRON", value_name = "MAGE_STATS_CRON", default_value = "0 5 0 * * *")]
+    pub stats_cron: String,
+    /// Time zone the statistics' days are cut in (IANA name)
+    #[arg(long, env = "MAGE_STATS_TZ", value_name = "MAGE_STATS_TZ", default_value = "UTC")]
+    pub stats_tz: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -508,6 +515,8 @@ pub struct WorkerSettings {
     pub stale_after: Duration,
     pub shutdown_grace: Duration,
     pub worker_name: String,
+    pub stats_cron: String,
+    pub stats_tz: String,
 }
 
 impl WorkerSettings {
@@ -524,6 +533,8 @@ impl WorkerSettings {
             stale_after: Duration::from_secs(900),
             shutdown_grace: Duration::from_secs(30),
             worker_name: worker_name.to_owned(),
+            stats_cron: "0 5 0 * * *".to_owned(),
+            stats_tz: "UTC".to_owned(),
         }
     }
 
@@ -615,6 +626,8 @@ impl WorkerArgs {
             stale_after: Duration::from_secs(self.stale_after_seconds),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
             worker_name,
+            stats_cron: self.stats_cron.trim().to_owned(),
+            stats_tz: self.stats_tz.trim().to_owned(),
         })
     }
 }

@@ -24,12 +24,14 @@ pub const RENDER: &str = "render";
 pub const TRANSCODE: &str = "transcode";
 /// Stripe events to apply to orders and credits.
 pub const SETTLE: &str = "settle";
+/// The daily statistics cron (apalis-cron; nothing is stored in Redis).
+pub const STATS: &str = "stats";
 /// Not an apalis queue: the sweeper's timer, selectable like one with
 /// `mage work --queues`.
 pub const SWEEP: &str = "sweep";
 
 /// Every queue of this build, in the order `mage work` starts them.
-pub const ALL: &[&str] = &[RENDER, TRANSCODE, SETTLE, SWEEP];
+pub const ALL: &[&str] = &[RENDER, TRANSCODE, SETTLE, STATS, SWEEP];
 /// The queues whose jobs are generations' (listed for admins).
 pub const JOB_QUEUES: &[&str] = &[RENDER, TRANSCODE];
 

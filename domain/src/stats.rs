@@ -156,3 +156,69 @@ pub async fn valid_time_zone(conn: &mut Connection, tz: &str) -> Result<bool> {
         .await?;
     Ok(n.n > 0)
 }
+
+/// How long a day's figures stay in the Redis cache of the read path (a
+/// recompute removes them at once).
+const CACHE_TTL_SECONDS: u64 = 3600;
+
+fn cache_key(redis: &crate::kv::Redis, day: NaiveDate) -> String {
+    redis.key(&format!("stats:day:{day}"))
+}
+
+/// Computes a day and drops its cached copy.
+pub async fn recompute(
+    conn: &mut Connection,
+    redis: &crate::kv::Redis,
+    day: NaiveDate,
+    tz: &str,
+) -> Result<DailyStats> {
+    let s = compute_day(conn, day, tz).await?;
+    let mut r = redis.conn().await?;
+    let _: i64 = redis::cmd("DEL").arg(cache_key(redis, day)).query_async(&mut r).await?;
+    Ok(s)
+}
+
+/// `range` through the Redis cache: days found there are not read from
+/// PostgreSQL (the dashboard asks for the same weeks over and over).
+pub async fn cached_range(
+    pool: &crate::db::DbPool,
+    redis: &crate::kv::Redis,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<DailyStats>> {
+    let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+    let mut r = redis.conn().await?;
+    let keys: Vec<String> = days.iter().map(|d| cache_key(redis, *d)).collect();
+    let cached: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut r).await?;
+    let hits: Vec<DailyStats> =
+        cached.iter().flatten().filter_map(|json| serde_json::from_str(json).ok()).collect();
+    if hits.len() == days.len() {
+        return Ok(hits);
+    }
+    let mut conn = pool.get().await?;
+    let rows = range(&mut conn, from, to).await?;
+    let mut pipe = redis::pipe();
+    for s in &rows {
+        if let Ok(json) = serde_json::to_string(s) {
+            pipe.cmd("SET").arg(cache_key(redis, s.day)).arg(json).arg("EX").arg(CACHE_TTL_SECONDS).ignore();
+        }
+    }
+    let () = pipe.query_async(&mut r).await?;
+    Ok(rows)
+}
+
+/// The day before the one `at` falls on, in time zone `tz`: what a tick
+/// computes.
+pub async fn previous_day(conn: &mut Connection, at: DateTime<Utc>, tz: &str) -> Result<NaiveDate> {
+    #[derive(QueryableByName)]
+    struct D {
+        #[diesel(sql_type = Date)]
+        day: NaiveDate,
+    }
+    let d: D = diesel::sql_query("SELECT ((($1)::timestamptz AT TIME ZONE $2)::date - 1) AS day")
+        .bind::<diesel::sql_types::Timestamptz, _>(at)
+        .bind::<Text, _>(tz)
+        .get_result(conn)
+        .await?;
+    Ok(d.day)
+}

@@ -20,10 +20,12 @@ mod progress;
 mod render;
 mod settle;
 mod slot;
+mod stats;
 mod sweep;
 mod transcode;
 pub mod wake;
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,6 +187,15 @@ impl Workers {
         };
         mage_domain::db::ping(&self.pool).await?;
         self.redis.ping().await?;
+        if selected.contains(&queue::STATS) {
+            let mut conn = self.pool.get().await.map_err(mage_domain::Error::from)?;
+            if !mage_domain::stats::valid_time_zone(&mut conn, &self.settings.stats_tz).await? {
+                return Err(WorkError::Stopped(format!(
+                    "MAGE_STATS_TZ: {:?} is not a time zone PostgreSQL knows",
+                    self.settings.stats_tz
+                )));
+            }
+        }
 
         let backends = render_backends(&self.settings)?;
         let cancels = Cancels::default();
@@ -253,6 +264,18 @@ impl Workers {
                             .data(ctx.clone())
                             .parallelize(tokio::spawn)
                             .build(transcode_handler)
+                    });
+                }
+                queue::STATS => {
+                    let schedule = cron::Schedule::from_str(&self.settings.stats_cron)
+                        .map_err(|e| WorkError::Stopped(format!("MAGE_STATS_CRON: {e}")))?;
+                    let name = format!("{}-stats", self.settings.worker_name);
+                    let ctx = first.clone();
+                    monitor = monitor.register(move |_restarts| {
+                        WorkerBuilder::new(name.clone())
+                            .backend(apalis_cron::CronScheduler::new(schedule.clone()))
+                            .data(ctx.clone())
+                            .build(stats_tick)
                     });
                 }
                 queue::SETTLE => {
@@ -387,6 +410,13 @@ async fn render_handler(job: RenderJob, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDy
     let ctx: Arc<Ctx> = (*ctx).clone();
     // Spawned for the same reason as the transcode handler.
     tokio::spawn(render::handle(ctx, job)).await.unwrap_or_else(|e| Err(format!("render task: {e}").into()))
+}
+
+async fn stats_tick(tick: apalis_cron::Tick, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let ctx: Arc<Ctx> = (*ctx).clone();
+    tokio::spawn(stats::tick(ctx, tick.get_timestamp()))
+        .await
+        .unwrap_or_else(|e| Err(format!("stats task: {e}").into()))
 }
 
 /// Settlements are short transactions; a few at once keep a burst of

@@ -144,7 +144,11 @@ impl StatsQuery {
                 format!("to must be on or after from, at most {MAX_DAYS} days"),
             ));
         }
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        Ok(stats::range(&mut conn, from.0, to.0).await?.into_iter().map(DailyStats::from).collect())
+        let svc = services(ctx);
+        Ok(stats::cached_range(&svc.pool, &svc.redis, from.0, to.0)
+            .await?
+            .into_iter()
+            .map(DailyStats::from)
+            .collect())
     }
 }

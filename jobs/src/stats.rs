@@ -1,0 +1,67 @@
+//! The `stats` cron: at every tick of `MAGE_STATS_CRON` the previous day
+//! (in `MAGE_STATS_TZ`) is computed into `daily_stats`. apalis-cron fires in
+//! every process that runs it, so one replica per tick takes a Redis lock
+//! named after the tick; the others skip it. A failed computation gives the
+//! lock back so the retry (or another replica) can take it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::prelude::BoxDynError;
+use chrono::{DateTime, Utc};
+
+use crate::Ctx;
+
+/// A tick's lock outlives any retry of it.
+const TICK_LOCK: Duration = Duration::from_secs(6 * 3600);
+
+pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
+    let lock = ctx.redis.key(&format!("stats:tick:{at}"));
+    let mut r = ctx.redis.conn().await?;
+    let won: Option<String> = redis::cmd("SET")
+        .arg(&lock)
+        .arg(&ctx.worker_name)
+        .arg("NX")
+        .arg("EX")
+        .arg(TICK_LOCK.as_secs())
+        .query_async(&mut r)
+        .await?;
+    if won.is_none() {
+        tracing::debug!(tick = at, "stats tick taken by another worker");
+        return Ok(());
+    }
+    let at_time = DateTime::<Utc>::from_timestamp(at as i64, 0).unwrap_or_else(Utc::now);
+    let tz = &ctx.settings.stats_tz;
+    let result = async {
+        let mut conn = ctx.pool.get().await?;
+        let day = mage_domain::stats::previous_day(&mut conn, at_time, tz).await?;
+        let s = mage_domain::stats::recompute(&mut conn, &ctx.redis, day, tz).await?;
+        Ok::<_, mage_domain::Error>(s)
+    }
+    .await;
+    match result {
+        Ok(s) => {
+            // Which replica computed which tick, for operators (and the
+            // test that two replicas compute each tick once).
+            let _: () = redis::pipe()
+                .cmd("HSET")
+                .arg(ctx.redis.key("stats:ticks"))
+                .arg(at)
+                .arg(&ctx.worker_name)
+                .ignore()
+                .cmd("INCR")
+                .arg(ctx.redis.key("stats:computations"))
+                .ignore()
+                .query_async(&mut r)
+                .await?;
+            tracing::info!(tick = at, day = %s.day, time_zone = %tz, new_users = s.new_users,
+                orders_paid = s.orders_paid, generations_created = s.generations_created, "daily stats computed");
+            Ok(())
+        }
+        Err(e) => {
+            let _: i64 = redis::cmd("DEL").arg(&lock).query_async(&mut r).await.unwrap_or(0);
+            tracing::warn!(tick = at, error = %e, "daily stats failed; the lock is given back");
+            Err(e.into())
+        }
+    }
+}
