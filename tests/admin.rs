@@ -53,3 +53,42 @@ async fn only_admins_grant_and_a_key_grants_once() {
     assert_eq!(balance(&mut ws).await, 155);
     app.assert_ledger_invariants().await;
 }
+
+/// A promotional grant with an expiry: shown in `expiringSoon`, then
+/// expired once by the hourly job, leaving the rest of the balance alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn promotional_credits_expire_once_when_due() {
+    let app = TestApp::start().await;
+    let (user_token, user_id) = app.register("promo@example.com").await;
+    let (admin_token, _) = app.register("promo-admin@example.com").await;
+    mage_domain::users::set_role(&app.pool, "promo-admin@example.com", mage_domain::users::Role::Admin)
+        .await
+        .expect("promote");
+    let expires = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let res = app
+        .gql(
+            "mutation($u: ID!, $e: DateTime) { grantCredits(userId: $u, amount: 50, reason: \"weekly bonus\", expiresAt: $e) { balance expiringSoon } }",
+            json!({ "u": user_id, "e": expires }),
+            Some(&admin_token),
+        )
+        .await;
+    assert_eq!(res["data"]["grantCredits"], json!({"balance": 150, "expiringSoon": 50}), "{res}");
+    let (pool, redis) = (&app.pool, &app.redis.redis());
+    assert_eq!(mage_jobs::expire_once(pool, redis).await.expect("expire"), 0, "not due yet");
+    app.sql(&format!(
+        "UPDATE credit_grants SET expires_at = now() - interval '1 minute' WHERE user_id = '{user_id}' AND source = 'promo'"
+    ))
+    .await;
+    assert_eq!(mage_jobs::expire_once(pool, redis).await.expect("expire"), 1);
+    assert_eq!(mage_jobs::expire_once(pool, redis).await.expect("expire"), 0, "expired once");
+    let me = app.gql("{ me { credits { balance expiringSoon } } }", json!({}), Some(&user_token)).await;
+    assert_eq!(me["data"]["me"]["credits"], json!({"balance": 100, "expiringSoon": 0}), "{me}");
+    let entries =
+        app.gql("{ creditEntries(first: 5) { nodes { kind amount } } }", json!({}), Some(&user_token)).await;
+    assert_eq!(
+        entries["data"]["creditEntries"]["nodes"][0],
+        json!({"kind": "EXPIRE", "amount": -50}),
+        "{entries}"
+    );
+    app.assert_ledger_invariants().await;
+}

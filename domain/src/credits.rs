@@ -365,6 +365,31 @@ pub async fn expire_grant(
     .await
 }
 
+/// Expires what is left of every grant whose `expires_at` has passed, as of
+/// `now`, at most `limit` grants a call. Keyed by the grant and what was left
+/// of it, so a run repeated on the same state expires nothing twice, and a
+/// grant kept partly alive by open holds is expired further by a later run.
+/// Returns the EXPIRE entries written.
+pub async fn expire_due(conn: &mut Connection, now: DateTime<Utc>, limit: i64) -> Result<Vec<CreditEntry>> {
+    let due: Vec<(Uuid, i64)> = credit_grants::table
+        .filter(credit_grants::expired_at.is_null())
+        .filter(credit_grants::expires_at.le(now))
+        .filter(credit_grants::remaining.gt(0))
+        .order(credit_grants::expires_at.asc())
+        .limit(limit)
+        .select((credit_grants::id, credit_grants::remaining))
+        .load(conn)
+        .await?;
+    let mut written = Vec::new();
+    for (grant_id, remaining) in due {
+        if let Some(e) = expire_grant(conn, grant_id, &format!("expire:{grant_id}:{remaining}"), None).await?
+        {
+            written.push(e);
+        }
+    }
+    Ok(written)
+}
+
 /// Whether the account has an entry under this idempotency key (an
 /// operation that must not be prepared twice checks this first).
 pub async fn has_entry(conn: &mut Connection, user_id: Uuid, idempotency_key: &str) -> Result<bool> {

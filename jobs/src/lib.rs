@@ -47,6 +47,7 @@ use crate::backend::RenderBackend;
 use crate::slot::Slot;
 use crate::wake::{Cancels, Signal};
 
+pub use crate::stats::expire_once;
 pub use crate::sweep::{STALE_MESSAGE, SweepReport, sweep_once};
 
 /// Every queue this build knows.
@@ -277,6 +278,18 @@ impl Workers {
                             .data(ctx.clone())
                             .build(stats_tick)
                     });
+                    // Credit expiry rides with the stats cron: hourly, on the
+                    // hour.
+                    let hourly = cron::Schedule::from_str(EXPIRY_CRON)
+                        .map_err(|e| WorkError::Stopped(format!("credit expiry schedule: {e}")))?;
+                    let name = format!("{}-expiry", self.settings.worker_name);
+                    let ctx = first.clone();
+                    monitor = monitor.register(move |_restarts| {
+                        WorkerBuilder::new(name.clone())
+                            .backend(apalis_cron::CronScheduler::new(hourly.clone()))
+                            .data(ctx.clone())
+                            .build(expiry_tick)
+                    });
                 }
                 queue::SETTLE => {
                     let signal = Signal::default();
@@ -410,6 +423,15 @@ async fn render_handler(job: RenderJob, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDy
     let ctx: Arc<Ctx> = (*ctx).clone();
     // Spawned for the same reason as the transcode handler.
     tokio::spawn(render::handle(ctx, job)).await.unwrap_or_else(|e| Err(format!("render task: {e}").into()))
+}
+
+const EXPIRY_CRON: &str = "0 0 * * * *";
+
+async fn expiry_tick(tick: apalis_cron::Tick, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let ctx: Arc<Ctx> = (*ctx).clone();
+    tokio::spawn(stats::expiry_tick(ctx, tick.get_timestamp()))
+        .await
+        .unwrap_or_else(|e| Err(format!("expiry task: {e}").into()))
 }
 
 async fn stats_tick(tick: apalis_cron::Tick, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {

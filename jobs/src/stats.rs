@@ -65,3 +65,45 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
         }
     }
 }
+
+/// Every hour: grants past their `expires_at` lose what is left of them
+/// (never what open holds reserve), each once; their owners' clients hear
+/// `creditsChanged`.
+pub(crate) async fn expiry_tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
+    let lock = ctx.redis.key(&format!("expiry:tick:{at}"));
+    let mut r = ctx.redis.conn().await?;
+    let won: Option<String> = redis::cmd("SET")
+        .arg(&lock)
+        .arg(&ctx.worker_name)
+        .arg("NX")
+        .arg("EX")
+        .arg(TICK_LOCK.as_secs())
+        .query_async(&mut r)
+        .await?;
+    if won.is_none() {
+        return Ok(());
+    }
+    let n = expire_once(&ctx.pool, &ctx.redis).await?;
+    tracing::info!(tick = at, expired_grants = n, "credit expiry done");
+    Ok(())
+}
+
+/// One pass of credit expiry (all grants due now, in batches).
+pub async fn expire_once(
+    pool: &mage_domain::db::DbPool,
+    redis: &mage_domain::kv::Redis,
+) -> Result<usize, mage_domain::Error> {
+    let mut conn = pool.get().await?;
+    let mut total = 0;
+    loop {
+        let entries = mage_domain::credits::expire_due(&mut conn, Utc::now(), 500).await?;
+        for e in &entries {
+            tracing::info!(user_id = %e.user_id, grant_id = ?e.grant_id, credits = -e.amount, "credits expired");
+            mage_domain::events::publish_credits_changed_logged(redis, e.user_id).await;
+        }
+        total += entries.len();
+        if entries.len() < 500 {
+            return Ok(total);
+        }
+    }
+}
