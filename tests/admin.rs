@@ -92,3 +92,56 @@ async fn promotional_credits_expire_once_when_due() {
     );
     app.assert_ledger_invariants().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admins_find_users_with_balances_and_revoke_credits_once() {
+    let app = TestApp::start().await;
+    let (admin, _) = app.register("boss@example.com").await;
+    mage_domain::users::set_role(&app.pool, "boss@example.com", mage_domain::users::Role::Admin)
+        .await
+        .expect("promote");
+    let (user_token, user_id) = app.register("ann_1@example.com").await;
+    app.register("bob@example.com").await;
+    app.register("annx1@example.com").await;
+    const USERS: &str = "query($s: String, $f: Int, $a: String) { users(search: $s, first: $f, after: $a) {
+        edges { cursor node { email credits { balance } } } pageInfo { hasNextPage } } }";
+    let res = app.gql(USERS, json!({"s": "ANN", "f": 1}), Some(&admin)).await;
+    let page = &res["data"]["users"];
+    assert_eq!(
+        page["edges"][0]["node"],
+        json!({"email": "ann_1@example.com", "credits": {"balance": 100}}),
+        "{res}"
+    );
+    assert_eq!(page["pageInfo"]["hasNextPage"], true, "{res}");
+    let cursor = page["edges"][0]["cursor"].as_str().expect("cursor").to_owned();
+    let res = app.gql(USERS, json!({"s": "ann", "f": 1, "a": cursor}), Some(&admin)).await;
+    assert_eq!(res["data"]["users"]["edges"][0]["node"]["email"], "annx1@example.com", "{res}");
+    // `_` is a literal character, not LIKE's wildcard.
+    let res = app.gql(USERS, json!({"s": "ann_"}), Some(&admin)).await;
+    assert_eq!(res["data"]["users"]["edges"].as_array().map(Vec::len), Some(1), "{res}");
+    let res = app.gql(USERS, json!({}), Some(&user_token)).await;
+    assert_eq!(code(&res), "FORBIDDEN", "{res}");
+    assert!(res["data"].is_null(), "{res}");
+
+    const REVOKE: &str = "mutation($u: ID!, $a: Int!, $k: String) {
+        revokeCredits(userId: $u, amount: $a, reason: \"duplicate bonus\", idempotencyKey: $k) { balance } }";
+    for _ in 0..2 {
+        let res = app.gql(REVOKE, json!({"u": user_id, "a": 30, "k": "r1"}), Some(&admin)).await;
+        assert_eq!(res["data"]["revokeCredits"]["balance"], 70, "{res}");
+    }
+    let res = app.gql(REVOKE, json!({"u": user_id, "a": 71}), Some(&admin)).await;
+    assert_eq!(code(&res), "CONFLICT", "{res}");
+    let res = app.gql(REVOKE, json!({"u": user_id, "a": 1}), Some(&user_token)).await;
+    assert_eq!(code(&res), "FORBIDDEN", "{res}");
+    let entries = app
+        .gql("{ creditEntries(first: 5) { nodes { kind amount memo } } }", json!({}), Some(&user_token))
+        .await;
+    let nodes = entries["data"]["creditEntries"]["nodes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        nodes[0],
+        json!({"kind": "ADJUSTMENT", "amount": -30, "memo": "duplicate bonus"}),
+        "{entries}"
+    );
+    assert_eq!(nodes.iter().filter(|n| n["kind"] == "ADJUSTMENT").count(), 1, "revoked once: {entries}");
+    app.assert_ledger_invariants().await;
+}

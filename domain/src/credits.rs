@@ -390,6 +390,37 @@ pub async fn expire_due(conn: &mut Connection, now: DateTime<Utc>, limit: i64) -
     Ok(written)
 }
 
+/// Takes credits away (an admin's correction): an ADJUSTMENT entry, from the
+/// buckets that expire first. Never more than the available balance (held
+/// credits stay for their generations): `Conflict` otherwise.
+pub async fn revoke(
+    conn: &mut Connection,
+    user_id: Uuid,
+    amount: i64,
+    memo: &str,
+    idempotency_key: &str,
+) -> Result<CreditEntry> {
+    if amount <= 0 {
+        return Err(Error::invalid("amount", "must be a positive number of credits"));
+    }
+    conn.transaction::<_, Error, _>(async |conn| {
+        let acc = lock_account(conn, user_id).await?;
+        if let Some(done) = entry_by_key(conn, user_id, idempotency_key).await? {
+            return same_operation(done, EntryKind::Adjustment, -amount, 0);
+        }
+        if acc.available() < amount {
+            return Err(Error::Conflict(format!(
+                "only {} credits are available to revoke",
+                acc.available().max(0)
+            )));
+        }
+        take_from_buckets(conn, user_id, amount, None).await?;
+        let refs = Refs { memo: Some(memo.to_owned()), ..Refs::default() };
+        apply(conn, acc, EntryKind::Adjustment, -amount, 0, idempotency_key, refs).await
+    })
+    .await
+}
+
 /// Whether the account has an entry under this idempotency key (an
 /// operation that must not be prepared twice checks this first).
 pub async fn has_entry(conn: &mut Connection, user_id: Uuid, idempotency_key: &str) -> Result<bool> {

@@ -232,3 +232,24 @@ pub async fn set_role(pool: &DbPool, email: &str, role: Role) -> Result<User> {
         .optional()?
         .ok_or(Error::NotFound("user"))
 }
+
+/// Users whose email contains `search` (any case), by email, after the
+/// email `after`, at most `limit` (admins' user list).
+pub async fn search(
+    conn: &mut Connection,
+    search: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<User>> {
+    let mut q = users::table.select(User::as_select()).order(users::email.asc()).limit(limit).into_boxed();
+    if let Some(s) = search.map(str::trim).filter(|s| !s.is_empty()) {
+        // Emails are stored lower-cased; LIKE's wildcards in the search are
+        // literal characters.
+        let escaped = s.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        q = q.filter(users::email.like(format!("%{escaped}%")));
+    }
+    if let Some(a) = after {
+        q = q.filter(users::email.gt(a.to_owned()));
+    }
+    Ok(q.load(conn).await?)
+}

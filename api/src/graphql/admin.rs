@@ -7,7 +7,12 @@ use uuid::Uuid;
 
 use super::credits::CreditAccount;
 use super::generations::Generation;
+use super::pagination::{decode_cursor, encode_cursor, page_size};
 use super::services;
+use super::users::User;
+use async_graphql::connection::{Connection, Edge};
+
+const USER_CURSOR: &str = "user";
 use super::users::current_user;
 use crate::error::{ApiError, ApiResult};
 
@@ -52,6 +57,28 @@ pub struct AdminQuery;
 
 #[Object]
 impl AdminQuery {
+    /// Users whose email contains `search`, by email, with their balances
+    /// (admins only).
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        search: Option<String>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> ApiResult<Connection<String, User>> {
+        require_admin(ctx).await?;
+        let limit = page_size(first)?;
+        let after = decode_cursor::<String>(USER_CURSOR, after.as_deref())?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut rows =
+            mage_domain::users::search(&mut conn, search.as_deref(), after.as_deref(), limit + 1).await?;
+        let has_next = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let mut page = Connection::new(after.is_some(), has_next);
+        page.edges.extend(rows.into_iter().map(|u| Edge::new(encode_cursor(USER_CURSOR, &u.email), User(u))));
+        Ok(page)
+    }
+
     /// Jobs that ran out of attempts, newest first (admins only). Without
     /// `queue`, those of every queue.
     async fn dead_jobs(
@@ -95,6 +122,28 @@ impl AdminQuery {
     }
 }
 
+/// A reason for a ledger entry written by an admin.
+fn reason_of(reason: &str) -> ApiResult<&str> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::bad_input("reason", "reason must be 1 to 500 characters"));
+    }
+    Ok(reason)
+}
+
+/// The ledger key of an admin's operation: theirs, or a fresh one.
+fn admin_key(kind: &str, admin: Uuid, key: Option<&str>) -> ApiResult<String> {
+    match key.map(str::trim) {
+        Some(k) if !k.is_empty() && k.len() <= 200 => Ok(format!("{kind}:{admin}:{k}")),
+        Some(_) => Err(ApiError::bad_input("idempotencyKey", "idempotencyKey must be 1 to 200 characters")),
+        None => Ok(format!("{kind}:{admin}:{}", Uuid::new_v4())),
+    }
+}
+
+fn user_id_of(id: &ID) -> ApiResult<Uuid> {
+    id.parse().map_err(|_| ApiError::bad_input("userId", "userId is not a user id"))
+}
+
 #[derive(Default)]
 pub struct AdminMutation;
 
@@ -124,28 +173,15 @@ impl AdminMutation {
         idempotency_key: Option<String>,
     ) -> ApiResult<CreditAccount> {
         let admin = require_admin(ctx).await?;
-        let user_id: Uuid =
-            user_id.parse().map_err(|_| ApiError::bad_input("userId", "userId is not a user id"))?;
+        let user_id = user_id_of(&user_id)?;
         if !(1..=MAX_GRANT).contains(&amount) {
             return Err(ApiError::bad_input("amount", format!("amount must be between 1 and {MAX_GRANT}")));
         }
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            return Err(ApiError::bad_input("reason", "reason must be 1 to 500 characters"));
-        }
+        let reason = reason_of(&reason)?;
         if expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(ApiError::bad_input("expiresAt", "expiresAt must be in the future"));
         }
-        let key = match idempotency_key.as_deref().map(str::trim) {
-            Some(k) if !k.is_empty() && k.len() <= 200 => format!("admin-grant:{}:{k}", admin.id),
-            Some(_) => {
-                return Err(ApiError::bad_input(
-                    "idempotencyKey",
-                    "idempotencyKey must be 1 to 200 characters",
-                ));
-            }
-            None => format!("admin-grant:{}:{}", admin.id, Uuid::new_v4()),
-        };
+        let key = admin_key("admin-grant", admin.id, idempotency_key.as_deref())?;
         let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
         let entry = ledger::grant(
             &mut conn,
@@ -166,6 +202,34 @@ impl AdminMutation {
             e => e.into(),
         })?;
         tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits granted by an admin");
+        mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
+        Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))
+    }
+
+    /// Takes credits away from a user (a correction), recorded in their
+    /// ledger with the reason. At most their available balance (`CONFLICT`
+    /// above); an `idempotencyKey` makes retries safe.
+    async fn revoke_credits(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        amount: i64,
+        reason: String,
+        idempotency_key: Option<String>,
+    ) -> ApiResult<CreditAccount> {
+        let admin = require_admin(ctx).await?;
+        let user_id = user_id_of(&user_id)?;
+        if !(1..=MAX_GRANT).contains(&amount) {
+            return Err(ApiError::bad_input("amount", format!("amount must be between 1 and {MAX_GRANT}")));
+        }
+        let reason = reason_of(&reason)?;
+        let key = admin_key("admin-revoke", admin.id, idempotency_key.as_deref())?;
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let entry = ledger::revoke(&mut conn, user_id, amount, reason, &key).await.map_err(|e| match e {
+            mage_domain::Error::NotFound(_) => ApiError::NotFound("user".into()),
+            e => e.into(),
+        })?;
+        tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits revoked by an admin");
         mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
         Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))
     }
