@@ -287,3 +287,54 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// `MAGE_MEDIA_RETENTION_DAYS`: media of generations finished longer ago are
+/// deleted and shown as expired; newer ones and everything else stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn media_retention_deletes_old_outputs_only_and_marks_them_expired() {
+    let app = TestApp::start().await;
+    let _workers = app.start_workers().await;
+    let (token, _) = app.register("keep@example.com").await;
+    const CREATE: &str = "mutation($i: CreateGenerationInput!) { createGeneration(input: $i) { id } }";
+    const GET: &str = "query($id: ID!) { generation(id: $id) { status mediaExpiredAt output { imageUrl } } }";
+    let mut ids = Vec::new();
+    for prompt in ["old", "new"] {
+        let input = serde_json::json!({"model": "synth-image", "prompt": prompt, "resolution": "R480P"});
+        let res = app.gql(CREATE, serde_json::json!({"i": input}), Some(&token)).await;
+        ids.push(
+            res["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("{res}")).to_owned(),
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let res = app.gql(GET, serde_json::json!({"id": id}), Some(&token)).await;
+            if res["data"]["generation"]["status"] == "SUCCEEDED" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{res}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let folder = |id: &str| app.media_dir().join("generations").join(id);
+    assert!(folder(&ids[0]).exists() && folder(&ids[1]).exists());
+    app.sql(&format!(
+        "UPDATE generations SET finished_at = now() - interval '31 days' WHERE id = '{}'",
+        ids[0]
+    ))
+    .await;
+    let keep = std::time::Duration::from_secs(30 * 86_400);
+    assert_eq!(mage_jobs::expire_media_once(&app.pool, &app.storage, keep).await.expect("retention"), 1);
+    assert_eq!(mage_jobs::expire_media_once(&app.pool, &app.storage, keep).await.expect("retention"), 0);
+    let old = app.gql(GET, serde_json::json!({"id": ids[0]}), Some(&token)).await;
+    let g = &old["data"]["generation"];
+    assert_eq!(g["status"], "SUCCEEDED", "{old}");
+    assert!(g["output"].is_null() && g["mediaExpiredAt"].is_string(), "{old}");
+    assert!(
+        !folder(&ids[0]).exists() || std::fs::read_dir(folder(&ids[0])).map(|d| d.count()).unwrap_or(0) == 0
+    );
+    let new = app.gql(GET, serde_json::json!({"id": ids[1]}), Some(&token)).await;
+    assert!(new["data"]["generation"]["output"]["imageUrl"].is_string(), "{new}");
+    assert!(folder(&ids[1]).exists());
+    app.assert_ledger_invariants().await;
+}

@@ -472,6 +472,10 @@ pub struct WorkerArgs {
         default_value_t = 900
     )]
     pub stale_after_seconds: u64,
+    /// Days a finished generation's media are kept; older ones are deleted
+    /// from storage and shown as expired (unset: kept forever)
+    #[arg(long, env = "MAGE_MEDIA_RETENTION_DAYS", value_name = "MAGE_MEDIA_RETENTION_DAYS")]
+    pub media_retention_days: Option<u32>,
     /// On SIGTERM, how long running jobs may go on before renders are handed back to the queue
     #[arg(
         long,
@@ -517,6 +521,7 @@ pub struct WorkerSettings {
     pub worker_name: String,
     pub stats_cron: String,
     pub stats_tz: String,
+    pub media_retention: Option<Duration>,
 }
 
 impl WorkerSettings {
@@ -535,6 +540,7 @@ impl WorkerSettings {
             worker_name: worker_name.to_owned(),
             stats_cron: "0 5 0 * * *".to_owned(),
             stats_tz: "UTC".to_owned(),
+            media_retention: None,
         }
     }
 
@@ -628,6 +634,12 @@ impl WorkerArgs {
             worker_name,
             stats_cron: self.stats_cron.trim().to_owned(),
             stats_tz: self.stats_tz.trim().to_owned(),
+            media_retention: match self.media_retention_days {
+                Some(0) => {
+                    return Err(ConfigError::new("MAGE_MEDIA_RETENTION_DAYS", "must be greater than 0"));
+                }
+                d => d.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+            },
         })
     }
 }

@@ -995,3 +995,32 @@ mod tests {
         }
     }
 }
+
+/// Final generations with stored media that finished before `before`
+/// (the media retention policy), oldest first.
+pub async fn media_due(conn: &mut Connection, before: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>> {
+    Ok(generations::table
+        .filter(generations::media_expired_at.is_null())
+        .filter(generations::output.is_not_null())
+        .filter(generations::finished_at.lt(before))
+        .filter(generations::status.eq_any([
+            Status::Succeeded.as_str(),
+            Status::Failed.as_str(),
+            Status::Canceled.as_str(),
+        ]))
+        .order(generations::finished_at.asc())
+        .limit(limit)
+        .select(generations::id)
+        .load(conn)
+        .await?)
+}
+
+/// Records that a generation's media were deleted.
+pub async fn mark_media_expired(conn: &mut Connection, id: Uuid) -> Result<()> {
+    diesel::update(generations::table.find(id))
+        .filter(generations::media_expired_at.is_null())
+        .set(generations::media_expired_at.eq(Utc::now()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

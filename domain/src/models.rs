@@ -134,6 +134,7 @@ pub struct Generation {
     pub worker: Option<String>,
     pub backend_url: Option<String>,
     pub backend_job_id: Option<String>,
+    pub media_expired_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

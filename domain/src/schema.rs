@@ -116,6 +116,7 @@ diesel::table! {
         worker -> Nullable<Text>,
         backend_url -> Nullable<Text>,
         backend_job_id -> Nullable<Text>,
+        media_expired_at -> Nullable<Timestamptz>,
     }
 }
 

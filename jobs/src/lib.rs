@@ -48,7 +48,7 @@ use crate::slot::Slot;
 use crate::wake::{Cancels, Signal};
 
 pub use crate::stats::expire_once;
-pub use crate::sweep::{STALE_MESSAGE, SweepReport, sweep_once};
+pub use crate::sweep::{STALE_MESSAGE, SweepReport, expire_media_once, sweep_once};
 
 /// Every queue this build knows.
 pub const QUEUES: &[&str] = queue::ALL;

@@ -37,6 +37,8 @@ pub struct SweepReport {
     pub holds_settled: usize,
     /// Stripe events stored but not settled, enqueued again.
     pub events_requeued: usize,
+    /// Generations whose media the retention policy deleted.
+    pub media_expired: usize,
 }
 
 pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
@@ -167,5 +169,30 @@ pub async fn sweep_once(
 }
 
 async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
-    sweep_once(&ctx.pool, &ctx.redis, &ctx.queues, ctx.settings.stale_after).await
+    let mut report = sweep_once(&ctx.pool, &ctx.redis, &ctx.queues, ctx.settings.stale_after).await?;
+    if let Some(keep) = ctx.settings.media_retention {
+        report.media_expired = expire_media_once(&ctx.pool, &ctx.storage, keep).await?;
+    }
+    Ok(report)
+}
+
+/// Deletes the stored media of generations that finished more than `keep`
+/// ago (`MAGE_MEDIA_RETENTION_DAYS`) and marks them expired; nothing else
+/// of theirs is touched. Returns how many.
+pub async fn expire_media_once(
+    pool: &mage_domain::db::DbPool,
+    storage: &mage_domain::storage::Storage,
+    keep: Duration,
+) -> Result<usize, mage_domain::Error> {
+    let before = chrono::Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+    let mut conn = pool.get().await?;
+    let due = generations::media_due(&mut conn, before, BATCH).await?;
+    for id in &due {
+        // Deleted first, marked after: a crash in between deletes again
+        // (harmless) rather than showing media that are gone.
+        let files = storage.delete_prefix(&crate::output_prefix(*id)).await?;
+        generations::mark_media_expired(&mut conn, *id).await?;
+        tracing::info!(generation_id = %id, files, "media retention: outputs deleted");
+    }
+    Ok(due.len())
 }

@@ -290,8 +290,15 @@ impl Generation {
     async fn error(&self) -> Option<&str> {
         self.row.error.as_deref()
     }
+    /// When the media retention policy deleted this generation's media.
+    async fn media_expired_at(&self) -> Option<DateTime<Utc>> {
+        self.row.media_expired_at
+    }
+
+    /// Null once the media retention policy deleted the media (see
+    /// `mediaExpiredAt`).
     async fn output(&self, ctx: &Context<'_>) -> Option<GenerationOutput> {
-        if self.row.status() != Status::Succeeded {
+        if self.row.status() != Status::Succeeded || self.row.media_expired_at.is_some() {
             return None;
         }
         let out = self.row.output.as_ref()?;

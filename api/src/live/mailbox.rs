@@ -221,6 +221,7 @@ mod tests {
             worker: None,
             backend_url: None,
             backend_job_id: None,
+            media_expired_at: None,
         }
     }
 
