@@ -970,32 +970,6 @@ pub async fn finished_with(redis: &Redis, g: &Generation) {
     events::publish_credits_changed_logged(redis, g.user_id).await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Status::{self, *};
-
-    #[test]
-    fn state_machine_allows_only_the_documented_moves() {
-        let allowed = [
-            (Queued, Rendering),
-            (Rendering, Queued),
-            (Rendering, Transcoding),
-            (Transcoding, Succeeded),
-            (Queued, Failed),
-            (Queued, Canceled),
-            (Rendering, Failed),
-            (Rendering, Canceled),
-            (Transcoding, Failed),
-            (Transcoding, Canceled),
-        ];
-        for from in Status::ALL {
-            for to in Status::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
-            }
-        }
-    }
-}
-
 /// Final generations with stored media that finished before `before`
 /// (the media retention policy), oldest first.
 pub async fn media_due(conn: &mut Connection, before: DateTime<Utc>, limit: i64) -> Result<Vec<Uuid>> {
@@ -1023,4 +997,30 @@ pub async fn mark_media_expired(conn: &mut Connection, id: Uuid) -> Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status::{self, *};
+
+    #[test]
+    fn state_machine_allows_only_the_documented_moves() {
+        let allowed = [
+            (Queued, Rendering),
+            (Rendering, Queued),
+            (Rendering, Transcoding),
+            (Transcoding, Succeeded),
+            (Queued, Failed),
+            (Queued, Canceled),
+            (Rendering, Failed),
+            (Rendering, Canceled),
+            (Transcoding, Failed),
+            (Transcoding, Canceled),
+        ];
+        for from in Status::ALL {
+            for to in Status::ALL {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
 }
