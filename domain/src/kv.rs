@@ -43,6 +43,21 @@ impl Redis {
         Ok(self.pool.get().await?)
     }
 
+    /// `SET key holder NX PX ttl`: true when this call took the key (a lock
+    /// or a once-per-period marker that nobody else holds).
+    pub async fn claim(&self, key: &str, holder: &str, ttl: std::time::Duration) -> Result<bool> {
+        let mut conn = self.conn().await?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn().await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;

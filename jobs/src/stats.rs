@@ -15,21 +15,18 @@ use crate::Ctx;
 /// A tick's lock outlives any retry of it.
 const TICK_LOCK: Duration = Duration::from_secs(6 * 3600);
 
+/// Takes the lock of one cron tick; false when another replica has it.
+async fn claim_tick(ctx: &Ctx, lock: &str) -> Result<bool, mage_domain::Error> {
+    ctx.redis.claim(lock, &ctx.worker_name, TICK_LOCK).await
+}
+
 pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
     let lock = ctx.redis.key(&format!("stats:tick:{at}"));
-    let mut r = ctx.redis.conn().await?;
-    let won: Option<String> = redis::cmd("SET")
-        .arg(&lock)
-        .arg(&ctx.worker_name)
-        .arg("NX")
-        .arg("EX")
-        .arg(TICK_LOCK.as_secs())
-        .query_async(&mut r)
-        .await?;
-    if won.is_none() {
+    if !claim_tick(&ctx, &lock).await? {
         tracing::debug!(tick = at, "stats tick taken by another worker");
         return Ok(());
     }
+    let mut r = ctx.redis.conn().await?;
     let at_time = DateTime::<Utc>::from_timestamp(at as i64, 0).unwrap_or_else(Utc::now);
     let tz = &ctx.settings.stats_tz;
     let result = async {
@@ -70,17 +67,7 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
 /// (never what open holds reserve), each once; their owners' clients hear
 /// `creditsChanged`.
 pub(crate) async fn expiry_tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
-    let lock = ctx.redis.key(&format!("expiry:tick:{at}"));
-    let mut r = ctx.redis.conn().await?;
-    let won: Option<String> = redis::cmd("SET")
-        .arg(&lock)
-        .arg(&ctx.worker_name)
-        .arg("NX")
-        .arg("EX")
-        .arg(TICK_LOCK.as_secs())
-        .query_async(&mut r)
-        .await?;
-    if won.is_none() {
+    if !claim_tick(&ctx, &ctx.redis.key(&format!("expiry:tick:{at}"))).await? {
         return Ok(());
     }
     let n = expire_once(&ctx.pool, &ctx.redis).await?;

@@ -78,17 +78,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
 /// `SET NX PX`: whoever sets it sweeps this interval; it expires by itself,
 /// so a replica that dies holding it blocks one interval at most.
 async fn take_lock(ctx: &Ctx, key: &str, ttl: Duration) -> Result<bool, mage_domain::Error> {
-    let mut conn = ctx.redis.conn().await?;
     let ttl_ms = ttl.as_millis().saturating_sub(200).max(100) as u64;
-    let set: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(&ctx.worker_name)
-        .arg("NX")
-        .arg("PX")
-        .arg(ttl_ms)
-        .query_async(&mut conn)
-        .await?;
-    Ok(set.is_some())
+    ctx.redis.claim(key, &ctx.worker_name, Duration::from_millis(ttl_ms)).await
 }
 
 /// One pass, whatever the lock says (tests and `mage` tools call it).
@@ -145,16 +136,7 @@ pub async fn sweep_once(
     {
         // Once per EVENT_REQUEUE_EVERY: while the settle workers are down the
         // job waits in the queue, and one copy is enough.
-        let mut r = redis.conn().await?;
-        let fresh: Option<String> = redis::cmd("SET")
-            .arg(redis.key(&format!("settle:requeued:{event_id}")))
-            .arg(1)
-            .arg("NX")
-            .arg("EX")
-            .arg(EVENT_REQUEUE_EVERY.as_secs())
-            .query_async(&mut r)
-            .await?;
-        if fresh.is_none() {
+        if !redis.claim(&redis.key(&format!("settle:requeued:{event_id}")), "1", EVENT_REQUEUE_EVERY).await? {
             continue;
         }
         queues.push_settle(&mage_domain::queue::SettleJob { event_id: event_id.clone() }).await?;

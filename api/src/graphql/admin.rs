@@ -140,6 +140,21 @@ fn admin_key(kind: &str, admin: Uuid, key: Option<&str>) -> ApiResult<String> {
     }
 }
 
+fn amount_of(amount: i64) -> ApiResult<()> {
+    if !(1..=MAX_GRANT).contains(&amount) {
+        return Err(ApiError::bad_input("amount", format!("amount must be between 1 and {MAX_GRANT}")));
+    }
+    Ok(())
+}
+
+/// The ledger finds no account: the user does not exist.
+fn user_not_found(e: mage_domain::Error) -> ApiError {
+    match e {
+        mage_domain::Error::NotFound(_) => ApiError::NotFound("user".into()),
+        e => e.into(),
+    }
+}
+
 fn user_id_of(id: &ID) -> ApiResult<Uuid> {
     id.parse().map_err(|_| ApiError::bad_input("userId", "userId is not a user id"))
 }
@@ -174,9 +189,7 @@ impl AdminMutation {
     ) -> ApiResult<CreditAccount> {
         let admin = require_admin(ctx).await?;
         let user_id = user_id_of(&user_id)?;
-        if !(1..=MAX_GRANT).contains(&amount) {
-            return Err(ApiError::bad_input("amount", format!("amount must be between 1 and {MAX_GRANT}")));
-        }
+        amount_of(amount)?;
         let reason = reason_of(&reason)?;
         if expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(ApiError::bad_input("expiresAt", "expiresAt must be in the future"));
@@ -197,10 +210,7 @@ impl AdminMutation {
             },
         )
         .await
-        .map_err(|e| match e {
-            mage_domain::Error::NotFound(_) => ApiError::NotFound("user".into()),
-            e => e.into(),
-        })?;
+        .map_err(user_not_found)?;
         tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits granted by an admin");
         mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
         Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))
@@ -219,16 +229,11 @@ impl AdminMutation {
     ) -> ApiResult<CreditAccount> {
         let admin = require_admin(ctx).await?;
         let user_id = user_id_of(&user_id)?;
-        if !(1..=MAX_GRANT).contains(&amount) {
-            return Err(ApiError::bad_input("amount", format!("amount must be between 1 and {MAX_GRANT}")));
-        }
+        amount_of(amount)?;
         let reason = reason_of(&reason)?;
         let key = admin_key("admin-revoke", admin.id, idempotency_key.as_deref())?;
         let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        let entry = ledger::revoke(&mut conn, user_id, amount, reason, &key).await.map_err(|e| match e {
-            mage_domain::Error::NotFound(_) => ApiError::NotFound("user".into()),
-            e => e.into(),
-        })?;
+        let entry = ledger::revoke(&mut conn, user_id, amount, reason, &key).await.map_err(user_not_found)?;
         tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits revoked by an admin");
         mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
         Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))

@@ -300,6 +300,19 @@ async fn set_status(
     Ok(true)
 }
 
+async fn mark_paid(conn: &mut Connection, order_id: Uuid) -> Result<()> {
+    diesel::update(orders::table.find(order_id))
+        .set((
+            orders::status.eq(Status::Paid.as_str()),
+            orders::paid_at.eq(Utc::now()),
+            orders::failure_reason.eq(None::<String>),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The money arrived: PAID, and the credits granted once.
 async fn pay(conn: &mut Connection, ev: &StripeEvent, order: &Order, s: &Value) -> Result<Verdict> {
     let status = order.status();
@@ -309,15 +322,7 @@ async fn pay(conn: &mut Connection, ev: &StripeEvent, order: &Order, s: &Value) 
             // paid, so they get what they paid for.
             tracing::warn!(order_id = %order.id, status = %order.status, "payment for an order that was not pending");
         }
-        diesel::update(orders::table.find(order.id))
-            .set((
-                orders::status.eq(Status::Paid.as_str()),
-                orders::paid_at.eq(Utc::now()),
-                orders::failure_reason.eq(None::<String>),
-                orders::updated_at.eq(Utc::now()),
-            ))
-            .execute(conn)
-            .await?;
+        mark_paid(conn, order.id).await?;
     }
     if order.is_subscription() {
         let Some(sub_id) = id_of(&s["subscription"]).or_else(|| order.stripe_subscription_id.clone()) else {
@@ -523,15 +528,7 @@ async fn invoice_paid(conn: &mut Connection, ev: &StripeEvent, inv: &Value) -> R
                 // The first invoice proves the payment as well as the
                 // checkout event does.
                 if !order.status().was_paid() {
-                    diesel::update(orders::table.find(order.id))
-                        .set((
-                            orders::status.eq(Status::Paid.as_str()),
-                            orders::paid_at.eq(Utc::now()),
-                            orders::failure_reason.eq(None::<String>),
-                            orders::updated_at.eq(Utc::now()),
-                        ))
-                        .execute(conn)
-                        .await?;
+                    mark_paid(conn, order.id).await?;
                 }
                 // What the order was sold for, as the checkout grants it.
                 amount = order.credits;
