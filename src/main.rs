@@ -18,6 +18,22 @@ use mage_domain::users::Role;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log line format: `text` for people, `json` (one object a line, with
+    /// the ids of the spans it is about) for log collectors
+    #[arg(
+        long,
+        global = true,
+        env = "MAGE_LOG_FORMAT",
+        value_name = "MAGE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 // Parsed once at start and matched once: the size of its largest variant
@@ -42,6 +58,9 @@ enum Command {
         /// Comma-separated queues to run (default: all)
         #[arg(long, env = "MAGE_QUEUES", value_name = "MAGE_QUEUES", value_delimiter = ',')]
         queues: Vec<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (default: none)
+        #[arg(long, env = "MAGE_METRICS_ADDR", value_name = "MAGE_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Run serve and work in one process, with development defaults
     Dev {
@@ -130,7 +149,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -158,13 +177,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
             mage_api::serve_on(listener, state, shutdown_signal()).await.context("HTTP server")?;
         }
-        Command::Work { db, redis, migrate, storage, worker, queues: run_queues } => {
+        Command::Work { db, redis, migrate, storage, worker, queues: run_queues, metrics_addr } => {
             let settings = worker.resolve()?;
             let storage = Storage::new(&storage.resolve()?)?;
             let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            mage_domain::metrics::init();
+            let metrics = match metrics_addr {
+                Some(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on MAGE_METRICS_ADDR {addr}"))?;
+                    let (redis, queues) = (redis.clone(), queues.clone());
+                    Some(tokio::spawn(mage_api::metrics::serve_standalone(
+                        listener,
+                        redis,
+                        queues,
+                        shutdown_signal(),
+                    )))
+                }
+                None => None,
+            };
             mage_jobs::Workers { pool, redis, queues, storage, settings, run_queues }
                 .run(shutdown_signal())
                 .await?;
+            if let Some(m) = metrics {
+                m.abort();
+            }
         }
         Command::Dev { serve: ServeArgs { db, redis, server, migrate, storage }, worker } => {
             let settings = server.resolve(true)?;
@@ -251,12 +289,20 @@ async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpLis
     tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on MAGE_ADDR {addr}"))
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("MAGE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.init(),
+        // Every enclosing span's fields (generation_id, order_id, event_id
+        // ...) ride on each line, flattened next to the event's own.
+        LogFormat::Json => {
+            fmt.json().with_current_span(false).with_span_list(true).flatten_event(true).init()
+        }
+    }
 }
 
 async fn shutdown_signal() {

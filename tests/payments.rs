@@ -783,3 +783,68 @@ async fn bad_and_stale_signatures_are_refused_with_no_side_effect() {
     // Within the tolerance it is accepted.
     assert_eq!(post_signed(&app, &ev, SECRET, now - 290).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_replays_a_failed_event_once_its_cause_is_fixed_and_it_applies_once() {
+    const FAILED: &str = r#"{ stripeEvents(status: "failed") { id type status error } }"#;
+    const REPLAY: &str = "mutation($id: ID!) { replayStripeEvent(id: $id) { id status error } }";
+    let Shop { app, stripe: _stripe, _workers } = shop().await;
+    let (admin, _) = app.register("payments-admin@example.com").await;
+    mage_domain::users::set_role(&app.pool, "payments-admin@example.com", mage_domain::users::Role::Admin)
+        .await
+        .expect("promote");
+    let (token, user) = app.register("replay@example.com").await;
+    let end = chrono::Utc::now().timestamp() + 30 * 86_400;
+    let plan = checkout(&app, &token, "basic", 1).await;
+    deliver(&app, &event("checkout.session.completed", plan_session(&plan, &user, "sub_x", 1000))).await;
+    assert_eq!(balance(&app, &token).await, 1100);
+
+    // The plan's price was changed in Stripe before Mage was told.
+    let renewal = event(
+        "invoice.paid",
+        old_invoice("in_x2", "sub_x", "subscription_cycle", "price_mage_basic_v2", end + 30 * 86_400),
+    );
+    let id = renewal["id"].as_str().expect("id").to_owned();
+    let r = deliver(&app, &renewal).await;
+    assert_eq!(r.status, "failed");
+    let listed = app.gql(FAILED, json!({}), Some(&admin)).await;
+    let events = listed["data"]["stripeEvents"].as_array().unwrap_or_else(|| panic!("{listed}"));
+    assert!(events.iter().any(|e| e["id"] == id.as_str() && e["status"] == "failed"), "{listed}");
+
+    // Not for users, and nothing moves.
+    let res = app.gql(REPLAY, json!({ "id": id }), Some(&token)).await;
+    assert_eq!(code(&res), "FORBIDDEN", "{res}");
+    assert!(res["data"].is_null(), "{res}");
+    let res = app.gql(FAILED, json!({}), Some(&token)).await;
+    assert_eq!(code(&res), "FORBIDDEN", "{res}");
+
+    // Replaying before the fix fails again, with the same reason.
+    let res = app.gql(REPLAY, json!({ "id": id }), Some(&admin)).await;
+    assert_eq!(res["data"]["replayStripeEvent"]["status"], "received", "{res}");
+    let r = settled(&app, &id).await;
+    assert_eq!(r.status, "failed");
+    assert!(r.last_error.as_deref().is_some_and(|e| e.contains("unknown plan price")), "{r:?}");
+
+    // The operator maps the new price to the plan; five admins replay at once.
+    app.sql("UPDATE products SET stripe_price_id = 'price_mage_basic_v2' WHERE id = 'basic'").await;
+    let replies = app.gql_concurrently(5, REPLAY, |_| json!({ "id": id }), Some(&admin)).await;
+    for r in &replies {
+        assert!(r.get("errors").is_none(), "{r}");
+    }
+    let r = settled(&app, &id).await;
+    assert_eq!(r.status, "processed", "{r:?}");
+    // The renewal granted its 1,000 credits once, replacing the unused ones.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ledger_sum(&app, &user, "purchase").await, 2000);
+    assert_eq!(ledger_sum(&app, &user, "expire").await, -1000);
+    assert_eq!(balance(&app, &token).await, 1100);
+
+    // A processed event is never applied again.
+    let res = app.gql(REPLAY, json!({ "id": id }), Some(&admin)).await;
+    assert_eq!(res["data"]["replayStripeEvent"]["status"], "processed", "{res}");
+    let res = app.gql(REPLAY, json!({ "id": "evt_missing" }), Some(&admin)).await;
+    assert_eq!(code(&res), "NOT_FOUND", "{res}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ledger_sum(&app, &user, "purchase").await, 2000);
+    app.assert_ledger_invariants().await;
+}

@@ -40,6 +40,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::map_response(json_errors))
         .layer(cors(&s.cors_origins))
         .layer(TraceLayer::new_for_http())
+        // Outermost, so limits' and timeouts' answers count too; Router::layer
+        // wraps each route, so the matched pattern (not the path) labels it.
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .with_state(state)
 }
 

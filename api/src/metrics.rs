@@ -1,41 +1,76 @@
-//! `GET /metrics` in the Prometheus text format, through the `metrics`
-//! facade (one recorder per process, installed on first use).
+//! `GET /metrics` (Prometheus text, see `mage_domain::metrics`) and what
+//! the HTTP side counts: requests by route and status, GraphQL operations
+//! by name, WebSocket connections and subscriptions.
 
-use std::sync::OnceLock;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery};
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
+use async_graphql::{Response as GqlResponse, ServerResult, Variables};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use mage_domain::kv::Redis;
+use mage_domain::queue::Queues;
 
-fn handle() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => {
-                // Shown from the first scrape, not from the first change.
-                subscriptions(0, 0);
-                websockets(0);
-                Some(h)
-            }
-            Err(e) => {
-                // Another recorder (an embedding program's) already owns the
-                // facade: metrics go there, and /metrics shows nothing.
-                tracing::warn!(error = %e, "could not install the Prometheus recorder");
-                None
-            }
-        })
-        .as_ref()
-}
-
-/// Installs the recorder, so gauges set before the first scrape are kept.
+/// Installs the recorder, so what is counted before the first scrape is
+/// kept; the gauges show from the first scrape.
 pub fn init() {
-    let _ = handle();
+    mage_domain::metrics::init();
+    subscriptions(0, 0);
+    websockets(0);
 }
 
-pub async fn render(axum::extract::State(state): axum::extract::State<crate::AppState>) -> Response {
-    backends(&state.redis).await;
-    let body = handle().map(PrometheusHandle::render).unwrap_or_default();
+pub async fn render(State(state): State<crate::AppState>) -> Response {
+    scrape(&state.redis, &state.queues).await
+}
+
+async fn scrape(redis: &Redis, queues: &Queues) -> Response {
+    let body = mage_domain::metrics::render(redis, queues).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// `/metrics` alone, for `mage work` (`MAGE_METRICS_ADDR`), until
+/// `shutdown` resolves.
+pub async fn serve_standalone(
+    listener: tokio::net::TcpListener,
+    redis: Redis,
+    queues: Queues,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    init();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (redis, queues) = (redis.clone(), queues.clone());
+            async move { scrape(&redis, &queues).await }
+        }),
+    );
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+/// Counts every HTTP request by route (the router's pattern, so ids in paths
+/// do not make new series), method and status, with its latency. A
+/// WebSocket counts its upgrade, not its lifetime.
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!("mage_http_request_duration_seconds", "route" => route.clone(), "method" => method.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("mage_http_requests_total", "route" => route, "method" => method, "status" => status)
+        .increment(1);
+    res
 }
 
 /// Live subscriptions of this process and the Redis channels they need.
@@ -54,26 +89,84 @@ pub fn lagged() {
     metrics::counter!("mage_subscriptions_lagged_total").increment(1);
 }
 
-/// Render backends' health as the workers last reported it to Redis, read
-/// at scrape time (the workers run in other processes).
-async fn backends(redis: &mage_domain::kv::Redis) {
-    match mage_domain::workers::backends(redis).await {
-        Ok(all) => {
-            for b in all {
-                let labels = [("backend", b.location.clone()), ("kind", b.kind.clone())];
-                metrics::gauge!("mage_render_backend_healthy", &labels).set(if b.healthy {
-                    1.0
-                } else {
-                    0.0
-                });
-                if let Some(free) = b.vram_free_bytes {
-                    metrics::gauge!("mage_render_backend_vram_free_bytes", &labels).set(free as f64);
-                }
-                if let Some(total) = b.vram_total_bytes {
-                    metrics::gauge!("mage_render_backend_vram_total_bytes", &labels).set(total as f64);
-                }
+/// Distinct operation names kept as labels; later ones count as `other`, so
+/// clients naming operations at random cannot grow the scrape without bound.
+const MAX_OPERATION_NAMES: usize = 200;
+
+fn operation_label(name: Option<&str>) -> String {
+    static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let Some(name) = name.filter(|n| n.len() <= 64) else {
+        return if name.is_some() { "other".into() } else { "anonymous".into() };
+    };
+    let Ok(mut seen) = SEEN.get_or_init(Mutex::default).lock() else { return "other".into() };
+    if seen.contains(name) {
+        return name.to_owned();
+    }
+    if seen.len() < MAX_OPERATION_NAMES {
+        seen.insert(name.to_owned());
+        return name.to_owned();
+    }
+    "other".into()
+}
+
+/// GraphQL operations (queries and mutations over HTTP or WebSocket) by
+/// name, type and outcome (`ok`, or `error` when the response carries
+/// errors), with their latency.
+pub struct OperationMetrics;
+
+impl ExtensionFactory for OperationMetrics {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(OperationMetricsExtension { seen: Mutex::new(("query", None)) })
+    }
+}
+
+struct OperationMetricsExtension {
+    /// The parsed operation's type and name.
+    seen: Mutex<(&'static str, Option<String>)>,
+}
+
+#[async_trait::async_trait]
+impl Extension for OperationMetricsExtension {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let doc = next.run(ctx, query, variables).await?;
+        // The first operation's type stands for the request's (a document
+        // naming several runs one of them).
+        if let Some((name, op)) = doc.operations.iter().next() {
+            let kind = match op.node.ty {
+                OperationType::Query => "query",
+                OperationType::Mutation => "mutation",
+                OperationType::Subscription => "subscription",
+            };
+            if let Ok(mut seen) = self.seen.lock() {
+                *seen = (kind, name.map(|n| n.to_string()));
             }
         }
-        Err(e) => tracing::debug!(error = %e, "could not read render backend health"),
+        Ok(doc)
+    }
+
+    async fn execute(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: NextExecute<'_>,
+    ) -> GqlResponse {
+        let started = Instant::now();
+        let response = next.run(ctx, operation_name).await;
+        let (kind, parsed_name) = self.seen.lock().map(|s| s.clone()).unwrap_or(("query", None));
+        // Requests often leave operationName out when the document names
+        // its one operation.
+        let name = operation_label(operation_name.or(parsed_name.as_deref()));
+        let outcome = if response.errors.is_empty() { "ok" } else { "error" };
+        metrics::histogram!("mage_graphql_operation_duration_seconds", "operation" => name.clone(), "type" => kind)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("mage_graphql_operations_total", "operation" => name, "type" => kind, "outcome" => outcome)
+            .increment(1);
+        response
     }
 }

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use mage_domain::metrics::webhook_received;
 use mage_domain::models::{Order, OrderItem};
 use mage_domain::orders;
 use mage_domain::payments::intake::{self, Intake};
@@ -42,22 +43,26 @@ async fn stripe_webhook(State(state): State<AppState>, headers: HeaderMap, body:
     let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     if let Err(e) = signature::verify(&body, header, secret, Utc::now().timestamp()) {
         tracing::warn!(error = %e, "Stripe webhook refused: bad signature");
+        webhook_received("unknown", "bad_signature");
         return answer(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
     }
     let mut conn = match state.pool.get().await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "Stripe webhook: no database connection");
+            webhook_received("unknown", "error");
             return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "try again"}));
         }
     };
-    let (event_id, intake) = match intake::store(&mut conn, &body).await {
+    let (event_id, kind, intake) = match intake::store(&mut conn, &body).await {
         Ok(r) => r,
         Err(e @ mage_domain::Error::InvalidInput { .. }) => {
+            webhook_received("unknown", "bad_request");
             return answer(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
         }
         Err(e) => {
             tracing::error!(error = %e, "Stripe webhook: could not store the event");
+            webhook_received("unknown", "error");
             return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "try again"}));
         }
     };
@@ -67,9 +72,11 @@ async fn stripe_webhook(State(state): State<AppState>, headers: HeaderMap, body:
         && let Err(e) = state.queues.push_settle(&SettleJob { event_id: event_id.clone() }).await
     {
         tracing::error!(%event_id, error = %e, "Stripe webhook: could not enqueue settlement");
+        webhook_received(&kind, "error");
         return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"error": "try again"}));
     }
     tracing::info!(%event_id, duplicate, "Stripe event received");
+    webhook_received(&kind, if duplicate { "duplicate" } else { "accepted" });
     answer(StatusCode::OK, json!({"received": true, "duplicate": duplicate}))
 }
 

@@ -592,6 +592,7 @@ async fn apply(
         ))
         .execute(conn)
         .await?;
+    crate::metrics::credits_moved(kind, amount, held_delta);
     Ok(diesel::insert_into(credit_entries::table)
         .values((
             credit_entries::user_id.eq(acc.user_id),

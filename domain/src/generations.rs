@@ -192,6 +192,7 @@ async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generation> {
         return Err(e);
     }
     tracing::info!(model = %g.model, cost = g.cost, status = %g.status, "generation queued");
+    crate::metrics::generation_created(&g.model);
     events::publish_generation_logged(&svc.redis, &g, false).await;
     events::publish_credits_changed_logged(&svc.redis, g.user_id).await;
     Ok(g)
@@ -962,6 +963,7 @@ pub async fn finished(svc: &Services, g: &Generation) {
 }
 
 pub async fn finished_with(redis: &Redis, g: &Generation) {
+    crate::metrics::generation_finished(&g.model, &g.status);
     if let Err(e) = limits::release_active(redis, g.user_id, &g.limit_member()).await {
         tracing::warn!(generation_id = %g.id, error = %e, "could not free the active-generation slot");
     }

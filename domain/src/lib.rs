@@ -11,6 +11,7 @@ pub mod events;
 pub mod generations;
 pub mod kv;
 pub mod limits;
+pub mod metrics;
 pub mod models;
 pub mod orders;
 pub mod payments;

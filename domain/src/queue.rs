@@ -34,6 +34,11 @@ pub const SWEEP: &str = "sweep";
 pub const ALL: &[&str] = &[RENDER, TRANSCODE, SETTLE, STATS, SWEEP];
 /// The queues whose jobs are generations' (listed for admins).
 pub const JOB_QUEUES: &[&str] = &[RENDER, TRANSCODE];
+/// The queues whose jobs wait in Redis (counted for admins and metrics).
+pub const STORED_QUEUES: &[&str] = &[RENDER, TRANSCODE, SETTLE];
+
+/// Failed attempts are counted per hour; `failed` counts show the last day.
+const FAILED_WINDOW_HOURS: i64 = 24;
 
 /// A task's state as apalis-redis records it (`{queue}:meta:{id}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,17 +266,23 @@ impl Queues {
     }
 
     /// Counts for the admin queue view: waiting (pending + scheduled),
-    /// running (in flight on some worker) and dead.
+    /// running (in flight on some worker), failed (attempts that failed in
+    /// the last 24 hours, retried or not) and dead.
     pub async fn counts(&self, queue: &str) -> Result<QueueCounts> {
         let config = self.config(queue);
         let mut conn = self.conn.clone();
-        let (waiting, scheduled, dead, workers): (u64, u64, u64, Vec<String>) = redis::pipe()
-            .llen(config.active_jobs_list())
-            .zcard(config.scheduled_jobs_set())
-            .scard(config.dead_jobs_set())
-            .zrange(config.workers_set(), 0, -1)
-            .query_async(&mut conn)
-            .await?;
+        let hour = chrono::Utc::now().timestamp() / 3600;
+        let failed_keys: Vec<String> =
+            (0..FAILED_WINDOW_HOURS).map(|h| self.failed_key(queue, hour - h)).collect();
+        let (waiting, scheduled, dead, workers, failed): (u64, u64, u64, Vec<String>, Vec<Option<u64>>) =
+            redis::pipe()
+                .llen(config.active_jobs_list())
+                .zcard(config.scheduled_jobs_set())
+                .scard(config.dead_jobs_set())
+                .zrange(config.workers_set(), 0, -1)
+                .mget(&failed_keys)
+                .query_async(&mut conn)
+                .await?;
         let mut running = 0;
         for w in workers {
             let n: u64 = redis::cmd("SCARD")
@@ -280,7 +291,30 @@ impl Queues {
                 .await?;
             running += n;
         }
-        Ok(QueueCounts { waiting: waiting + scheduled, running, dead })
+        let failed = failed.into_iter().flatten().sum();
+        Ok(QueueCounts { waiting: waiting + scheduled, running, failed, dead })
+    }
+
+    /// Counts one failed attempt of a `queue` job (retried or dead), for
+    /// the `failed` count. Best effort: a Redis hiccup loses one count,
+    /// never a job.
+    pub async fn note_failed(&self, queue: &str) {
+        let key = self.failed_key(queue, chrono::Utc::now().timestamp() / 3600);
+        let mut conn = self.conn.clone();
+        let r: redis::RedisResult<()> = redis::pipe()
+            .incr(&key, 1)
+            .ignore()
+            .expire(&key, (FAILED_WINDOW_HOURS + 1) * 3600)
+            .ignore()
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(queue, error = %e, "could not count a failed job");
+        }
+    }
+
+    fn failed_key(&self, queue: &str, hour: i64) -> String {
+        format!("{}{queue}:failed-per-hour:{hour}", self.prefix)
     }
 
     /// Jobs waiting in `queue` (pending and scheduled).
@@ -300,6 +334,7 @@ impl Queues {
 pub struct QueueCounts {
     pub waiting: u64,
     pub running: u64,
+    pub failed: u64,
     pub dead: u64,
 }
 

@@ -419,26 +419,65 @@ pub fn woken_storage<T>(
     PollWith::new(storage, Strategy::new().stream(signal.clone()))
 }
 
+/// Times one run of a job and counts how it ended (see
+/// `mage_domain::metrics::job_finished`); a failed run also counts in the
+/// queue's `failed` figure.
+async fn observed(
+    ctx: &Ctx,
+    queue: &'static str,
+    run: impl std::future::Future<Output = Result<(), BoxDynError>>,
+) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    let result = run.await;
+    let outcome = match &result {
+        Ok(()) => "ok",
+        Err(e) if e.downcast_ref::<AbortError>().is_some() => "dead",
+        Err(_) => "retry",
+    };
+    if result.is_err() {
+        note_failed(ctx, queue).await;
+    }
+    mage_domain::metrics::job_finished(queue, outcome, started.elapsed());
+    result
+}
+
+/// One failed attempt of a `queue` job, for metrics and the admin count.
+pub(crate) async fn note_failed(ctx: &Ctx, queue: &'static str) {
+    mage_domain::metrics::job_attempt_failed(queue);
+    ctx.queues.note_failed(queue).await;
+}
+
 async fn render_handler(job: RenderJob, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
     // Spawned for the same reason as the transcode handler.
-    tokio::spawn(render::handle(ctx, job)).await.unwrap_or_else(|e| Err(format!("render task: {e}").into()))
+    observed(&ctx, queue::RENDER, async {
+        tokio::spawn(render::handle(ctx.clone(), job))
+            .await
+            .unwrap_or_else(|e| Err(format!("render task: {e}").into()))
+    })
+    .await
 }
 
 const EXPIRY_CRON: &str = "0 0 * * * *";
 
 async fn expiry_tick(tick: apalis_cron::Tick, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
-    tokio::spawn(stats::expiry_tick(ctx, tick.get_timestamp()))
-        .await
-        .unwrap_or_else(|e| Err(format!("expiry task: {e}").into()))
+    observed(&ctx, "expiry", async {
+        tokio::spawn(stats::expiry_tick(ctx.clone(), tick.get_timestamp()))
+            .await
+            .unwrap_or_else(|e| Err(format!("expiry task: {e}").into()))
+    })
+    .await
 }
 
 async fn stats_tick(tick: apalis_cron::Tick, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
-    tokio::spawn(stats::tick(ctx, tick.get_timestamp()))
-        .await
-        .unwrap_or_else(|e| Err(format!("stats task: {e}").into()))
+    observed(&ctx, queue::STATS, async {
+        tokio::spawn(stats::tick(ctx.clone(), tick.get_timestamp()))
+            .await
+            .unwrap_or_else(|e| Err(format!("stats task: {e}").into()))
+    })
+    .await
 }
 
 /// Settlements are short transactions; a few at once keep a burst of
@@ -447,9 +486,12 @@ const SETTLE_CONCURRENCY: usize = 4;
 
 async fn settle_handler(job: SettleJob, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
-    tokio::spawn(settle::run(ctx, job, attempt.current()))
-        .await
-        .unwrap_or_else(|e| Err(format!("settle task: {e}").into()))
+    observed(&ctx, queue::SETTLE, async {
+        tokio::spawn(settle::run(ctx.clone(), job, attempt.current()))
+            .await
+            .unwrap_or_else(|e| Err(format!("settle task: {e}").into()))
+    })
+    .await
 }
 
 async fn transcode_handler(
@@ -461,10 +503,13 @@ async fn transcode_handler(
     let ctx: Arc<Ctx> = (*ctx).clone();
     // Spawned: rustc cannot prove this future Send for every lifetime, which
     // apalis' handler bound asks for; a task of its own sidesteps that.
-    let outcome = tokio::spawn(transcode::run(ctx.clone(), job))
-        .await
-        .unwrap_or_else(|e| Err(JobError::Retry(format!("transcode task: {e}"))));
-    settle_transcode(&ctx, id, attempt.current(), outcome).await
+    observed(&ctx, queue::TRANSCODE, async {
+        let outcome = tokio::spawn(transcode::run(ctx.clone(), job))
+            .await
+            .unwrap_or_else(|e| Err(JobError::Retry(format!("transcode task: {e}"))));
+        settle_transcode(&ctx, id, attempt.current(), outcome).await
+    })
+    .await
 }
 
 /// Turns a transcode's outcome into the generation's fate and apalis'
@@ -484,6 +529,7 @@ async fn settle_transcode(
         }
         Err(JobError::Fail { user_message, detail }) => {
             tracing::warn!(generation_id = %id, %detail, "generation failed");
+            note_failed(ctx, queue::TRANSCODE).await;
             fail_generation(ctx, id, &user_message).await?;
             Ok(())
         }

@@ -13,7 +13,7 @@ use futures_util::stream::BoxStream;
 use mage_domain::catalog::{self, MediaKind, RenderModel};
 use mage_domain::generations::{self, NotStarted};
 use mage_domain::models::Generation;
-use mage_domain::queue::{RenderJob, TranscodeJob};
+use mage_domain::queue::{self, RenderJob, TranscodeJob};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -106,6 +106,7 @@ async fn settle(
         }
         Err(JobError::Fail { user_message, detail }) => {
             tracing::warn!(%detail, "generation failed");
+            crate::note_failed(ctx, queue::RENDER).await;
             fail_generation(ctx, id, &user_message).await?;
             Ok(())
         }
@@ -115,6 +116,8 @@ async fn settle(
             Err(AbortError::new(format!("attempt {} of {max_attempts}: {detail}", g.attempts)).into())
         }
         Err(JobError::Retry(detail)) => {
+            // Retried through a new job, so the queue sees this run as ok.
+            crate::note_failed(ctx, queue::RENDER).await;
             let exponent = (g.attempts.max(1) - 1).min(10) as u32;
             let backoff = ctx.settings.retry_backoff.saturating_mul(1 << exponent);
             let stage = format!("retrying (attempt {} of {max_attempts} failed)", g.attempts);

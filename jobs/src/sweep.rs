@@ -61,7 +61,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 continue;
             }
         }
-        match sweep(&ctx).await {
+        let started = std::time::Instant::now();
+        let result = sweep(&ctx).await;
+        mage_domain::metrics::job_finished(
+            mage_domain::queue::SWEEP,
+            if result.is_ok() { "ok" } else { "retry" },
+            started.elapsed(),
+        );
+        match result {
             Ok(r) if r != SweepReport::default() => tracing::info!(
                 requeued = r.requeued.len(),
                 failed_stale = r.failed_stale.len(),

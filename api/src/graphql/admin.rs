@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::credits::CreditAccount;
 use super::generations::Generation;
+use super::orders::StripeEvent;
 use super::pagination::{decode_cursor, encode_cursor, page_size};
 use super::services;
 use super::users::User;
@@ -17,6 +18,8 @@ use super::users::current_user;
 use crate::error::{ApiError, ApiResult};
 
 const MAX_GRANT: i64 = 1_000_000;
+
+const EVENT_STATUSES: &[&str] = &["received", "processed", "ignored", "failed"];
 
 /// The signed-in user if they are an admin. The role is read from the
 /// database on every call, so a demotion takes effect at once.
@@ -77,6 +80,32 @@ impl AdminQuery {
         let mut page = Connection::new(after.is_some(), has_next);
         page.edges.extend(rows.into_iter().map(|u| Edge::new(encode_cursor(USER_CURSOR, &u.email), User(u))));
         Ok(page)
+    }
+
+    /// Stored Stripe events, newest first (admins only); `status` narrows
+    /// them to `received`, `processed`, `ignored` or `failed` (those an
+    /// admin may want to `replayStripeEvent`).
+    async fn stripe_events(
+        &self,
+        ctx: &Context<'_>,
+        status: Option<String>,
+        #[graphql(default = 50)] first: i32,
+    ) -> ApiResult<Vec<StripeEvent>> {
+        require_admin(ctx).await?;
+        if !(1..=500).contains(&first) {
+            return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
+        }
+        if let Some(s) = status.as_deref()
+            && !EVENT_STATUSES.contains(&s)
+        {
+            return Err(ApiError::bad_input(
+                "status",
+                format!("status must be one of: {}", EVENT_STATUSES.join(", ")),
+            ));
+        }
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let rows = mage_domain::payments::intake::list(&mut conn, status.as_deref(), first.into()).await?;
+        Ok(rows.into_iter().map(StripeEvent::from).collect())
     }
 
     /// Jobs that ran out of attempts, newest first (admins only). Without
@@ -164,6 +193,29 @@ pub struct AdminMutation;
 
 #[Object]
 impl AdminMutation {
+    /// Settles a stored Stripe event again, after whatever made it fail was
+    /// fixed (admins only). A `failed` or unsettled event goes back to the
+    /// `settle` queue; a `processed` or `ignored` one is returned as it is,
+    /// never applied twice. Calling it again, or at once from several
+    /// places, settles the event once.
+    async fn replay_stripe_event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<StripeEvent> {
+        let admin = require_admin(ctx).await?;
+        let svc = services(ctx);
+        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let (ev, settle) = mage_domain::payments::intake::reopen(&mut conn, id.as_str()).await?;
+        drop(conn);
+        if settle {
+            // Were this push lost, the sweeper re-enqueues unsettled events.
+            svc.generations
+                .queues
+                .push_settle(&mage_domain::queue::SettleJob { event_id: ev.id.clone() })
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        tracing::info!(admin_id = %admin.id, event_id = %ev.id, reopened = settle, "Stripe event replayed");
+        Ok(StripeEvent::from(ev))
+    }
+
     /// Runs a dead job's generation again for its owner (admins only): a
     /// fresh hold of the same price, back in the queue. `NOT_FOUND` when the
     /// job is not dead (already retried); `INSUFFICIENT_CREDITS` when the

@@ -381,12 +381,13 @@ impl QueueStats {
         super::admin::require_admin(ctx).await?;
         let queues = &services(ctx).generations.queues;
         let mut out = Vec::new();
-        for q in mage_domain::queue::JOB_QUEUES {
+        for q in mage_domain::queue::STORED_QUEUES {
             let c = queues.counts(q).await.map_err(ApiError::internal)?;
             out.push(JobQueueCounts {
                 queue: (*q).to_owned(),
                 waiting: c.waiting as i32,
                 running: c.running as i32,
+                failed: c.failed as i32,
                 dead: c.dead as i32,
             });
         }
@@ -402,6 +403,8 @@ pub struct JobQueueCounts {
     waiting: i32,
     /// Taken by a worker.
     running: i32,
+    /// Attempts that failed in the last 24 hours (retried, or dead).
+    failed: i32,
     /// Out of attempts (see `deadJobs`).
     dead: i32,
 }

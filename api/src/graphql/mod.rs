@@ -95,6 +95,7 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, Subscrip
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(64)
         .extension(ErrorCodes)
+        .extension(crate::metrics::OperationMetrics)
 }
 
 /// The schema with no data behind it: enough to print the SDL.

@@ -36,7 +36,8 @@ pub fn parse(payload: &[u8]) -> Result<(String, String, bool, Value)> {
     }
 }
 
-pub async fn store(conn: &mut Connection, payload: &[u8]) -> Result<(String, Intake)> {
+/// Stores a verified event: its id, its type and whether it is new.
+pub async fn store(conn: &mut Connection, payload: &[u8]) -> Result<(String, String, Intake)> {
     let (id, kind, live, v) = parse(payload)?;
     let inserted = diesel::insert_into(stripe_events::table)
         .values((
@@ -49,11 +50,11 @@ pub async fn store(conn: &mut Connection, payload: &[u8]) -> Result<(String, Int
         .execute(conn)
         .await?;
     if inserted == 1 {
-        return Ok((id, Intake::New));
+        return Ok((id, kind, Intake::New));
     }
     let processed: Option<chrono::DateTime<chrono::Utc>> =
         stripe_events::table.find(&id).select(stripe_events::processed_at).first(conn).await?;
-    Ok((id, Intake::Duplicate { settled: processed.is_some() }))
+    Ok((id, kind, Intake::Duplicate { settled: processed.is_some() }))
 }
 
 /// Counts a failed settlement attempt and keeps its error for admins.
@@ -83,4 +84,60 @@ pub async fn unsettled(
         .select(stripe_events::id)
         .load(conn)
         .await?)
+}
+
+/// Stored events, newest first, optionally only those of one status
+/// (`received`, `processed`, `ignored`, `failed`), for admins.
+pub async fn list(
+    conn: &mut Connection,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<crate::models::StripeEvent>> {
+    let mut q = stripe_events::table
+        .order((stripe_events::received_at.desc(), stripe_events::id.desc()))
+        .limit(limit)
+        .select(crate::models::StripeEvent::as_select())
+        .into_boxed();
+    if let Some(s) = status {
+        q = q.filter(stripe_events::status.eq(s));
+    }
+    Ok(q.load(conn).await?)
+}
+
+/// Makes a stored event settleable again, for an admin's replay after the
+/// cause of its failure was fixed (a plan price configured, say). A FAILED
+/// event is reopened; an unsettled one gets its attempts back (so the
+/// sweeper retries it too); a processed or ignored one is left as it is:
+/// applying an event twice is what settlement exists to prevent. Returns
+/// the event as it now stands and whether it needs a settlement job.
+/// Settling a reopened event is still exactly-once: the event row is
+/// locked and marked in the settling transaction, and every credit movement
+/// is keyed.
+pub async fn reopen(conn: &mut Connection, event_id: &str) -> Result<(crate::models::StripeEvent, bool)> {
+    use diesel_async::AsyncConnection;
+    conn.transaction::<_, Error, _>(async |conn| {
+        let ev: crate::models::StripeEvent = stripe_events::table
+            .find(event_id)
+            .for_update()
+            .select(crate::models::StripeEvent::as_select())
+            .first(conn)
+            .await
+            .optional()?
+            .ok_or(Error::NotFound("stripe event"))?;
+        let reopen = ev.status == "failed" || ev.processed_at.is_none();
+        if !reopen {
+            return Ok((ev, false));
+        }
+        let ev = diesel::update(stripe_events::table.find(event_id))
+            .set((
+                stripe_events::status.eq("received"),
+                stripe_events::processed_at.eq(None::<chrono::DateTime<chrono::Utc>>),
+                stripe_events::attempts.eq(0),
+            ))
+            .returning(crate::models::StripeEvent::as_returning())
+            .get_result(conn)
+            .await?;
+        Ok((ev, true))
+    })
+    .await
 }

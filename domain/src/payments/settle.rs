@@ -134,6 +134,14 @@ pub async fn settle(conn: &mut Connection, event_id: &str) -> Result<Outcome> {
         })
         .await?;
     let Some(v) = verdict else { return Ok(Outcome::AlreadySettled) };
+    crate::metrics::event_settled(
+        &ev.type_,
+        match &v.outcome {
+            Outcome::Processed(_) | Outcome::AlreadySettled => "processed",
+            Outcome::Ignored(_) => "ignored",
+            Outcome::Failed(_) => "failed",
+        },
+    );
     audit(conn, &ev, &v).await;
     Ok(v.outcome)
 }
