@@ -242,6 +242,10 @@ impl Workers {
                         let ctx = ctx.clone();
                         let (conn, config) = (conn.clone(), config.clone());
                         tracing::info!(worker = %name, backend = %ctx.backend.location(), slots = concurrency, "render worker");
+                        // A fetch takes no more than the worker can start, so
+                        // a backlog spreads over every GPU instead of piling
+                        // into the buffer of whichever worker fetched first.
+                        let config = config.batch_size(concurrency);
                         monitor = monitor.register(move |_restarts| {
                             WorkerBuilder::new(name.clone())
                                 .backend(woken_storage::<RenderJob>(&conn, &config, &signal))

@@ -38,9 +38,10 @@ impl Stream for Signal {
     type Item = ();
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
-        if self.0.set.swap(false, Ordering::AcqRel) {
-            return Poll::Ready(Some(()));
-        }
+        // Registered on every poll, also one answered Ready: apalis may take
+        // the signal and fetch nothing, and a waker left from an older poll
+        // would then miss the next push (a new worker slept through wake-ups
+        // until its next heartbeat, up to 5 s).
         self.0.waker.register(cx.waker());
         if self.0.set.swap(false, Ordering::AcqRel) { Poll::Ready(Some(())) } else { Poll::Pending }
     }
