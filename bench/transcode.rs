@@ -8,7 +8,8 @@
 //! again) with the same encoder settings, one after the other. Both use
 //! every core.
 //!
-//! Run through `bench/transcode [repeats]`; writes `bench/transcode.json`.
+//! Run through `bench/transcode [repeats=2]` (figures are means over the
+//! repeats); writes `bench/transcode.json`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -142,7 +143,7 @@ fn mean(v: &[f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
+    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2).max(1);
     let tmp = tempfile::tempdir().expect("temp dir");
     let made = Instant::now();
     let src = make_source(tmp.path()).await;
@@ -162,34 +163,37 @@ async fn main() {
     let (mut single_cpu, mut per_cpu, mut hls_only_cpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut renditions = Vec::new();
     for r in 0..repeats {
-        let out = tmp.path().join(format!("single-{r}"));
-        let (cpu, t) = (children_cpu_seconds(), Instant::now());
-        let done = mage_jobs::media::transcode_video(&src, &out, |_| {}, CancellationToken::new())
-            .await
-            .expect("single-pass transcode");
-        single.push(t.elapsed().as_secs_f64());
-        single_cpu.push(children_cpu_seconds() - cpu);
-        renditions = done.renditions.iter().map(|r| format!("{}x{}", r.width, r.height)).collect::<Vec<_>>();
-        assert_eq!(done.renditions.len(), LADDER.len(), "the single pass made the same rungs");
-
-        let out = tmp.path().join(format!("per-{r}"));
-        let (cpu, t) = (children_cpu_seconds(), Instant::now());
-        per_rendition(&src, &out).await;
-        per.push(t.elapsed().as_secs_f64());
-        per_cpu.push(children_cpu_seconds() - cpu);
-
-        let out = tmp.path().join(format!("hls-only-{r}"));
-        let (cpu, t) = (children_cpu_seconds(), Instant::now());
-        per_rendition_hls_only(&src, &out).await;
-        hls_only.push(t.elapsed().as_secs_f64());
-        hls_only_cpu.push(children_cpu_seconds() - cpu);
-        println!(
-            "  run {}: single pass {:.2} s, per rendition {:.2} s, per rendition (HLS rungs only) {:.2} s",
-            r + 1,
-            single[r],
-            per[r],
-            hls_only[r]
-        );
+        // Alternate which goes first, so a drift in the machine's speed
+        // does not favour one side.
+        for side in if r % 2 == 0 { ["single", "per"] } else { ["per", "single"] } {
+            let out = tmp.path().join(format!("{side}-{r}"));
+            let (cpu, t) = (children_cpu_seconds(), Instant::now());
+            if side == "single" {
+                let done = mage_jobs::media::transcode_video(&src, &out, |_| {}, CancellationToken::new())
+                    .await
+                    .expect("single-pass transcode");
+                single.push(t.elapsed().as_secs_f64());
+                single_cpu.push(children_cpu_seconds() - cpu);
+                renditions =
+                    done.renditions.iter().map(|r| format!("{}x{}", r.width, r.height)).collect::<Vec<_>>();
+                assert_eq!(done.renditions.len(), LADDER.len(), "the single pass made the same rungs");
+            } else {
+                per_rendition(&src, &out).await;
+                per.push(t.elapsed().as_secs_f64());
+                per_cpu.push(children_cpu_seconds() - cpu);
+            }
+        }
+        print!("  run {}: single pass {:.2} s, per rendition {:.2} s", r + 1, single[r], per[r]);
+        // The narrow reading, once: it only tells where the time goes.
+        if r == 0 {
+            let out = tmp.path().join("hls-only");
+            let (cpu, t) = (children_cpu_seconds(), Instant::now());
+            per_rendition_hls_only(&src, &out).await;
+            hls_only.push(t.elapsed().as_secs_f64());
+            hls_only_cpu.push(children_cpu_seconds() - cpu);
+            print!(", per rendition (HLS rungs only) {:.2} s", hls_only[0]);
+        }
+        println!();
     }
     let elsewhere = (machine_busy_seconds() - busy0) - (children_cpu_seconds() - children0);
     let elsewhere_percent = (100.0 * elsewhere / t0.elapsed().as_secs_f64()).max(0.0);
