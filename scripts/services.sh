@@ -135,3 +135,11 @@ ensure_ffmpeg() {
     # The synthetic renderer draws the prompt with DejaVu Sans.
     [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
 }
+
+# The release build every benchmark runs against, built by one and the same
+# command everywhere: cargo unifies features per command, so a narrower
+# `--example X` would rebuild half the dependency tree for each benchmark.
+bench_build() {
+    say "building Mage and the benchmark drivers (release)"
+    cargo build --release --bin mage --examples --workspace
+}

@@ -1,6 +1,7 @@
 //! The axum router: GraphQL over HTTP and WebSocket on `/graphql`, the
 //! playground on `GET /graphql`, health checks.
 
+use async_graphql::Executor as _;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use std::time::Duration;
 

@@ -21,18 +21,29 @@ use mage_domain::kv::Redis;
 use mage_domain::queue::Queues;
 use mage_domain::storage::Storage;
 
-pub use graphql::{MageSchema, build_schema};
+pub use graphql::{MageSchema, Operations, build_schema};
 pub use http::router;
 pub use ws::open_sockets;
 
 /// Everything a request handler needs, shared by all of them.
+/// Shared by every handler. Cheap to clone (axum clones the state for each
+/// extraction, several times per request): one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub pool: DbPool,
     pub redis: Redis,
     pub settings: Arc<ServerSettings>,
     pub tokens: auth::Tokens,
-    pub schema: MageSchema,
+    pub schema: Operations,
     pub storage: Storage,
     pub live: live::Hub,
     pub queues: Queues,
@@ -76,7 +87,7 @@ impl AppState {
             },
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
-        Self {
+        Self(Arc::new(AppStateInner {
             pool,
             redis,
             settings: Arc::new(settings),
@@ -86,7 +97,7 @@ impl AppState {
             live,
             queues,
             stopping: tokio_util::sync::CancellationToken::new(),
-        }
+        }))
     }
 }
 

@@ -6,9 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery};
-use async_graphql::parser::types::{ExecutableDocument, OperationType};
-use async_graphql::{Response as GqlResponse, ServerResult, Variables};
+use async_graphql::Response as GqlResponse;
+use async_graphql::parser::types::OperationType;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::Next;
@@ -109,64 +108,63 @@ fn operation_label(name: Option<&str>) -> String {
     "other".into()
 }
 
-/// GraphQL operations (queries and mutations over HTTP or WebSocket) by
-/// name, type and outcome (`ok`, or `error` when the response carries
-/// errors), with their latency.
-pub struct OperationMetrics;
-
-impl ExtensionFactory for OperationMetrics {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(OperationMetricsExtension { seen: Mutex::new(("query", None)) })
-    }
+/// One GraphQL operation (a query or mutation over HTTP or WebSocket) as
+/// counted by name, type and outcome (`ok`, or `error` when the response
+/// carries errors), with its latency. Read from the request before it runs
+/// (parsing it there costs nothing: execution reuses the parsed document),
+/// not by an async-graphql extension: with any extension installed,
+/// async-graphql resolves every field through its slow path (a registry
+/// lookup and the extension chain per field), which cost a list of 20
+/// generations a large share of its time.
+pub struct Operation {
+    name: String,
+    kind: &'static str,
+    started: Instant,
 }
 
-struct OperationMetricsExtension {
-    /// The parsed operation's type and name.
-    seen: Mutex<(&'static str, Option<String>)>,
-}
-
-#[async_trait::async_trait]
-impl Extension for OperationMetricsExtension {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let doc = next.run(ctx, query, variables).await?;
-        // The first operation's type stands for the request's (a document
-        // naming several runs one of them).
-        if let Some((name, op)) = doc.operations.iter().next() {
-            let kind = match op.node.ty {
-                OperationType::Query => "query",
-                OperationType::Mutation => "mutation",
-                OperationType::Subscription => "subscription",
-            };
-            if let Ok(mut seen) = self.seen.lock() {
-                *seen = (kind, name.map(|n| n.to_string()));
+impl Operation {
+    pub fn of(request: &mut async_graphql::Request) -> Self {
+        let requested = request.operation_name.clone();
+        let (kind, parsed_name) = match request.parsed_query() {
+            Ok(doc) => {
+                // The operation that runs: the one named, else the only one.
+                let op = doc
+                    .operations
+                    .iter()
+                    .find(|(name, _)| requested.is_none() || name.map(|n| n.as_str()) == requested.as_deref())
+                    .or_else(|| doc.operations.iter().next());
+                match op {
+                    Some((name, op)) => (operation_kind(op.node.ty), name.map(|n| n.to_string())),
+                    None => ("query", None),
+                }
             }
-        }
-        Ok(doc)
+            // async-graphql answers the parse error itself.
+            Err(_) => ("query", None),
+        };
+        // Requests often leave operationName out when the document names its
+        // one operation.
+        let name = operation_label(requested.as_deref().or(parsed_name.as_deref()));
+        Self { name, kind, started: Instant::now() }
     }
 
-    async fn execute(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: NextExecute<'_>,
-    ) -> GqlResponse {
-        let started = Instant::now();
-        let response = next.run(ctx, operation_name).await;
-        let (kind, parsed_name) = self.seen.lock().map(|s| s.clone()).unwrap_or(("query", None));
-        // Requests often leave operationName out when the document names
-        // its one operation.
-        let name = operation_label(operation_name.or(parsed_name.as_deref()));
+    pub fn is_subscription(&self) -> bool {
+        self.kind == "subscription"
+    }
+
+    pub fn finished(&self, response: &GqlResponse) {
         let outcome = if response.errors.is_empty() { "ok" } else { "error" };
+        let (name, kind) = (self.name.clone(), self.kind);
         metrics::histogram!("mage_graphql_operation_duration_seconds", "operation" => name.clone(), "type" => kind)
-            .record(started.elapsed().as_secs_f64());
+            .record(self.started.elapsed().as_secs_f64());
         metrics::counter!("mage_graphql_operations_total", "operation" => name, "type" => kind, "outcome" => outcome)
             .increment(1);
-        response
+    }
+}
+
+fn operation_kind(ty: OperationType) -> &'static str {
+    match ty {
+        OperationType::Query => "query",
+        OperationType::Mutation => "mutation",
+        OperationType::Subscription => "subscription",
     }
 }

@@ -1,6 +1,6 @@
 // Turns the JSON lines of bench/queue's runs (one file per run in DIR:
 // mage-latency.json, bullmq-latency.json, mage-drain-N.json,
-// bullmq-drain-N.json, mage-noleases-drain-N.json) into bench/queue.json's
+// bullmq-drain-N.json) into bench/queue.json's
 // object (printed on stdout) and a table (on stderr).
 //   node queue_report.mjs DIR
 // Environment: QUEUE_BENCH_CORES (how cores were split), QUEUE_BENCH_REDIS
@@ -28,7 +28,6 @@ const mageLat = read('mage-latency.json');
 const bullLat = read('bullmq-latency.json');
 const mageDrain = runs('mage-drain');
 const bullDrain = runs('bullmq-drain');
-const noLeases = runs('mage-noleases-drain');
 const perS = (rs) => rs.map((r) => r.jobs_per_s);
 const bullmqVersion = JSON.parse(
   readFileSync(new URL('./node_modules/bullmq/package.json', import.meta.url), 'utf8'),
@@ -51,11 +50,7 @@ const result = {
     drain_runs_jobs_per_s: {
       mage: perS(mageDrain),
       bullmq: perS(bullDrain),
-      mage_lock_tasks_off: perS(noLeases),
     },
-    // Mage with apalis-redis' per-task leases off (Config::lock_tasks(false)),
-    // everything else as Mage configures it.
-    jobs_per_s_mage_lock_tasks_off: noLeases.length ? Math.round(median(perS(noLeases))) : null,
     targets: { latency_p50_ms_at_most: 2, jobs_per_s_at_least: 'bullmq' },
     met: { latency_p50: mageLat.p50_ms <= 2, jobs_per_s: mageJobs >= bullJobs },
     setup: {
@@ -83,7 +78,6 @@ const rows = [
   ['latency p50 (ms)', fmt(q.latency_p50_ms.mage), fmt(q.latency_p50_ms.bullmq), '<= 2', q.met.latency_p50 ? 'met' : 'MISSED'],
   ['latency p99 (ms)', fmt(q.latency_p99_ms.mage), fmt(q.latency_p99_ms.bullmq), '', ''],
   ['drain (jobs/s)', fmt(q.jobs_per_s.mage, 0), fmt(q.jobs_per_s.bullmq, 0), '>= BullMQ', q.met.jobs_per_s ? 'met' : 'MISSED'],
-  ['drain, lock_tasks off (jobs/s)', fmt(q.jobs_per_s_mage_lock_tasks_off, 0), '', '', ''],
 ];
 const head = ['queue', 'Mage', 'BullMQ', 'target', ''];
 const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));

@@ -2,8 +2,6 @@
 //! `createGeneration` both go through [`price`], so a generation is charged
 //! exactly what its quote said.
 
-use std::collections::HashMap;
-
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -124,37 +122,37 @@ pub struct Quote {
 
 /// Active models in display order, with their prices.
 pub async fn models(conn: &mut Connection) -> Result<Vec<RenderModel>> {
-    let rows: Vec<RenderModelRow> = render_models::table
+    let rows = render_models::table
+        .inner_join(render_model_prices::table)
         .filter(render_models::active.eq(true))
         .order((render_models::sort_order.asc(), render_models::id.asc()))
-        .select(RenderModelRow::as_select())
+        .select((RenderModelRow::as_select(), RenderModelPrice::as_select()))
         .load(conn)
         .await?;
-    let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let prices: Vec<RenderModelPrice> = render_model_prices::table
-        .filter(render_model_prices::model_id.eq_any(&ids))
-        .select(RenderModelPrice::as_select())
+    Ok(assemble(rows))
+}
+
+/// One active model with its prices, in one prepared statement (it prices
+/// every `createGeneration`).
+pub async fn model(conn: &mut Connection, id: &str) -> Result<Option<RenderModel>> {
+    let rows = render_models::table
+        .inner_join(render_model_prices::table)
+        .filter(render_models::id.eq(id))
+        .filter(render_models::active.eq(true))
+        .select((RenderModelRow::as_select(), RenderModelPrice::as_select()))
         .load(conn)
         .await?;
-    let mut by_model: HashMap<String, Vec<Price>> = HashMap::new();
-    for p in prices {
-        // A resolution this build does not know is skipped rather than
-        // breaking the whole catalogue.
-        if let Some(resolution) = Resolution::parse(&p.resolution) {
-            by_model.entry(p.model_id).or_default().push(Price {
-                resolution,
-                credits: p.credits,
-                credits_per_second: p.credits_per_second,
-            });
-        }
-    }
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let kind = MediaKind::parse(&r.kind)?;
-            let mut prices = by_model.remove(&r.id).unwrap_or_default();
-            prices.sort_by_key(|p| p.resolution);
-            Some(RenderModel {
+    Ok(assemble(rows).pop())
+}
+
+/// Groups joined (model, price) rows, ordered by model, into models; a model
+/// without a price this build knows is left out.
+fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {
+    let mut models: Vec<RenderModel> = Vec::new();
+    for (r, p) in rows {
+        if models.last().is_none_or(|m| m.id != r.id) {
+            let Some(kind) = MediaKind::parse(&r.kind) else { continue };
+            models.push(RenderModel {
                 id: r.id,
                 kind,
                 name: r.name,
@@ -164,15 +162,20 @@ pub async fn models(conn: &mut Connection) -> Result<Vec<RenderModel>> {
                 fps: r.fps,
                 render_timeout_seconds: r.render_timeout_seconds,
                 max_attempts: r.max_attempts,
-                prices,
-            })
-        })
-        .filter(|m| !m.prices.is_empty())
-        .collect())
-}
-
-pub async fn model(conn: &mut Connection, id: &str) -> Result<Option<RenderModel>> {
-    Ok(models(conn).await?.into_iter().find(|m| m.id == id))
+                prices: Vec::new(),
+            });
+        }
+        // A resolution this build does not know is skipped rather than
+        // breaking the whole catalogue.
+        if let (Some(m), Some(resolution)) = (models.last_mut(), Resolution::parse(&p.resolution)) {
+            m.prices.push(Price { resolution, credits: p.credits, credits_per_second: p.credits_per_second });
+        }
+    }
+    models.retain(|m| !m.prices.is_empty());
+    for m in &mut models {
+        m.prices.sort_by_key(|p| p.resolution);
+    }
+    models
 }
 
 /// Validates `input` against `model` and prices it.

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use deadpool::managed::{Hook, HookError, Metrics};
 use diesel::sql_types::BigInt;
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod};
 use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -29,6 +30,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d61_6765_6d69_6772;
 const SESSION_OPTIONS: &str =
     "options=-c%20idle_in_transaction_session_timeout%3D60000%20-c%20lock_timeout%3D15000";
 
+/// A pooled connection unused for longer than this is checked with `SELECT 1`
+/// before it is handed out.
+const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(10);
+
 pub fn pool(settings: &DatabaseSettings) -> Result<DbPool> {
     let url = if settings.url.contains("options=") {
         settings.url.clone()
@@ -36,8 +41,25 @@ pub fn pool(settings: &DatabaseSettings) -> Result<DbPool> {
         let sep = if settings.url.contains('?') { '&' } else { '?' };
         format!("{}{sep}{SESSION_OPTIONS}", settings.url)
     };
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    // diesel-async's default (`Verified`) sends `SELECT 1` on every checkout:
+    // one more round trip for every request. A connection that was used in
+    // the last few seconds is as good as verified; only one idle for longer
+    // (where a restarted server or a dropped NAT entry is likely) is pinged.
+    let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
+        .pre_recycle(Hook::async_fn(|conn: &mut AsyncPgConnection, metrics: &Metrics| {
+            let idle = metrics.last_used() > VERIFY_AFTER_IDLE;
+            Box::pin(async move {
+                if idle {
+                    diesel::sql_query("SELECT 1").execute(conn).await.map_err(|e| {
+                        HookError::Backend(diesel_async::pooled_connection::PoolError::QueryError(e))
+                    })?;
+                }
+                Ok(())
+            })
+        }))
         .max_size(settings.pool_size)
         .runtime(deadpool::Runtime::Tokio1)
         .wait_timeout(Some(Duration::from_secs(10)))

@@ -57,9 +57,3 @@ impl From<diesel_async::pooled_connection::deadpool::PoolError> for Error {
         Self::Pool(e.to_string())
     }
 }
-
-impl From<deadpool_redis::PoolError> for Error {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self::Pool(e.to_string())
-    }
-}

@@ -41,16 +41,20 @@ pub fn cancel_channel(redis: &Redis) -> String {
 /// `left_queue`: this change took the generation out of the QUEUED state,
 /// which moves every generation behind it one place up.
 pub async fn publish_generation(redis: &Redis, g: &Generation, left_queue: bool) -> Result<()> {
+    let mut pipe = redis::pipe();
+    add_generation(&mut pipe, redis, g, left_queue)?;
+    let () = pipe.query_async(&mut redis.conn().await?).await?;
+    Ok(())
+}
+
+fn add_generation(pipe: &mut redis::Pipeline, redis: &Redis, g: &Generation, left_queue: bool) -> Result<()> {
     let payload =
         serde_json::to_string(g).map_err(|e| crate::Error::Internal(format!("generation event: {e}")))?;
-    let mut conn = redis.conn().await?;
-    let mut pipe = redis::pipe();
     pipe.publish(generation_channel(redis, g.id), &payload).ignore();
     pipe.publish(user_generations_channel(redis, g.user_id), &payload).ignore();
     if left_queue {
         pipe.publish(queue_advanced_channel(redis), g.id.to_string()).ignore();
     }
-    let () = pipe.query_async(&mut conn).await?;
     Ok(())
 }
 
@@ -60,6 +64,22 @@ pub async fn publish_generation(redis: &Redis, g: &Generation, left_queue: bool)
 pub async fn publish_generation_logged(redis: &Redis, g: &Generation, left_queue: bool) {
     if let Err(e) = publish_generation(redis, g, left_queue).await {
         tracing::warn!(generation_id = %g.id, error = %e, "could not publish a generation change");
+    }
+}
+
+/// A new generation and its hold: the generation's change and its owner's
+/// credits change in one round trip. Best effort, like
+/// [`publish_generation_logged`].
+pub async fn publish_created_logged(redis: &Redis, g: &Generation) {
+    let sent = async {
+        let mut pipe = redis::pipe();
+        add_generation(&mut pipe, redis, g, false)?;
+        pipe.publish(credits_channel(redis, g.user_id), g.user_id.to_string()).ignore();
+        let () = pipe.query_async(&mut redis.conn().await?).await?;
+        Ok::<_, crate::Error>(())
+    };
+    if let Err(e) = sent.await {
+        tracing::warn!(generation_id = %g.id, error = %e, "could not publish a new generation");
     }
 }
 

@@ -193,8 +193,7 @@ async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generation> {
     }
     tracing::info!(model = %g.model, cost = g.cost, status = %g.status, "generation queued");
     crate::metrics::generation_created(&g.model);
-    events::publish_generation_logged(&svc.redis, &g, false).await;
-    events::publish_credits_changed_logged(&svc.redis, g.user_id).await;
+    events::publish_created_logged(&svc.redis, &g).await;
     Ok(g)
 }
 
@@ -221,28 +220,127 @@ async fn insert_with_hold(
     // Without a seed from the client, one is drawn here and stored, so the
     // render can be reproduced and a retry renders the same thing.
     let seed = q.seed.unwrap_or_else(|| i64::from(id.as_u128() as u32));
-    conn.transaction::<_, Error, _>(async |conn| {
-        let g: Generation = diesel::insert_into(generations::table)
-            .values((
-                generations::id.eq(id),
-                generations::user_id.eq(user_id),
-                generations::model.eq(&q.model.id),
-                generations::kind.eq(q.model.kind.as_str()),
-                generations::prompt.eq(&q.prompt),
-                generations::negative_prompt.eq(&q.negative_prompt),
-                generations::resolution.eq(q.resolution.as_str()),
-                generations::duration_seconds.eq(q.duration_seconds),
-                generations::seed.eq(seed),
-                generations::cost.eq(q.price),
-                generations::idempotency_key.eq(key),
-            ))
-            .returning(Generation::as_returning())
-            .get_result(conn)
-            .await?;
-        credits::hold(conn, user_id, q.price, Some(id), &hold_key(id, 1)).await?;
-        Ok(g)
-    })
-    .await
+    let statement = CreateWithHold {
+        id,
+        user_id,
+        model: &q.model.id,
+        kind: q.model.kind.as_str(),
+        prompt: &q.prompt,
+        negative_prompt: q.negative_prompt.as_deref(),
+        resolution: q.resolution.as_str(),
+        duration_seconds: q.duration_seconds,
+        seed,
+        price: q.price,
+        key,
+        hold_kind: credits::EntryKind::Hold.as_str(),
+        hold_key: hold_key(id, 1),
+    };
+    match statement.get_result::<Generation>(conn).await.optional()? {
+        Some(g) => {
+            crate::metrics::credits_moved(credits::EntryKind::Hold, 0, q.price);
+            Ok(g)
+        }
+        // The guard kept the account as it was: say why.
+        None => {
+            let acc = credits::account(conn, user_id).await?;
+            Err(Error::InsufficientCredits { required: q.price, available: acc.available() })
+        }
+    }
+}
+
+/// `createGeneration`'s write as one statement: the guarded `UPDATE` of the
+/// account (`balance - held >= price`) takes the row lock and checks the
+/// balance; the generation, its hold and the HOLD ledger entry are inserted
+/// from its result, so nothing is inserted when the guard fails. Sent as
+/// one prepared statement in its own implicit transaction, it holds the
+/// account's row lock only while PostgreSQL runs it, never across a client
+/// round trip: the ceiling for one busy account is the database's, not the
+/// network's. The ledger figures come from the updated row, as
+/// `credits::apply` computes them under its lock; the hold key is new (a
+/// fresh generation id), so no earlier entry can answer for it.
+struct CreateWithHold<'a> {
+    id: Uuid,
+    user_id: Uuid,
+    model: &'a str,
+    kind: &'static str,
+    prompt: &'a str,
+    negative_prompt: Option<&'a str>,
+    resolution: &'static str,
+    duration_seconds: Option<i32>,
+    seed: i64,
+    price: i64,
+    key: Option<&'a str>,
+    hold_kind: &'static str,
+    hold_key: String,
+}
+
+impl diesel::query_builder::QueryId for CreateWithHold<'_> {
+    type QueryId = CreateWithHold<'static>;
+    // The SQL text never changes, so PostgreSQL prepares it once per connection.
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::Query for CreateWithHold<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for CreateWithHold<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql("WITH acc AS (UPDATE credit_accounts SET held = held + ");
+        out.push_bind_param::<BigInt, _>(&self.price)?;
+        out.push_sql(", updated_at = now() WHERE user_id = ");
+        out.push_bind_param::<SqlUuid, _>(&self.user_id)?;
+        out.push_sql(" AND balance - held >= ");
+        out.push_bind_param::<BigInt, _>(&self.price)?;
+        out.push_sql(
+            " RETURNING user_id, balance, held), \
+             gen AS (INSERT INTO generations (id, user_id, model, kind, prompt, negative_prompt, \
+             resolution, duration_seconds, seed, cost, idempotency_key) SELECT ",
+        );
+        out.push_bind_param::<SqlUuid, _>(&self.id)?;
+        out.push_sql(", user_id, ");
+        out.push_bind_param::<Text, _>(&self.model)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.kind)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.prompt)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.negative_prompt)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.resolution)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<diesel::sql_types::Integer>, _>(&self.duration_seconds)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.seed)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.price)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.key)?;
+        out.push_sql(
+            " FROM acc RETURNING *), \
+             hold AS (INSERT INTO credit_holds (user_id, generation_id, amount) SELECT user_id, ",
+        );
+        out.push_bind_param::<SqlUuid, _>(&self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.price)?;
+        out.push_sql(
+            " FROM acc RETURNING id), \
+             entry AS (INSERT INTO credit_entries (user_id, kind, amount, held_delta, balance_after, \
+             held_after, idempotency_key, hold_id, generation_id) SELECT acc.user_id, ",
+        );
+        out.push_bind_param::<Text, _>(&self.hold_kind)?;
+        out.push_sql(", 0, ");
+        out.push_bind_param::<BigInt, _>(&self.price)?;
+        out.push_sql(", acc.balance, acc.held, ");
+        out.push_bind_param::<Text, _>(&self.hold_key)?;
+        out.push_sql(", hold.id, ");
+        out.push_bind_param::<SqlUuid, _>(&self.id)?;
+        out.push_sql(" FROM acc, hold) SELECT * FROM gen");
+        Ok(())
+    }
 }
 
 fn hold_key(id: Uuid, run: i64) -> String {

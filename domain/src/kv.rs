@@ -1,29 +1,39 @@
-//! Redis: the shared connection pool and the key prefix every key goes through.
+//! Redis: the shared connection and the key prefix every key goes through.
+//!
+//! Commands go over one multiplexed connection per process (redis-rs'
+//! `ConnectionManager`: requests from every task are pipelined on it, and it
+//! reconnects by itself). A pool would add nothing but a round trip: the
+//! deadpool-redis pool sent `UNWATCH` + `PING` before every checkout, which
+//! doubled the Redis round trips of each request. Nothing here may use
+//! `WATCH` or a blocking command on this connection; pub/sub listeners open
+//! their own connections from [`Redis::url`].
 
-use deadpool_redis::{Config, Pool, Runtime};
+use std::time::Duration;
 
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::Result;
 use crate::config::RedisSettings;
-use crate::{Error, Result};
 
 #[derive(Clone)]
 pub struct Redis {
-    pool: Pool,
+    conn: ConnectionManager,
     prefix: String,
     url: String,
 }
 
 impl Redis {
+    /// Connects lazily: the first command connects, so a process can start
+    /// before Redis does (readiness reports it until then).
     pub fn new(settings: &RedisSettings) -> Result<Self> {
-        let pool = Config::from_url(settings.url.clone())
-            .builder()
-            .map_err(|e| Error::Pool(e.to_string()))?
-            .max_size(32)
-            .wait_timeout(Some(std::time::Duration::from_secs(5)))
-            .create_timeout(Some(std::time::Duration::from_secs(5)))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::Pool(e.to_string()))?;
-        Ok(Self { pool, prefix: settings.prefix.clone(), url: settings.url.clone() })
+        let client = redis::Client::open(settings.url.as_str())?;
+        // redis-rs' 500 ms default response timeout fails a slow reply of a
+        // busy server; 10 s matches the queue's connection.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, prefix: settings.prefix.clone(), url: settings.url.clone() })
     }
 
     /// The full name of a key or channel: the deployment's prefix + `name`.
@@ -39,8 +49,10 @@ impl Redis {
         &self.url
     }
 
-    pub async fn conn(&self) -> Result<deadpool_redis::Connection> {
-        Ok(self.pool.get().await?)
+    /// A handle on the shared connection (cheap to clone); async to keep
+    /// call sites independent of how connections are managed.
+    pub async fn conn(&self) -> Result<ConnectionManager> {
+        Ok(self.conn.clone())
     }
 
     /// `SET key holder NX PX ttl`: true when this call took the key (a lock

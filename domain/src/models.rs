@@ -102,7 +102,7 @@ pub struct Product {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = generations, check_for_backend(diesel::pg::Pg))]
 pub struct Generation {
     pub id: Uuid,

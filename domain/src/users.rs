@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::credits::{self, GrantSource, NewGrant};
 use crate::db::{Connection, DbPool};
-use crate::models::User;
-use crate::schema::users;
+use crate::models::{CreditAccount, User};
+use crate::schema::{credit_accounts, users};
 use crate::{Error, Result};
 
 pub const MIN_PASSWORD_CHARS: usize = 8;
@@ -205,6 +205,21 @@ fn dummy_hash() -> &'static str {
 
 pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<User>> {
     Ok(users::table.find(id).select(User::as_select()).first(conn).await.optional()?)
+}
+
+/// A user and their credit account in one query: what an app's `me` shows
+/// on every screen.
+pub async fn find_with_account(
+    conn: &mut Connection,
+    id: Uuid,
+) -> Result<Option<(User, Option<CreditAccount>)>> {
+    Ok(users::table
+        .left_join(credit_accounts::table)
+        .filter(users::id.eq(id))
+        .select((User::as_select(), Option::<CreditAccount>::as_select()))
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 pub async fn find_many(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<User>> {

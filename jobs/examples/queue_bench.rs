@@ -33,9 +33,9 @@
 //! `config.production`, and which signal ran):
 //! * QUEUE_BENCH_BATCH_SIZE overrides apalis-redis' fetch batch (Mage: its
 //!   default, 10);
-//! * QUEUE_BENCH_LOCK_TASKS=0 turns apalis-redis' per-task leases off
-//!   (Mage: on, the default); each lease runs `LREM {queue}:active`, a scan
-//!   of the whole waiting list, so a backlog drains in quadratic time;
+//! * QUEUE_BENCH_LOCK_TASKS=1 turns apalis-redis' per-task leases back on
+//!   (Mage: off since each lease ran `LREM {queue}:active`, a scan of the
+//!   whole waiting list, so a backlog drained in quadratic time);
 //! * QUEUE_BENCH_SIGNAL=fixed wakes the worker with [`FixedSignal`] instead
 //!   of `mage_jobs::wake::Signal`.
 //!
@@ -302,7 +302,7 @@ async fn delete_prefix(conn: &mut ConnectionManager, prefix: &str) -> Res<u64> {
 
 /// Mage's render queue configuration, with the overrides of
 /// QUEUE_BENCH_BATCH_SIZE (apalis-redis' fetch batch) and
-/// QUEUE_BENCH_LOCK_TASKS=0 (no per-task lease) for experiments.
+/// QUEUE_BENCH_LOCK_TASKS=1 (apalis-redis' per-task lease) for experiments.
 fn worker_config(queues: &Queues) -> apalis_redis::Config {
     let mut config = queues.config(queue::RENDER);
     if let Some(b) =

@@ -11,7 +11,7 @@
 //! hls/<rung>/init*.mp4        its fMP4 (CMAF) init segment
 //! hls/<rung>/seg_NNN.m4s      ~2 s segments, keyframe-aligned across rungs
 //! poster.jpg                  a frame from 1 s in (the middle of shorter clips)
-//! video.mp4                   H.264 faststart MP4 at the top rung's size, for download
+//! video.mp4                   the top rung remuxed (no second encode) into a faststart MP4, for download
 //! ```
 //!
 //! The ladder holds every rung of 1080p/720p/480p/360p that is not larger
@@ -262,6 +262,11 @@ pub async fn transcode_video(
         remove_video_outputs(out_dir).await;
         return Err(e);
     }
+    let top = &ladder(src.width, src.height)[0].name;
+    if let Err(e) = remux_top_rung(out_dir, top, &cancel).await {
+        remove_video_outputs(out_dir).await;
+        return Err(e);
+    }
 
     let master = tokio::fs::read_to_string(out_dir.join("hls/master.m3u8")).await?;
     let renditions = parse_master(&master);
@@ -299,21 +304,20 @@ fn video_command(input: &Path, out_dir: &Path, src: &Probe) -> std::io::Result<C
         src.duration_seconds / 2.0
     };
 
-    // One decode feeds every output: the rungs, the MP4 and the poster. The
-    // poster branch passes every frame up to `poster_at` and the image2
+    // One decode feeds every output: the rungs and the poster (the MP4 is
+    // the top rung, remuxed afterwards by `remux_top_rung`). The poster branch passes every frame up to `poster_at` and the image2
     // muxer (`-update 1`) overwrites the file with each, so it ends up
     // holding the frame at (or just before) `poster_at`, even for a clip of
     // a single frame.
-    let mut graph = format!("[0:v:0]split={}", n + 2);
+    let mut graph = format!("[0:v:0]split={}", n + 1);
     for i in 0..n {
         graph.push_str(&format!("[s{i}]"));
     }
-    graph.push_str("[smp4][sposter]");
+    graph.push_str("[sposter]");
     for (i, rung) in rungs.iter().enumerate() {
         let scale = scale_filter(src.width, src.height, rung.short_side);
         graph.push_str(&format!(";[s{i}]{scale},format=yuv420p[v{i}]"));
     }
-    graph.push_str(&format!(";[smp4]{top_scale},format=yuv420p[mp4]"));
     graph.push_str(&format!(";[sposter]select='lte(t,{poster_at:.3})',{top_scale}[poster]"));
 
     let mut cmd = ffmpeg_command(out_dir);
@@ -352,17 +356,61 @@ fn video_command(input: &Path, out_dir: &Path, src: &Probe) -> std::io::Result<C
     cmd.args(["-hls_flags", "independent_segments", "-hls_segment_filename", "hls/%v/seg_%03d.m4s"]);
     cmd.args(["-master_pl_name", "master.m3u8", "-var_stream_map", &stream_map, "hls/%v/index.m3u8"]);
 
-    // The download MP4, at the top rung's size.
-    cmd.args(["-map", "[mp4]"]);
-    if src.has_audio {
-        cmd.args(["-map", "0:a:0"]);
-    }
-    cmd.args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-crf", "21"]);
-    audio_args(&mut cmd, src.has_audio);
-    cmd.args(["-movflags", "+faststart", "video.mp4"]);
-
     cmd.args(["-map", "[poster]", "-update", "1", "-q:v", "3", "poster.jpg"]);
     Ok(cmd)
+}
+
+/// The download MP4 is the top rung itself: its init segment and media
+/// segments, read in playlist order through ffmpeg's `concat:` protocol (a
+/// fragmented MP4 byte stream) and copied, not encoded again, into a
+/// faststart MP4. A second H.264 encode at the top size cost about a third
+/// of the whole transcode; the MP4 now has the top rung's bitrate and
+/// picture, byte for byte what the player streams at that size.
+async fn remux_top_rung(out_dir: &Path, rung: &str, cancel: &CancellationToken) -> Result<(), MediaError> {
+    let dir = format!("hls/{rung}");
+    let playlist = tokio::fs::read_to_string(out_dir.join(&dir).join("index.m3u8")).await?;
+    let Some(parts) = playlist_parts(&playlist) else {
+        return Err(MediaError::Failed {
+            user_message: "The video could not be processed.".into(),
+            detail: format!("the {rung} playlist names no init segment or no media segment:\n{playlist}"),
+        });
+    };
+    let input = parts.iter().map(|p| format!("{dir}/{p}")).collect::<Vec<_>>().join("|");
+    let mut cmd = ffmpeg_command(out_dir);
+    cmd.arg("-i").arg(format!("concat:{input}"));
+    cmd.args(["-map", "0", "-c", "copy", "-movflags", "+faststart", "video.mp4"]);
+    match supervise(spawn_logged(cmd, "remuxing the top rung into the MP4")?, None, |_| {}, cancel).await? {
+        Exit::Done { status, .. } if status.success() => Ok(()),
+        Exit::Done { status, stderr } => Err(MediaError::Failed {
+            user_message: "The video could not be processed.".into(),
+            detail: format!("ffmpeg (MP4 remux) {status}: {stderr}"),
+        }),
+        Exit::Canceled => Err(MediaError::Canceled),
+    }
+}
+
+/// The init segment (`#EXT-X-MAP:URI=...`) and then every media segment of
+/// an fMP4 media playlist, as written there. Only names ffmpeg itself wrote
+/// are accepted: plain file names, nothing that could reach another
+/// directory or protocol through `concat:`.
+fn playlist_parts(playlist: &str) -> Option<Vec<String>> {
+    let plain = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let mut init = None;
+    let mut parts = vec![String::new()];
+    for line in playlist.lines().map(str::trim) {
+        if let Some(map) = line.strip_prefix("#EXT-X-MAP:") {
+            let uri = map.split(',').find_map(|a| a.strip_prefix("URI=")).map(|u| u.trim_matches('"'));
+            init = Some(uri.filter(|u| plain(u))?.to_owned());
+        } else if !line.is_empty() && !line.starts_with('#') {
+            parts.push(plain(line).then(|| line.to_owned())?);
+        }
+    }
+    parts[0] = init?;
+    (parts.len() > 1).then_some(parts)
 }
 
 fn audio_args(cmd: &mut Command, has_audio: bool) {
@@ -640,6 +688,21 @@ pub(crate) async fn remove_quietly(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mp4_is_made_of_the_init_segment_then_the_media_segments_in_order() {
+        let playlist = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+                        #EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:2.000000,\nseg_000.m4s\n#EXTINF:1.500000,\n\
+                        seg_001.m4s\n#EXT-X-ENDLIST\n";
+        assert_eq!(playlist_parts(playlist).unwrap(), ["init.mp4", "seg_000.m4s", "seg_001.m4s"]);
+        // Nothing but plain names from ffmpeg may reach `concat:`.
+        assert_eq!(playlist_parts(&playlist.replace("seg_001.m4s", "../../etc/passwd")), None);
+        assert_eq!(playlist_parts(&playlist.replace("seg_000.m4s", "a|b.m4s")), None);
+        assert_eq!(playlist_parts(&playlist.replace("init.mp4", "http://x/init.mp4")), None);
+        // No init segment or no media segment: no MP4.
+        assert_eq!(playlist_parts(&playlist.replace("#EXT-X-MAP:URI=\"init.mp4\"\n", "")), None);
+        assert_eq!(playlist_parts("#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXT-X-ENDLIST\n"), None);
+    }
 
     #[test]
     fn ladder_never_upscales_and_counts_the_short_side() {

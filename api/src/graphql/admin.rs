@@ -78,7 +78,8 @@ impl AdminQuery {
         let has_next = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|u| Edge::new(encode_cursor(USER_CURSOR, &u.email), User(u))));
+        page.edges
+            .extend(rows.into_iter().map(|u| Edge::new(encode_cursor(USER_CURSOR, &u.email), u.into())));
         Ok(page)
     }
 

@@ -12,8 +12,7 @@ mod users;
 
 use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextRequest, NextSubscribe};
-use async_graphql::{MergedObject, MergedSubscription, Response, Schema, SchemaBuilder};
+use async_graphql::{Data, MergedObject, MergedSubscription, Response, Schema, SchemaBuilder};
 use futures_util::stream::{BoxStream, StreamExt};
 use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
@@ -94,8 +93,6 @@ pub fn schema_builder(limits: Limits) -> SchemaBuilder<Query, Mutation, Subscrip
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
         .limit_recursive_depth(64)
-        .extension(ErrorCodes)
-        .extension(crate::metrics::OperationMetrics)
 }
 
 /// The schema with no data behind it: enough to print the SDL.
@@ -103,8 +100,8 @@ pub fn build_schema() -> MageSchema {
     schema_builder(Limits::default()).finish()
 }
 
-pub fn schema(services: Arc<Services>, limits: Limits) -> MageSchema {
-    schema_builder(limits).data(services).finish()
+pub fn schema(services: Arc<Services>, limits: Limits) -> Operations {
+    Operations(schema_builder(limits).data(services).finish())
 }
 
 /// Per-request data: the caller and fresh DataLoaders (they cache what they
@@ -113,31 +110,42 @@ pub fn request_data(req: async_graphql::Request, viewer: Viewer, pool: &DbPool) 
     req.data(viewer).data(Loaders::new(pool.clone()))
 }
 
-/// Gives every error that left async-graphql without a code (parse and
-/// validation errors, depth and complexity limits, malformed variables) the
-/// code `BAD_USER_INPUT`, over HTTP (`request`) and WebSocket (`subscribe`:
-/// every operation on a socket runs as a stream).
-struct ErrorCodes;
+/// The schema as the server runs it, over HTTP and WebSocket alike: every
+/// error that left async-graphql without a code (parse and validation
+/// errors, depth and complexity limits, malformed variables) gets
+/// `BAD_USER_INPUT`, and queries and mutations are counted
+/// (`crate::metrics::Operation`). Done around execution rather than as
+/// async-graphql extensions, which would put every resolved field on
+/// async-graphql's slow path.
+#[derive(Clone)]
+pub struct Operations(MageSchema);
 
-impl ExtensionFactory for ErrorCodes {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(ErrorCodes)
+impl async_graphql::Executor for Operations {
+    async fn execute(&self, mut request: async_graphql::Request) -> Response {
+        let operation = crate::metrics::Operation::of(&mut request);
+        let response = with_codes(self.0.execute(request).await);
+        operation.finished(&response);
+        response
     }
-}
 
-#[async_trait::async_trait]
-impl Extension for ErrorCodes {
-    async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
-        with_codes(next.run(ctx).await)
-    }
-
-    fn subscribe<'s>(
+    fn execute_stream(
         &self,
-        ctx: &ExtensionContext<'_>,
-        stream: BoxStream<'s, Response>,
-        next: NextSubscribe<'_>,
-    ) -> BoxStream<'s, Response> {
-        next.run(ctx, stream).map(with_codes).boxed()
+        mut request: async_graphql::Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        let operation = crate::metrics::Operation::of(&mut request);
+        let stream = self.0.execute_stream_with_session_data(request, session_data.unwrap_or_default());
+        if operation.is_subscription() {
+            stream.map(with_codes).boxed()
+        } else {
+            stream
+                .map(move |response| {
+                    let response = with_codes(response);
+                    operation.finished(&response);
+                    response
+                })
+                .boxed()
+        }
     }
 }
 

@@ -15,7 +15,13 @@ pub enum Role {
     Admin,
 }
 
-pub struct User(pub models::User);
+pub struct User(pub models::User, pub Option<models::CreditAccount>);
+
+impl From<models::User> for User {
+    fn from(u: models::User) -> Self {
+        Self(u, None)
+    }
+}
 
 #[Object]
 impl User {
@@ -32,7 +38,10 @@ impl User {
     }
 
     async fn credits(&self, ctx: &Context<'_>) -> ApiResult<CreditAccount> {
-        Ok(CreditAccount(loaders(ctx).account(self.0.id).await?))
+        match self.1 {
+            Some(account) => Ok(CreditAccount(account)),
+            None => Ok(CreditAccount(loaders(ctx).account(self.0.id).await?)),
+        }
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
@@ -50,7 +59,7 @@ pub struct AuthPayload {
 
 fn auth_payload(ctx: &Context<'_>, user: models::User) -> ApiResult<AuthPayload> {
     let (token, expires_at) = services(ctx).tokens.issue(user.id)?;
-    Ok(AuthPayload { token, expires_at, user: User(user) })
+    Ok(AuthPayload { token, expires_at, user: user.into() })
 }
 
 #[derive(Default)]
@@ -61,7 +70,10 @@ impl UsersQuery {
     /// The signed-in user; null when not signed in.
     async fn me(&self, ctx: &Context<'_>) -> ApiResult<Option<User>> {
         let Some(id) = viewer(ctx).optional()? else { return Ok(None) };
-        Ok(loaders(ctx).user(id).await?.map(User))
+        // The account comes along (one round trip instead of two): nearly
+        // every `me` asks for the balance.
+        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        Ok(domain::find_with_account(&mut conn, id).await?.map(|(user, account)| User(user, account)))
     }
 }
 
