@@ -307,7 +307,7 @@ fn differ(a: &Value, b: &Value, path: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10).max(1);
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(6).max(1);
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64).max(1);
     let cores = Cores::pin_self();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");

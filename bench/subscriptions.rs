@@ -23,7 +23,7 @@
 //! runs on core 0 and this process (clients and publisher) on core 1;
 //! PostgreSQL and Redis are not pinned.
 //!
-//! Run through `bench/subscriptions [clients=1000,5000,10000] [rounds=10]`
+//! Run through `bench/subscriptions [clients=1000,5000,10000] [rounds=6]`
 //! (rounds: progress steps per generation at each client count, one a
 //! second); `BENCH_PEER=0` skips the peer. Writes `bench/subscriptions.json`.
 
@@ -509,7 +509,7 @@ fn main() {
     sizes.retain(|&n| n > 0);
     sizes.sort_unstable();
     assert!(!sizes.is_empty(), "usage: bench/subscriptions [clients=1000,5000,10000] [rounds=10]");
-    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10).max(1);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6).max(1);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     // Pin this process (before any thread exists, so every thread inherits
     // it) to core 1; the servers go to core 0.

@@ -74,6 +74,7 @@ impl AppState {
                 redis: redis.clone(),
                 queues: queues.clone(),
                 limits: settings.generation_limits,
+                models: Default::default(),
             },
             public_url: settings.public_url.clone(),
             storage: storage.clone(),

@@ -3,7 +3,7 @@
 //! by name, WebSocket connections and subscriptions.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use async_graphql::Response as GqlResponse;

@@ -145,6 +145,34 @@ pub async fn model(conn: &mut Connection, id: &str) -> Result<Option<RenderModel
     Ok(assemble(rows).pop())
 }
 
+/// Models as `createGeneration` prices them: each is kept for
+/// [`ModelCache::TTL`] in this process, which spares every create a query.
+/// Operators edit the catalogue with SQL, rarely; a price change or a
+/// deactivation applies within that time. Unknown ids are not kept, so a new
+/// model can be used at once. Cheap to clone (shared).
+#[derive(Clone, Default)]
+pub struct ModelCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, RenderModel)>>>,
+);
+
+impl ModelCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+    pub async fn model(&self, conn: &mut Connection, id: &str) -> Result<Option<RenderModel>> {
+        if let Ok(cache) = self.0.lock()
+            && let Some((at, m)) = cache.get(id)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(Some(m.clone()));
+        }
+        let found = model(conn, id).await?;
+        if let (Some(m), Ok(mut cache)) = (&found, self.0.lock()) {
+            cache.insert(id.to_owned(), (std::time::Instant::now(), m.clone()));
+        }
+        Ok(found)
+    }
+}
+
 /// Groups joined (model, price) rows, ordered by model, into models; a model
 /// without a price this build knows is left out.
 fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {

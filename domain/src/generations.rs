@@ -111,6 +111,7 @@ pub struct Services {
     pub redis: Redis,
     pub queues: Queues,
     pub limits: GenerationLimits,
+    pub models: catalog::ModelCache,
 }
 
 /// Prices an input without creating anything.
@@ -141,7 +142,7 @@ pub async fn create(
         ));
     }
     let mut conn = svc.pool.get().await?;
-    let quote = quote(&mut conn, input).await?;
+    let quote = catalog::price(svc.models.model(&mut conn, &input.model).await?, input)?;
     if let Some(k) = key
         && let Some(first) = by_key(&mut conn, user_id, k).await?
     {

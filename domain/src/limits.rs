@@ -66,7 +66,9 @@ fn active_key(redis: &Redis, user_id: Uuid) -> String {
 pub async fn reserve(redis: &Redis, limits: GenerationLimits, user_id: Uuid, member: &str) -> Result<()> {
     let mut conn = redis.conn().await?;
     let now = chrono::Utc::now().timestamp_millis();
-    let (code, retry_after): (i64, i64) = redis::Script::new(RESERVE)
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(RESERVE));
+    let (code, retry_after): (i64, i64) = SCRIPT
         .key(minute_key(redis, user_id))
         .key(active_key(redis, user_id))
         .arg(now)
