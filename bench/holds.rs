@@ -393,7 +393,7 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
     // credits; the tables carry Mage's rows).
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let _ = psql(&db, "VACUUM ANALYZE");
-    let pg_seconds = (seconds / 2.0).max(3.0).min(4.0);
+    let pg_seconds = (seconds / 2.0).clamp(3.0, 4.0);
     let pg = PgbenchRun { cores: &cores, db: &db, dir: dir.path(), clients, seconds: pg_seconds };
     let (pg_one, pg_one_all) = pg.best("mirror_one", MIRROR_SCRIPT, (ONE_USER, 1))?;
     let (pg_many, pg_many_all) = pg.best("mirror_many", MIRROR_SCRIPT, (MANY_FIRST, MANY_USERS))?;
