@@ -81,7 +81,7 @@ const MIRROR_SCRIPT: &str = r"WITH ids AS (SELECT gen_random_uuid() AS id), acc 
 ";
 
 /// The ledger alone: the guarded UPDATE feeding the ledger INSERT.
-const GUARDED_SCRIPT: &str = r"WITH a AS (UPDATE credit_accounts SET held = held + 1, updated_at = now() WHERE user_id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid AND balance - held >= 1 RETURNING user_id, balance, held) INSERT INTO credit_entries (user_id, kind, amount, held_delta, balance_after, held_after, idempotency_key) SELECT user_id, 'hold', 0, 1, balance, held, 'hold:' || 'guarded:' || gen_random_uuid() FROM a;
+const LEDGER_ONLY_SCRIPT: &str = r"WITH a AS (UPDATE credit_accounts SET held = held + 1, updated_at = now() WHERE user_id = ('00000000-0000-4000-8000-' || lpad(:n::text, 12, '0'))::uuid AND balance - held >= 1 RETURNING user_id, balance, held) INSERT INTO credit_entries (user_id, kind, amount, held_delta, balance_after, held_after, idempotency_key) SELECT user_id, 'hold', 0, 1, balance, held, 'hold:' || 'guarded:' || gen_random_uuid() FROM a;
 ";
 
 const CREATE: &str =
@@ -397,9 +397,9 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
     let pg = PgbenchRun { cores: &cores, db: &db, dir: dir.path(), clients, seconds: pg_seconds };
     let (pg_one, pg_one_all) = pg.best("mirror_one", MIRROR_SCRIPT, (ONE_USER, 1))?;
     let (pg_many, pg_many_all) = pg.best("mirror_many", MIRROR_SCRIPT, (MANY_FIRST, MANY_USERS))?;
-    let (guarded_one, guarded_one_all) = pg.best("guarded_one", GUARDED_SCRIPT, (ONE_USER, 1))?;
+    let (guarded_one, guarded_one_all) = pg.best("ledger_only_one", LEDGER_ONLY_SCRIPT, (ONE_USER, 1))?;
     let (guarded_many, guarded_many_all) =
-        pg.best("guarded_many", GUARDED_SCRIPT, (MANY_FIRST, MANY_USERS))?;
+        pg.best("ledger_only_many", LEDGER_ONLY_SCRIPT, (MANY_FIRST, MANY_USERS))?;
     let load_after = common::load_average();
     let cleaned = common::clean_redis(&redis_url, &prefix).await;
 
@@ -488,26 +488,26 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
                 "one_user": mage_one.per_s() / pg_one.tps,
                 "many_users": mage_many.per_s() / pg_many.tps,
             },
-            "pgbench_guarded_per_s": { "one_row": guarded_one.tps, "many_rows": guarded_many.tps },
+            "pgbench_ledger_only_per_s": { "one_row": guarded_one.tps, "many_rows": guarded_many.tps },
             "pgbench_per_s_by_clients": {
                 "one_row": by_clients(&pg_one_all),
                 "many_rows": by_clients(&pg_many_all),
-                "guarded_one_row": by_clients(&guarded_one_all),
-                "guarded_many_rows": by_clients(&guarded_many_all),
+                "ledger_only_one_row": by_clients(&guarded_one_all),
+                "ledger_only_many_rows": by_clients(&guarded_many_all),
             },
             "pgbench_best_clients": {
                 "one_row": pg_one.clients,
                 "many_rows": pg_many.clients,
-                "guarded_one_row": guarded_one.clients,
-                "guarded_many_rows": guarded_many.clients,
+                "ledger_only_one_row": guarded_one.clients,
+                "ledger_only_many_rows": guarded_many.clients,
             },
             "p50_ms": { "mage_one_user": mage_one.p(0.5), "mage_many_users": mage_many.p(0.5) },
             "p99_ms": { "mage_one_user": mage_one.p(0.99), "mage_many_users": mage_many.p(0.99) },
             "pgbench_latency_avg_ms": {
                 "one_row": pg_one.latency_ms,
                 "many_rows": pg_many.latency_ms,
-                "guarded_one_row": guarded_one.latency_ms,
-                "guarded_many_rows": guarded_many.latency_ms,
+                "ledger_only_one_row": guarded_one.latency_ms,
+                "ledger_only_many_rows": guarded_many.latency_ms,
             },
             "errors": {
                 "mage_one_user": mage_one.tally.errors,
