@@ -1,4 +1,4 @@
-//! Helpers shared by the `holds` and `queries` benchmarks (included with
+//! Helpers shared by the Rust benchmark drivers of the root package (included with
 //! `#[path]`): core pinning, child servers that die with the benchmark,
 //! psql, Redis clean-up, percentiles.
 

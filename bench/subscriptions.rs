@@ -27,12 +27,17 @@
 //! (rounds: progress steps per generation at each client count, one a
 //! second); `BENCH_PEER=0` skips the peer. Writes `bench/subscriptions.json`.
 
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Cores, JWT_SECRET, percentile};
 use futures_util::{SinkExt, StreamExt};
 use mage_domain::models::Generation;
 use serde_json::{Value, json};
@@ -48,7 +53,6 @@ const GENERATIONS: usize = 1000;
 const TICKS: usize = 100;
 /// Clients connecting at once while opening.
 const CONNECT_BATCH: usize = 100;
-const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret-0";
 const SUBSCRIPTION: &str =
     "subscription($id: ID!) { generationUpdated(id: $id) { id status progress stage queuePosition } }";
 
@@ -94,25 +98,9 @@ fn machine_busy_seconds() -> f64 {
     busy as f64 / 100.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// "1k", "10k", "2500".
 fn size_key(n: usize) -> String {
     if n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() }
-}
-
-fn have_taskset() -> bool {
-    Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -508,18 +496,10 @@ fn main() {
         .unwrap_or_else(|| vec![1000, 5000, 10_000]);
     sizes.retain(|&n| n > 0);
     sizes.sort_unstable();
-    assert!(!sizes.is_empty(), "usage: bench/subscriptions [clients=1000,5000,10000] [rounds=10]");
+    assert!(!sizes.is_empty(), "usage: bench/subscriptions [clients=1000,5000,10000] [rounds=6]");
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6).max(1);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    // Pin this process (before any thread exists, so every thread inherits
-    // it) to core 1; the servers go to core 0.
-    let pinned = cores >= 2
-        && have_taskset()
-        && Command::new("taskset")
-            .args(["-c", "-p", "1", &std::process::id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+    // Before any thread exists, so every thread inherits the pinning.
+    let Cores { count: _, pinned } = Cores::pin_self();
     let runtime = if pinned {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {

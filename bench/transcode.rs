@@ -86,23 +86,8 @@ async fn make_source(dir: &Path) -> PathBuf {
 async fn per_rendition(src: &Path, out: &Path) {
     let probe = mage_jobs::media::probe(src).await.expect("probe");
     assert!(probe.width >= probe.height, "the source is landscape");
+    per_rendition_hls_only(src, out).await;
     let src_arg = format!("file:{}", std::path::absolute(src).expect("absolute").display());
-    for &(side, kbps) in LADDER {
-        let dir = out.join(format!("hls/{side}p"));
-        tokio::fs::create_dir_all(&dir).await.expect("mkdir");
-        let mut cmd = ffmpeg(&dir);
-        cmd.args(["-i", &src_arg, "-map", "0:v:0", "-vf", &format!("scale=-2:{side},format=yuv420p")])
-            .args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high"])
-            .args(["-b:v", &format!("{kbps}k"), "-maxrate", &format!("{}k", kbps * 11 / 10)])
-            .args(["-bufsize", &format!("{}k", kbps * 2)])
-            .args(["-force_key_frames", &format!("expr:gte(t,n_forced*{SEGMENT_SECONDS})")])
-            .args(["-sc_threshold", "0", "-an"])
-            .args(["-f", "hls", "-hls_time", &SEGMENT_SECONDS.to_string(), "-hls_playlist_type", "vod"])
-            .args(["-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4"])
-            .args(["-hls_flags", "independent_segments", "-hls_segment_filename", "seg_%03d.m4s"])
-            .arg("index.m3u8");
-        run(cmd, &format!("rendition {side}p")).await;
-    }
     let mut mp4 = ffmpeg(out);
     mp4.args(["-i", &src_arg, "-map", "0:v:0", "-vf", "scale=-2:1080,format=yuv420p"])
         .args(["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-crf", "21", "-an"])

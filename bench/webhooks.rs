@@ -15,21 +15,19 @@
 //!
 //! Run through `bench/webhooks [events] [connections]`.
 
-use std::process::{Command, Stdio};
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Cores, clean_redis, percentile};
 use serde_json::json;
 
 const SECRET: &str = "whsec_bench_webhooks_secret";
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// What one phase sends: n × `GET /healthz`, or signed events `(body, Stripe-Signature)`.
 enum Load {
@@ -190,29 +188,12 @@ fn build(run_id: &str, events: usize, connections: usize) -> (Vec<(String, Strin
     (reqs, duplicates)
 }
 
-fn have_taskset() -> bool {
-    Command::new("taskset")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64).max(1);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    // Pin this process (before any thread exists, so every thread inherits
-    // it) to core 1 and the server to core 0.
-    let pinned = cores >= 2
-        && have_taskset()
-        && Command::new("taskset")
-            .args(["-c", "-p", "1", &std::process::id().to_string()])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
+    // Before any thread exists, so every thread inherits the pinning.
+    let Cores { count: cores, pinned } = Cores::pin_self();
     let runtime = if pinned {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
@@ -371,29 +352,4 @@ async fn bench(events: usize, connections: usize, cores: usize, pinned: bool) ->
     let out = std::path::Path::new("bench/webhooks.json");
     let _ = std::fs::write(out, serde_json::to_string_pretty(&report).unwrap_or_default());
     if rows_ok && hooks.tally.errors == 0 && floor.tally.errors == 0 { 0 } else { 1 }
-}
-
-async fn clean_redis(url: &str, prefix: &str) -> redis::RedisResult<usize> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let mut cursor: u64 = 0;
-    let mut removed = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            let n: usize = redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await?;
-            removed += n;
-        }
-        if next == 0 {
-            return Ok(removed);
-        }
-        cursor = next;
-    }
 }
