@@ -15,6 +15,16 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::Result;
 use crate::config::RedisSettings;
 
+/// Timeouts of every Redis connection manager of Mage: redis 1.x's 500 ms
+/// default response timeout turns a slow reply of a busy server into an
+/// error, which also silently stops an apalis worker's stream
+/// (apalis-redis #76).
+pub(crate) fn connection_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+}
+
 #[derive(Clone)]
 pub struct Redis {
     conn: ConnectionManager,
@@ -27,12 +37,7 @@ impl Redis {
     /// before Redis does (readiness reports it until then).
     pub fn new(settings: &RedisSettings) -> Result<Self> {
         let client = redis::Client::open(settings.url.as_str())?;
-        // redis-rs' 500 ms default response timeout fails a slow reply of a
-        // busy server; 10 s matches the queue's connection.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        let conn = ConnectionManager::new_lazy_with_config(client, connection_config())?;
         Ok(Self { conn, prefix: settings.prefix.clone(), url: settings.url.clone() })
     }
 

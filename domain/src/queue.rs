@@ -14,7 +14,6 @@ use std::time::Duration;
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::task_id::TaskId;
 use apalis_redis::{Config, ConnectionManager};
-use redis::aio::ConnectionManagerConfig;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -385,13 +384,9 @@ pub fn wake_channel(prefix: &str, queue: &str) -> String {
     format!("{prefix}{queue}:wake")
 }
 
-/// A connection manager with a response timeout long enough for a busy
-/// Redis: redis 1.x's 500 ms default turns a slow reply into a fatal stream
-/// error that silently stops an apalis worker (apalis-redis #76).
+/// A connection manager for the queues (see [`crate::kv::connection_config`]
+/// for its timeouts).
 pub async fn connection_manager(url: &str) -> Result<ConnectionManager> {
     let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    Ok(client.get_connection_manager_with_config(config).await?)
+    Ok(client.get_connection_manager_with_config(crate::kv::connection_config()).await?)
 }
