@@ -17,7 +17,8 @@ const EXPIRING_SOON_DAYS: i64 = 7;
 
 pub struct CreditAccount(pub models::CreditAccount);
 
-#[Object]
+// `serial`: see `Generation`.
+#[Object(serial)]
 impl CreditAccount {
     /// Credits that can be spent now: held credits excluded.
     async fn balance(&self) -> i64 {
@@ -59,7 +60,8 @@ impl CreditEntry {
     }
 }
 
-#[Object]
+// `serial`: see `Generation`.
+#[Object(serial)]
 impl CreditEntry {
     async fn id(&self) -> ID {
         ID(self.0.id.to_string())

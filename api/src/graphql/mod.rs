@@ -2,6 +2,7 @@
 
 mod admin;
 mod credits;
+mod documents;
 mod generations;
 mod loaders;
 mod orders;
@@ -101,7 +102,7 @@ pub fn build_schema() -> MageSchema {
 }
 
 pub fn schema(services: Arc<Services>, limits: Limits) -> Operations {
-    Operations(schema_builder(limits).data(services).finish())
+    Operations { schema: schema_builder(limits).data(services).finish(), documents: Arc::default() }
 }
 
 /// Per-request data: the caller and fresh DataLoaders (they cache what they
@@ -116,14 +117,19 @@ pub fn request_data(req: async_graphql::Request, viewer: Viewer, pool: &DbPool) 
 /// `BAD_USER_INPUT`, and queries and mutations are counted
 /// (`crate::metrics::Operation`). Done around execution rather than as
 /// async-graphql extensions, which would put every resolved field on
-/// async-graphql's slow path.
+/// async-graphql's slow path. Parsed documents are reused by query text
+/// (`documents::Documents`).
 #[derive(Clone)]
-pub struct Operations(MageSchema);
+pub struct Operations {
+    schema: MageSchema,
+    documents: Arc<documents::Documents>,
+}
 
 impl async_graphql::Executor for Operations {
     async fn execute(&self, mut request: async_graphql::Request) -> Response {
+        self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
-        let response = with_codes(self.0.execute(request).await);
+        let response = with_codes(self.schema.execute(request).await);
         operation.finished(&response);
         response
     }
@@ -133,8 +139,9 @@ impl async_graphql::Executor for Operations {
         mut request: async_graphql::Request,
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
+        self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
-        let stream = self.0.execute_stream_with_session_data(request, session_data.unwrap_or_default());
+        let stream = self.schema.execute_stream_with_session_data(request, session_data.unwrap_or_default());
         if operation.is_subscription() {
             stream.map(with_codes).boxed()
         } else {
