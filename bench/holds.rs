@@ -290,7 +290,7 @@ impl PgbenchRun<'_> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let seconds: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(8.0);
+    let seconds: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(6.0);
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64).max(1);
     let clients: Vec<usize> = args
         .get(3)

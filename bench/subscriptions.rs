@@ -23,7 +23,7 @@
 //! runs on core 0 and this process (clients and publisher) on core 1;
 //! PostgreSQL and Redis are not pinned.
 //!
-//! Run through `bench/subscriptions [clients=1000,5000,10000] [rounds=6]`
+//! Run through `bench/subscriptions [clients=1000,5000,10000] [rounds=5]`
 //! (rounds: progress steps per generation at each client count, one a
 //! second); `BENCH_PEER=0` skips the peer. Writes `bench/subscriptions.json`.
 
@@ -496,8 +496,8 @@ fn main() {
         .unwrap_or_else(|| vec![1000, 5000, 10_000]);
     sizes.retain(|&n| n > 0);
     sizes.sort_unstable();
-    assert!(!sizes.is_empty(), "usage: bench/subscriptions [clients=1000,5000,10000] [rounds=6]");
-    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(6).max(1);
+    assert!(!sizes.is_empty(), "usage: bench/subscriptions [clients=1000,5000,10000] [rounds=5]");
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
     // Before any thread exists, so every thread inherits the pinning.
     let Cores { count: _, pinned } = Cores::pin_self();
     let runtime = if pinned {

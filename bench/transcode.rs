@@ -8,7 +8,7 @@
 //! again) with the same encoder settings, one after the other. Both use
 //! every core.
 //!
-//! Run through `bench/transcode [repeats=2]` (figures are means over the
+//! Run through `bench/transcode [repeats=1]` (figures are means over the
 //! repeats); writes `bench/transcode.json`.
 
 use std::path::{Path, PathBuf};
@@ -128,7 +128,7 @@ fn mean(v: &[f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(2).max(1);
+    let repeats: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     let tmp = tempfile::tempdir().expect("temp dir");
     let made = Instant::now();
     let src = make_source(tmp.path()).await;
