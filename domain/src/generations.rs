@@ -114,10 +114,14 @@ pub struct Services {
     pub models: catalog::ModelCache,
 }
 
-/// Prices an input without creating anything.
-pub async fn quote(conn: &mut Connection, input: &GenerationInput) -> Result<Quote> {
-    let model = catalog::model(conn, &input.model).await?;
-    catalog::price(model, input)
+/// Prices an input without creating anything, from the same model cache as
+/// [`create`], so a quote is what a create right after it charges.
+pub async fn quote(
+    models: &catalog::ModelCache,
+    conn: &mut Connection,
+    input: &GenerationInput,
+) -> Result<Quote> {
+    catalog::price(models.model(conn, &input.model).await?, input)
 }
 
 pub const IDEMPOTENCY_KEY_MAX: usize = 200;
@@ -142,7 +146,7 @@ pub async fn create(
         ));
     }
     let mut conn = svc.pool.get().await?;
-    let quote = catalog::price(svc.models.model(&mut conn, &input.model).await?, input)?;
+    let quote = quote(&svc.models, &mut conn, input).await?;
     if let Some(k) = key
         && let Some(first) = by_key(&mut conn, user_id, k).await?
     {

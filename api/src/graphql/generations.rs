@@ -485,8 +485,9 @@ impl GenerationsQuery {
 
     /// Credits `input` would cost; `createGeneration` charges exactly this.
     async fn quote(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<i64> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        Ok(domain::quote(&mut conn, &input.domain()).await?.price)
+        let svc = services(ctx);
+        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        Ok(domain::quote(&svc.generations.models, &mut conn, &input.domain()).await?.price)
     }
 
     /// One of your generations.
