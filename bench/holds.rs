@@ -397,8 +397,9 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
     let pg = PgbenchRun { cores: &cores, db: &db, dir: dir.path(), clients, seconds: pg_seconds };
     let (pg_one, pg_one_all) = pg.best("mirror_one", MIRROR_SCRIPT, (ONE_USER, 1))?;
     let (pg_many, pg_many_all) = pg.best("mirror_many", MIRROR_SCRIPT, (MANY_FIRST, MANY_USERS))?;
-    let (guarded_one, guarded_one_all) = pg.best("ledger_only_one", LEDGER_ONLY_SCRIPT, (ONE_USER, 1))?;
-    let (guarded_many, guarded_many_all) =
+    let (ledger_only_one, ledger_only_one_all) =
+        pg.best("ledger_only_one", LEDGER_ONLY_SCRIPT, (ONE_USER, 1))?;
+    let (ledger_only_many, ledger_only_many_all) =
         pg.best("ledger_only_many", LEDGER_ONLY_SCRIPT, (MANY_FIRST, MANY_USERS))?;
     let load_after = common::load_average();
     let cleaned = common::clean_redis(&redis_url, &prefix).await;
@@ -440,8 +441,8 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
     for (name, best, all) in [
         ("pgbench, Mage's statement, 1 row", &pg_one, &pg_one_all),
         ("pgbench, Mage's statement, 1k rows", &pg_many, &pg_many_all),
-        ("pgbench, ledger entry only, 1 row", &guarded_one, &guarded_one_all),
-        ("pgbench, ledger entry only, 1k", &guarded_many, &guarded_many_all),
+        ("pgbench, ledger entry only, 1 row", &ledger_only_one, &ledger_only_one_all),
+        ("pgbench, ledger entry only, 1k", &ledger_only_many, &ledger_only_many_all),
     ] {
         println!(
             "  {:<36} {:>8.0} {:>8.2} {:>8} {:>8} {:>6}  {}",
@@ -471,7 +472,7 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
 
     let by_clients =
         |all: &[Pgbench]| Value::Object(all.iter().map(|r| (r.clients.to_string(), json!(r.tps))).collect());
-    let pg_failed: u64 = [&pg_one_all, &pg_many_all, &guarded_one_all, &guarded_many_all]
+    let pg_failed: u64 = [&pg_one_all, &pg_many_all, &ledger_only_one_all, &ledger_only_many_all]
         .iter()
         .flat_map(|a| a.iter())
         .map(|r| r.failed)
@@ -488,26 +489,26 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
                 "one_user": mage_one.per_s() / pg_one.tps,
                 "many_users": mage_many.per_s() / pg_many.tps,
             },
-            "pgbench_ledger_only_per_s": { "one_row": guarded_one.tps, "many_rows": guarded_many.tps },
+            "pgbench_ledger_only_per_s": { "one_row": ledger_only_one.tps, "many_rows": ledger_only_many.tps },
             "pgbench_per_s_by_clients": {
                 "one_row": by_clients(&pg_one_all),
                 "many_rows": by_clients(&pg_many_all),
-                "ledger_only_one_row": by_clients(&guarded_one_all),
-                "ledger_only_many_rows": by_clients(&guarded_many_all),
+                "ledger_only_one_row": by_clients(&ledger_only_one_all),
+                "ledger_only_many_rows": by_clients(&ledger_only_many_all),
             },
             "pgbench_best_clients": {
                 "one_row": pg_one.clients,
                 "many_rows": pg_many.clients,
-                "ledger_only_one_row": guarded_one.clients,
-                "ledger_only_many_rows": guarded_many.clients,
+                "ledger_only_one_row": ledger_only_one.clients,
+                "ledger_only_many_rows": ledger_only_many.clients,
             },
             "p50_ms": { "mage_one_user": mage_one.p(0.5), "mage_many_users": mage_many.p(0.5) },
             "p99_ms": { "mage_one_user": mage_one.p(0.99), "mage_many_users": mage_many.p(0.99) },
             "pgbench_latency_avg_ms": {
                 "one_row": pg_one.latency_ms,
                 "many_rows": pg_many.latency_ms,
-                "ledger_only_one_row": guarded_one.latency_ms,
-                "ledger_only_many_rows": guarded_many.latency_ms,
+                "ledger_only_one_row": ledger_only_one.latency_ms,
+                "ledger_only_many_rows": ledger_only_many.latency_ms,
             },
             "errors": {
                 "mage_one_user": mage_one.tally.errors,
