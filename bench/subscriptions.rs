@@ -536,6 +536,8 @@ async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {
             ("MAGE_SIGNUP_CREDITS", "100000000"),
             ("MAGE_GENERATIONS_PER_MINUTE", "1000000"),
             ("MAGE_ACTIVE_GENERATIONS", "1000000"),
+            // Every client of the benchmark connects from 127.0.0.1.
+            ("MAGE_WS_MAX_SOCKETS_PER_IP", "1000000"),
             ("MAGE_LOG", "warn"),
         ],
         pinned,

@@ -48,7 +48,19 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server: GraphQL API, WebSocket subscriptions, playground
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// On SIGTERM, how long requests in flight may go on before the
+        /// process exits anyway
+        #[arg(
+            long,
+            env = "MAGE_SHUTDOWN_GRACE_SECONDS",
+            value_name = "MAGE_SHUTDOWN_GRACE_SECONDS",
+            default_value_t = 30
+        )]
+        shutdown_grace_seconds: u64,
+    },
     /// Run background workers
     Work {
         #[command(flatten)]
@@ -163,7 +175,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Whatever still runs (a request past the grace period, a blocking
+    // task) does not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, no backtrace: configuration mistakes are the common case.
@@ -175,34 +191,28 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(ServeArgs { db, redis, server, migrate, storage }) => {
-            let settings = server.resolve(false)?;
+        Command::Serve {
+            serve: ServeArgs { db, redis, server, migrate, storage },
+            shutdown_grace_seconds,
+        } => {
+            let mut settings = server.resolve(false)?;
+            settings.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_seconds);
             let storage = Storage::new(&storage.resolve()?)?;
             let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
             let listener = listen(settings.addr).await?;
+            let metrics = serve_metrics(settings.metrics_addr, &redis, &queues).await?;
             let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
             mage_api::serve_on(listener, state, shutdown_signal()).await.context("HTTP server")?;
+            if let Some(m) = metrics {
+                m.abort();
+            }
         }
         Command::Work { db, redis, migrate, storage, worker, queues: run_queues, metrics_addr } => {
             let settings = worker.resolve()?;
             let storage = Storage::new(&storage.resolve()?)?;
             let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
             mage_domain::metrics::init();
-            let metrics = match metrics_addr {
-                Some(addr) => {
-                    let listener = tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("cannot listen on MAGE_METRICS_ADDR {addr}"))?;
-                    let (redis, queues) = (redis.clone(), queues.clone());
-                    Some(tokio::spawn(mage_api::metrics::serve_standalone(
-                        listener,
-                        redis,
-                        queues,
-                        shutdown_signal(),
-                    )))
-                }
-                None => None,
-            };
+            let metrics = serve_metrics(metrics_addr, &redis, &queues).await?;
             mage_jobs::Workers { pool, redis, queues, storage, settings, run_queues }
                 .run(shutdown_signal())
                 .await?;
@@ -211,8 +221,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Dev { serve: ServeArgs { db, redis, server, migrate, storage }, worker } => {
-            let settings = server.resolve(true)?;
+            let mut settings = server.resolve(true)?;
             let worker = worker.resolve()?;
+            settings.shutdown_grace = worker.shutdown_grace;
             let storage = Storage::new(&storage.resolve()?)?;
             let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
             let workers = mage_jobs::Workers {
@@ -224,12 +235,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 run_queues: vec![],
             };
             let listener = listen(settings.addr).await?;
+            let metrics = serve_metrics(settings.metrics_addr, &redis, &queues).await?;
             let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
             println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
             let (api, work) = tokio::join!(
                 mage_api::serve_on(listener, state, shutdown_signal()),
                 workers.run(shutdown_signal())
             );
+            if let Some(m) = metrics {
+                m.abort();
+            }
             api.context("HTTP server")?;
             work?;
         }
@@ -289,6 +304,24 @@ async fn connect(
         }
     }
     Ok((mage_domain::db::pool(&db)?, redis, queues))
+}
+
+/// `/metrics` on a listener of its own (MAGE_METRICS_ADDR), when set.
+async fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    redis: &mage_domain::kv::Redis,
+    queues: &Queues,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on MAGE_METRICS_ADDR {addr}"))?;
+    Ok(Some(tokio::spawn(mage_api::metrics::serve_standalone(
+        listener,
+        redis.clone(),
+        queues.clone(),
+        shutdown_signal(),
+    ))))
 }
 
 async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

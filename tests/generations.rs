@@ -165,6 +165,11 @@ async fn the_same_idempotency_key_twenty_times_makes_one_generation_and_one_hold
     let mut other = video("R720P", 5);
     other["idempotencyKey"] = json!("client-retry-1");
     assert_eq!(code(&create(&app, &token, other).await), "CONFLICT");
+    // Every field of the input names the request, the negative prompt too.
+    let mut other = video("R480P", 5);
+    other["idempotencyKey"] = json!("client-retry-1");
+    other["negativePrompt"] = json!("blurry");
+    assert_eq!(code(&create(&app, &token, other).await), "CONFLICT");
     app.assert_ledger_invariants().await;
 }
 

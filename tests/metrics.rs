@@ -54,6 +54,16 @@ fn assert_well_formed(body: &str) {
     }
 }
 
+const METRICS_TOKEN: &str = "metrics-token-for-this-test-only";
+
+/// A client that sends the metrics token, as a Prometheus scrape config does.
+fn scraper() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers
+        .insert(reqwest::header::AUTHORIZATION, format!("Bearer {METRICS_TOKEN}").parse().expect("header"));
+    reqwest::Client::builder().default_headers(headers).build().expect("client")
+}
+
 async fn scrape(http: &reqwest::Client, url: &str) -> Scrape {
     let res = http.get(url).send().await.expect("GET /metrics");
     assert_eq!(res.status(), 200);
@@ -104,17 +114,18 @@ async fn run_one(app: &TestApp, token: &str) -> (String, i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_metrics_parse_and_move_when_a_generation_runs() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(|s| s.metrics_token = Some(METRICS_TOKEN.into())).await;
+    let scraper = scraper();
     let _workers = app.start_workers().await;
     let (token, _) = app.register("metrics@example.com").await;
     let url = app.url("/metrics");
-    let before = scrape(&app.http, &url).await;
+    let before = scrape(&scraper, &url).await;
     for m in ["mage_websocket_connections", "mage_subscriptions", "mage_queue_waiting", "mage_queue_dead"] {
         assert!(present(&before, m), "{m} missing");
     }
 
     let (_, cost) = run_one(&app, &token).await;
-    let after = scrape(&app.http, &url).await;
+    let after = scrape(&scraper, &url).await;
     let moved =
         |metric: &str, labels: &[(&str, &str)]| sum(&after, metric, labels) - sum(&before, metric, labels);
 

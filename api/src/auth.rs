@@ -47,11 +47,11 @@ impl Tokens {
         Ok((token, expires))
     }
 
-    /// The user id a token was issued to; an expired, forged or malformed
-    /// token is `UNAUTHENTICATED`.
-    pub fn verify(&self, token: &str) -> Result<Uuid, ApiError> {
+    /// The user id a token was issued to and when it expires (Unix
+    /// seconds); an expired, forged or malformed token is `UNAUTHENTICATED`.
+    pub fn verify(&self, token: &str) -> Result<(Uuid, i64), ApiError> {
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims.sub)
+            .map(|data| (data.claims.sub, data.claims.exp))
             .map_err(|e| {
                 let why = match e.kind() {
                     jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired",
@@ -63,7 +63,7 @@ impl Tokens {
 
     /// Reads `Bearer <token>` (the scheme is case-insensitive; a bare token is
     /// accepted too, as WebSocket clients often send one).
-    pub fn verify_header(&self, value: &str) -> Result<Uuid, ApiError> {
+    pub fn verify_header(&self, value: &str) -> Result<(Uuid, i64), ApiError> {
         let value = value.trim();
         let token = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -103,5 +103,43 @@ impl Viewer {
             Self::User(id) => Ok(Some(*id)),
             Self::Invalid(why) => Err(ApiError::Unauthenticated(why.clone())),
         }
+    }
+}
+
+/// Users seen to exist in the last [`KnownUsers::FOR`], so that a valid
+/// token of a deleted account is `UNAUTHENTICATED` everywhere (not `null`,
+/// empty lists or `NOT_FOUND`) without a database read on every request.
+#[derive(Default)]
+pub struct KnownUsers(std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>);
+
+impl KnownUsers {
+    /// How long a user's existence is taken as known: a deleted account's
+    /// tokens stop working within this.
+    pub const FOR: Duration = Duration::from_secs(10);
+    /// Entries kept; past this the map starts over (bounded memory).
+    const MAX: usize = 100_000;
+
+    /// Whether `user_id` names an account, from memory when known recently.
+    pub async fn exists(&self, pool: &mage_domain::db::DbPool, user_id: Uuid) -> Result<bool, ApiError> {
+        let now = std::time::Instant::now();
+        let known = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&user_id)
+            .is_some_and(|seen| now.duration_since(*seen) < Self::FOR);
+        if known {
+            return Ok(true);
+        }
+        let mut conn = pool.get().await.map_err(ApiError::internal)?;
+        let exists = mage_domain::users::exists(&mut conn, user_id).await?;
+        if exists {
+            let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+            map.insert(user_id, now);
+        }
+        Ok(exists)
     }
 }

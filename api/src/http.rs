@@ -1,15 +1,12 @@
 //! The axum router: GraphQL over HTTP and WebSocket on `/graphql`, the
 //! playground on `GET /graphql`, health checks.
 
-use async_graphql::Executor as _;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use std::time::Duration;
 
-use async_graphql_axum::GraphQLResponse;
-use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
@@ -20,17 +17,16 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Viewer;
-use crate::error::ApiError;
+use crate::client::ClientIp;
 use crate::graphql::request_data;
 use crate::{AppState, health, playground};
 
 pub fn router(state: AppState) -> Router {
     let s = &state.settings;
-    Router::new()
+    let api = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/playground-assets/{file}", get(playground::asset))
         .route("/healthz", get(health::healthz))
-        .route("/metrics", get(crate::metrics::render))
         .route("/readyz", get(health::readyz))
         .merge(crate::media::routes(&state))
         .merge(crate::payments::routes())
@@ -39,12 +35,50 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(s.max_body_bytes))
         // Outside the limits, so their answers get a JSON body too.
         .layer(middleware::map_response(json_errors))
-        .layer(cors(&s.cors_origins))
-        .layer(TraceLayer::new_for_http())
+        .layer(cors(&s.cors_origins));
+    // Not under CORS: no page of another origin may read it. On the public
+    // port only under `mage dev` or with its token (MAGE_METRICS_ADDR gives
+    // it a listener of its own).
+    let api = if s.dev_mode || s.metrics_token.is_some() {
+        api.route("/metrics", get(metrics_with_token))
+    } else {
+        api
+    };
+    api.layer(TraceLayer::new_for_http())
         // Outermost, so limits' and timeouts' answers count too; Router::layer
         // wraps each route, so the matched pattern (not the path) labels it.
         .layer(middleware::from_fn(crate::metrics::track_http))
         .with_state(state)
+}
+
+/// `/metrics` on the public port: open under `mage dev`, else only with
+/// `Authorization: Bearer <MAGE_METRICS_TOKEN>` (compared in constant time).
+async fn metrics_with_token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(expected) = state.settings.metrics_token.as_deref() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim().as_bytes());
+        let ok = given.is_some_and(|g| {
+            use sha2::Digest;
+            // Equal-length digests compared byte by byte, without an early
+            // exit: the time taken says nothing about the token.
+            let (a, b) = (sha2::Sha256::digest(g), sha2::Sha256::digest(expected.as_bytes()));
+            a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        });
+        if !ok && !state.settings.dev_mode {
+            let mut res = error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "send Authorization: Bearer <MAGE_METRICS_TOKEN>".into(),
+            );
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return res;
+        }
+    }
+    crate::metrics::render(State(state)).await
 }
 
 /// Bearer tokens, not cookies, carry the identity, so any origin may call
@@ -64,14 +98,19 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// The caller named by an `Authorization` header (HTTP) or a
-/// `connection_init` payload (WebSocket); no credentials is an anonymous
-/// caller.
-pub(crate) fn viewer_from(state: &AppState, credential: Option<&str>) -> Viewer {
+/// `connection_init` payload (WebSocket), with when its token expires (Unix
+/// seconds); no credentials is an anonymous caller. A valid token of an
+/// account that no longer exists is no credential.
+pub(crate) async fn viewer_from(state: &AppState, credential: Option<&str>) -> (Viewer, Option<i64>) {
     match credential.map(str::trim).filter(|c| !c.is_empty()) {
-        None => Viewer::Anonymous,
+        None => (Viewer::Anonymous, None),
         Some(c) => match state.tokens.verify_header(c) {
-            Ok(id) => Viewer::User(id),
-            Err(e) => Viewer::Invalid(e.message()),
+            Ok((id, expires)) => match state.known_users.exists(&state.pool, id).await {
+                Ok(true) => (Viewer::User(id), Some(expires)),
+                Ok(false) => (Viewer::Invalid("this account no longer exists: sign in again".into()), None),
+                Err(e) => (Viewer::Invalid(e.message()), None),
+            },
+            Err(e) => (Viewer::Invalid(e.message()), None),
         },
     }
 }
@@ -82,30 +121,211 @@ fn error_response(status: StatusCode, code: &str, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: async_graphql::Request = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "BAD_USER_INPUT",
-                format!("the body is not a GraphQL request ({e}): send JSON {{\"query\", \"variables\"}}"),
-            );
+/// The media type a GraphQL response is sent as, from the request's
+/// `Accept` (GraphQL over HTTP, "Accept" and "Legacy watershed").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wants {
+    /// `application/graphql-response+json`: the status code tells a request
+    /// error (4xx, no `data`) from an execution error (200).
+    GraphqlResponse,
+    /// `application/json`, for clients from before the spec: always 200 once
+    /// the request is a GraphQL request.
+    Json,
+}
+
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json; charset=utf-8";
+const JSON: &str = "application/json; charset=utf-8";
+
+impl Wants {
+    /// `None`: nothing the client accepts is something GraphQL answers with
+    /// (406). No `Accept` at all is a legacy client: `application/json`.
+    fn of(headers: &HeaderMap) -> Option<Self> {
+        let mut ranges = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|range| {
+                let mut parts = range.split(';');
+                let media = parts.next()?.trim().to_ascii_lowercase();
+                let refused = parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+                });
+                (!media.is_empty() && !refused).then_some(media)
+            })
+            .peekable();
+        if ranges.peek().is_none() {
+            return Some(Self::Json);
         }
-    };
-    let credential = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let req = request_data(req, viewer_from(&state, credential), &state.pool);
-    // Executed on a task of its own: if the client goes away or the request
-    // times out, the operation still runs to its end, so no transaction is
-    // cut off half-way (cancelling one does not close it).
-    let schema = state.schema.clone();
-    match tokio::spawn(async move { schema.execute(req).await }).await {
-        Ok(response) => GraphQLResponse::from(response).into_response(),
-        Err(e) => {
-            let _ = ApiError::internal(format!("GraphQL execution task failed: {e}"));
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error".into())
+        let mut json = false;
+        for media in ranges {
+            match media.as_str() {
+                "application/graphql-response+json" | "*/*" | "application/*" => {
+                    return Some(Self::GraphqlResponse);
+                }
+                "application/json" => json = true,
+                _ => {}
+            }
+        }
+        json.then_some(Self::Json)
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Self::GraphqlResponse => GRAPHQL_RESPONSE,
+            Self::Json => JSON,
         }
     }
+
+    /// A request error (the body, the document, its validation or its
+    /// variables are wrong: nothing ran) in this media type.
+    fn request_error(self, status: StatusCode, message: String) -> Response {
+        let body = json!({ "errors": [{ "message": message, "extensions": { "code": "BAD_USER_INPUT" } }] });
+        self.body(status, serde_json::to_vec(&body).unwrap_or_default())
+    }
+
+    fn body(self, status: StatusCode, body: Vec<u8>) -> Response {
+        (status, [(header::CONTENT_TYPE, HeaderValue::from_static(self.content_type()))], body)
+            .into_response()
+    }
+
+    /// The response to an operation that reached the executor.
+    fn response(self, response: async_graphql::Response) -> Response {
+        // Nothing ran: parse, validation, limits or variables refused it.
+        let request_error = response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|e| e.path.is_empty());
+        let status = match (self, request_error) {
+            (Self::GraphqlResponse, true) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::OK,
+        };
+        let body = if request_error && self == Self::GraphqlResponse {
+            // The spec: a request error has no `data` entry at all.
+            serde_json::to_vec(&json!({ "errors": response.errors }))
+        } else {
+            serde_json::to_vec(&response)
+        };
+        let mut res = self.body(status, body.unwrap_or_default());
+        res.headers_mut().extend(response.http_headers);
+        res
+    }
+}
+
+fn not_acceptable() -> Response {
+    error_response(
+        StatusCode::NOT_ACCEPTABLE,
+        "BAD_USER_INPUT",
+        "accept application/graphql-response+json or application/json".into(),
+    )
+}
+
+/// The fields of a GraphQL request, from a JSON body or a query string,
+/// each checked for its type: a wrong one is a request error.
+fn graphql_request(
+    query: Option<serde_json::Value>,
+    variables: Option<serde_json::Value>,
+    operation_name: Option<serde_json::Value>,
+    extensions: Option<serde_json::Value>,
+) -> Result<async_graphql::Request, String> {
+    use serde_json::Value;
+    let query = match query {
+        Some(Value::String(q)) => q,
+        Some(_) => return Err("`query` must be a string".into()),
+        None => return Err("the request has no `query`".into()),
+    };
+    let mut req = async_graphql::Request::new(query);
+    match variables {
+        None | Some(Value::Null) => {}
+        Some(v @ Value::Object(_)) => req = req.variables(async_graphql::Variables::from_json(v)),
+        Some(_) => return Err("`variables` must be an object".into()),
+    }
+    match operation_name {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => req = req.operation_name(name),
+        Some(_) => return Err("`operationName` must be a string".into()),
+    }
+    match extensions {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                if let Ok(v) = async_graphql::Value::from_json(v) {
+                    req.extensions.insert(k, v);
+                }
+            }
+        }
+        Some(_) => return Err("`extensions` must be an object".into()),
+    }
+    Ok(req)
+}
+
+async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Some(wants) = Wants::of(&parts.headers) else { return not_acceptable() };
+    // Only JSON: a form or text/plain POST is what a page of any origin can
+    // make a visitor's browser send without asking (no CORS preflight).
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if !media.eq_ignore_ascii_case("application/json") {
+        let why =
+            if media.is_empty() { "the request has no Content-Type" } else { "unsupported Content-Type" };
+        let mut res = wants.request_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{why}: send the operation as Content-Type: application/json"),
+        );
+        res.headers_mut().insert("accept-post", HeaderValue::from_static("application/json"));
+        return res;
+    }
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        // Too large (the body limit) or cut off.
+        Err(e) => {
+            let too_large = {
+                let inner = e.into_inner();
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*inner);
+                std::iter::from_fn(|| {
+                    let c = cause?;
+                    cause = c.source();
+                    Some(c)
+                })
+                .any(|c| c.is::<http_body_util::LengthLimitError>())
+            };
+            return match too_large {
+                true => error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BAD_USER_INPUT",
+                    "the request body is larger than this server accepts".into(),
+                ),
+                false => {
+                    wants.request_error(StatusCode::BAD_REQUEST, "the request body could not be read".into())
+                }
+            };
+        }
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body {
+        query: Option<serde_json::Value>,
+        variables: Option<serde_json::Value>,
+        operation_name: Option<serde_json::Value>,
+        extensions: Option<serde_json::Value>,
+    }
+    let req = match serde_json::from_slice::<Body>(&body) {
+        Ok(b) => graphql_request(b.query, b.variables, b.operation_name, b.extensions),
+        Err(e) => {
+            Err(format!("the body is not a GraphQL request ({e}): send JSON {{\"query\", \"variables\"}}"))
+        }
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(message) => return wants.request_error(StatusCode::BAD_REQUEST, message),
+    };
+    let credential = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (viewer, _) = viewer_from(&state, credential).await;
+    let client = ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies);
+    let req = request_data(req, viewer, client, &state.pool);
+    wants.response(state.schema.execute_http(req).await)
 }
 
 /// Limits answered by tower layers (413, timeout) get a GraphQL error body
@@ -131,24 +351,87 @@ async fn json_errors(res: Response) -> Response {
     }
 }
 
-/// `GET /graphql` is the WebSocket endpoint when the request asks for an
-/// upgrade, and the playground otherwise.
+/// `GET /graphql`: the WebSocket endpoint when the request asks for an
+/// upgrade, the playground for a browser asking for a page, and otherwise a
+/// query in the query string (`query`, `variables`, `operationName`,
+/// `extensions`), which a CDN may cache; mutations only over POST (405).
 async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
-    let (mut parts, _body) = req.into_parts();
+    let (parts, _body) = req.into_parts();
     let wants_upgrade = parts
         .headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !wants_upgrade {
+    if wants_upgrade {
+        return websocket(state, parts).await;
+    }
+    let wants_page = parts
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.to_ascii_lowercase().contains("text/html"));
+    if wants_page {
         return playground::page();
     }
+    let Some(wants) = Wants::of(&parts.headers) else { return not_acceptable() };
+    let mut fields: std::collections::HashMap<String, String> = Default::default();
+    for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        fields.insert(k.into_owned(), v.into_owned());
+    }
+    let json_field = |name: &str| -> Result<Option<serde_json::Value>, String> {
+        match fields.get(name) {
+            None => Ok(None),
+            Some(v) => serde_json::from_str(v).map(Some).map_err(|_| format!("`{name}` is not JSON")),
+        }
+    };
+    let req = json_field("variables").and_then(|variables| {
+        let extensions = json_field("extensions")?;
+        graphql_request(
+            fields.get("query").cloned().map(serde_json::Value::String),
+            variables,
+            fields.get("operationName").cloned().map(serde_json::Value::String),
+            extensions,
+        )
+    });
+    let mut req = match req {
+        Ok(r) => r,
+        Err(message) => return wants.request_error(StatusCode::BAD_REQUEST, message),
+    };
+    if state.schema.operation_type(&mut req) == Some(async_graphql::parser::types::OperationType::Mutation) {
+        let mut res = wants
+            .request_error(StatusCode::METHOD_NOT_ALLOWED, "mutations are only accepted over POST".into());
+        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return res;
+    }
+    let credential = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (viewer, _) = viewer_from(&state, credential).await;
+    let client = ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies);
+    let req = request_data(req, viewer, client, &state.pool);
+    wants.response(state.schema.execute_http(req).await)
+}
+
+async fn websocket(state: AppState, mut parts: axum::http::request::Parts) -> Response {
     let Some(protocol) = crate::ws::protocol(&parts.headers) else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "BAD_USER_INPUT",
             "ask for the WebSocket subprotocol graphql-transport-ws (or the legacy graphql-ws)".into(),
         );
+    };
+    let client = ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies);
+    let Some(slot) = crate::ws::SocketSlot::take(client, state.settings.connections.ws_max_sockets_per_ip)
+    else {
+        let mut res = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            format!(
+                "at most {} WebSockets from one address: close one first",
+                state.settings.connections.ws_max_sockets_per_ip
+            ),
+        );
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return res;
     };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &state).await {
         Ok(u) => u,
@@ -161,5 +444,5 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
         .write_buffer_size(4 * 1024)
         .max_message_size(crate::ws::MAX_MESSAGE_BYTES)
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol))
+        .on_upgrade(move |socket| crate::ws::serve(socket, state, protocol, client, slot))
 }

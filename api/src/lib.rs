@@ -2,6 +2,7 @@
 //! health checks.
 
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod graphql;
 mod health;
@@ -11,6 +12,7 @@ mod media;
 pub mod metrics;
 mod payments;
 mod playground;
+mod server;
 mod ws;
 
 use std::sync::Arc;
@@ -47,6 +49,8 @@ pub struct AppStateInner {
     pub storage: Storage,
     pub live: live::Hub,
     pub queues: Queues,
+    /// Accounts seen to exist lately (a deleted one's token is refused).
+    pub known_users: auth::KnownUsers,
     /// Cancelled when the server begins to stop: open WebSockets are closed
     /// (clients reconnect to another instance) so the stop does not wait on
     /// them.
@@ -86,6 +90,7 @@ impl AppState {
                 public_url: settings.public_url.clone(),
                 dev_mode: settings.dev_mode,
             },
+            auth_limits: settings.auth_limits,
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self(Arc::new(AppStateInner {
@@ -97,13 +102,14 @@ impl AppState {
             storage,
             live,
             queues,
+            known_users: Default::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
         }))
     }
 }
 
 /// Serves on `listener` until `shutdown` resolves, then finishes the
-/// requests in flight.
+/// requests in flight within the shutdown grace period.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -112,9 +118,14 @@ pub async fn serve_on(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, playground = %format!("{}/graphql", state.settings.public_url), "mage serve listening");
     let stopping = state.stopping.clone();
-    let shutdown = async move {
-        shutdown.await;
-        stopping.cancel();
-    };
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    });
+    let (connections, grace) = (state.settings.connections.clone(), state.settings.shutdown_grace);
+    server::serve(listener, router(state), connections, stopping, grace).await;
+    Ok(())
 }

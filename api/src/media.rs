@@ -16,7 +16,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use mage_domain::storage::{cache_control, content_type};
 use tower_http::services::ServeDir;
 
@@ -27,8 +27,38 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let Some(root) = state.storage.local_root() else {
         return Router::new();
     };
-    let files = ServeDir::new(root).append_index_html_on_directories(false);
-    Router::new().nest_service("/media", files).layer(middleware::from_fn(media_headers))
+    let files = ServeDir::new(&root).append_index_html_on_directories(false);
+    let root = std::sync::Arc::new(root.to_path_buf());
+    Router::new()
+        .nest_service("/media", files)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let root = root.clone();
+            async move { no_symlinks(&root, req, next).await }
+        }))
+        .layer(middleware::from_fn(media_headers))
+}
+
+/// `ServeDir` follows symbolic links, so a link inside the folder would serve
+/// whatever it points at (`/etc/passwd`). Mage never writes links there:
+/// a path through one is a 404, checked component by component without
+/// following any (`symlink_metadata`).
+async fn no_symlinks(root: &std::path::Path, req: Request, next: Next) -> Response {
+    let path = req.uri().path().trim_start_matches("/media");
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+    let mut at = root.to_path_buf();
+    for part in decoded.split('/').filter(|p| !p.is_empty() && *p != ".") {
+        at.push(part);
+        match tokio::fs::symlink_metadata(&at).await {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                tracing::warn!(path = %decoded, "refused a media path through a symbolic link");
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            Ok(_) => {}
+            // Missing: ServeDir answers 404 itself.
+            Err(_) => break,
+        }
+    }
+    next.run(req).await
 }
 
 /// Content type and caching from the key's extension. `ServeDir` asks

@@ -119,32 +119,42 @@ fn operation_label(name: Option<&str>) -> String {
 pub struct Operation {
     name: String,
     kind: &'static str,
+    /// The type of the operation that runs, when the document names one.
+    ty: Option<OperationType>,
     started: Instant,
 }
 
 impl Operation {
     pub fn of(request: &mut async_graphql::Request) -> Self {
         let requested = request.operation_name.clone();
-        let (kind, parsed_name) = match request.parsed_query() {
+        let (kind, ty, parsed_name) = match request.parsed_query() {
             Ok(doc) => {
                 // The operation that runs: the one named, else the only one.
-                let op = doc
-                    .operations
-                    .iter()
-                    .find(|(name, _)| requested.is_none() || name.map(|n| n.as_str()) == requested.as_deref())
-                    .or_else(|| doc.operations.iter().next());
-                match op {
-                    Some((name, op)) => (operation_kind(op.node.ty), name.map(|n| n.to_string())),
-                    None => ("query", None),
+                let found = doc.operations.iter().find(|(name, _)| match requested.as_deref() {
+                    Some(requested) => name.is_some_and(|n| n.as_str() == requested),
+                    None => true,
+                });
+                let ty = found.filter(|_| requested.is_some() || doc.operations.iter().nth(1).is_none());
+                match found.or_else(|| doc.operations.iter().next()) {
+                    Some((name, op)) => (
+                        operation_kind(op.node.ty),
+                        ty.map(|(_, op)| op.node.ty),
+                        name.map(|n| n.to_string()),
+                    ),
+                    None => ("query", None, None),
                 }
             }
             // async-graphql answers the parse error itself.
-            Err(_) => ("query", None),
+            Err(_) => ("query", None, None),
         };
         // Requests often leave operationName out when the document names its
         // one operation.
         let name = operation_label(requested.as_deref().or(parsed_name.as_deref()));
-        Self { name, kind, started: Instant::now() }
+        Self { name, kind, ty, started: Instant::now() }
+    }
+
+    pub fn operation_type(&self) -> Option<OperationType> {
+        self.ty
     }
 
     pub fn is_subscription(&self) -> bool {

@@ -189,6 +189,107 @@ pub struct ServerArgs {
         default_value_t = 5
     )]
     pub checkouts_per_minute: u32,
+    /// Root fields one mutation may have (each alias counts)
+    #[arg(
+        long,
+        env = "MAGE_GRAPHQL_MAX_ROOT_MUTATIONS",
+        value_name = "MAGE_GRAPHQL_MAX_ROOT_MUTATIONS",
+        default_value_t = 10
+    )]
+    pub graphql_max_root_mutations: usize,
+    /// Failed logins for one email per 15 minutes (shared through Redis)
+    #[arg(
+        long,
+        env = "MAGE_LOGIN_FAILURES_PER_EMAIL",
+        value_name = "MAGE_LOGIN_FAILURES_PER_EMAIL",
+        default_value_t = 10
+    )]
+    pub login_failures_per_email: u32,
+    /// Failed logins from one client IP per 15 minutes (shared through Redis)
+    #[arg(
+        long,
+        env = "MAGE_LOGIN_FAILURES_PER_IP",
+        value_name = "MAGE_LOGIN_FAILURES_PER_IP",
+        default_value_t = 100
+    )]
+    pub login_failures_per_ip: u32,
+    /// Accounts one client IP may register per hour (shared through Redis)
+    #[arg(
+        long,
+        env = "MAGE_SIGNUPS_PER_IP_PER_HOUR",
+        value_name = "MAGE_SIGNUPS_PER_IP_PER_HOUR",
+        default_value_t = 10
+    )]
+    pub signups_per_ip_per_hour: u32,
+    /// Proxies (CIDRs, comma-separated) whose X-Forwarded-For entry names
+    /// the client; without them the client is the connection's peer
+    #[arg(long, env = "MAGE_TRUSTED_PROXIES", value_name = "MAGE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Seconds a client may take to send a request's headers (also how long
+    /// a new connection may stay silent)
+    #[arg(
+        long,
+        env = "MAGE_HEADER_READ_TIMEOUT_SECONDS",
+        value_name = "MAGE_HEADER_READ_TIMEOUT_SECONDS",
+        default_value_t = 10
+    )]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds an idle keep-alive connection stays open
+    #[arg(
+        long,
+        env = "MAGE_KEEPALIVE_TIMEOUT_SECONDS",
+        value_name = "MAGE_KEEPALIVE_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    pub keepalive_timeout_seconds: u64,
+    /// HTTP connections open at once; more wait to be accepted
+    #[arg(long, env = "MAGE_MAX_CONNECTIONS", value_name = "MAGE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Operations (subscriptions, queries) one WebSocket may run at once
+    #[arg(
+        long,
+        env = "MAGE_WS_MAX_OPERATIONS",
+        value_name = "MAGE_WS_MAX_OPERATIONS",
+        default_value_t = 100
+    )]
+    pub ws_max_operations: usize,
+    /// WebSockets one client IP may hold open on one `serve` process
+    #[arg(
+        long,
+        env = "MAGE_WS_MAX_SOCKETS_PER_IP",
+        value_name = "MAGE_WS_MAX_SOCKETS_PER_IP",
+        default_value_t = 100
+    )]
+    pub ws_max_sockets_per_ip: usize,
+    /// Serve Prometheus metrics on a listener of their own, at
+    /// http://ADDR/metrics (`work` and `serve`)
+    #[arg(long, env = "MAGE_METRICS_ADDR", value_name = "MAGE_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Bearer token that opens /metrics on the public port (without it,
+    /// /metrics is not served there, except under `mage dev`)
+    #[arg(long, env = "MAGE_METRICS_TOKEN", value_name = "MAGE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+/// Limits on signing in and up, counted in Redis so every instance shares
+/// them.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    pub login_failures_per_email: u32,
+    pub login_failures_per_ip: u32,
+    pub signups_per_ip_per_hour: u32,
+}
+
+/// How the HTTP server treats connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub ws_max_operations: usize,
+    pub ws_max_sockets_per_ip: usize,
 }
 
 /// Stripe, as the API server uses it.
@@ -234,6 +335,16 @@ pub struct ServerSettings {
     /// `mage dev`: development conveniences are allowed.
     pub dev_mode: bool,
     pub payments: PaymentSettings,
+    pub graphql_max_root_mutations: usize,
+    pub auth_limits: AuthLimits,
+    pub connections: ConnectionSettings,
+    /// Where /metrics has a listener of its own.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Opens /metrics on the public port.
+    pub metrics_token: Option<String>,
+    /// On SIGTERM, how long requests in flight may go on before the process
+    /// exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl ServerArgs {
@@ -241,6 +352,12 @@ impl ServerArgs {
     /// secret may fall back to the development default.
     pub fn resolve(&self, dev_mode: bool) -> Result<ServerSettings, ConfigError> {
         let jwt_secret = match (&self.jwt_secret, dev_mode) {
+            (Some(s), false) if s == DEV_JWT_SECRET => {
+                return Err(ConfigError::new(
+                    "MAGE_JWT_SECRET",
+                    "is the public development secret: anyone could sign tokens; set a secret of your own",
+                ));
+            }
             (Some(s), _) if s.len() >= 32 => s.clone(),
             (Some(_), _) => {
                 return Err(ConfigError::new("MAGE_JWT_SECRET", "must be at least 32 bytes long"));
@@ -274,6 +391,15 @@ impl ServerArgs {
             ("MAGE_WS_KEEPALIVE_SECONDS", self.ws_keepalive_seconds),
             ("MAGE_WS_INIT_TIMEOUT_SECONDS", self.ws_init_timeout_seconds),
             ("MAGE_CHECKOUTS_PER_MINUTE", u64::from(self.checkouts_per_minute)),
+            ("MAGE_GRAPHQL_MAX_ROOT_MUTATIONS", self.graphql_max_root_mutations as u64),
+            ("MAGE_LOGIN_FAILURES_PER_EMAIL", u64::from(self.login_failures_per_email)),
+            ("MAGE_LOGIN_FAILURES_PER_IP", u64::from(self.login_failures_per_ip)),
+            ("MAGE_SIGNUPS_PER_IP_PER_HOUR", u64::from(self.signups_per_ip_per_hour)),
+            ("MAGE_HEADER_READ_TIMEOUT_SECONDS", self.header_read_timeout_seconds),
+            ("MAGE_KEEPALIVE_TIMEOUT_SECONDS", self.keepalive_timeout_seconds),
+            ("MAGE_MAX_CONNECTIONS", self.max_connections as u64),
+            ("MAGE_WS_MAX_OPERATIONS", self.ws_max_operations as u64),
+            ("MAGE_WS_MAX_SOCKETS_PER_IP", self.ws_max_sockets_per_ip as u64),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(name, "must be greater than 0"));
@@ -284,7 +410,41 @@ impl ServerArgs {
                 return Err(ConfigError::new("MAGE_CORS_ORIGINS", format!("{origin:?} is not an origin")));
             }
         }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        ConfigError::new("MAGE_TRUSTED_PROXIES", format!("{p:?} is not a CIDR or an IP"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let metrics_token = self.metrics_token.clone().filter(|t| !t.is_empty());
+        if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError::new("MAGE_METRICS_TOKEN", "must be at least 16 characters"));
+        }
         Ok(ServerSettings {
+            graphql_max_root_mutations: self.graphql_max_root_mutations,
+            auth_limits: AuthLimits {
+                login_failures_per_email: self.login_failures_per_email,
+                login_failures_per_ip: self.login_failures_per_ip,
+                signups_per_ip_per_hour: self.signups_per_ip_per_hour,
+            },
+            connections: ConnectionSettings {
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
+                keepalive_timeout: Duration::from_secs(self.keepalive_timeout_seconds),
+                max_connections: self.max_connections,
+                trusted_proxies,
+                ws_max_operations: self.ws_max_operations,
+                ws_max_sockets_per_ip: self.ws_max_sockets_per_ip,
+            },
+            metrics_addr: self.metrics_addr,
+            metrics_token,
+            shutdown_grace: Duration::from_secs(30),
             addr: self.addr,
             public_url,
             jwt_secret,
@@ -317,6 +477,12 @@ impl ServerArgs {
             ));
         }
         let webhook_secret = match (self.stripe_webhook_secret.clone().filter(|s| !s.is_empty()), dev_mode) {
+            (Some(s), false) if s == DEV_WEBHOOK_SECRET => {
+                return Err(ConfigError::new(
+                    "STRIPE_WEBHOOK_SECRET",
+                    "is the public development secret: anyone could sign payment events; use your endpoint's",
+                ));
+            }
             (Some(s), _) => Some(s),
             (None, true) => Some(DEV_WEBHOOK_SECRET.to_owned()),
             (None, false) if key.is_some() => {

@@ -205,6 +205,7 @@ async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generation> {
 fn same_request(first: Generation, quote: &Quote) -> Result<Generation> {
     let same = first.model == quote.model.id
         && first.prompt == quote.prompt
+        && first.negative_prompt.as_deref() == quote.negative_prompt.as_deref()
         && first.resolution == quote.resolution.as_str()
         && first.duration_seconds == quote.duration_seconds
         && quote.seed.is_none_or(|s| first.seed == Some(s));

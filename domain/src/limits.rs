@@ -144,3 +144,123 @@ pub async fn reserve_checkout(redis: &Redis, per_minute: u32, user_id: Uuid) -> 
     }
     Ok(())
 }
+
+// KEYS: sliding windows (sorted sets of attempts). ARGV: now ms, member,
+// window ms, then each key's limit. Returns {0, 0} when the attempt was
+// added to every window, else {index of the full window, retry after in
+// seconds} and adds it to none.
+const WINDOWS: &str = r"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[3])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[3 + i]) then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    return {i, math.max(1, math.ceil((tonumber(oldest[2]) + window - now) / 1000))}
+  end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now, ARGV[2])
+  redis.call('PEXPIRE', key, window)
+end
+return {0, 0}
+";
+
+/// An attempt counted in one or more sliding windows, until it is given
+/// back ([`Attempt::give_back`]) or ages out of them.
+#[derive(Debug)]
+pub struct Attempt {
+    keys: Vec<String>,
+    member: String,
+}
+
+impl Attempt {
+    /// Counts an attempt in every window at once, or in none when one of
+    /// them is full: then `RateLimited` with that window's `message`.
+    /// Counted before the work it guards, so concurrent attempts cannot all
+    /// pass a check none of them has counted in yet.
+    async fn take(redis: &Redis, windows: &[(String, u32, &str)], window_ms: i64) -> Result<Self> {
+        let mut conn = redis.conn().await?;
+        static SCRIPT: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(WINDOWS));
+        let member = Uuid::new_v4().to_string();
+        let mut call = SCRIPT.prepare_invoke();
+        call.arg(chrono::Utc::now().timestamp_millis()).arg(&member).arg(window_ms);
+        for (key, limit, _) in windows {
+            call.key(key).arg(*limit);
+        }
+        let (full, retry_after): (usize, u64) = call.invoke_async(&mut conn).await?;
+        match full.checked_sub(1).and_then(|i| windows.get(i)) {
+            None => Ok(Self { keys: windows.iter().map(|w| w.0.clone()).collect(), member }),
+            Some((_, limit, message)) => Err(Error::RateLimited {
+                message: message.replace("{limit}", &limit.to_string()),
+                retry_after_seconds: retry_after,
+            }),
+        }
+    }
+
+    /// Takes the attempt out of its windows: it did not count (a login
+    /// that succeeded, a sign-up refused for its input).
+    pub async fn give_back(self, redis: &Redis) {
+        let result = async {
+            let mut conn = redis.conn().await?;
+            let mut pipe = redis::pipe();
+            for key in &self.keys {
+                pipe.zrem(key, &self.member).ignore();
+            }
+            let () = pipe.query_async(&mut conn).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not give back a rate-limit slot");
+        }
+    }
+}
+
+/// Limits on signing in and up (MAGE_LOGIN_FAILURES_PER_EMAIL,
+/// MAGE_LOGIN_FAILURES_PER_IP, MAGE_SIGNUPS_PER_IP_PER_HOUR).
+pub use crate::config::AuthLimits;
+
+const LOGIN_WINDOW_MS: i64 = 15 * 60 * 1000;
+const SIGNUP_WINDOW_MS: i64 = 60 * 60 * 1000;
+
+/// A login attempt for `email` from the client counted under `client`
+/// (an IP, or its /64). Give it back when the password was right: only
+/// failures count.
+pub async fn login_attempt(redis: &Redis, limits: AuthLimits, email: &str, client: &str) -> Result<Attempt> {
+    use sha2::Digest;
+    // Emails are not written into Redis keys, only their digest.
+    let email = hex::encode(sha2::Sha256::digest(email.trim().to_lowercase().as_bytes()));
+    Attempt::take(
+        redis,
+        &[
+            (
+                redis.key(&format!("limits:login-email:{email}")),
+                limits.login_failures_per_email,
+                "too many failed sign-ins for this email ({limit} per 15 minutes)",
+            ),
+            (
+                redis.key(&format!("limits:login-ip:{client}")),
+                limits.login_failures_per_ip,
+                "too many failed sign-ins from your address ({limit} per 15 minutes)",
+            ),
+        ],
+        LOGIN_WINDOW_MS,
+    )
+    .await
+}
+
+/// A sign-up from the client counted under `client`.
+pub async fn signup_attempt(redis: &Redis, limits: AuthLimits, client: &str) -> Result<Attempt> {
+    Attempt::take(
+        redis,
+        &[(
+            redis.key(&format!("limits:signup-ip:{client}")),
+            limits.signups_per_ip_per_hour,
+            "too many accounts created from your address ({limit} per hour)",
+        )],
+        SIGNUP_WINDOW_MS,
+    )
+    .await
+}

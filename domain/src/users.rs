@@ -183,6 +183,11 @@ fn email_taken() -> Error {
 /// The user with this email and password. An unknown email costs the same
 /// hashing work as a wrong password, so timing does not tell them apart.
 pub async fn authenticate(pool: &DbPool, email: &str, password: &str) -> Result<User> {
+    // Hashing costs the server far more than sending costs the client: a
+    // password no account can have is refused before any of that work.
+    if password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(Error::invalid("password", format!("must be at most {MAX_PASSWORD_CHARS} characters")));
+    }
     let user = find_by_email(&mut *pool.get().await?, email).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let ok = verify_password(password.to_owned(), hash).await?;
@@ -201,6 +206,11 @@ fn dummy_hash() -> &'static str {
             .map(|h| h.to_string())
             .unwrap_or_default()
     })
+}
+
+/// Whether an account with this id exists (one index lookup).
+pub async fn exists(conn: &mut Connection, id: Uuid) -> Result<bool> {
+    Ok(diesel::select(diesel::dsl::exists(users::table.find(id))).get_result(conn).await?)
 }
 
 pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<User>> {

@@ -46,6 +46,25 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         ws_init_timeout: Duration::from_secs(10),
         dev_mode: false,
         payments: mage_domain::config::PaymentSettings::development(),
+        graphql_max_root_mutations: 10,
+        // Tests sign many users up and in from one address; the tests of
+        // these limits lower them.
+        auth_limits: mage_domain::config::AuthLimits {
+            login_failures_per_email: 10,
+            login_failures_per_ip: 10_000,
+            signups_per_ip_per_hour: 10_000,
+        },
+        connections: mage_domain::config::ConnectionSettings {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
+            max_connections: 10_000,
+            trusted_proxies: vec![],
+            ws_max_operations: 100,
+            ws_max_sockets_per_ip: 1_000,
+        },
+        metrics_addr: None,
+        metrics_token: None,
+        shutdown_grace: Duration::from_secs(30),
     }
 }
 

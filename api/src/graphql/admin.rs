@@ -62,6 +62,7 @@ pub struct AdminQuery;
 impl AdminQuery {
     /// Users whose email contains `search`, by email, with their balances
     /// (admins only).
+    #[graphql(complexity = "super::pagination::list_complexity(first, child_complexity)")]
     async fn users(
         &self,
         ctx: &Context<'_>,
@@ -86,6 +87,7 @@ impl AdminQuery {
     /// Stored Stripe events, newest first (admins only); `status` narrows
     /// them to `received`, `processed`, `ignored` or `failed` (those an
     /// admin may want to `replayStripeEvent`).
+    #[graphql(complexity = "super::pagination::list_complexity(Some(first), child_complexity)")]
     async fn stripe_events(
         &self,
         ctx: &Context<'_>,
@@ -111,6 +113,7 @@ impl AdminQuery {
 
     /// Jobs that ran out of attempts, newest first (admins only). Without
     /// `queue`, those of every queue.
+    #[graphql(complexity = "super::pagination::list_complexity(Some(first), child_complexity)")]
     async fn dead_jobs(
         &self,
         ctx: &Context<'_>,

@@ -106,7 +106,7 @@ pub struct CreditsQuery;
 #[Object]
 impl CreditsQuery {
     /// The signed-in user's ledger, newest first.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity + 1")]
+    #[graphql(complexity = "super::pagination::list_complexity(first, child_complexity)")]
     async fn credit_entries(
         &self,
         ctx: &Context<'_>,

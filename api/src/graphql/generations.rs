@@ -499,6 +499,7 @@ impl GenerationsQuery {
     }
 
     /// Your generations, newest first.
+    #[graphql(complexity = "super::pagination::list_complexity(first, child_complexity)")]
     async fn generations(
         &self,
         ctx: &Context<'_>,

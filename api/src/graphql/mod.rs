@@ -1,6 +1,7 @@
 //! The GraphQL schema, one module per domain area, merged here.
 
 mod admin;
+mod budget;
 mod credits;
 mod documents;
 mod generations;
@@ -13,12 +14,14 @@ mod users;
 
 use std::sync::Arc;
 
+use async_graphql::parser::types::OperationType;
 use async_graphql::{Data, MergedObject, MergedSubscription, Response, Schema, SchemaBuilder};
 use futures_util::stream::{BoxStream, StreamExt};
 use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
 
 use crate::auth::{Tokens, Viewer};
+use crate::client::ClientIp;
 use crate::error::ensure_code;
 
 pub use loaders::Loaders;
@@ -60,6 +63,7 @@ pub struct Services {
     /// Live events for subscriptions.
     pub live: crate::live::Hub,
     pub payments: mage_domain::payments::checkout::PaymentServices,
+    pub auth_limits: mage_domain::limits::AuthLimits,
 }
 
 impl Services {
@@ -75,17 +79,30 @@ impl Services {
 pub struct Limits {
     pub max_depth: usize,
     pub max_complexity: usize,
+    pub max_root_mutations: usize,
 }
 
 impl Limits {
     pub fn from_settings(s: &ServerSettings) -> Self {
-        Self { max_depth: s.graphql_max_depth, max_complexity: s.graphql_max_complexity }
+        Self {
+            max_depth: s.graphql_max_depth,
+            max_complexity: s.graphql_max_complexity,
+            max_root_mutations: s.graphql_max_root_mutations,
+        }
+    }
+
+    fn budget(&self) -> budget::Budget {
+        budget::Budget {
+            max_fields: self.max_complexity,
+            max_spreads: budget::MAX_SPREADS,
+            max_root_mutations: self.max_root_mutations,
+        }
     }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_depth: 16, max_complexity: 5000 }
+        Self { max_depth: 16, max_complexity: 5000, max_root_mutations: 10 }
     }
 }
 
@@ -102,13 +119,22 @@ pub fn build_schema() -> MageSchema {
 }
 
 pub fn schema(services: Arc<Services>, limits: Limits) -> Operations {
-    Operations { schema: schema_builder(limits).data(services).finish(), documents: Arc::default() }
+    Operations {
+        schema: schema_builder(limits).data(services).finish(),
+        documents: Arc::default(),
+        budget: limits.budget(),
+    }
 }
 
 /// Per-request data: the caller and fresh DataLoaders (they cache what they
 /// load for the caller, so they must not outlive the request).
-pub fn request_data(req: async_graphql::Request, viewer: Viewer, pool: &DbPool) -> async_graphql::Request {
-    req.data(viewer).data(Loaders::new(pool.clone()))
+pub fn request_data(
+    req: async_graphql::Request,
+    viewer: Viewer,
+    client: ClientIp,
+    pool: &DbPool,
+) -> async_graphql::Request {
+    req.data(viewer).data(client).data(Loaders::new(pool.clone()))
 }
 
 /// The schema as the server runs it, over HTTP and WebSocket alike: every
@@ -118,20 +144,73 @@ pub fn request_data(req: async_graphql::Request, viewer: Viewer, pool: &DbPool) 
 /// (`crate::metrics::Operation`). Done around execution rather than as
 /// async-graphql extensions, which would put every resolved field on
 /// async-graphql's slow path. Parsed documents are reused by query text
-/// (`documents::Documents`).
+/// (`documents::Documents`), and a document larger than the limits once its
+/// fragments are expanded is refused before async-graphql validates it
+/// (`budget`).
 #[derive(Clone)]
 pub struct Operations {
     schema: MageSchema,
     documents: Arc<documents::Documents>,
+    budget: budget::Budget,
+}
+
+impl Operations {
+    /// The refusal of a document over budget; `None` for one within it, or
+    /// one that does not parse (async-graphql answers that).
+    fn over_budget(&self, request: &mut async_graphql::Request) -> Option<Response> {
+        let doc = request.parsed_query().ok()?;
+        let budget::Refused(message) = budget::check(doc, &self.budget).err()?;
+        let mut error = async_graphql::ServerError::new(message, None);
+        ensure_code(&mut error);
+        Some(Response::from_errors(vec![error]))
+    }
+}
+
+impl Operations {
+    /// Runs an operation that came over HTTP. A mutation runs on a task of
+    /// its own: if the client goes away or the request times out it still
+    /// runs to its end, so no transaction is cut off half-way (cancelling
+    /// one does not close it). Anything else runs in the request's task, so
+    /// it ends with the request.
+    pub async fn execute_http(&self, request: async_graphql::Request) -> Response {
+        self.run(request, true).await
+    }
+
+    /// The type of the operation a request would run; `None` when its
+    /// document does not parse or names no such operation.
+    pub fn operation_type(&self, request: &mut async_graphql::Request) -> Option<OperationType> {
+        self.documents.prepare(request);
+        crate::metrics::Operation::of(request).operation_type()
+    }
+
+    async fn run(&self, mut request: async_graphql::Request, detach_mutations: bool) -> Response {
+        self.documents.prepare(&mut request);
+        let operation = crate::metrics::Operation::of(&mut request);
+        let response = if let Some(refused) = self.over_budget(&mut request) {
+            refused
+        } else if detach_mutations && operation.operation_type() == Some(OperationType::Mutation) {
+            let schema = self.schema.clone();
+            match tokio::spawn(async move { schema.execute(request).await }).await {
+                Ok(response) => with_codes(response),
+                Err(e) => {
+                    let _ = crate::error::ApiError::internal(format!("GraphQL execution task failed: {e}"));
+                    Response::from_errors(vec![
+                        async_graphql::Error::from(crate::error::ApiError::Internal)
+                            .into_server_error(async_graphql::Pos::default()),
+                    ])
+                }
+            }
+        } else {
+            with_codes(self.schema.execute(request).await)
+        };
+        operation.finished(&response);
+        response
+    }
 }
 
 impl async_graphql::Executor for Operations {
-    async fn execute(&self, mut request: async_graphql::Request) -> Response {
-        self.documents.prepare(&mut request);
-        let operation = crate::metrics::Operation::of(&mut request);
-        let response = with_codes(self.schema.execute(request).await);
-        operation.finished(&response);
-        response
+    async fn execute(&self, request: async_graphql::Request) -> Response {
+        self.run(request, false).await
     }
 
     fn execute_stream(
@@ -141,6 +220,10 @@ impl async_graphql::Executor for Operations {
     ) -> BoxStream<'static, Response> {
         self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
+        if let Some(refused) = self.over_budget(&mut request) {
+            operation.finished(&refused);
+            return futures_util::stream::once(async move { refused }).boxed();
+        }
         let stream = self.schema.execute_stream_with_session_data(request, session_data.unwrap_or_default());
         if operation.is_subscription() {
             stream.map(with_codes).boxed()
@@ -168,6 +251,12 @@ fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
 fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> &'a Viewer {
     static ANONYMOUS: Viewer = Viewer::Anonymous;
     ctx.data_opt::<Viewer>().unwrap_or(&ANONYMOUS)
+}
+
+fn client(ctx: &async_graphql::Context<'_>) -> ClientIp {
+    ctx.data_opt::<ClientIp>()
+        .copied()
+        .unwrap_or(ClientIp(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
 }
 
 fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {

@@ -170,6 +170,7 @@ pub struct OrdersQuery;
 #[Object]
 impl OrdersQuery {
     /// Your orders, newest first.
+    #[graphql(complexity = "super::pagination::list_complexity(first, child_complexity)")]
     async fn orders(
         &self,
         ctx: &Context<'_>,

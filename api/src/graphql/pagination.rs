@@ -8,6 +8,14 @@ use crate::error::ApiError;
 pub const DEFAULT_PAGE: i32 = 20;
 pub const MAX_PAGE: i32 = 100;
 
+/// The complexity of a list field: each of the `first` items (the default
+/// page when absent) costs what its selection costs, so 400 aliases of a
+/// 100-item page cost 40,000 items, not 400 fields.
+pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
+    let items = first.unwrap_or(DEFAULT_PAGE).max(0) as usize;
+    items.saturating_mul(child_complexity).saturating_add(1)
+}
+
 /// `first` checked against 1..=MAX_PAGE (default DEFAULT_PAGE).
 pub fn page_size(first: Option<i32>) -> Result<i64, ApiError> {
     match first {

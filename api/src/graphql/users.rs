@@ -2,11 +2,11 @@
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
-use mage_domain::models;
 use mage_domain::users as domain;
+use mage_domain::{limits, models};
 
 use super::credits::CreditAccount;
-use super::{loaders, services, viewer};
+use super::{client, loaders, services, viewer};
 use crate::error::{ApiError, ApiResult};
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -82,17 +82,53 @@ pub struct UsersMutation;
 
 #[Object]
 impl UsersMutation {
-    /// Creates an account, grants the signup bonus and signs in.
+    /// Creates an account, grants the signup bonus and signs in. At most
+    /// MAGE_SIGNUPS_PER_IP_PER_HOUR per client address (`RATE_LIMITED`).
     async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
         let s = services(ctx);
-        let user = domain::register(&s.pool, &email, &password, s.signup_credits).await?;
+        // Input a sign-up would refuse costs no slot: checked first.
+        domain::normalize_email(&email)?;
+        domain::check_password(&password)?;
+        let attempt = limits::signup_attempt(&s.redis, s.auth_limits, &client(ctx).limit_key()).await?;
+        let user = match domain::register(&s.pool, &email, &password, s.signup_credits).await {
+            Ok(user) => user,
+            Err(e) => {
+                if matches!(e, mage_domain::Error::InvalidInput { .. }) {
+                    attempt.give_back(&s.redis).await;
+                }
+                return Err(e.into());
+            }
+        };
         tracing::info!(user_id = %user.id, "user registered");
         auth_payload(ctx, user)
     }
 
+    /// Signs in. Failed attempts are limited per email
+    /// (MAGE_LOGIN_FAILURES_PER_EMAIL) and per client address
+    /// (MAGE_LOGIN_FAILURES_PER_IP), both per 15 minutes: past them every
+    /// attempt, right password or not, is `RATE_LIMITED` with
+    /// `retryAfterSeconds`, before the password is looked at.
     async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
-        let user = domain::authenticate(&services(ctx).pool, &email, &password).await?;
-        auth_payload(ctx, user)
+        let s = services(ctx);
+        if password.chars().count() > domain::MAX_PASSWORD_CHARS {
+            return Err(ApiError::bad_input(
+                "password",
+                format!("password must be at most {} characters", domain::MAX_PASSWORD_CHARS),
+            ));
+        }
+        let attempt =
+            limits::login_attempt(&s.redis, s.auth_limits, &email, &client(ctx).limit_key()).await?;
+        match domain::authenticate(&s.pool, &email, &password).await {
+            Ok(user) => {
+                attempt.give_back(&s.redis).await;
+                auth_payload(ctx, user)
+            }
+            Err(e @ mage_domain::Error::InvalidCredentials) => Err(e.into()),
+            Err(e) => {
+                attempt.give_back(&s.redis).await;
+                Err(e.into())
+            }
+        }
     }
 }
 
