@@ -394,7 +394,7 @@ async fn websockets_per_client_address_are_capped() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_are_not_public() {
-    let app = TestApp::start().await;
+    let app = TestApp::start_with(|s| s.metrics_token = None).await;
     let res = app.http.get(app.url("/metrics")).send().await.expect("GET");
     assert_eq!(res.status(), 404);
 

@@ -60,7 +60,16 @@ async fn next_of(ws: &mut Ws, id: &str) -> Value {
 
 /// A gauge of this server's `/metrics`.
 async fn gauge(app: &TestApp, name: &str) -> f64 {
-    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let text = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(common::METRICS_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))

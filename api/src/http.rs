@@ -159,17 +159,13 @@ impl Wants {
         if ranges.peek().is_none() {
             return Some(Self::Json);
         }
-        let mut json = false;
-        for media in ranges {
-            match media.as_str() {
-                "application/graphql-response+json" | "*/*" | "application/*" => {
-                    return Some(Self::GraphqlResponse);
-                }
-                "application/json" => json = true,
-                _ => {}
-            }
-        }
-        json.then_some(Self::Json)
+        // The first one the client lists that GraphQL answers with; `*/*`
+        // gets `application/json`, which every client reads.
+        ranges.find_map(|media| match media.as_str() {
+            "application/graphql-response+json" => Some(Self::GraphqlResponse),
+            "application/json" | "*/*" | "application/*" => Some(Self::Json),
+            _ => None,
+        })
     }
 
     fn content_type(self) -> &'static str {

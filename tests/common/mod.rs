@@ -14,6 +14,8 @@ use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
+/// Opens `/metrics` of a test server (`MAGE_METRICS_TOKEN`).
+pub const METRICS_TOKEN: &str = "metrics-token-of-the-tests";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -60,10 +62,10 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
             max_connections: 10_000,
             trusted_proxies: vec![],
             ws_max_operations: 100,
-            ws_max_sockets_per_ip: 1_000,
+            ws_max_sockets_per_ip: 100_000,
         },
         metrics_addr: None,
-        metrics_token: None,
+        metrics_token: Some(METRICS_TOKEN.into()),
         shutdown_grace: Duration::from_secs(30),
     }
 }
