@@ -7,6 +7,9 @@ use std::time::Duration;
 
 /// The HS256 secret the benchmarks' servers sign and check tokens with.
 pub const JWT_SECRET: &str = "bench-secret-bench-secret-bench-secret-0";
+/// Opens `/metrics` on the port of a `mage serve` under test
+/// (MAGE_METRICS_TOKEN).
+pub const METRICS_TOKEN: &str = "bench-metrics-token-0123456789";
 
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cores, JWT_SECRET, percentile};
+use common::{Cores, JWT_SECRET, METRICS_TOKEN, percentile};
 use futures_util::{SinkExt, StreamExt};
 use mage_domain::models::Generation;
 use serde_json::{Value, json};
@@ -538,6 +538,7 @@ async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {
             ("MAGE_ACTIVE_GENERATIONS", "1000000"),
             // Every client of the benchmark connects from 127.0.0.1.
             ("MAGE_WS_MAX_SOCKETS_PER_IP", "1000000"),
+            ("MAGE_METRICS_TOKEN", METRICS_TOKEN),
             ("MAGE_LOG", "warn"),
         ],
         pinned,
@@ -651,7 +652,7 @@ async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {
     };
     let mut after_close = (f64::NAN, f64::NAN, f64::NAN);
     for _ in 0..50 {
-        let text = match http.get(&metrics_url).send().await {
+        let text = match http.get(&metrics_url).bearer_auth(METRICS_TOKEN).send().await {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };

@@ -82,19 +82,28 @@ async fn a_fragment_fan_out_is_refused_at_once_and_sigterm_ends_serve_within_its
         .await
         .expect("write");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = child.0.id() as libc::pid_t;
-    // SAFETY: signals a child process this test started and still owns.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let signalled = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(signalled.elapsed() < Duration::from_secs(10), "mage serve still running 10 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (status, took) = child.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}");
-    println!("mage serve exited {:?} after SIGTERM (grace 2 s)", signalled.elapsed());
+    println!("mage serve exited {took:?} after SIGTERM (grace 2 s)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fragment_fan_out_over_websocket_is_refused_too() {
+    let app = TestApp::start().await;
+    let mut ws = common::ws::connect_signed_in(app.addr, None).await;
+    common::ws::subscribe(&mut ws, "big", &fan_out(30), json!({})).await;
+    let msg = common::ws::recv_within(&mut ws, Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(msg["id"], "big", "{msg}");
+    assert_eq!(msg["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{msg}");
+    // The socket goes on serving.
+    common::ws::subscribe(&mut ws, "small", "{ __typename }", json!({})).await;
+    loop {
+        let msg = common::ws::recv_within(&mut ws, Duration::from_secs(5)).await.expect("an answer");
+        if msg["id"] == "small" && msg["type"] == "next" {
+            assert_eq!(msg["payload"]["data"]["__typename"], "Query", "{msg}");
+            break;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -466,32 +475,23 @@ async fn graphql_over_http_content_types_and_methods() {
     }
     assert_eq!(app.count("users").await, 0);
 
-    // A client that accepts only application/json gets it, errors with 200.
-    let res = app
-        .http
-        .post(&url)
-        .header("Accept", "application/json")
-        .json(&json!({ "query": "{ nope }" }))
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().expect("ct").starts_with("application/json"));
-    // With the GraphQL media type, a request error is a 400 without data.
-    let res = app
-        .http
-        .post(&url)
-        .header("Accept", "application/graphql-response+json")
-        .json(&json!({ "query": "{ nope }" }))
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(res.status(), 400);
-    assert!(
-        res.headers()["content-type"].to_str().expect("ct").starts_with("application/graphql-response+json")
-    );
-    let v: Value = res.json().await.expect("JSON");
-    assert!(v.get("data").is_none() && v["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", "{v}");
+    // A client that accepts only application/json gets it, errors with 200;
+    // with the GraphQL media type, a request error is a 400 without data.
+    for (accept, status) in [("application/json", 200), ("application/graphql-response+json", 400)] {
+        let res = app
+            .http
+            .post(&url)
+            .header("Accept", accept)
+            .json(&json!({ "query": "{ nope }" }))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status(), status, "{accept}");
+        assert!(res.headers()["content-type"].to_str().expect("ct").starts_with(accept), "{accept}");
+        let v: Value = res.json().await.expect("JSON");
+        assert_eq!(v["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{v}");
+        assert_eq!(v.get("data").is_some(), accept == "application/json", "{accept}: {v}");
+    }
 
     // Queries over GET (cacheable); mutations only over POST.
     let res = app

@@ -481,19 +481,8 @@ async fn sigterm_hands_back_the_running_render_and_exits_0_and_the_next_worker_c
     let id = create(&app, &token, video("outlive the deploy")).await;
     let r = wait_row(&app, id, Duration::from_secs(60), |r| r.status == "rendering" && r.progress > 0).await;
     let prompt_id = r.backend_job_id.clone().expect("prompt id");
-    let pid = i32::try_from(first.0.id()).expect("pid");
-    // SAFETY: signalling a child process this test started and still owns.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let termed = Instant::now();
-    let status = loop {
-        if let Some(status) = first.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(termed.elapsed() < Duration::from_secs(20), "mage work did not exit after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (status, exited) = first.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "mage work exited with {status}");
-    let exited = termed.elapsed();
     let r = row(&app, id).await;
     assert_eq!(r.status, "rendering", "handed back, not failed: {r:?}");
     assert_eq!(ledger(&app, id).await, ["hold"]);

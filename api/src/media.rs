@@ -27,8 +27,8 @@ pub fn routes(state: &AppState) -> Router<AppState> {
     let Some(root) = state.storage.local_root() else {
         return Router::new();
     };
-    let files = ServeDir::new(&root).append_index_html_on_directories(false);
     let root = std::sync::Arc::new(root.to_path_buf());
+    let files = ServeDir::new(root.as_path()).append_index_html_on_directories(false);
     Router::new()
         .nest_service("/media", files)
         .layer(middleware::from_fn(move |req: Request, next: Next| {

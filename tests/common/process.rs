@@ -22,6 +22,24 @@ pub fn free_port() -> u16 {
 /// A child process killed when dropped.
 pub struct Child(pub std::process::Child);
 
+impl Child {
+    /// Sends SIGTERM and waits for the exit, at most `limit`; returns the
+    /// exit status and how long the process took.
+    pub async fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = i32::try_from(self.0.id()).expect("pid");
+        // SAFETY: signals a child process this test started and still owns.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let signalled = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("wait") {
+                return (status, signalled.elapsed());
+            }
+            assert!(signalled.elapsed() < limit, "the process was still running {limit:?} after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();

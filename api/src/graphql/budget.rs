@@ -138,9 +138,8 @@ impl<'a> Expanded<'a> {
     }
 
     fn fragment(&mut self, name: &'a str, nesting: usize) -> usize {
-        match self.fragments.get(name) {
-            Some(known) => return known.unwrap_or(0),
-            None => {}
+        if let Some(known) = self.fragments.get(name) {
+            return known.unwrap_or(0);
         }
         // An unknown fragment is validation's to report.
         let Some((key, fragment)) = self.doc.fragments.get_key_value(name) else { return 0 };
