@@ -9,7 +9,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use async_graphql::Data;
@@ -122,13 +123,79 @@ struct Envelope {
     id: Option<String>,
 }
 
-/// The server's `complete` for an operation (async-graphql writes `type`
-/// first; `next` messages, the bulk, are never parsed).
+/// The server's `complete` (or `error`) for an operation: async-graphql
+/// writes `type` first, so `next` messages, the bulk, are never parsed.
 fn completed_id(text: &str) -> Option<String> {
     if !(text.starts_with(r#"{"type":"complete""#) || text.starts_with(r#"{"type":"error""#)) {
         return None;
     }
     serde_json::from_str::<Envelope>(text).ok()?.id
+}
+
+/// State a socket's input filter shares with its loop: client messages are
+/// looked at on their way into async-graphql (operations counted, ids
+/// checked), and what must be answered outside async-graphql is left here
+/// for the loop, woken through `wake`. One allocation per socket.
+struct Shared {
+    started: Instant,
+    /// Milliseconds after `started` when the peer last sent anything.
+    heard_ms: AtomicU64,
+    /// When the credential of `connection_init` expires (Unix seconds; 0:
+    /// none).
+    expires_at: AtomicI64,
+    guard: Mutex<Guard>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Guard {
+    /// Operations running, by id.
+    running: HashSet<String>,
+    /// Operations refused for the limit, to answer with an error.
+    refused: Vec<String>,
+    /// An id subscribed twice: the socket closes with 4409.
+    duplicate: Option<String>,
+}
+
+impl Shared {
+    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+        self.guard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a client message goes on to async-graphql.
+    fn admit(&self, data: &[u8], max_operations: usize) -> bool {
+        self.heard_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let Ok(Envelope { kind, id: Some(id) }) = serde_json::from_slice::<Envelope>(data) else {
+            return true;
+        };
+        let mut guard = self.guard();
+        match kind.as_str() {
+            "subscribe" | "start" if guard.running.contains(&id) => guard.duplicate = Some(id),
+            "subscribe" | "start" if guard.running.len() >= max_operations => guard.refused.push(id),
+            "subscribe" | "start" => {
+                guard.running.insert(id);
+                return true;
+            }
+            "complete" | "stop" => {
+                guard.running.remove(&id);
+                return true;
+            }
+            _ => return true,
+        }
+        drop(guard);
+        self.wake.notify_one();
+        false
+    }
+}
+
+/// What the one deadline timer of a socket is waiting for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deadline {
+    /// `connection_init` (4408 when it passes).
+    Init,
+    /// The credential's expiry (4401).
+    Expiry,
+    None,
 }
 
 pub(crate) async fn serve(
@@ -139,90 +206,71 @@ pub(crate) async fn serve(
     _slot: SocketSlot,
 ) {
     let _open = Open::new();
-    let (mut sink, mut source) = socket.split();
+    let (mut sink, source) = socket.split();
     let started = Instant::now();
-    // Client messages pass through here (to count operations and see
-    // their ids) on their way to async-graphql.
-    // async-graphql drains its input at once except while `connection_init`
-    // is being answered; a client that sends more than this meanwhile is
-    // flooding (an await here would stop async-graphql being polled).
-    let (to_graphql, input) =
-        tokio::sync::mpsc::channel::<Vec<u8>>(2 * state.settings.connections.ws_max_operations + 32);
-    let input = futures_util::stream::unfold(input, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut to_graphql = Some(to_graphql);
-    // When the credential of `connection_init` expires (Unix seconds).
-    let (expiry_tx, mut expiry_rx) = tokio::sync::oneshot::channel::<Option<i64>>();
-    let init_state = state.clone();
+    let max_operations = state.settings.connections.ws_max_operations;
+    let shared = Arc::new(Shared {
+        started,
+        heard_ms: AtomicU64::new(0),
+        expires_at: AtomicI64::new(0),
+        guard: Mutex::default(),
+        wake: tokio::sync::Notify::new(),
+    });
+    let input = {
+        let shared = shared.clone();
+        source
+            .take_while(|m| std::future::ready(matches!(m, Ok(m) if !matches!(m, Message::Close(_)))))
+            .filter_map(move |m| {
+                std::future::ready(match m {
+                    Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                        let data = m.into_data();
+                        shared.admit(&data, max_operations).then_some(data)
+                    }
+                    _ => {
+                        shared.heard_ms.store(shared.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        None
+                    }
+                })
+            })
+    };
+    let init = (state.clone(), shared.clone());
     let graphql = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
         .on_connection_init(move |payload| async move {
-            connection_init(&init_state, client, payload, expiry_tx).await
+            let (state, shared) = init;
+            connection_init(&state, client, payload, &shared.expires_at).await
         });
     futures_util::pin_mut!(graphql);
 
-    let limits = &state.settings.connections;
     let every = state.settings.ws_keepalive;
     let mut keepalive = tokio::time::interval_at(started + every, every);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let init_deadline = tokio::time::sleep(state.settings.ws_init_timeout);
-    futures_util::pin_mut!(init_deadline);
-    // Far away until the credential's expiry is known.
-    let expiry = tokio::time::sleep(std::time::Duration::from_secs(365 * 24 * 3600));
-    futures_util::pin_mut!(expiry);
+    let deadline = tokio::time::sleep(state.settings.ws_init_timeout);
+    futures_util::pin_mut!(deadline);
+    let mut waiting_for = Deadline::Init;
     let mut acknowledged = false;
-    let mut expiry_known = false;
-    let mut heard = started;
-    // Operations running, by id.
-    let mut running: HashSet<String> = HashSet::new();
     let close = |code: u16, reason: &str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
 
     loop {
         tokio::select! {
-            incoming = source.next(), if to_graphql.is_some() => {
-                heard = Instant::now();
-                let data = match incoming {
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => m.into_data(),
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        // async-graphql ends its stream when its input does.
-                        to_graphql = None;
-                        continue;
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let envelope = serde_json::from_slice::<Envelope>(&data).ok();
-                match envelope {
-                    Some(Envelope { kind, id: Some(id) }) if kind == "subscribe" || kind == "start" => {
-                        if running.contains(&id) {
-                            // graphql-transport-ws: "Subscriber for <id> already exists".
-                            let _ = sink.send(close(4409, &format!("Subscriber for {id} already exists"))).await;
-                            break;
-                        }
-                        if running.len() >= limits.ws_max_operations {
-                            let error = operation_limit_error(protocol, &id, limits.ws_max_operations);
-                            if sink.send(Message::Text(error.into())).await.is_err() {
-                                break;
-                            }
-                            continue;
-                        }
-                        running.insert(id);
-                    }
-                    Some(Envelope { kind, id: Some(id) }) if kind == "complete" || kind == "stop" => {
-                        running.remove(&id);
-                    }
-                    _ => {}
-                }
-                if let Some(tx) = to_graphql.as_ref()
-                    && tx.try_send(data.to_vec()).is_err()
-                {
-                    let _ = sink.send(close(1008, "too many messages at once")).await;
-                    break;
-                }
-            }
             out = graphql.next() => match out {
                 None => break,
                 Some(WsMessage::Text(text)) => {
-                    acknowledged |= text.starts_with(r#"{"type":"connection_ack""#);
+                    if !acknowledged && text.starts_with(r#"{"type":"connection_ack""#) {
+                        acknowledged = true;
+                        // The socket never outlives its credential: the
+                        // client reconnects with a fresh token (graphql-ws
+                        // calls a lazy `connectionParams` again then).
+                        waiting_for = match shared.expires_at.load(Ordering::Relaxed) {
+                            0 => Deadline::None,
+                            at => {
+                                let left = (at - chrono::Utc::now().timestamp()).max(0) as u64;
+                                deadline.as_mut().reset(Instant::now() + std::time::Duration::from_secs(left));
+                                Deadline::Expiry
+                            }
+                        };
+                    }
                     if let Some(id) = completed_id(&text) {
-                        running.remove(&id);
+                        shared.guard().running.remove(&id);
                     }
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
@@ -233,29 +281,42 @@ pub(crate) async fn serve(
                     break;
                 }
             },
-            expires = &mut expiry_rx, if !expiry_known => {
-                expiry_known = true;
-                if let Ok(Some(at)) = expires {
-                    let left = (at - chrono::Utc::now().timestamp()).max(0) as u64;
-                    expiry.as_mut().reset(Instant::now() + std::time::Duration::from_secs(left));
+            _ = shared.wake.notified() => {
+                let (refused, duplicate) = {
+                    let mut guard = shared.guard();
+                    (std::mem::take(&mut guard.refused), guard.duplicate.take())
+                };
+                if let Some(id) = duplicate {
+                    // graphql-transport-ws: "Subscriber for <id> already exists".
+                    let _ = sink.send(close(4409, &format!("Subscriber for {id} already exists"))).await;
+                    break;
+                }
+                let mut gone = false;
+                for id in refused {
+                    let error = operation_limit_error(protocol, &id, max_operations);
+                    if sink.send(Message::Text(error.into())).await.is_err() {
+                        gone = true;
+                        break;
+                    }
+                }
+                if gone {
+                    break;
                 }
             }
-            _ = &mut expiry => {
-                // The socket never outlives its credential: the client
-                // reconnects with a fresh token (graphql-ws calls a lazy
-                // `connectionParams` again on reconnect).
-                let _ = sink.send(close(4401, "Unauthorized: the access token has expired")).await;
-                break;
-            }
-            _ = &mut init_deadline, if !acknowledged => {
-                // The graphql-transport-ws code for this; legacy clients
-                // just see the socket close.
-                let _ = sink.send(close(4408, "Connection initialisation timeout")).await;
+            _ = &mut deadline, if waiting_for != Deadline::None => {
+                let (code, reason) = match waiting_for {
+                    // The graphql-transport-ws code for this; legacy
+                    // clients just see the socket close.
+                    Deadline::Init => (4408, "Connection initialisation timeout"),
+                    _ => (4401, "Unauthorized: the access token has expired"),
+                };
+                let _ = sink.send(close(code, reason)).await;
                 break;
             }
             _ = keepalive.tick() => {
-                if heard.elapsed() > every * SILENT_PERIODS {
-                    tracing::debug!(silent_ms = heard.elapsed().as_millis() as u64, "closing a silent WebSocket");
+                let silent = started.elapsed().as_millis() as u64 - shared.heard_ms.load(Ordering::Relaxed);
+                if silent > (every * SILENT_PERIODS).as_millis() as u64 {
+                    tracing::debug!(silent_ms = silent, "closing a silent WebSocket");
                     let _ = sink.send(close(1001, "no answer to keep-alive pings")).await;
                     break;
                 }
@@ -299,19 +360,21 @@ fn operation_limit_error(protocol: WebSocketProtocols, id: &str, max: usize) -> 
 /// `{"Authorization": "Bearer <token>"}` (also `authorization` or `token`).
 /// Bad credentials do not refuse the socket: every operation that needs the
 /// caller then fails with `UNAUTHENTICATED` and the reason, on its own, as
-/// over HTTP; public operations still run. A good one's expiry goes to the
-/// socket, which closes then.
+/// over HTTP; public operations still run. A good one's expiry is left in
+/// `expires_at` for the socket, which closes then.
 async fn connection_init(
     state: &AppState,
     client: ClientIp,
     payload: serde_json::Value,
-    expiry: tokio::sync::oneshot::Sender<Option<i64>>,
+    expires_at: &AtomicI64,
 ) -> async_graphql::Result<Data> {
     let credential = ["Authorization", "authorization", "token"]
         .iter()
         .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
     let (viewer, expires): (Viewer, Option<i64>) = viewer_from(state, credential).await;
-    let _ = expiry.send(expires);
+    if let Some(at) = expires {
+        expires_at.store(at.max(1), Ordering::Relaxed);
+    }
     let mut data = Data::default();
     data.insert(viewer);
     data.insert(client);
