@@ -538,6 +538,7 @@ async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {
             ("MAGE_ACTIVE_GENERATIONS", "1000000"),
             // Every client of the benchmark connects from 127.0.0.1.
             ("MAGE_WS_MAX_SOCKETS_PER_IP", "1000000"),
+            ("MAGE_MAX_CONNECTIONS_PER_IP", "1000000"),
             ("MAGE_METRICS_TOKEN", METRICS_TOKEN),
             ("MAGE_LOG", "warn"),
         ],

@@ -287,6 +287,48 @@ async fn slow_and_silent_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_loses_its_connection() {
+    let app = TestApp::start_with(|s| s.connections.send_timeout = Duration::from_secs(1)).await;
+    // Larger than every buffer between the two ends on loopback.
+    const SIZE: usize = 64 * 1024 * 1024;
+    std::fs::write(app.media_dir().join("big.bin"), vec![7u8; SIZE]).expect("write");
+    let mut reader = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    reader.write_all(b"GET /media/big.bin HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // What was buffered, then the end: the server gave up on this peer.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout_at(deadline.into(), reader.read(&mut buf)).await {
+            Err(_) => panic!("still open after {got} bytes"),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+        }
+    }
+    assert!(got < SIZE, "the whole file came: {got}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_per_client_address_are_capped() {
+    let app = TestApp::start_with(|s| {
+        s.connections.max_connections_per_ip = 2;
+        s.connections.header_read_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let held = [
+        tokio::net::TcpStream::connect(app.addr).await.expect("connect"),
+        tokio::net::TcpStream::connect(app.addr).await.expect("connect"),
+    ];
+    let mut third = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    closed_within(&mut third, Duration::from_secs(5)).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let res = app.http.get(app.url("/healthz")).send().await.expect("served once one closed");
+    assert!(res.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn open_connections_are_capped() {
     let app = TestApp::start_with(|s| {
         s.connections.max_connections = 2;
@@ -385,6 +427,16 @@ async fn websockets_cap_operations_refuse_duplicate_ids_and_end_with_their_token
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_socket_of_a_deleted_account_is_closed() {
+    let app = TestApp::start_with(|s| s.ws_keepalive = Duration::from_secs(1)).await;
+    let (token, id) = app.register("gone-ws@example.com").await;
+    let mut ws = common::ws::connect_signed_in(app.addr, Some(&token)).await;
+    app.sql(&format!("SET session_replication_role = replica; DELETE FROM users WHERE id = '{id}';")).await;
+    // Each process takes an account's existence as known for 10 s.
+    assert_eq!(close_code(&mut ws, mage_api::auth::KnownUsers::FOR + Duration::from_secs(5)).await, 4401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn websockets_per_client_address_are_capped() {
     let app = TestApp::start_with(|s| s.connections.ws_max_sockets_per_ip = 2).await;
     let first = common::ws::connect(app.addr, "graphql-transport-ws").await;
@@ -453,7 +505,9 @@ async fn media_never_follows_symbolic_links() {
     std::os::unix::fs::symlink("/etc", app.media_dir().join("etc")).expect("link");
     let res = app.http.get(app.url("/media/real.txt")).send().await.expect("GET");
     assert_eq!(res.status(), 200);
-    for path in ["/media/passwd", "/media/etc/passwd", "/media/%65tc/passwd"] {
+    std::fs::create_dir(app.media_dir().join("media")).expect("dir");
+    std::os::unix::fs::symlink("/etc/passwd", app.media_dir().join("media/link")).expect("link");
+    for path in ["/media/passwd", "/media/etc/passwd", "/media/%65tc/passwd", "/media/media/link"] {
         let res = app.http.get(app.url(path)).send().await.expect("GET");
         assert_eq!(res.status(), 404, "{path}");
     }
@@ -491,6 +545,13 @@ async fn graphql_over_http_content_types_and_methods() {
         let v: Value = res.json().await.expect("JSON");
         assert_eq!(v["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{v}");
         assert_eq!(v.get("data").is_some(), accept == "application/json", "{accept}: {v}");
+    }
+
+    // Nothing GraphQL answers with is acceptable: 406.
+    for accept in ["text/csv", "application/json;q=0"] {
+        let res =
+            app.http.post(&url).header("Accept", accept).json(&json!({ "query": "{ __typename }" })).send();
+        assert_eq!(res.await.expect("POST").status(), 406, "{accept}");
     }
 
     // Queries over GET (cacheable); mutations only over POST.

@@ -106,9 +106,10 @@ pub(crate) async fn viewer_from(state: &AppState, credential: Option<&str>) -> (
         None => (Viewer::Anonymous, None),
         Some(c) => match state.tokens.verify_header(c) {
             Ok((id, expires)) => match state.known_users.exists(&state.pool, id).await {
-                Ok(true) => (Viewer::User(id), Some(expires)),
                 Ok(false) => (Viewer::Invalid("this account no longer exists: sign in again".into()), None),
-                Err(e) => (Viewer::Invalid(e.message()), None),
+                // The token itself is good: a database hiccup must not sign
+                // anyone out (the operation meets the database again anyway).
+                Ok(true) | Err(_) => (Viewer::User(id), Some(expires)),
             },
             Err(e) => (Viewer::Invalid(e.message()), None),
         },
@@ -140,28 +141,12 @@ impl Wants {
     /// `None`: nothing the client accepts is something GraphQL answers with
     /// (406). No `Accept` at all is a legacy client: `application/json`.
     fn of(headers: &HeaderMap) -> Option<Self> {
-        let mut ranges = headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|range| {
-                let mut parts = range.split(';');
-                let media = parts.next()?.trim().to_ascii_lowercase();
-                let refused = parts.any(|p| {
-                    p.trim()
-                        .strip_prefix("q=")
-                        .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
-                });
-                (!media.is_empty() && !refused).then_some(media)
-            })
-            .peekable();
-        if ranges.peek().is_none() {
+        if headers.get(header::ACCEPT).is_none() {
             return Some(Self::Json);
         }
         // The first one the client lists that GraphQL answers with; `*/*`
         // gets `application/json`, which every client reads.
-        ranges.find_map(|media| match media.as_str() {
+        accepted(headers).find_map(|media| match media.as_str() {
             "application/graphql-response+json" => Some(Self::GraphqlResponse),
             "application/json" | "*/*" | "application/*" => Some(Self::Json),
             _ => None,
@@ -190,11 +175,15 @@ impl Wants {
     /// The response to an operation that reached the executor.
     fn response(self, response: async_graphql::Response) -> Response {
         // Nothing ran: parse, validation, limits or variables refused it.
-        let request_error = response.data == async_graphql::Value::Null
-            && !response.errors.is_empty()
-            && response.errors.iter().all(|e| e.path.is_empty());
-        let status = match (self, request_error) {
-            (Self::GraphqlResponse, true) => StatusCode::BAD_REQUEST,
+        let nothing = response.data == async_graphql::Value::Null && !response.errors.is_empty();
+        let internal = response.errors.iter().any(|e| {
+            e.extensions.as_ref().and_then(|x| x.get("code")) == Some(&async_graphql::Value::from("INTERNAL"))
+        });
+        let request_error = nothing && !internal && response.errors.iter().all(|e| e.path.is_empty());
+        let status = match (self, request_error, nothing && internal) {
+            (Self::GraphqlResponse, true, _) => StatusCode::BAD_REQUEST,
+            // The server failed before any data: not the request's fault.
+            (Self::GraphqlResponse, _, true) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,
         };
         let body = if request_error && self == Self::GraphqlResponse {
@@ -207,6 +196,24 @@ impl Wants {
         res.headers_mut().extend(response.http_headers);
         res
     }
+}
+
+/// The media ranges of `Accept`, in the client's order, without those it
+/// refuses (`q=0`).
+fn accepted(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|range| {
+            let mut parts = range.split(';');
+            let media = parts.next()?.trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.trim().strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0))
+            });
+            (!media.is_empty() && !refused).then_some(media)
+        })
 }
 
 fn not_acceptable() -> Response {
@@ -361,12 +368,7 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
     if wants_upgrade {
         return websocket(state, parts).await;
     }
-    let wants_page = parts
-        .headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.to_ascii_lowercase().contains("text/html"));
+    let wants_page = accepted(&parts.headers).any(|media| media == "text/html");
     if wants_page {
         return playground::page();
     }

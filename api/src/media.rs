@@ -43,7 +43,9 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 /// a path through one is a 404, checked component by component without
 /// following any (`symlink_metadata`).
 async fn no_symlinks(root: &std::path::Path, req: Request, next: Next) -> Response {
-    let path = req.uri().path().trim_start_matches("/media");
+    // Nested under /media, the router may or may not have stripped it.
+    let path = req.uri().path();
+    let path = path.strip_prefix("/media").unwrap_or(path);
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
     let mut at = root.to_path_buf();
     for part in decoded.split('/').filter(|p| !p.is_empty() && *p != ".") {

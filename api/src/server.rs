@@ -7,9 +7,12 @@
 //!   the first; the first one, and the protocol sniffing before it, are
 //!   timed here;
 //! - a connection with no request in flight for `keepalive_timeout` is
-//!   closed (after any response still being written);
+//!   closed; one whose response has not moved for `send_timeout` (the peer
+//!   stopped reading) is dropped;
 //! - at most `max_connections` connections at once: past that, new ones
-//!   wait in the kernel's backlog until one closes;
+//!   wait in the kernel's backlog until one closes; at most
+//!   `max_connections_per_ip` from one peer address (trusted proxies
+//!   excepted): more are closed at once;
 //! - the peer's address rides on every request (`ConnectInfo`), for the
 //!   client IP;
 //! - on shutdown, idle connections close at once, busy ones after their
@@ -36,10 +39,15 @@ use mage_domain::config::ConnectionSettings;
 /// How a connection is doing, seen by its watchdog.
 struct Activity {
     opened: Instant,
+    /// Requests whose response is not fully written yet.
     in_flight: AtomicUsize,
     requests: AtomicU64,
-    /// Milliseconds after `opened` when the last response was ready.
+    /// Milliseconds after `opened` when the last response was written.
     idle_since_ms: AtomicU64,
+    /// Responses whose body is being written, and when the last piece of
+    /// one was taken by the connection (milliseconds after `opened`).
+    bodies: AtomicUsize,
+    progress_ms: AtomicU64,
 }
 
 impl Activity {
@@ -49,7 +57,15 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            bodies: AtomicUsize::new(0),
+            progress_ms: AtomicU64::new(0),
         }
+    }
+
+    /// How long ago `ms` (milliseconds after `opened`) was; zero for a
+    /// moment another task has just stored.
+    fn since(&self, ms: &AtomicU64) -> Duration {
+        Duration::from_millis(self.now_ms().saturating_sub(ms.load(Ordering::Relaxed)))
     }
 
     fn now_ms(&self) -> u64 {
@@ -57,8 +73,8 @@ impl Activity {
     }
 }
 
-/// Counts a request in flight until its response is ready (or it is
-/// dropped: the client went away).
+/// Counts a request in flight until its response is written (or dropped:
+/// the client went away).
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
@@ -73,6 +89,96 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.idle_since_ms.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request in flight until it is written,
+/// and notes each piece the connection takes, so a peer that stops reading
+/// is seen (`send_timeout`).
+struct Tracked {
+    inner: axum::body::Body,
+    in_flight: Option<InFlight>,
+}
+
+impl Tracked {
+    fn new(inner: axum::body::Body, in_flight: InFlight) -> Self {
+        let activity = &in_flight.0;
+        activity.progress_ms.store(activity.now_ms(), Ordering::Relaxed);
+        activity.bodies.fetch_add(1, Ordering::Relaxed);
+        Self { inner, in_flight: Some(in_flight) }
+    }
+
+    fn finish(&mut self) {
+        if let Some(f) = self.in_flight.take() {
+            f.0.bodies.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(_))) => {
+                if let Some(f) = &self.in_flight {
+                    f.0.progress_ms.store(f.0.now_ms(), Ordering::Relaxed);
+                }
+            }
+            std::task::Poll::Ready(_) => self.finish(),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Connections open per peer address, for `max_connections_per_ip`.
+#[derive(Default)]
+struct PerPeer(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// A peer's share of the connections, held while its connection is open.
+struct PeerSlot(Arc<PerPeer>, std::net::IpAddr);
+
+impl PerPeer {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.0.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
     }
 }
 
@@ -100,6 +206,7 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let per_peer = Arc::new(PerPeer::default());
     let connections = tokio_util::task::TaskTracker::new();
     let settings = Arc::new(settings);
 
@@ -124,11 +231,25 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        // One client may not take every connection; proxies (whose
+        // connections carry many clients) are not limited this way.
+        let ip = peer.ip().to_canonical();
+        let slot = if settings.trusted_proxies.iter().any(|net| net.contains(&ip)) {
+            None
+        } else {
+            match per_peer.take(ip, settings.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "refused a connection: too many from this address");
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (builder, router, settings, shutdown) =
             (builder.clone(), router.clone(), settings.clone(), shutdown.clone());
         connections.spawn(async move {
-            let _permit = permit;
+            let _held = (permit, slot);
             let activity = Arc::new(Activity::new());
             let service = {
                 let activity = activity.clone();
@@ -138,8 +259,8 @@ pub async fn serve(
                     let router = router.clone();
                     async move {
                         let res = router.oneshot(req.map(axum::body::Body::new)).await;
-                        drop(in_flight);
-                        Ok::<_, Infallible>(res.unwrap_or_else(|never| match never {}))
+                        let res = res.unwrap_or_else(|never| match never {});
+                        Ok::<_, Infallible>(res.map(|body| Tracked::new(body, in_flight)))
                     }
                 })
             };
@@ -156,7 +277,7 @@ pub async fn serve(
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
-                    _ = watchdog.tick(), if !closing => {
+                    _ = watchdog.tick() => {
                         if activity.requests.load(Ordering::Relaxed) == 0 {
                             // Nothing asked yet: hyper's header timeout has not
                             // started, so it is kept here.
@@ -164,12 +285,19 @@ pub async fn serve(
                                 tracing::debug!(%peer, "closing a connection that sent no request in time");
                                 break;
                             }
-                        } else if activity.in_flight.load(Ordering::Relaxed) == 0 {
-                            let idle = activity.now_ms() - activity.idle_since_ms.load(Ordering::Relaxed);
-                            if Duration::from_millis(idle) >= settings.keepalive_timeout {
-                                conn.as_mut().graceful_shutdown();
-                                closing = true;
-                            }
+                        } else if activity.bodies.load(Ordering::Relaxed) > 0
+                            && activity.since(&activity.progress_ms) >= settings.send_timeout
+                        {
+                            // hyper has no write timeout: a peer that stopped
+                            // reading would hold the connection for ever.
+                            tracing::debug!(%peer, "closing a connection whose peer stopped reading");
+                            break;
+                        } else if !closing
+                            && activity.in_flight.load(Ordering::Relaxed) == 0
+                            && activity.since(&activity.idle_since_ms) >= settings.keepalive_timeout
+                        {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
                         }
                     }
                 }

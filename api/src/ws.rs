@@ -7,7 +7,6 @@
 //! every socket when the server stops.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -82,24 +81,26 @@ pub fn open_sockets() -> usize {
 }
 
 /// A client's share of the WebSockets of this process, held while its
-/// socket is open.
-pub(crate) struct SocketSlot(IpAddr);
+/// socket is open. Counted by [`ClientIp::limit_key`]: an IPv6 client
+/// cannot multiply its share by rotating addresses within its /64.
+pub(crate) struct SocketSlot(String);
 
-fn sockets_per_ip() -> &'static Mutex<HashMap<IpAddr, usize>> {
-    static MAP: OnceLock<Mutex<HashMap<IpAddr, usize>>> = OnceLock::new();
+fn sockets_per_ip() -> &'static Mutex<HashMap<String, usize>> {
+    static MAP: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
     MAP.get_or_init(Mutex::default)
 }
 
 impl SocketSlot {
     /// `None` when the client already holds `max` sockets.
     pub(crate) fn take(client: ClientIp, max: usize) -> Option<Self> {
+        let key = client.limit_key();
         let mut map = sockets_per_ip().lock().unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(client.0).or_default();
+        let n = map.entry(key.clone()).or_default();
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(Self(client.0))
+        Some(Self(key))
     }
 }
 
@@ -143,6 +144,8 @@ struct Shared {
     /// When the credential of `connection_init` expires (Unix seconds; 0:
     /// none).
     expires_at: AtomicI64,
+    /// The account `connection_init` signed in as.
+    user: OnceLock<uuid::Uuid>,
     guard: Mutex<Guard>,
     wake: tokio::sync::Notify,
 }
@@ -213,6 +216,7 @@ pub(crate) async fn serve(
         started,
         heard_ms: AtomicU64::new(0),
         expires_at: AtomicI64::new(0),
+        user: OnceLock::new(),
         guard: Mutex::default(),
         wake: tokio::sync::Notify::new(),
     });
@@ -237,7 +241,7 @@ pub(crate) async fn serve(
     let graphql = async_graphql::http::WebSocket::new(state.schema.clone(), input, protocol)
         .on_connection_init(move |payload| async move {
             let (state, shared) = init;
-            connection_init(&state, client, payload, &shared.expires_at).await
+            connection_init(&state, client, payload, &shared).await
         });
     futures_util::pin_mut!(graphql);
 
@@ -320,6 +324,15 @@ pub(crate) async fn serve(
                     let _ = sink.send(close(1001, "no answer to keep-alive pings")).await;
                     break;
                 }
+                // An account deleted while its socket is open: signed out
+                // within a keep-alive period (from memory, mostly: see
+                // `KnownUsers`).
+                if let Some(id) = shared.user.get()
+                    && let Ok(false) = state.known_users.exists(&state.pool, *id).await
+                {
+                    let _ = sink.send(close(4401, "Unauthorized: this account no longer exists")).await;
+                    break;
+                }
                 if acknowledged {
                     let ka = match protocol {
                         WebSocketProtocols::GraphQLWS => r#"{"type":"ping"}"#,
@@ -361,19 +374,22 @@ fn operation_limit_error(protocol: WebSocketProtocols, id: &str, max: usize) -> 
 /// Bad credentials do not refuse the socket: every operation that needs the
 /// caller then fails with `UNAUTHENTICATED` and the reason, on its own, as
 /// over HTTP; public operations still run. A good one's expiry is left in
-/// `expires_at` for the socket, which closes then.
+/// `shared` for the socket, which closes then.
 async fn connection_init(
     state: &AppState,
     client: ClientIp,
     payload: serde_json::Value,
-    expires_at: &AtomicI64,
+    shared: &Shared,
 ) -> async_graphql::Result<Data> {
     let credential = ["Authorization", "authorization", "token"]
         .iter()
         .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
     let (viewer, expires): (Viewer, Option<i64>) = viewer_from(state, credential).await;
     if let Some(at) = expires {
-        expires_at.store(at.max(1), Ordering::Relaxed);
+        shared.expires_at.store(at.max(1), Ordering::Relaxed);
+    }
+    if let Viewer::User(id) = viewer {
+        let _ = shared.user.set(id);
     }
     let mut data = Data::default();
     data.insert(viewer);

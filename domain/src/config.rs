@@ -245,6 +245,24 @@ pub struct ServerArgs {
     /// HTTP connections open at once; more wait to be accepted
     #[arg(long, env = "MAGE_MAX_CONNECTIONS", value_name = "MAGE_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
+    /// HTTP connections one client address may hold open at once (trusted
+    /// proxies excepted); more are closed
+    #[arg(
+        long,
+        env = "MAGE_MAX_CONNECTIONS_PER_IP",
+        value_name = "MAGE_MAX_CONNECTIONS_PER_IP",
+        default_value_t = 256
+    )]
+    pub max_connections_per_ip: usize,
+    /// Seconds a response may make no progress (the client stopped reading)
+    /// before its connection is closed
+    #[arg(
+        long,
+        env = "MAGE_SEND_TIMEOUT_SECONDS",
+        value_name = "MAGE_SEND_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    pub send_timeout_seconds: u64,
     /// Operations (subscriptions, queries) one WebSocket may run at once
     #[arg(
         long,
@@ -285,7 +303,9 @@ pub struct AuthLimits {
 pub struct ConnectionSettings {
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
     /// Peers whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub ws_max_operations: usize,
@@ -398,6 +418,8 @@ impl ServerArgs {
             ("MAGE_HEADER_READ_TIMEOUT_SECONDS", self.header_read_timeout_seconds),
             ("MAGE_KEEPALIVE_TIMEOUT_SECONDS", self.keepalive_timeout_seconds),
             ("MAGE_MAX_CONNECTIONS", self.max_connections as u64),
+            ("MAGE_MAX_CONNECTIONS_PER_IP", self.max_connections_per_ip as u64),
+            ("MAGE_SEND_TIMEOUT_SECONDS", self.send_timeout_seconds),
             ("MAGE_WS_MAX_OPERATIONS", self.ws_max_operations as u64),
             ("MAGE_WS_MAX_SOCKETS_PER_IP", self.ws_max_sockets_per_ip as u64),
         ] {
@@ -437,7 +459,9 @@ impl ServerArgs {
             connections: ConnectionSettings {
                 header_read_timeout: Duration::from_secs(self.header_read_timeout_seconds),
                 keepalive_timeout: Duration::from_secs(self.keepalive_timeout_seconds),
+                send_timeout: Duration::from_secs(self.send_timeout_seconds),
                 max_connections: self.max_connections,
+                max_connections_per_ip: self.max_connections_per_ip,
                 trusted_proxies,
                 ws_max_operations: self.ws_max_operations,
                 ws_max_sockets_per_ip: self.ws_max_sockets_per_ip,

@@ -59,7 +59,9 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         connections: mage_domain::config::ConnectionSettings {
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_ip: 10_000,
             trusted_proxies: vec![],
             ws_max_operations: 100,
             ws_max_sockets_per_ip: 100_000,
