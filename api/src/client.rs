@@ -19,13 +19,16 @@ use ipnet::IpNet;
 pub struct ClientIp(pub IpAddr);
 
 impl ClientIp {
+    /// A request that came with no peer address (not through `server`).
+    pub const UNKNOWN: Self = Self(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+
     /// The client of a request the server accepted (`ConnectInfo` is set on
     /// every one by `server`); unspecified when there is none.
     pub fn of(extensions: &Extensions, headers: &HeaderMap, trusted: &[IpNet]) -> Self {
-        let peer = extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
-        Self(client_ip(peer, headers, trusted))
+        match extensions.get::<ConnectInfo<SocketAddr>>() {
+            Some(peer) => Self(client_ip(peer.0.ip(), headers, trusted)),
+            None => Self::UNKNOWN,
+        }
     }
 
     /// The key limits count this client under: the address, or its /64 for

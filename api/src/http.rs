@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -263,6 +264,20 @@ fn graphql_request(
     Ok(req)
 }
 
+/// The client a request came from (`client`: trusted proxies).
+fn client_of(state: &AppState, parts: &Parts) -> ClientIp {
+    ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies)
+}
+
+/// Runs a GraphQL request as the caller of its `Authorization` header, and
+/// answers in the media type the client asked for.
+async fn execute(state: &AppState, parts: &Parts, req: async_graphql::Request, wants: Wants) -> Response {
+    let credential = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (viewer, _) = viewer_from(state, credential).await;
+    let req = request_data(req, viewer, client_of(state, parts), &state.pool);
+    wants.response(state.schema.execute_http(req).await)
+}
+
 async fn graphql_post(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let Some(wants) = Wants::of(&parts.headers) else { return not_acceptable() };
@@ -324,11 +339,7 @@ async fn graphql_post(State(state): State<AppState>, request: Request) -> Respon
         Ok(r) => r,
         Err(message) => return wants.request_error(StatusCode::BAD_REQUEST, message),
     };
-    let credential = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let (viewer, _) = viewer_from(&state, credential).await;
-    let client = ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies);
-    let req = request_data(req, viewer, client, &state.pool);
-    wants.response(state.schema.execute_http(req).await)
+    execute(&state, &parts, req, wants).await
 }
 
 /// Limits answered by tower layers (413, timeout) get a GraphQL error body
@@ -402,14 +413,10 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
         res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return res;
     }
-    let credential = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let (viewer, _) = viewer_from(&state, credential).await;
-    let client = ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies);
-    let req = request_data(req, viewer, client, &state.pool);
-    wants.response(state.schema.execute_http(req).await)
+    execute(&state, &parts, req, wants).await
 }
 
-async fn websocket(state: AppState, mut parts: axum::http::request::Parts) -> Response {
+async fn websocket(state: AppState, mut parts: Parts) -> Response {
     let Some(protocol) = crate::ws::protocol(&parts.headers) else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -417,9 +424,8 @@ async fn websocket(state: AppState, mut parts: axum::http::request::Parts) -> Re
             "ask for the WebSocket subprotocol graphql-transport-ws (or the legacy graphql-ws)".into(),
         );
     };
-    let client = ClientIp::of(&parts.extensions, &parts.headers, &state.settings.connections.trusted_proxies);
-    let Some(slot) = crate::ws::SocketSlot::take(client, state.settings.connections.ws_max_sockets_per_ip)
-    else {
+    let client = client_of(&state, &parts);
+    let Some(slot) = crate::ws::socket_slot(client, state.settings.connections.ws_max_sockets_per_ip) else {
         let mut res = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             "RATE_LIMITED",

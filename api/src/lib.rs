@@ -13,6 +13,7 @@ pub mod metrics;
 mod payments;
 mod playground;
 mod server;
+mod slots;
 mod ws;
 
 use std::sync::Arc;

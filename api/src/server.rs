@@ -151,37 +151,6 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Connections open per peer address, for `max_connections_per_ip`.
-#[derive(Default)]
-struct PerPeer(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-/// A peer's share of the connections, held while its connection is open.
-struct PeerSlot(Arc<PerPeer>, std::net::IpAddr);
-
-impl PerPeer {
-    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = map.entry(ip).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(PeerSlot(self.clone(), ip))
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut map = self.0.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
-        }
-    }
-}
-
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
 /// the requests in flight finish for at most `grace`.
 pub async fn serve(
@@ -206,7 +175,8 @@ pub async fn serve(
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
-    let per_peer = Arc::new(PerPeer::default());
+    // Connections open per peer address, for `max_connections_per_ip`.
+    let per_peer = Arc::new(crate::slots::PerKey::default());
     let connections = tokio_util::task::TaskTracker::new();
     let settings = Arc::new(settings);
 

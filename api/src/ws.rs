@@ -6,7 +6,7 @@
 //! `connection_init`, closing sockets whose peer went silent, and closing
 //! every socket when the server stops.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -83,37 +83,13 @@ pub fn open_sockets() -> usize {
 /// A client's share of the WebSockets of this process, held while its
 /// socket is open. Counted by [`ClientIp::limit_key`]: an IPv6 client
 /// cannot multiply its share by rotating addresses within its /64.
-pub(crate) struct SocketSlot(String);
+pub(crate) type SocketSlot = crate::slots::Slot<String>;
 
-fn sockets_per_ip() -> &'static Mutex<HashMap<String, usize>> {
-    static MAP: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
-    MAP.get_or_init(Mutex::default)
-}
-
-impl SocketSlot {
-    /// `None` when the client already holds `max` sockets.
-    pub(crate) fn take(client: ClientIp, max: usize) -> Option<Self> {
-        let key = client.limit_key();
-        let mut map = sockets_per_ip().lock().unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(key.clone()).or_default();
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Self(key))
-    }
-}
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        let mut map = sockets_per_ip().lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.0) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.0);
-            }
-        }
-    }
+/// A socket's slot for `client`; `None` when it already holds `max`.
+pub(crate) fn socket_slot(client: ClientIp, max: usize) -> Option<SocketSlot> {
+    static SOCKETS: std::sync::LazyLock<Arc<crate::slots::PerKey<String>>> =
+        std::sync::LazyLock::new(Arc::default);
+    SOCKETS.take(client.limit_key(), max)
 }
 
 /// What a client message is, as far as this layer cares.
@@ -161,13 +137,18 @@ struct Guard {
 }
 
 impl Shared {
+    /// The peer just sent something.
+    fn heard(&self) {
+        self.heard_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
         self.guard.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a client message goes on to async-graphql.
     fn admit(&self, data: &[u8], max_operations: usize) -> bool {
-        self.heard_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.heard();
         let Ok(Envelope { kind, id: Some(id) }) = serde_json::from_slice::<Envelope>(data) else {
             return true;
         };
@@ -231,7 +212,7 @@ pub(crate) async fn serve(
                         shared.admit(&data, max_operations).then_some(data)
                     }
                     _ => {
-                        shared.heard_ms.store(shared.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        shared.heard();
                         None
                     }
                 })

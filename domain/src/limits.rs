@@ -112,37 +112,20 @@ pub async fn release_active(redis: &Redis, user_id: Uuid, member: &str) -> Resul
     Ok(())
 }
 
-const CHECKOUT_WINDOW: &str = r"
-local now = tonumber(ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[3]) then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return math.max(1, math.ceil((tonumber(oldest[2]) + 60000 - now) / 1000))
-end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], 60000)
-return 0
-";
-
 /// Takes one of the user's checkouts of the last minute (a sliding window
 /// shared by every API instance), or fails with `RateLimited`.
 pub async fn reserve_checkout(redis: &Redis, per_minute: u32, user_id: Uuid) -> Result<()> {
-    let mut conn = redis.conn().await?;
-    let retry_after: i64 = redis::Script::new(CHECKOUT_WINDOW)
-        .key(redis.key(&format!("limits:checkouts:{user_id}")))
-        .arg(chrono::Utc::now().timestamp_millis())
-        .arg(Uuid::new_v4().to_string())
-        .arg(per_minute)
-        .invoke_async(&mut conn)
-        .await?;
-    if retry_after > 0 {
-        return Err(Error::RateLimited {
-            message: format!("at most {per_minute} checkouts per minute"),
-            retry_after_seconds: retry_after as u64,
-        });
-    }
-    Ok(())
+    Attempt::take(
+        redis,
+        &[(
+            redis.key(&format!("limits:checkouts:{user_id}")),
+            per_minute,
+            "at most {limit} checkouts per minute",
+        )],
+        60_000,
+    )
+    .await
+    .map(drop)
 }
 
 // KEYS: sliding windows (sorted sets of attempts). ARGV: now ms, member,

@@ -164,9 +164,7 @@ impl Operations {
         ensure_code(&mut error);
         Some(Response::from_errors(vec![error]))
     }
-}
 
-impl Operations {
     /// Runs an operation that came over HTTP. A mutation runs on a task of
     /// its own: if the client goes away or the request times out it still
     /// runs to its end, so no transaction is cut off half-way (cancelling
@@ -254,9 +252,7 @@ fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> &'a Viewer {
 }
 
 fn client(ctx: &async_graphql::Context<'_>) -> ClientIp {
-    ctx.data_opt::<ClientIp>()
-        .copied()
-        .unwrap_or(ClientIp(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)))
+    ctx.data_opt::<ClientIp>().copied().unwrap_or(ClientIp::UNKNOWN)
 }
 
 fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {

@@ -86,13 +86,12 @@ impl UsersMutation {
     /// MAGE_SIGNUPS_PER_IP_PER_HOUR per client address (`RATE_LIMITED`).
     async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
         let s = services(ctx);
-        // Input a sign-up would refuse costs no slot: checked first.
-        domain::normalize_email(&email)?;
-        domain::check_password(&password)?;
         let attempt = limits::signup_attempt(&s.redis, s.auth_limits, &client(ctx).limit_key()).await?;
         let user = match domain::register(&s.pool, &email, &password, s.signup_credits).await {
             Ok(user) => user,
             Err(e) => {
+                // Input a sign-up refuses (checked before any hashing)
+                // costs no slot.
                 if matches!(e, mage_domain::Error::InvalidInput { .. }) {
                     attempt.give_back(&s.redis).await;
                 }
@@ -110,12 +109,6 @@ impl UsersMutation {
     /// `retryAfterSeconds`, before the password is looked at.
     async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
         let s = services(ctx);
-        if password.chars().count() > domain::MAX_PASSWORD_CHARS {
-            return Err(ApiError::bad_input(
-                "password",
-                format!("password must be at most {} characters", domain::MAX_PASSWORD_CHARS),
-            ));
-        }
         let attempt =
             limits::login_attempt(&s.redis, s.auth_limits, &email, &client(ctx).limit_key()).await?;
         match domain::authenticate(&s.pool, &email, &password).await {
@@ -124,6 +117,8 @@ impl UsersMutation {
                 auth_payload(ctx, user)
             }
             Err(e @ mage_domain::Error::InvalidCredentials) => Err(e.into()),
+            // A password over the length limit (refused before hashing) or
+            // a failure of ours: not a guess.
             Err(e) => {
                 attempt.give_back(&s.redis).await;
                 Err(e.into())
