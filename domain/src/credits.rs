@@ -712,18 +712,20 @@ pub struct AccountState {
     pub version: i64,
 }
 
-/// The current state of these users' accounts, with their versions.
+/// The current state of these users' accounts, with their versions. One
+/// statement, so one snapshot: read apart, a change committed between the
+/// two reads would pair an older balance with the newer version, and the
+/// newer balance would then never be delivered.
 pub async fn account_states(conn: &mut Connection, user_ids: &[Uuid]) -> Result<Vec<AccountState>> {
-    let found = accounts(conn, user_ids).await?;
-    let versions: Vec<(Uuid, Option<i64>)> = credit_entries::table
-        .filter(credit_entries::user_id.eq_any(user_ids))
-        .group_by(credit_entries::user_id)
-        .select((credit_entries::user_id, diesel::dsl::max(credit_entries::id)))
+    let rows: Vec<(CreditAccount, Option<i64>)> = credit_accounts::table
+        .left_join(credit_entries::table)
+        .filter(credit_accounts::user_id.eq_any(user_ids))
+        .group_by(credit_accounts::user_id)
+        .select((CreditAccount::as_select(), diesel::dsl::max(credit_entries::id.nullable())))
         .load(conn)
         .await?;
-    let version_of = |id: Uuid| versions.iter().find(|(u, _)| *u == id).and_then(|(_, v)| *v).unwrap_or(0);
-    Ok(found
+    Ok(rows
         .into_iter()
-        .map(|account| AccountState { version: version_of(account.user_id), account })
+        .map(|(account, version)| AccountState { version: version.unwrap_or(0), account })
         .collect())
 }
