@@ -7,56 +7,29 @@ use diesel_async::RunQueryDsl;
 
 use crate::db::Connection;
 use crate::models::{RenderModelPrice, RenderModelRow};
+use crate::pg_enum::pg_enum;
 use crate::schema::{render_model_prices, render_models};
 use crate::{Error, Result};
 
 pub const PROMPT_MAX_CHARS: usize = 2000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum MediaKind {
-    Image,
-    Video,
-}
-
-impl MediaKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Image => "image",
-            Self::Video => "video",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "image" => Some(Self::Image),
-            "video" => Some(Self::Video),
-            _ => None,
-        }
+pg_enum! {
+    pub enum MediaKind {
+        Image = "image",
+        Video = "video",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Resolution {
-    R480p,
-    R720p,
-    R1080p,
+pg_enum! {
+    #[derive(PartialOrd, Ord)]
+    pub enum Resolution {
+        R480p = "480p",
+        R720p = "720p",
+        R1080p = "1080p",
+    }
 }
 
 impl Resolution {
-    pub const ALL: [Self; 3] = [Self::R480p, Self::R720p, Self::R1080p];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::R480p => "480p",
-            Self::R720p => "720p",
-            Self::R1080p => "1080p",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
     /// Frame size: 16:9 with even dimensions, as encoders need.
     pub fn dimensions(self) -> (u32, u32) {
         match self {

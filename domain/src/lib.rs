@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod models;
 pub mod orders;
 pub mod payments;
+mod pg_enum;
 pub mod products;
 pub mod queue;
 pub mod schema;

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::credits::EntryKind;
 use crate::kv::Redis;
 use crate::queue::{self, Queues};
 
@@ -67,10 +66,10 @@ pub async fn render(redis: &Redis, queues: &Queues) -> String {
 /// rest the balance; either way the credits it concerns are counted.
 /// Counted when written: a transaction rolled back afterwards (rare: an
 /// error) still counts, so the books are `dailyStats`, not this.
-pub(crate) fn credits_moved(kind: EntryKind, amount: i64, held_delta: i64) {
+pub(crate) fn credits_moved(kind: &'static str, amount: i64, held_delta: i64) {
     let credits = amount.unsigned_abs().max(held_delta.unsigned_abs());
-    metrics::counter!("mage_credits_moved_total", "kind" => kind.as_str()).increment(credits);
-    metrics::counter!("mage_credit_entries_total", "kind" => kind.as_str()).increment(1);
+    metrics::counter!("mage_credits_moved_total", "kind" => kind).increment(credits);
+    metrics::counter!("mage_credit_entries_total", "kind" => kind).increment(1);
 }
 
 /// A generation reached a final state.

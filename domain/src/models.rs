@@ -17,12 +17,6 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
-impl User {
-    pub fn is_admin(&self) -> bool {
-        self.role == crate::users::Role::Admin.as_str()
-    }
-}
-
 #[derive(Debug, Clone, Copy, Queryable, Selectable)]
 #[diesel(table_name = credit_accounts, check_for_backend(diesel::pg::Pg))]
 pub struct CreditAccount {

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::credits::{self, GrantSource, NewGrant};
 use crate::db::{Connection, DbPool};
 use crate::models::{CreditAccount, User};
+use crate::pg_enum::pg_enum;
 use crate::schema::{credit_accounts, users};
 use crate::{Error, Result};
 
@@ -19,18 +20,16 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 const EMAIL_INDEX: &str = "users_email_key";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    User,
-    Admin,
+pg_enum! {
+    pub enum Role {
+        User = "user",
+        Admin = "admin",
+    }
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::User => "user",
-            Self::Admin => "admin",
-        }
+impl User {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin.as_str()
     }
 }
 
