@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cores, JWT_SECRET, METRICS_TOKEN, percentile};
 use futures_util::{SinkExt, StreamExt};
-use mage_domain::models::Generation;
+use mage_domain::rows::Generation;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -591,7 +591,7 @@ async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {
             .await
             .expect("find")
             .expect("row");
-        g.status = "rendering".into();
+        g.status = mage_domain::generations::Status::Rendering;
         g.stage = Some("rendering".into());
         g.started_at = Some(chrono::Utc::now());
         g.worker = Some("bench".into());

@@ -10,11 +10,11 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
 use mage_domain::metrics::webhook_received;
-use mage_domain::models::{Order, OrderItem};
 use mage_domain::orders;
 use mage_domain::payments::intake::{self, Intake};
 use mage_domain::payments::signature;
 use mage_domain::queue::SettleJob;
+use mage_domain::rows::{Order, OrderItem};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

@@ -6,28 +6,12 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use crate::db::Connection;
-use crate::models::{RenderModelPrice, RenderModelRow};
-use crate::pg_enum::pg_enum;
+pub use crate::enums::{MediaKind, Resolution};
+use crate::rows::{RenderModelPrice, RenderModelRow};
 use crate::schema::{render_model_prices, render_models};
 use crate::{Error, Result};
 
 pub const PROMPT_MAX_CHARS: usize = 2000;
-
-pg_enum! {
-    pub enum MediaKind {
-        Image = "image",
-        Video = "video",
-    }
-}
-
-pg_enum! {
-    #[derive(PartialOrd, Ord)]
-    pub enum Resolution {
-        R480p = "480p",
-        R720p = "720p",
-        R1080p = "1080p",
-    }
-}
 
 impl Resolution {
     /// Frame size: 16:9 with even dimensions, as encoders need.
@@ -152,10 +136,9 @@ fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {
     let mut models: Vec<RenderModel> = Vec::new();
     for (r, p) in rows {
         if models.last().is_none_or(|m| m.id != r.id) {
-            let Some(kind) = MediaKind::parse(&r.kind) else { continue };
             models.push(RenderModel {
                 id: r.id,
-                kind,
+                kind: r.kind,
                 name: r.name,
                 workflow: r.workflow,
                 max_duration_seconds: r.max_duration_seconds,
@@ -166,10 +149,12 @@ fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {
                 prices: Vec::new(),
             });
         }
-        // A resolution this build does not know is skipped rather than
-        // breaking the whole catalogue.
-        if let (Some(m), Some(resolution)) = (models.last_mut(), Resolution::parse(&p.resolution)) {
-            m.prices.push(Price { resolution, credits: p.credits, credits_per_second: p.credits_per_second });
+        if let Some(m) = models.last_mut() {
+            m.prices.push(Price {
+                resolution: p.resolution,
+                credits: p.credits,
+                credits_per_second: p.credits_per_second,
+            });
         }
     }
     models.retain(|m| !m.prices.is_empty());

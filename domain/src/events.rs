@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::kv::Redis;
-use crate::models::Generation;
+use crate::rows::Generation;
 
 pub fn generation_channel(redis: &Redis, id: Uuid) -> String {
     redis.key(&format!("events:generation:{id}"))

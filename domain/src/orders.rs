@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::db::Connection;
-use crate::models::{Order, OrderItem, Product, StripeEvent};
+use crate::rows::{Order, OrderItem, Product, StripeEvent};
 use crate::schema::{order_items, orders, products, stripe_events};
 use crate::{Error, Result};
 

@@ -5,7 +5,7 @@ use diesel_async::RunQueryDsl;
 
 use crate::Result;
 use crate::db::Connection;
-use crate::models::Product;
+use crate::rows::Product;
 use crate::schema::products;
 
 /// Products on sale, in display order.

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use crate::credits::{self, GrantSource, NewGrant};
 use crate::db::{Connection, DbPool};
-use crate::models::{CreditAccount, User};
-use crate::pg_enum::pg_enum;
+pub use crate::enums::Role;
+use crate::rows::{CreditAccount, User};
 use crate::schema::{credit_accounts, users};
 use crate::{Error, Result};
 
@@ -20,16 +20,9 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
 const EMAIL_INDEX: &str = "users_email_key";
 
-pg_enum! {
-    pub enum Role {
-        User = "user",
-        Admin = "admin",
-    }
-}
-
 impl User {
     pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin.as_str()
+        self.role == Role::Admin
     }
 }
 

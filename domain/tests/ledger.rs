@@ -4,7 +4,7 @@
 
 use chrono::{Duration, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection, TransactionManager};
-use mage_domain::credits::{self, Clawback, GrantSource, NewGrant};
+use mage_domain::credits::{self, Clawback, EntryKind, GrantSource, NewGrant};
 use mage_domain::db::DbPool;
 use mage_domain::testing::TestDb;
 use mage_domain::{Error, users};
@@ -129,7 +129,7 @@ async fn a_hold_is_captured_or_released_once_never_both() {
     assert_eq!(kinds.len(), 1, "one way only: {kinds:?}");
     let audit = audit_ok(&pool, u).await;
     assert_eq!(audit.held, 0);
-    let expected = if kinds.contains("capture") { 70 } else { 100 };
+    let expected = if kinds.contains(&EntryKind::Capture) { 70 } else { 100 };
     assert_eq!(audit.balance, expected);
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mage_domain::db::DbPool;
 use mage_domain::generations::{self, Status};
 use mage_domain::kv::Redis;
-use mage_domain::models::Generation;
+use mage_domain::rows::Generation;
 use mage_domain::{Error, events};
 
 pub const DB_EVERY: Duration = Duration::from_secs(1);

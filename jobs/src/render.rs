@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use mage_domain::catalog::{self, MediaKind, RenderModel};
 use mage_domain::generations::{self, NotStarted};
-use mage_domain::models::Generation;
 use mage_domain::queue::{self, RenderJob, TranscodeJob};
+use mage_domain::rows::Generation;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -154,7 +154,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
     let id = g.id;
     let guard = ctx.cancels.register(id);
     let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
-    let (w, h) = catalog::Resolution::parse(&g.resolution).unwrap_or(catalog::Resolution::R480p).dimensions();
+    let (w, h) = g.resolution.dimensions();
     let work = tempfile::Builder::new().prefix("mage-render-").tempdir()?;
     let kind = match g.media_kind() {
         MediaKind::Image => BackendKind::Image,

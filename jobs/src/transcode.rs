@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mage_domain::catalog::MediaKind;
-use mage_domain::generations::{self, Status};
+use mage_domain::generations::{self, Output, Rendition, Status};
 use mage_domain::queue::TranscodeJob;
-use serde_json::json;
 use tracing::Instrument;
 
 use crate::media::{self, MediaError};
@@ -55,13 +54,17 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
             MediaKind::Image => {
                 let out = media::transcode_image(&source, &out_dir).await.map_err(media_error)?;
                 let prefix = output_prefix(id);
-                json!({
-                    "kind": "image",
-                    "image": format!("{prefix}{}", out.image),
-                    "poster": format!("{prefix}{}", out.poster),
-                    "width": out.width,
-                    "height": out.height,
-                })
+                Output {
+                    kind: MediaKind::Image,
+                    hls: None,
+                    video: None,
+                    image: Some(format!("{prefix}{}", out.image)),
+                    poster: format!("{prefix}{}", out.poster),
+                    width: out.width,
+                    height: out.height,
+                    duration_seconds: None,
+                    renditions: Vec::new(),
+                }
             }
             MediaKind::Video => {
                 let (tx, mut rx) = tokio::sync::watch::channel(0u8);
@@ -103,24 +106,32 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
                     }
                 };
                 let prefix = output_prefix(id);
-                json!({
-                    "kind": "video",
-                    "hls": format!("{prefix}{}", out.master_playlist),
-                    "video": format!("{prefix}{}", out.mp4),
-                    "poster": format!("{prefix}{}", out.poster),
-                    "width": out.width,
-                    "height": out.height,
-                    "durationSeconds": out.duration_seconds,
-                    "renditions": out.renditions.iter().map(|r| json!({
-                        "name": r.name, "width": r.width, "height": r.height,
-                        "bandwidth": r.bandwidth, "playlist": format!("{prefix}{}", r.playlist),
-                    })).collect::<Vec<_>>(),
-                })
+                Output {
+                    kind: MediaKind::Video,
+                    hls: Some(format!("{prefix}{}", out.master_playlist)),
+                    video: Some(format!("{prefix}{}", out.mp4)),
+                    image: None,
+                    poster: format!("{prefix}{}", out.poster),
+                    width: out.width,
+                    height: out.height,
+                    duration_seconds: Some(out.duration_seconds),
+                    renditions: out
+                        .renditions
+                        .iter()
+                        .map(|r| Rendition {
+                            name: r.name.clone(),
+                            width: r.width,
+                            height: r.height,
+                            bandwidth: r.bandwidth,
+                            playlist: format!("{prefix}{}", r.playlist),
+                        })
+                        .collect(),
+                }
             }
         };
         ctx.storage.put_dir(&output_prefix(id), &out_dir).await?;
         let mut conn = ctx.pool.get().await?;
-        match generations::succeed(&mut conn, id, output).await? {
+        match generations::succeed(&mut conn, id, &output).await? {
             Some(done) => {
                 drop(conn);
                 if let Err(e) = ctx.storage.delete_prefix(&job.source_key).await {

@@ -23,7 +23,7 @@ const EVENT_STATUSES: &[&str] = &["received", "processed", "ignored", "failed"];
 
 /// The signed-in user if they are an admin. The role is read from the
 /// database on every call, so a demotion takes effect at once.
-pub(crate) async fn require_admin(ctx: &Context<'_>) -> ApiResult<mage_domain::models::User> {
+pub(crate) async fn require_admin(ctx: &Context<'_>) -> ApiResult<mage_domain::rows::User> {
     let user = current_user(ctx).await?;
     if !user.is_admin() {
         return Err(ApiError::Forbidden("this operation is for admins".into()));

@@ -5,7 +5,7 @@ use async_graphql::{Context, Enum, ID, Object, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use mage_domain::credits::{self as ledger, EntryKind};
-use mage_domain::models;
+use mage_domain::rows;
 
 use super::pagination::{decode_cursor, encode_cursor, page_size};
 use super::{services, viewer};
@@ -15,7 +15,7 @@ use crate::live::Event;
 /// Days ahead that `expiringSoon` looks.
 const EXPIRING_SOON_DAYS: i64 = 7;
 
-pub struct CreditAccount(pub models::CreditAccount);
+pub struct CreditAccount(pub rows::CreditAccount);
 
 // `serial`: see `Generation`.
 #[Object(serial)]
@@ -51,14 +51,7 @@ pub enum CreditEntryKind {
     Adjustment,
 }
 
-pub struct CreditEntry(pub models::CreditEntry);
-
-impl CreditEntry {
-    fn kind_of(&self) -> ApiResult<EntryKind> {
-        EntryKind::parse(&self.0.kind)
-            .ok_or_else(|| ApiError::internal(format!("unknown ledger entry kind {:?}", self.0.kind)))
-    }
-}
+pub struct CreditEntry(pub rows::CreditEntry);
 
 // `serial`: see `Generation`.
 #[Object(serial)]
@@ -67,17 +60,17 @@ impl CreditEntry {
         ID(self.0.id.to_string())
     }
 
-    async fn kind(&self) -> ApiResult<CreditEntryKind> {
-        Ok(self.kind_of()?.into())
+    async fn kind(&self) -> CreditEntryKind {
+        self.0.kind.into()
     }
 
     /// The change of the balance; for HOLD and RELEASE, the amount held or
     /// released.
-    async fn amount(&self) -> ApiResult<i64> {
-        Ok(match self.kind_of()? {
+    async fn amount(&self) -> i64 {
+        match self.0.kind {
             EntryKind::Hold | EntryKind::Release => self.0.held_delta.abs(),
             _ => self.0.amount,
-        })
+        }
     }
 
     /// The spendable balance (held credits excluded) after this entry, as

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use mage_domain::catalog::{self, GenerationInput, MediaKind};
 use mage_domain::generations::{self as domain, Status};
-use mage_domain::models::Generation as GenerationRow;
+use mage_domain::rows::Generation as GenerationRow;
 use uuid::Uuid;
 
 use super::pagination::{decode_cursor, encode_cursor, page_size};
@@ -16,6 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::live::{self, Event, Subscription as LiveSubscription};
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "catalog::Resolution")]
 pub enum Resolution {
     #[graphql(name = "R480P")]
     R480p,
@@ -25,42 +26,15 @@ pub enum Resolution {
     R1080p,
 }
 
-impl From<catalog::Resolution> for Resolution {
-    fn from(r: catalog::Resolution) -> Self {
-        match r {
-            catalog::Resolution::R480p => Self::R480p,
-            catalog::Resolution::R720p => Self::R720p,
-            catalog::Resolution::R1080p => Self::R1080p,
-        }
-    }
-}
-
-impl From<Resolution> for catalog::Resolution {
-    fn from(r: Resolution) -> Self {
-        match r {
-            Resolution::R480p => Self::R480p,
-            Resolution::R720p => Self::R720p,
-            Resolution::R1080p => Self::R1080p,
-        }
-    }
-}
-
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "MediaKind")]
 pub enum ModelKind {
     Image,
     Video,
 }
 
-impl From<MediaKind> for ModelKind {
-    fn from(k: MediaKind) -> Self {
-        match k {
-            MediaKind::Image => Self::Image,
-            MediaKind::Video => Self::Video,
-        }
-    }
-}
-
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "Status")]
 pub enum GenerationStatus {
     Queued,
     Rendering,
@@ -68,32 +42,6 @@ pub enum GenerationStatus {
     Succeeded,
     Failed,
     Canceled,
-}
-
-impl From<Status> for GenerationStatus {
-    fn from(s: Status) -> Self {
-        match s {
-            Status::Queued => Self::Queued,
-            Status::Rendering => Self::Rendering,
-            Status::Transcoding => Self::Transcoding,
-            Status::Succeeded => Self::Succeeded,
-            Status::Failed => Self::Failed,
-            Status::Canceled => Self::Canceled,
-        }
-    }
-}
-
-impl From<GenerationStatus> for Status {
-    fn from(s: GenerationStatus) -> Self {
-        match s {
-            GenerationStatus::Queued => Self::Queued,
-            GenerationStatus::Rendering => Self::Rendering,
-            GenerationStatus::Transcoding => Self::Transcoding,
-            GenerationStatus::Succeeded => Self::Succeeded,
-            GenerationStatus::Failed => Self::Failed,
-            GenerationStatus::Canceled => Self::Canceled,
-        }
-    }
 }
 
 /// What a model costs at one resolution: `credits + creditsPerSecond ×
@@ -278,10 +226,8 @@ impl Generation {
     async fn negative_prompt(&self) -> Option<&str> {
         self.row.negative_prompt.as_deref()
     }
-    async fn resolution(&self) -> ApiResult<Resolution> {
-        catalog::Resolution::parse(&self.row.resolution).map(Into::into).ok_or_else(|| {
-            ApiError::internal(format!("generation with resolution {:?}", self.row.resolution))
-        })
+    async fn resolution(&self) -> Resolution {
+        self.row.resolution.into()
     }
     async fn duration_seconds(&self) -> Option<i32> {
         self.row.duration_seconds
@@ -310,31 +256,25 @@ impl Generation {
         }
         let out = self.row.output.as_ref()?;
         let svc = services(ctx);
-        let url = |field: &str| out.get(field).and_then(|v| v.as_str()).map(|key| svc.media_url(key));
-        let int = |field: &str| out.get(field).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
-        let renditions = out
-            .get("renditions")
-            .and_then(|r| r.as_array())
-            .map(|list| {
-                list.iter()
-                    .map(|r| Rendition {
-                        name: r.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
-                        width: r.get("width").and_then(|v| v.as_i64()).unwrap_or(0) as i32,
-                        height: r.get("height").and_then(|v| v.as_i64()).unwrap_or(0) as i32,
-                        bandwidth: r.get("bandwidth").and_then(|v| v.as_i64()).unwrap_or(0),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let url = |key: &Option<String>| key.as_deref().map(|k| svc.media_url(k));
         Some(GenerationOutput {
-            hls_url: url("hls"),
-            video_url: url("video"),
-            image_url: url("image"),
-            poster_url: url("poster"),
-            width: int("width"),
-            height: int("height"),
-            duration_seconds: out.get("durationSeconds").and_then(|v| v.as_f64()),
-            renditions,
+            hls_url: url(&out.hls),
+            video_url: url(&out.video),
+            image_url: url(&out.image),
+            poster_url: Some(svc.media_url(&out.poster)),
+            width: out.width as i32,
+            height: out.height as i32,
+            duration_seconds: out.duration_seconds,
+            renditions: out
+                .renditions
+                .iter()
+                .map(|r| Rendition {
+                    name: r.name.clone(),
+                    width: r.width as i32,
+                    height: r.height as i32,
+                    bandwidth: r.bandwidth as i64,
+                })
+                .collect(),
         })
     }
     async fn attempts(&self) -> i32 {

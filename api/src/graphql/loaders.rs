@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_graphql::dataloader::{DataLoader, Loader};
 use mage_domain::db::DbPool;
-use mage_domain::models::{CreditAccount, OrderItem, User};
+use mage_domain::rows::{CreditAccount, OrderItem, User};
 use mage_domain::{credits, orders, users};
 use uuid::Uuid;
 

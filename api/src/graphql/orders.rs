@@ -3,9 +3,9 @@
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
-use mage_domain::models;
 use mage_domain::orders::{self as domain, Status};
 use mage_domain::payments::checkout;
+use mage_domain::rows;
 use uuid::Uuid;
 
 use super::admin::require_admin;
@@ -41,7 +41,7 @@ impl From<Status> for OrderStatus {
     }
 }
 
-pub struct Order(models::Order);
+pub struct Order(rows::Order);
 
 #[Object]
 impl Order {
@@ -106,8 +106,8 @@ pub struct OrderItem {
     unit_credits: i64,
 }
 
-impl From<models::OrderItem> for OrderItem {
-    fn from(i: models::OrderItem) -> Self {
+impl From<rows::OrderItem> for OrderItem {
+    fn from(i: rows::OrderItem) -> Self {
         Self {
             product_id: ID(i.product_id),
             product_name: i.product_name,
@@ -132,8 +132,8 @@ pub struct StripeEvent {
     processed_at: Option<DateTime<Utc>>,
 }
 
-impl From<models::StripeEvent> for StripeEvent {
-    fn from(e: models::StripeEvent) -> Self {
+impl From<rows::StripeEvent> for StripeEvent {
+    fn from(e: rows::StripeEvent) -> Self {
         Self {
             id: ID(e.id),
             kind: e.type_,
@@ -152,7 +152,7 @@ pub struct Checkout {
     url: String,
 }
 
-fn order_cursor(o: &models::Order) -> String {
+fn order_cursor(o: &rows::Order) -> String {
     encode_cursor(ORDER_CURSOR, format!("{}_{}", o.created_at.timestamp_micros(), o.id))
 }
 

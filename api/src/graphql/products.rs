@@ -1,7 +1,7 @@
 //! The catalogue: credit packs and plans on sale.
 
 use async_graphql::{Context, Enum, ID, Object};
-use mage_domain::{models, products};
+use mage_domain::{products, rows};
 
 use super::services;
 use crate::error::{ApiError, ApiResult};
@@ -12,7 +12,7 @@ pub enum ProductKind {
     Plan,
 }
 
-pub struct Product(models::Product);
+pub struct Product(rows::Product);
 
 #[Object]
 impl Product {

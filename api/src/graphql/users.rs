@@ -3,7 +3,7 @@
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use mage_domain::users as domain;
-use mage_domain::{limits, models};
+use mage_domain::{limits, rows};
 
 use super::credits::CreditAccount;
 use super::{client, loaders, services, viewer};
@@ -15,10 +15,10 @@ pub enum Role {
     Admin,
 }
 
-pub struct User(pub models::User, pub Option<models::CreditAccount>);
+pub struct User(pub rows::User, pub Option<rows::CreditAccount>);
 
-impl From<models::User> for User {
-    fn from(u: models::User) -> Self {
+impl From<rows::User> for User {
+    fn from(u: rows::User) -> Self {
         Self(u, None)
     }
 }
@@ -57,7 +57,7 @@ pub struct AuthPayload {
     user: User,
 }
 
-fn auth_payload(ctx: &Context<'_>, user: models::User) -> ApiResult<AuthPayload> {
+fn auth_payload(ctx: &Context<'_>, user: rows::User) -> ApiResult<AuthPayload> {
     let (token, expires_at) = services(ctx).tokens.issue(user.id)?;
     Ok(AuthPayload { token, expires_at, user: user.into() })
 }
@@ -128,7 +128,7 @@ impl UsersMutation {
 }
 
 /// The signed-in user, loaded; `UNAUTHENTICATED` when there is none.
-pub(super) async fn current_user(ctx: &Context<'_>) -> ApiResult<models::User> {
+pub(super) async fn current_user(ctx: &Context<'_>) -> ApiResult<rows::User> {
     let id = viewer(ctx).require()?;
     loaders(ctx)
         .user(id)

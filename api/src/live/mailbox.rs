@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use futures_util::task::AtomicWaker;
 use mage_domain::credits::AccountState;
 use mage_domain::generations::Status;
-use mage_domain::models::Generation;
+use mage_domain::rows::Generation;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -195,13 +195,13 @@ mod tests {
             id: Uuid::nil(),
             user_id: Uuid::nil(),
             model: "m".into(),
-            kind: "video".into(),
+            kind: mage_domain::catalog::MediaKind::Video,
             prompt: "p".into(),
             negative_prompt: None,
-            resolution: "720p".into(),
+            resolution: mage_domain::catalog::Resolution::R720p,
             duration_seconds: Some(5),
             seed: Some(1),
-            status: status.as_str().into(),
+            status,
             progress,
             stage: None,
             priority: 0,
@@ -229,10 +229,10 @@ mod tests {
         Event::Generation(Arc::new(Snapshot { row: row(status, progress), position: None }))
     }
 
-    fn progresses(m: &Mailbox) -> Vec<(String, i32)> {
+    fn progresses(m: &Mailbox) -> Vec<(&'static str, i32)> {
         std::iter::from_fn(|| m.pop())
             .map(|e| match e {
-                Ok(Event::Generation(s)) => (s.row.status.clone(), s.row.progress),
+                Ok(Event::Generation(s)) => (s.row.status.as_str(), s.row.progress),
                 other => panic!("unexpected {other:?}"),
             })
             .collect()

@@ -24,7 +24,7 @@ use mage_domain::db::DbPool;
 use mage_domain::events;
 use mage_domain::generations::{self, Status};
 use mage_domain::kv::Redis;
-use mage_domain::models::Generation;
+use mage_domain::rows::Generation;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;

@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use super::ledger::sum_of;
-use super::{HOLD_OPEN, account};
+use super::{HoldStatus, account};
 use crate::Result;
 use crate::db::Connection;
 use crate::schema::{credit_entries, credit_grants, credit_holds};
@@ -64,7 +64,7 @@ async fn audit_in(conn: &mut Connection, user_id: Uuid) -> Result<Audit> {
         .await?;
     let open_holds: i64 = credit_holds::table
         .filter(credit_holds::user_id.eq(user_id))
-        .filter(credit_holds::status.eq(HOLD_OPEN))
+        .filter(credit_holds::status.eq(HoldStatus::Open))
         .select(sum_of("amount"))
         .first(conn)
         .await?;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::ledger::{Refs, apply, entry_by_key, lock_account, same_operation, take_from_buckets};
 use super::{EntryKind, NewGrant};
 use crate::db::Connection;
-use crate::models::{CreditEntry, CreditGrant};
+use crate::rows::{CreditEntry, CreditGrant};
 use crate::schema::{credit_accounts, credit_grants};
 use crate::{Error, Result};
 

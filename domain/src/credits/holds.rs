@@ -7,16 +7,12 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::EntryKind;
 use super::ledger::{Refs, apply, entry_by_key, find_hold, lock_account, same_operation, take_from_buckets};
+use super::{EntryKind, HoldStatus};
 use crate::db::Connection;
-use crate::models::{CreditEntry, CreditHold};
+use crate::rows::{CreditEntry, CreditHold};
 use crate::schema::credit_holds;
 use crate::{Error, Result};
-
-pub const HOLD_OPEN: &str = "open";
-const HOLD_CAPTURED: &str = "captured";
-const HOLD_RELEASED: &str = "released";
 
 /// Reserves `amount` credits, typically for a generation. Fails with
 /// `InsufficientCredits` when the available balance is short. Repeating the
@@ -81,10 +77,10 @@ async fn close_hold(conn: &mut Connection, hold_id: Uuid, kind: EntryKind) -> Re
             let balance_change = if kind == EntryKind::Capture { -hold.amount } else { 0 };
             return same_operation(done, kind, balance_change, -hold.amount);
         }
-        let new_status = if kind == EntryKind::Capture { HOLD_CAPTURED } else { HOLD_RELEASED };
+        let new_status = if kind == EntryKind::Capture { HoldStatus::Captured } else { HoldStatus::Released };
         let closed = diesel::update(credit_holds::table)
             .filter(credit_holds::id.eq(hold_id))
-            .filter(credit_holds::status.eq(HOLD_OPEN))
+            .filter(credit_holds::status.eq(HoldStatus::Open))
             .set((credit_holds::status.eq(new_status), credit_holds::closed_at.eq(Utc::now())))
             .execute(conn)
             .await?;
@@ -110,7 +106,7 @@ async fn close_hold(conn: &mut Connection, hold_id: Uuid, kind: EntryKind) -> Re
 pub async fn close_generation_holds(conn: &mut Connection, generation_id: Uuid, capture: bool) -> Result<()> {
     let open: Vec<CreditHold> = credit_holds::table
         .filter(credit_holds::generation_id.eq(generation_id))
-        .filter(credit_holds::status.eq(HOLD_OPEN))
+        .filter(credit_holds::status.eq(HoldStatus::Open))
         .select(CreditHold::as_select())
         .load(conn)
         .await?;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::EntryKind;
 use crate::db::Connection;
-use crate::models::{CreditAccount, CreditEntry, CreditGrant, CreditHold};
+use crate::rows::{CreditAccount, CreditEntry, CreditGrant, CreditHold};
 use crate::schema::{credit_accounts, credit_entries, credit_grants, credit_holds};
 use crate::{Error, Result};
 
@@ -56,7 +56,7 @@ pub(super) fn same_operation(
     amount: i64,
     held_delta: i64,
 ) -> Result<CreditEntry> {
-    if done.kind == kind.as_str() && done.amount == amount && done.held_delta == held_delta {
+    if done.kind == kind && done.amount == amount && done.held_delta == held_delta {
         Ok(done)
     } else {
         Err(Error::Conflict(format!(

@@ -33,7 +33,7 @@ mod ledger;
 
 pub use audit::{Audit, audit};
 pub use grants::{Clawback, clawback, expire_due, expire_grant, grant, open_account, revoke};
-pub use holds::{HOLD_OPEN, HoldFor, capture, close_generation_holds, hold, hold_taken, holds_of, release};
+pub use holds::{HoldFor, capture, close_generation_holds, hold, hold_taken, holds_of, release};
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -41,34 +41,11 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use crate::db::Connection;
-use crate::models::{CreditAccount, CreditEntry};
-use crate::pg_enum::pg_enum;
+pub use crate::enums::{EntryKind, GrantSource, HoldStatus};
+use crate::rows::{CreditAccount, CreditEntry};
 use crate::schema::{credit_accounts, credit_entries, credit_grants};
 use crate::{Error, Result};
 use ledger::{entry_by_key, sum_of};
-
-pg_enum! {
-    pub enum EntryKind {
-        Grant = "grant",
-        Purchase = "purchase",
-        Hold = "hold",
-        Capture = "capture",
-        Release = "release",
-        Clawback = "clawback",
-        Expire = "expire",
-        Adjustment = "adjustment",
-    }
-}
-
-pg_enum! {
-    pub enum GrantSource {
-        Signup = "signup",
-        Purchase = "purchase",
-        Subscription = "subscription",
-        Admin = "admin",
-        Promo = "promo",
-    }
-}
 
 impl GrantSource {
     /// Bought credits show as PURCHASE in the ledger, everything else as GRANT.

@@ -9,8 +9,8 @@ use uuid::Uuid;
 use super::{INTERNAL_FAILURE, Services, fail, finished};
 use crate::catalog::{self, GenerationInput, Quote};
 use crate::db::Connection;
-use crate::models::Generation;
 use crate::queue::RenderJob;
+use crate::rows::Generation;
 use crate::schema::generations;
 use crate::{Error, Result, credits, events, limits};
 
@@ -106,7 +106,7 @@ fn same_request(first: Generation, quote: &Quote) -> Result<Generation> {
     let same = first.model == quote.model.id
         && first.prompt == quote.prompt
         && first.negative_prompt.as_deref() == quote.negative_prompt.as_deref()
-        && first.resolution == quote.resolution.as_str()
+        && first.resolution == quote.resolution
         && first.duration_seconds == quote.duration_seconds
         && quote.seed.is_none_or(|s| first.seed == Some(s));
     if same {

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::{Services, Status, find, find_own, sources};
 use crate::db::Connection;
 use crate::kv::Redis;
-use crate::models::Generation;
+use crate::output::Output;
+use crate::rows::Generation;
 use crate::schema::generations;
 use crate::{Error, Result, credits, events, limits};
 
@@ -198,11 +199,7 @@ pub async fn start_transcode(conn: &mut Connection, id: Uuid) -> Result<Option<G
 
 /// TRANSCODING → SUCCEEDED with its output, capturing the hold in the same
 /// transaction. `None`: it had already left TRANSCODING (cancelled).
-pub async fn succeed(
-    conn: &mut Connection,
-    id: Uuid,
-    output: serde_json::Value,
-) -> Result<Option<Generation>> {
+pub async fn succeed(conn: &mut Connection, id: Uuid, output: &Output) -> Result<Option<Generation>> {
     conn.transaction::<_, Error, _>(async |conn| {
         let now = Utc::now();
         let g: Option<Generation> = diesel::update(generations::table)
@@ -318,7 +315,7 @@ pub async fn finished(svc: &Services, g: &Generation) {
 }
 
 pub async fn finished_with(redis: &Redis, g: &Generation) {
-    crate::metrics::generation_finished(&g.model, &g.status);
+    crate::metrics::generation_finished(&g.model, g.status.as_str());
     if let Err(e) = limits::release_active(redis, g.user_id, &g.limit_member()).await {
         tracing::warn!(generation_id = %g.id, error = %e, "could not free the active-generation slot");
     }

@@ -23,6 +23,7 @@ mod retry;
 mod status;
 mod upkeep;
 
+pub use crate::output::{Output, Rendition};
 pub use create::{IDEMPOTENCY_KEY_MAX, create, quote};
 pub use lifecycle::{
     Canceled, NotStarted, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::Status;
 use crate::db::Connection;
-use crate::models::Generation;
+use crate::rows::Generation;
 use crate::schema::generations;
 use crate::{Error, Result};
 

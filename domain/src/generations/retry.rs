@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::create::{enqueue_new, hold_key};
 use super::{Services, Status, find, find_own};
 use crate::db::Connection;
-use crate::models::Generation;
+use crate::rows::Generation;
 use crate::schema::generations;
 use crate::{Error, Result, credits, limits};
 
@@ -44,7 +44,7 @@ pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Gen
                 generations::progress.eq(0),
                 generations::stage.eq(None::<String>),
                 generations::error.eq(None::<String>),
-                generations::output.eq(None::<serde_json::Value>),
+                generations::output.eq(None::<crate::output::Output>),
                 // A new run gets every attempt again.
                 generations::attempts.eq(0),
                 generations::queued_at.eq(now),

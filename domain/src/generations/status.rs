@@ -1,20 +1,9 @@
 //! The lifecycle's states and the one table of moves between them.
 
 use crate::catalog::MediaKind;
+pub use crate::enums::GenerationStatus as Status;
 use crate::limits;
-use crate::models::Generation;
-use crate::pg_enum::pg_enum;
-
-pg_enum! {
-    pub enum Status {
-        Queued = "queued",
-        Rendering = "rendering",
-        Transcoding = "transcoding",
-        Succeeded = "succeeded",
-        Failed = "failed",
-        Canceled = "canceled",
-    }
-}
+use crate::rows::Generation;
 
 impl Status {
     pub const ACTIVE: [Self; 3] = [Self::Queued, Self::Rendering, Self::Transcoding];
@@ -40,11 +29,11 @@ impl Status {
 
 impl Generation {
     pub fn status(&self) -> Status {
-        Status::parse(&self.status).unwrap_or(Status::Failed)
+        self.status
     }
 
     pub fn media_kind(&self) -> MediaKind {
-        MediaKind::parse(&self.kind).unwrap_or(MediaKind::Video)
+        self.kind
     }
 
     pub fn limit_member(&self) -> String {

@@ -10,7 +10,7 @@ use super::{Status, find};
 use crate::Result;
 use crate::credits;
 use crate::db::Connection;
-use crate::models::{CreditHold, Generation};
+use crate::rows::{CreditHold, Generation};
 use crate::schema::{credit_holds, generations};
 
 /// Generations in `statuses` whose worker has been silent since `before`
@@ -50,7 +50,7 @@ pub async fn queued_since(
 pub async fn release_orphaned_holds(conn: &mut Connection, limit: i64) -> Result<Vec<CreditHold>> {
     let orphans: Vec<CreditHold> = credit_holds::table
         .left_join(generations::table)
-        .filter(credit_holds::status.eq(credits::HOLD_OPEN))
+        .filter(credit_holds::status.eq(credits::HoldStatus::Open))
         .filter(credit_holds::generation_id.is_null().or(generations::status.eq_any([
             Status::Succeeded.as_str(),
             Status::Failed.as_str(),

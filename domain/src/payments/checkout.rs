@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::config::PaymentSettings;
 use crate::db::DbPool;
 use crate::kv::Redis;
-use crate::models::{Order, Product};
+use crate::rows::{Order, Product};
 use crate::{Error, Result, limits, orders};
 
 /// What checkout needs from the server.

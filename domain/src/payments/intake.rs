@@ -92,11 +92,11 @@ pub async fn list(
     conn: &mut Connection,
     status: Option<&str>,
     limit: i64,
-) -> Result<Vec<crate::models::StripeEvent>> {
+) -> Result<Vec<crate::rows::StripeEvent>> {
     let mut q = stripe_events::table
         .order((stripe_events::received_at.desc(), stripe_events::id.desc()))
         .limit(limit)
-        .select(crate::models::StripeEvent::as_select())
+        .select(crate::rows::StripeEvent::as_select())
         .into_boxed();
     if let Some(s) = status {
         q = q.filter(stripe_events::status.eq(s));
@@ -113,13 +113,13 @@ pub async fn list(
 /// Settling a reopened event is still exactly-once: the event row is
 /// locked and marked in the settling transaction, and every credit movement
 /// is keyed.
-pub async fn reopen(conn: &mut Connection, event_id: &str) -> Result<(crate::models::StripeEvent, bool)> {
+pub async fn reopen(conn: &mut Connection, event_id: &str) -> Result<(crate::rows::StripeEvent, bool)> {
     use diesel_async::AsyncConnection;
     conn.transaction::<_, Error, _>(async |conn| {
-        let ev: crate::models::StripeEvent = stripe_events::table
+        let ev: crate::rows::StripeEvent = stripe_events::table
             .find(event_id)
             .for_update()
-            .select(crate::models::StripeEvent::as_select())
+            .select(crate::rows::StripeEvent::as_select())
             .first(conn)
             .await
             .optional()?
@@ -134,7 +134,7 @@ pub async fn reopen(conn: &mut Connection, event_id: &str) -> Result<(crate::mod
                 stripe_events::processed_at.eq(None::<chrono::DateTime<chrono::Utc>>),
                 stripe_events::attempts.eq(0),
             ))
-            .returning(crate::models::StripeEvent::as_returning())
+            .returning(crate::rows::StripeEvent::as_returning())
             .get_result(conn)
             .await?;
         Ok((ev, true))

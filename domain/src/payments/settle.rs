@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::credits::{self, Clawback, GrantSource, NewGrant};
 use crate::db::Connection;
-use crate::models::{Order, Product, StripeEvent, Subscription};
 use crate::orders::{self as order_rows, Status};
+use crate::rows::{Order, Product, StripeEvent, Subscription};
 use crate::schema::{credit_grants, order_items, orders, products, stripe_events, subscriptions};
 use crate::{Error, Result};
 

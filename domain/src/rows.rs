@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
+use crate::enums::{EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, Resolution, Role};
+use crate::output::Output;
 use crate::schema::*;
 
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -12,7 +14,7 @@ pub struct User {
     pub id: Uuid,
     pub email: String,
     pub password_hash: String,
-    pub role: String,
+    pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -38,7 +40,7 @@ impl CreditAccount {
 pub struct CreditEntry {
     pub id: i64,
     pub user_id: Uuid,
-    pub kind: String,
+    pub kind: EntryKind,
     pub amount: i64,
     pub held_delta: i64,
     pub balance_after: i64,
@@ -58,7 +60,7 @@ pub struct CreditEntry {
 pub struct CreditGrant {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub source: String,
+    pub source: GrantSource,
     pub amount: i64,
     pub remaining: i64,
     pub expires_at: Option<DateTime<Utc>>,
@@ -76,7 +78,7 @@ pub struct CreditHold {
     pub user_id: Uuid,
     pub generation_id: Option<Uuid>,
     pub amount: i64,
-    pub status: String,
+    pub status: HoldStatus,
     pub created_at: DateTime<Utc>,
     pub closed_at: Option<DateTime<Utc>>,
 }
@@ -102,13 +104,13 @@ pub struct Generation {
     pub id: Uuid,
     pub user_id: Uuid,
     pub model: String,
-    pub kind: String,
+    pub kind: MediaKind,
     pub prompt: String,
     pub negative_prompt: Option<String>,
-    pub resolution: String,
+    pub resolution: Resolution,
     pub duration_seconds: Option<i32>,
     pub seed: Option<i64>,
-    pub status: String,
+    pub status: GenerationStatus,
     pub progress: i32,
     pub stage: Option<String>,
     pub priority: i32,
@@ -116,7 +118,7 @@ pub struct Generation {
     pub idempotency_key: Option<String>,
     pub attempts: i32,
     pub backend: Option<String>,
-    pub output: Option<serde_json::Value>,
+    pub output: Option<Output>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -135,7 +137,7 @@ pub struct Generation {
 #[diesel(table_name = render_models, check_for_backend(diesel::pg::Pg))]
 pub struct RenderModelRow {
     pub id: String,
-    pub kind: String,
+    pub kind: MediaKind,
     pub name: String,
     pub workflow: String,
     pub max_duration_seconds: Option<i32>,
@@ -151,7 +153,7 @@ pub struct RenderModelRow {
 #[diesel(table_name = render_model_prices, check_for_backend(diesel::pg::Pg))]
 pub struct RenderModelPrice {
     pub model_id: String,
-    pub resolution: String,
+    pub resolution: Resolution,
     pub credits: i64,
     pub credits_per_second: i64,
 }
