@@ -1,6 +1,6 @@
 //! Errors at the GraphQL edge: every error a client sees carries one
-//! `extensions.code` of API.md; internal failures are logged in full here and
-//! reach the client as a bare `INTERNAL`.
+//! `extensions.code` of docs/api.md; internal failures are logged in full
+//! here and reach the client as a bare `INTERNAL`.
 
 use async_graphql::{ErrorExtensions, ServerError};
 use mage_domain::Error as DomainError;
