@@ -729,3 +729,17 @@ pub async fn account_states(conn: &mut Connection, user_ids: &[Uuid]) -> Result<
         .map(|(account, version)| AccountState { version: version.unwrap_or(0), account })
         .collect())
 }
+
+/// Moves the end of a grant (a subscription's first period, granted at
+/// checkout with an estimate, ends when its first invoice says).
+pub async fn set_grant_expiry(
+    conn: &mut Connection,
+    grant_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<()> {
+    diesel::update(credit_grants::table.find(grant_id))
+        .set(credit_grants::expires_at.eq(expires_at))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

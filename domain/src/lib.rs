@@ -20,6 +20,7 @@ pub mod queue;
 pub mod schema;
 pub mod stats;
 pub mod storage;
+pub mod subscriptions;
 pub mod users;
 pub mod workers;
 

@@ -6,3 +6,4 @@ pub mod checkout;
 pub mod intake;
 pub mod settle;
 pub mod signature;
+pub mod stripe;
