@@ -14,7 +14,7 @@ use crate::models::{Order, Subscription};
 use crate::schema::subscriptions;
 
 pub const CANCELED: &str = "canceled";
-const ACTIVE: &str = "active";
+pub const ACTIVE: &str = "active";
 
 /// The order a known subscription was bought with: `None` if the
 /// subscription is unknown, `Some(None)` if it has no order.
@@ -48,29 +48,13 @@ pub async fn open(conn: &mut Connection, id: &str, order: &Order, product_id: &s
     Ok(subscriptions::table.find(id).for_update().select(Subscription::as_select()).first(conn).await?)
 }
 
-/// The first period's grant and its end.
-pub async fn start_period(
-    conn: &mut Connection,
-    sub: &Subscription,
-    grant_id: Option<Uuid>,
-    period_end: Option<DateTime<Utc>>,
-) -> Result<()> {
-    diesel::update(subscriptions::table.find(&sub.id))
-        .set((
-            subscriptions::grant_id.eq(grant_id),
-            subscriptions::current_period_end.eq(period_end),
-            subscriptions::updated_at.eq(Utc::now()),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// A renewal paid: the new period, its grant, and the plan it was paid at.
-pub async fn renew(
+/// A period paid for: its grant and end, and the plan and status it was
+/// paid at (a renewal makes the subscription ACTIVE on the renewed plan).
+pub async fn set_period(
     conn: &mut Connection,
     sub: &Subscription,
     product_id: &str,
+    status: &str,
     grant_id: Option<Uuid>,
     period_end: Option<DateTime<Utc>>,
 ) -> Result<()> {
@@ -79,7 +63,7 @@ pub async fn renew(
             subscriptions::grant_id.eq(grant_id),
             subscriptions::product_id.eq(product_id),
             subscriptions::current_period_end.eq(period_end),
-            subscriptions::status.eq(ACTIVE),
+            subscriptions::status.eq(status),
             subscriptions::updated_at.eq(Utc::now()),
         ))
         .execute(conn)

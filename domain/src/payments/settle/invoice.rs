@@ -1,14 +1,16 @@
 //! `invoice.paid` / `invoice.payment_succeeded`: a subscription's first
 //! invoice (the same payment as its checkout) or a renewal.
 
+use uuid::Uuid;
+
 use crate::Result;
-use crate::credits::{self, GrantSource, NewGrant};
+use crate::credits;
 use crate::db::Connection;
 use crate::models::{Order, StripeEvent};
 use crate::payments::stripe::Invoice;
 use crate::{orders, subscriptions};
 
-use super::subscription;
+use super::subscription::{self, PlanGrant};
 use super::verdict::Verdict;
 
 /// What an invoice pays for, by its billing reason.
@@ -91,28 +93,22 @@ pub async fn paid(conn: &mut Connection, ev: &StripeEvent, inv: &Invoice) -> Res
                 let note = format!("invoice {invoice_id} already applied");
                 return Ok(Verdict::ignored(note).about_sub(&sub));
             }
-            // Unused plan credits do not carry over: the last period's
-            // grant ends before the new one starts.
-            let expired = match sub.grant_id {
-                Some(g) => credits::expire_grant(conn, g, &format!("expire:{g}"), Some(&ev.id)).await?,
-                None => None,
-            };
-            let entry = credits::grant(
+            let (grant_id, moved) = subscription::replace_grant(
                 conn,
-                NewGrant {
-                    user_id: sub.user_id,
-                    amount: plan.credits,
-                    source: GrantSource::Subscription,
+                ev,
+                &sub,
+                PlanGrant {
+                    plan: &plan,
                     expires_at: period_end,
-                    order_id: sub.order_id,
-                    stripe_event_id: Some(ev.id.clone()),
-                    memo: Some(format!("subscription {}: invoice {invoice_id}", sub.id)),
-                    idempotency_key: key,
+                    memo: format!("subscription {}: invoice {invoice_id}", sub.id),
+                    key,
+                    expire_key: |g: Uuid| format!("expire:{g}"),
                 },
             )
             .await?;
-            subscriptions::renew(conn, &sub, &plan.id, entry.grant_id, period_end).await?;
-            plan.credits + expired.map_or(0, |e| e.amount)
+            subscriptions::set_period(conn, &sub, &plan.id, subscriptions::ACTIVE, grant_id, period_end)
+                .await?;
+            moved
         }
         Paid::Other(note) => return Ok(Verdict::ignored(note).about_sub(&sub)),
     };

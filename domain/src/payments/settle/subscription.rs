@@ -3,6 +3,7 @@
 //! comes first, its first period's credits, plan changes and cancellation.
 
 use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
 
 use crate::Result;
 use crate::credits::{self, GrantSource, NewGrant};
@@ -64,7 +65,7 @@ pub async fn first_period(
         credits::set_grant_expiry(conn, grant_id, end).await?;
     }
     let period_end = period_end.or(sub.current_period_end).or(Some(expires));
-    subscriptions::start_period(conn, sub, entry.grant_id, period_end).await?;
+    subscriptions::set_period(conn, sub, &sub.product_id, &sub.status, entry.grant_id, period_end).await?;
     Ok(if existed { 0 } else { amount })
 }
 
@@ -171,35 +172,68 @@ pub async fn updated(conn: &mut Connection, ev: &StripeEvent, event: &Event) -> 
         }
         Change::NewPlan => {
             // A plan change takes effect at once, up or down.
-            let expired = match sub.grant_id {
-                Some(g) => {
-                    credits::expire_grant(conn, g, &format!("expire:{g}:{}", ev.id), Some(&ev.id)).await?
-                }
-                None => None,
-            };
-            let entry = credits::grant(
+            let (grant_id, moved) = replace_grant(
                 conn,
-                NewGrant {
-                    user_id: sub.user_id,
-                    amount: plan.credits,
-                    source: GrantSource::Subscription,
+                ev,
+                &sub,
+                PlanGrant {
+                    plan: &plan,
                     expires_at: period_end.or(sub.current_period_end),
-                    order_id: sub.order_id,
-                    stripe_event_id: Some(ev.id.clone()),
-                    memo: Some(format!(
+                    memo: format!(
                         "subscription {}: plan changed from {} to {}",
                         sub.id, sub.product_id, plan.id
-                    )),
-                    idempotency_key: format!("plan-change:{}", ev.id),
+                    ),
+                    key: format!("plan-change:{}", ev.id),
+                    expire_key: |g: Uuid| format!("expire:{g}:{}", ev.id),
                 },
             )
             .await?;
-            update.plan = Some((&plan.id, entry.grant_id));
+            update.plan = Some((&plan.id, grant_id));
             subscriptions::update(conn, &sub, update).await?;
             let note = format!("plan changed from {} to {}", sub.product_id, plan.id);
-            Ok(Verdict::done_sub(&sub, plan.credits + expired.map_or(0, |e| e.amount), note))
+            Ok(Verdict::done_sub(&sub, moved, note))
         }
     }
+}
+
+/// A plan's credits for a new period or plan.
+pub struct PlanGrant<'a, K: Fn(Uuid) -> String> {
+    pub plan: &'a Product,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub memo: String,
+    pub key: String,
+    /// The key of ending the grant it replaces.
+    pub expire_key: K,
+}
+
+/// Unused plan credits do not carry over: what is left of the current
+/// grant ends, and the plan's credits are granted in its place. Returns the
+/// new grant and the credits moved.
+pub async fn replace_grant<K: Fn(Uuid) -> String>(
+    conn: &mut Connection,
+    ev: &StripeEvent,
+    sub: &Subscription,
+    g: PlanGrant<'_, K>,
+) -> Result<(Option<Uuid>, i64)> {
+    let expired = match sub.grant_id {
+        Some(id) => credits::expire_grant(conn, id, &(g.expire_key)(id), Some(&ev.id)).await?,
+        None => None,
+    };
+    let entry = credits::grant(
+        conn,
+        NewGrant {
+            user_id: sub.user_id,
+            amount: g.plan.credits,
+            source: GrantSource::Subscription,
+            expires_at: g.expires_at,
+            order_id: sub.order_id,
+            stripe_event_id: Some(ev.id.clone()),
+            memo: Some(g.memo),
+            idempotency_key: g.key,
+        },
+    )
+    .await?;
+    Ok((entry.grant_id, g.plan.credits + expired.map_or(0, |e| e.amount)))
 }
 
 /// `customer.subscription.deleted`: renewals end; credits already granted
@@ -218,7 +252,6 @@ pub async fn deleted(conn: &mut Connection, event: &Event) -> Result<Verdict> {
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
-    use uuid::Uuid;
 
     use super::*;
 
