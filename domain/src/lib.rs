@@ -23,6 +23,7 @@ pub mod rows;
 pub mod schema;
 pub mod stats;
 pub mod storage;
+pub mod subscriptions;
 pub mod users;
 pub mod workers;
 

@@ -27,6 +27,16 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Paid,
+        Self::Failed,
+        Self::Canceled,
+        Self::Refunded,
+        Self::PartiallyRefunded,
+        Self::Disputed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
@@ -40,16 +50,23 @@ impl Status {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "paid" => Self::Paid,
-            "failed" => Self::Failed,
-            "canceled" => Self::Canceled,
-            "refunded" => Self::Refunded,
-            "partially_refunded" => Self::PartiallyRefunded,
-            "disputed" => Self::Disputed,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// The one table of allowed moves. Money that arrives for a FAILED or
+    /// CANCELED order still pays it: the customer gets what they paid for.
+    /// A won dispute goes back to what the refunds made of the order.
+    pub fn can_become(self, next: Self) -> bool {
+        use Status::*;
+        matches!(
+            (self, next),
+            (Pending, Failed | Canceled)
+                | (Pending | Failed | Canceled, Paid)
+                | (Paid, PartiallyRefunded)
+                | (Paid | PartiallyRefunded, Refunded)
+                | (Paid | PartiallyRefunded | Refunded, Disputed)
+                | (Disputed, Paid | PartiallyRefunded | Refunded)
+        )
     }
 
     /// Whether the money was taken (and so credits were granted).
@@ -66,6 +83,27 @@ impl Order {
     pub fn is_subscription(&self) -> bool {
         self.mode == "subscription"
     }
+
+    /// Credits that `cents` of the order stand for (rounded, and computed on
+    /// running totals so that partial refunds add up exactly).
+    pub fn credits_for(&self, cents: i64) -> i64 {
+        if self.total_cents <= 0 {
+            return 0;
+        }
+        let c = i128::from(self.credits) * i128::from(cents);
+        let t = i128::from(self.total_cents);
+        ((c + t / 2) / t) as i64
+    }
+
+    /// Credits granted for the order and not taken back yet.
+    pub fn credits_left(&self) -> i64 {
+        self.credits - self.credits_clawed_back
+    }
+}
+
+/// The states a transition into `to` may start from, as stored.
+fn sources(to: Status) -> Vec<&'static str> {
+    Status::ALL.into_iter().filter(|s| s.can_become(to)).map(Status::as_str).collect()
 }
 
 /// Creates a PENDING order of `quantity` × the product, copying its price
@@ -143,7 +181,7 @@ pub async fn attach_checkout(
 /// PENDING → FAILED with the reason (checkout could not start).
 pub async fn fail_pending(conn: &mut Connection, id: Uuid, reason: &str) -> Result<Option<Order>> {
     Ok(diesel::update(orders::table.find(id))
-        .filter(orders::status.eq(Status::Pending.as_str()))
+        .filter(orders::status.eq_any(sources(Status::Failed)))
         .set((
             orders::status.eq(Status::Failed.as_str()),
             orders::failure_reason.eq(reason),
@@ -174,6 +212,153 @@ pub async fn lock_by_payment_intent(conn: &mut Connection, payment_intent: &str)
         .first(conn)
         .await
         .optional()?)
+}
+
+/// The product a plan order bought (plans are bought one at a time).
+pub async fn plan_product(conn: &mut Connection, order_id: Uuid) -> Result<String> {
+    Ok(order_items::table
+        .filter(order_items::order_id.eq(order_id))
+        .select(order_items::product_id)
+        .first(conn)
+        .await?)
+}
+
+/// The Stripe ids a checkout session carries about its order.
+#[derive(Debug, Default, Clone)]
+pub struct StripeIds {
+    pub checkout_session: Option<String>,
+    pub payment_intent: Option<String>,
+    pub customer: Option<String>,
+    pub subscription: Option<String>,
+}
+
+/// Keeps the Stripe ids of a locked order; the first one seen wins, as they
+/// never change for an order.
+pub async fn remember_stripe_ids(conn: &mut Connection, order: &Order, ids: StripeIds) -> Result<Order> {
+    Ok(diesel::update(orders::table.find(order.id))
+        .set((
+            orders::stripe_payment_intent_id
+                .eq(order.stripe_payment_intent_id.clone().or(ids.payment_intent)),
+            orders::stripe_customer_id.eq(order.stripe_customer_id.clone().or(ids.customer)),
+            orders::stripe_subscription_id.eq(order.stripe_subscription_id.clone().or(ids.subscription)),
+            orders::stripe_checkout_session_id
+                .eq(order.stripe_checkout_session_id.clone().or(ids.checkout_session)),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .returning(Order::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Records the subscription a plan order started.
+pub async fn set_subscription(conn: &mut Connection, order_id: Uuid, subscription_id: &str) -> Result<()> {
+    diesel::update(orders::table.find(order_id))
+        .set(orders::stripe_subscription_id.eq(subscription_id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Refuses a move the table does not allow. Settlement decides on the
+/// locked row before it writes, so a refusal here is a settlement bug,
+/// kept on the event for admins rather than retried.
+fn check_move(order: &Order, to: Status) -> Result<()> {
+    if order.status().can_become(to) {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!("order {} cannot go from {} to {}", order.id, order.status, to.as_str())))
+}
+
+/// A locked PENDING order ends without payment (FAILED or CANCELED);
+/// `false` if it is no longer PENDING.
+pub async fn end_unpaid(conn: &mut Connection, order: &Order, to: Status, reason: &str) -> Result<bool> {
+    if order.status() != Status::Pending {
+        return Ok(false);
+    }
+    check_move(order, to)?;
+    diesel::update(orders::table.find(order.id))
+        .set((
+            orders::status.eq(to.as_str()),
+            orders::failure_reason.eq(reason),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(true)
+}
+
+/// The money of a locked, unpaid order arrived: PAID.
+pub async fn mark_paid(conn: &mut Connection, order: &Order) -> Result<()> {
+    check_move(order, Status::Paid)?;
+    diesel::update(orders::table.find(order.id))
+        .set((
+            orders::status.eq(Status::Paid.as_str()),
+            orders::paid_at.eq(Utc::now()),
+            orders::failure_reason.eq(None::<String>),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Refunds of a locked order now total `refunded_cents`, and `clawed_back`
+/// more credits were taken for them. A disputed order stays DISPUTED.
+pub async fn record_refund(
+    conn: &mut Connection,
+    order: &Order,
+    refunded_cents: i64,
+    clawed_back: i64,
+    status: Status,
+) -> Result<()> {
+    if status != order.status() {
+        check_move(order, status)?;
+    }
+    diesel::update(orders::table.find(order.id))
+        .set((
+            orders::refunded_cents.eq(refunded_cents),
+            orders::credits_clawed_back.eq(order.credits_clawed_back + clawed_back),
+            orders::status.eq(status.as_str()),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A dispute opened on a locked order and took `taken` credits.
+pub async fn open_dispute(conn: &mut Connection, order: &Order, taken: i64) -> Result<()> {
+    check_move(order, Status::Disputed)?;
+    diesel::update(orders::table.find(order.id))
+        .set((
+            orders::status.eq(Status::Disputed.as_str()),
+            orders::disputed_credits.eq(taken),
+            orders::credits_clawed_back.eq(order.credits_clawed_back + taken),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A won dispute of a locked order gave `restored` credits back.
+pub async fn close_dispute(
+    conn: &mut Connection,
+    order: &Order,
+    restored: i64,
+    status: Status,
+) -> Result<()> {
+    check_move(order, status)?;
+    diesel::update(orders::table.find(order.id))
+        .set((
+            orders::status.eq(status.as_str()),
+            orders::disputed_credits.eq(0),
+            orders::credits_clawed_back.eq(order.credits_clawed_back - restored),
+            orders::updated_at.eq(Utc::now()),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The user's own order; someone else's is NOT_FOUND.
@@ -225,4 +410,78 @@ pub async fn events(conn: &mut Connection, order_id: Uuid) -> Result<Vec<StripeE
         .select(StripeEvent::as_select())
         .load(conn)
         .await?)
+}
+
+/// An order as a settlement decision sees it, for unit tests.
+#[cfg(test)]
+pub(crate) fn fixture(status: Status, total_cents: i64, credits: i64) -> Order {
+    let now = Utc::now();
+    Order {
+        id: Uuid::nil(),
+        user_id: Uuid::nil(),
+        status: status.as_str().to_owned(),
+        total_cents,
+        currency: "usd".to_owned(),
+        credits,
+        refunded_cents: 0,
+        stripe_checkout_session_id: None,
+        stripe_payment_intent_id: None,
+        stripe_subscription_id: None,
+        checkout_url: None,
+        failure_reason: None,
+        created_at: now,
+        updated_at: now,
+        paid_at: None,
+        mode: "payment".to_owned(),
+        stripe_customer_id: None,
+        credits_clawed_back: 0,
+        disputed_credits: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status::{self, *};
+
+    #[test]
+    fn the_moves_an_order_may_make() {
+        let allowed = [
+            (Pending, Failed),
+            (Pending, Canceled),
+            (Pending, Paid),
+            (Failed, Paid),
+            (Canceled, Paid),
+            (Paid, PartiallyRefunded),
+            (Paid, Refunded),
+            (PartiallyRefunded, Refunded),
+            (Paid, Disputed),
+            (PartiallyRefunded, Disputed),
+            (Refunded, Disputed),
+            (Disputed, Paid),
+            (Disputed, PartiallyRefunded),
+            (Disputed, Refunded),
+        ];
+        for from in Status::ALL {
+            for to in Status::ALL {
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_status_reads_back() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Status::parse("paid "), None);
+    }
+
+    #[test]
+    fn credits_of_partial_refunds_add_up_to_the_whole() {
+        let order = super::fixture(Paid, 999, 100);
+        assert_eq!(order.credits_for(0), 0);
+        assert_eq!(order.credits_for(333) + (order.credits_for(666) - order.credits_for(333)), 67);
+        assert_eq!(order.credits_for(999), 100);
+        assert_eq!(super::fixture(Paid, 0, 100).credits_for(0), 0);
+    }
 }

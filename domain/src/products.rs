@@ -17,3 +17,15 @@ pub async fn list_active(conn: &mut Connection) -> Result<Vec<Product>> {
         .load(conn)
         .await?)
 }
+
+/// The plan sold at a Stripe price, active or not (a subscription keeps
+/// renewing on a plan taken off sale).
+pub async fn plan_by_price(conn: &mut Connection, price: &str) -> Result<Option<Product>> {
+    Ok(products::table
+        .filter(products::stripe_price_id.eq(price))
+        .filter(products::kind.eq("plan"))
+        .select(Product::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}

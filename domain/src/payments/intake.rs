@@ -7,6 +7,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
+use super::stripe::Event;
 use crate::db::Connection;
 use crate::schema::stripe_events;
 use crate::{Error, Result};
@@ -25,12 +26,11 @@ pub enum Intake {
 pub fn parse(payload: &[u8]) -> Result<(String, String, bool, Value)> {
     let v: Value = serde_json::from_slice(payload)
         .map_err(|e| Error::invalid("body", format!("not a JSON event: {e}")))?;
-    let id = v["id"].as_str().filter(|id| id.starts_with("evt_")).map(str::to_owned);
-    let kind = v["type"].as_str().map(str::to_owned);
-    match (id, kind) {
-        (Some(id), Some(kind)) if v["object"] == "event" => {
-            let live = v["livemode"].as_bool().unwrap_or(false);
-            Ok((id, kind, live, v))
+    let event = Event::read(&v);
+    let id = event.id.filter(|id| id.starts_with("evt_"));
+    match (id, event.type_) {
+        (Some(id), Some(kind)) if event.object.as_deref() == Some("event") => {
+            Ok((id, kind, event.livemode.unwrap_or(false), v))
         }
         _ => Err(Error::invalid("body", "not a Stripe event (id evt_..., type, object \"event\")")),
     }
