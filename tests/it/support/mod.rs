@@ -1,6 +1,6 @@
 //! The end-to-end harness: Mage's real router on an ephemeral port, over a
-//! database and a Redis key prefix of the test's own.
-#![allow(dead_code)]
+//! database and a Redis key prefix of the test's own. A `TestApp` audits the
+//! ledger of every account when it is dropped, so no test can forget to.
 
 pub mod process;
 pub mod ws;
@@ -14,6 +14,9 @@ use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
+pub const REGISTER: &str =
+    "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token user { id email } } }";
+pub const LOGIN: &str = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
 /// Opens `/metrics` of a test server (`MAGE_METRICS_TOKEN`).
 pub const METRICS_TOKEN: &str = "metrics-token-of-the-tests";
 
@@ -26,6 +29,7 @@ pub struct TestApp {
     pub storage: mage_domain::storage::Storage,
     media: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    audit_ledger: bool,
     // Dropped last: the server must stop before its database goes.
     pub redis: TestRedis,
     pub db: TestDb,
@@ -112,7 +116,19 @@ impl TestApp {
             let _ = rx.await;
         }));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("client");
-        Self { addr, pool, http, settings, queues, storage, media, shutdown: Some(tx), redis, db }
+        Self {
+            addr,
+            pool,
+            http,
+            settings,
+            queues,
+            storage,
+            media,
+            shutdown: Some(tx),
+            audit_ledger: true,
+            redis,
+            db,
+        }
     }
 
     pub fn media_dir(&self) -> &std::path::Path {
@@ -203,31 +219,27 @@ impl TestApp {
         out
     }
 
+    /// Signs `email` up with [`PASSWORD`]; returns its token and user id.
     pub async fn register(&self, email: &str) -> (String, String) {
-        let res = self
-            .gql(
-                "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token user { id } } }",
-                json!({ "e": email, "p": PASSWORD }),
-                None,
-            )
-            .await;
-        assert!(res.get("errors").is_none(), "register failed: {res}");
-        let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
-        let id = res["data"]["register"]["user"]["id"].as_str().expect("id").to_owned();
-        (token, id)
+        register_at(&self.http, &self.url("/graphql"), email).await
+    }
+
+    /// `mage <command>` on this app's database, Redis key prefix and media
+    /// folder.
+    pub fn mage(&self, command: &str) -> std::process::Command {
+        let mut cmd = process::mage_on(command, &self.db, &self.redis);
+        cmd.env("MAGE_MEDIA_DIR", self.media_dir());
+        cmd
     }
 
     pub async fn conn(&self) -> mage_domain::db::PooledConnection {
         self.pool.get().await.expect("connection")
     }
 
-    /// Asserts the ledger invariants of every account in the database.
-    pub async fn assert_ledger_invariants(&self) {
-        let mut conn = self.conn().await;
-        for id in all_user_ids(&mut conn).await {
-            let audit = mage_domain::credits::audit(&mut conn, id).await.expect("audit");
-            assert!(audit.holds(), "ledger invariant broken for {id}: {audit:?}");
-        }
+    /// For a test that writes ledger rows by hand, without the grants and
+    /// holds that would balance them: its app skips the audit when dropped.
+    pub fn ledger_written_by_hand(&mut self) {
+        self.audit_ledger = false;
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -256,7 +268,39 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // A failing test already says why; a second panic would abort.
+        if self.audit_ledger && !std::thread::panicking() {
+            let broken = ledger_violations(self.db.url());
+            assert!(
+                broken.is_empty(),
+                "ledger invariants broken when the test ended:\n{}",
+                broken.join("\n")
+            );
+        }
     }
+}
+
+/// The accounts whose ledger invariants do not hold, each with its audit.
+/// Drop runs inside the test's runtime, which cannot be blocked on (nor can
+/// its pool's connections be used while it is): a thread of its own with a
+/// small runtime and connection can.
+fn ledger_violations(database_url: &str) -> Vec<String> {
+    let url = database_url.to_owned();
+    let audit = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut conn = mage_domain::db::connect(&url).await.expect("connect to the test database");
+            let mut broken = Vec::new();
+            for id in all_user_ids(&mut conn).await {
+                let audit = mage_domain::credits::audit(&mut conn, id).await.expect("audit");
+                if !audit.holds() {
+                    broken.push(format!("{id}: {audit:?}"));
+                }
+            }
+            broken
+        })
+    });
+    audit.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Logs of the code under test, shown for failing tests (`MAGE_TEST_LOG`
@@ -265,6 +309,16 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MAGE_TEST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Signs `email` up with [`PASSWORD`] at a GraphQL endpoint; returns its
+/// token and user id.
+pub async fn register_at(http: &reqwest::Client, graphql_url: &str, email: &str) -> (String, String) {
+    let res = post_graphql(http, graphql_url, REGISTER, json!({ "e": email, "p": PASSWORD }), None).await;
+    assert!(res.get("errors").is_none(), "register failed: {res}");
+    let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
+    let id = res["data"]["register"]["user"]["id"].as_str().expect("id").to_owned();
+    (token, id)
 }
 
 /// POSTs an operation to a GraphQL endpoint; returns the whole JSON response.

@@ -1,13 +1,8 @@
 //! The `mage` binary itself: configuration errors, subcommands, and a real
 //! `mage serve` process answering a browser-like client.
 
-mod common;
-
-use std::process::Stdio;
-use std::time::Duration;
-
-use common::post_graphql;
-use common::process::{Child, free_port, mage, wait_ready};
+use crate::support::process::{mage, serve_on, start_listening};
+use crate::support::{post_graphql, register_at};
 use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::json;
 
@@ -99,34 +94,12 @@ async fn mage_serve_migrates_serves_and_promotes() {
             diesel::sql_query(sql).execute(&mut admin).await.expect("empty the database");
         }
     }
-    let port = free_port();
-    let child = Child(
-        mage()
-            .arg("serve")
-            .env("DATABASE_URL", db.url())
-            .env("REDIS_URL", redis.settings().url)
-            .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
-            .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
-            .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
-            .env("MAGE_SIGNUP_CREDITS", "250")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn mage serve"),
-    );
+    let mut serve = serve_on(&db, &redis);
+    serve.env("MAGE_SIGNUP_CREDITS", "250");
+    let (child, port) = start_listening(serve).await;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&http, port, Duration::from_secs(20)).await;
-
-    let gql = format!("{base}/graphql");
-    let res = post_graphql(
-        &http,
-        &gql,
-        "mutation { register(email: \"cli@example.com\", password: \"long enough pw\") { token } }",
-        json!({}),
-        None,
-    )
-    .await;
-    let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
+    let gql = format!("http://127.0.0.1:{port}/graphql");
+    let (token, _) = register_at(&http, &gql, "cli@example.com").await;
     let me = post_graphql(&http, &gql, "{ me { role credits { balance } } }", json!({}), Some(&token)).await;
     assert_eq!(me["data"]["me"], json!({ "role": "USER", "credits": { "balance": 250 } }));
 

@@ -2,13 +2,11 @@
 //! generationUpdated, myGenerations, creditsChanged, queue positions, auth,
 //! and that subscribers leave nothing behind.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestApp;
-use common::process::{Child, free_port, mage, wait_ready};
-use common::ws::{Ws, connect_signed_in, recv, recv_within, subscribe};
+use crate::support::process::{Child, mage_on, serve_on, start_listening};
+use crate::support::ws::{Ws, connect_signed_in, recv, recv_within, subscribe};
+use crate::support::{TestApp, post_graphql, register_at};
 use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::{Value, json};
 
@@ -63,7 +61,7 @@ async fn gauge(app: &TestApp, name: &str) -> f64 {
     let text = app
         .http
         .get(app.url("/metrics"))
-        .bearer_auth(common::METRICS_TOKEN)
+        .bearer_auth(crate::support::METRICS_TOKEN)
         .send()
         .await
         .expect("metrics")
@@ -311,47 +309,23 @@ async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind
     wait_for_gauge(&app, "mage_websocket_connections", sockets_before).await;
 }
 
-/// `mage <args>` on this test's database, Redis prefix and media folder.
-fn spawn(args: &[&str], db: &TestDb, redis: &TestRedis, media: &std::path::Path, port: u16) -> Child {
-    Child(
-        mage()
-            .args(args)
-            .env("DATABASE_URL", db.url())
-            .env("REDIS_URL", redis.settings().url)
-            .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
-            .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
-            .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
-            .env("MAGE_MEDIA_DIR", media)
-            .env("MAGE_WORKER_NAME", format!("test-{port}"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn mage"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_on_one_instance_sees_every_event_of_a_generation_made_through_another() {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
     let media = tempfile::tempdir().expect("media");
-    let (a, b) = (free_port(), free_port());
-    let _serve_a = spawn(&["serve"], &db, &redis, media.path(), a);
-    wait_ready(&reqwest::Client::new(), a, Duration::from_secs(30)).await;
-    let _serve_b = spawn(&["serve"], &db, &redis, media.path(), b);
+    let serve = || {
+        let mut cmd = serve_on(&db, &redis);
+        cmd.env("MAGE_MEDIA_DIR", media.path());
+        start_listening(cmd)
+    };
+    let (_serve_a, a) = serve().await;
+    let (_serve_b, b) = serve().await;
     let http = reqwest::Client::new();
-    wait_ready(&http, b, Duration::from_secs(30)).await;
 
     let gql_a = format!("http://127.0.0.1:{a}/graphql");
-    let res = common::post_graphql(
-        &http,
-        &gql_a,
-        "mutation { register(email: \"two@example.com\", password: \"long enough pw\") { token } }",
-        json!({}),
-        None,
-    )
-    .await;
-    let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
-    let res = common::post_graphql(
+    let (token, _) = register_at(&http, &gql_a, "two@example.com").await;
+    let res = post_graphql(
         &http,
         &gql_a,
         "mutation($i: CreateGenerationInput!) { createGeneration(input: $i) { id } }",
@@ -365,7 +339,7 @@ async fn a_client_on_one_instance_sees_every_event_of_a_generation_made_through_
     subscribe(&mut ws, "g", GENERATION_UPDATED, json!({ "id": id })).await;
     let first = next_of(&mut ws, "g").await;
     assert_eq!(first["data"]["generationUpdated"]["status"], "QUEUED", "{first}");
-    let _work = spawn(&["work"], &db, &redis, media.path(), free_port());
+    let _work = Child::spawn(mage_on("work", &db, &redis).env("MAGE_MEDIA_DIR", media.path()));
     let events = collect_until_complete(&mut ws, "g").await;
     let statuses: Vec<&str> =
         events.iter().filter_map(|e| e["data"]["generationUpdated"]["status"].as_str()).collect();

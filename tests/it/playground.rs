@@ -1,13 +1,11 @@
 //! The playground: served by Mage with every asset, and usable in a real
 //! (headless) Chromium with no internet access.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TestApp;
+use crate::support::{TestApp, post_graphql, process, register_at};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -301,34 +299,15 @@ async fn the_dev_checkout_pay_button_turns_into_credits_under_mage_dev() {
     let Some(binary) = chromium_or_skip() else { return };
     let db = mage_domain::testing::TestDb::new().await;
     let redis = mage_domain::testing::TestRedis::new();
-    let port = common::process::free_port();
     let media = tempfile::tempdir().expect("media");
-    let _dev = common::process::Child(
-        common::process::mage()
-            .arg("dev")
-            .env("DATABASE_URL", db.url())
-            .env("REDIS_URL", redis.settings().url)
-            .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
-            .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
-            .env("MAGE_MEDIA_DIR", media.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn mage dev"),
-    );
+    let mut dev = process::mage_on("dev", &db, &redis);
+    dev.env("MAGE_MEDIA_DIR", media.path());
+    let (_dev, port) = process::start_listening(dev).await;
     let http = reqwest::Client::new();
-    common::process::wait_ready(&http, port, Duration::from_secs(30)).await;
     let base = format!("http://127.0.0.1:{port}");
     let gql = format!("{base}/graphql");
-    let res = common::post_graphql(
-        &http,
-        &gql,
-        "mutation { register(email: \"buyer@example.com\", password: \"long enough pw\") { token } }",
-        json!({}),
-        None,
-    )
-    .await;
-    let token = res["data"]["register"]["token"].as_str().expect("token").to_owned();
-    let res = common::post_graphql(
+    let (token, _) = register_at(&http, &gql, "buyer@example.com").await;
+    let res = post_graphql(
         &http,
         &gql,
         "mutation { createCheckout(productId: \"starter\") { url order { id status } } }",
@@ -346,17 +325,10 @@ async fn the_dev_checkout_pay_button_turns_into_credits_under_mage_dev() {
     page.eval("document.getElementById('pay').click()").await;
     // Back on the page, which refreshes until the worker has settled it.
     page.wait_for_text("document.getElementById('status')?.innerText ?? ''", "paid").await;
-    let me =
-        common::post_graphql(&http, &gql, "{ me { credits { balance } } }", json!({}), Some(&token)).await;
+    let me = post_graphql(&http, &gql, "{ me { credits { balance } } }", json!({}), Some(&token)).await;
     assert_eq!(me["data"]["me"]["credits"]["balance"], 200, "{me}");
-    let orders = common::post_graphql(
-        &http,
-        &gql,
-        "{ orders { edges { node { status } } } }",
-        json!({}),
-        Some(&token),
-    )
-    .await;
+    let orders =
+        post_graphql(&http, &gql, "{ orders { edges { node { status } } } }", json!({}), Some(&token)).await;
     assert_eq!(orders["data"]["orders"]["edges"][0]["node"]["status"], "PAID", "{orders}");
     drop(browser);
 }

@@ -1,16 +1,14 @@
 //! The WebSocket transport on /graphql: both subprotocols, authenticated by
 //! the `connection_init` payload.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestApp;
-use common::ws::{Ws, recv, send};
+use crate::support::TestApp;
+use crate::support::ws::{Ws, recv, send};
 use serde_json::json;
 
 async fn connect(app: &TestApp, protocol: &str) -> Ws {
-    common::ws::connect(app.addr, protocol).await
+    crate::support::ws::connect(app.addr, protocol).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,12 @@
 //! Real `mage` processes started by a test.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use mage_domain::testing::{TestDb, TestRedis};
+
+/// The `MAGE_JWT_SECRET` of the `mage serve` processes of the tests.
+pub const JWT_SECRET: &str = "a-secret-for-this-test-only-0123456789";
 
 /// The `mage` binary with none of the test's own settings leaking in.
 pub fn mage() -> Command {
@@ -15,6 +20,35 @@ pub fn mage() -> Command {
     cmd
 }
 
+/// `mage <command>` on a test's database and Redis key prefix.
+pub fn mage_on(command: &str, db: &TestDb, redis: &TestRedis) -> Command {
+    let redis = redis.settings();
+    let mut cmd = mage();
+    cmd.arg(command)
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", redis.url)
+        .env("MAGE_REDIS_PREFIX", redis.prefix);
+    cmd
+}
+
+/// `mage serve` on a test's database and Redis key prefix, signing tokens
+/// with [`JWT_SECRET`].
+pub fn serve_on(db: &TestDb, redis: &TestRedis) -> Command {
+    let mut cmd = mage_on("serve", db, redis);
+    cmd.env("MAGE_JWT_SECRET", JWT_SECRET);
+    cmd
+}
+
+/// Starts `cmd` (`mage serve` or `mage dev`) on a free port, its output
+/// discarded; returns once it answers `/readyz`.
+pub async fn start_listening(mut cmd: Command) -> (Child, u16) {
+    let port = free_port();
+    cmd.env("MAGE_ADDR", format!("127.0.0.1:{port}")).stdout(Stdio::null());
+    let child = Child(cmd.spawn().expect("spawn mage"));
+    wait_ready(&reqwest::Client::new(), port, Duration::from_secs(30)).await;
+    (child, port)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -23,6 +57,10 @@ pub fn free_port() -> u16 {
 pub struct Child(pub std::process::Child);
 
 impl Child {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        Self(cmd.spawn().expect("spawn mage"))
+    }
+
     /// Sends SIGTERM and waits for the exit, at most `limit`; returns the
     /// exit status and how long the process took.
     pub async fn terminate(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {

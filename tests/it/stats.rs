@@ -1,10 +1,8 @@
 //! Daily statistics: two seeded days computed by `mage stats backfill` and
 //! read through the admin `dailyStats` query, figure by figure.
 
-mod common;
-
-use common::process::mage;
-use common::{TestApp, code};
+use crate::support::process::Child;
+use crate::support::{TestApp, code};
 use serde_json::{Value, json};
 
 const QUERY: &str = "query($f: Date!, $t: Date!) { dailyStats(from: $f, to: $t) {
@@ -54,11 +52,9 @@ INSERT INTO generations (user_id, model, kind, prompt, resolution, status, cost,
 ";
 
 fn backfill(app: &TestApp) {
-    let out = mage()
-        .args(["stats", "backfill", "--from", "2026-01-10", "--to", "2026-01-11"])
-        .env("DATABASE_URL", app.db.url())
-        .env("REDIS_URL", app.redis.redis().url())
-        .env("MAGE_REDIS_PREFIX", app.redis.redis().prefix())
+    let out = app
+        .mage("stats")
+        .args(["backfill", "--from", "2026-01-10", "--to", "2026-01-11"])
         .output()
         .expect("mage stats backfill");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -72,13 +68,14 @@ async fn days(app: &TestApp, token: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_seeded_days_come_out_exactly_and_computing_again_changes_nothing() {
-    let app = TestApp::start().await;
+    let mut app = TestApp::start().await;
     let (admin, _) = app.register("stats-admin@example.com").await;
     mage_domain::users::set_role(&app.pool, "stats-admin@example.com", mage_domain::users::Role::Admin)
         .await
         .expect("promote");
     // The admin registered today, far from the seeded days.
     app.sql(SEED).await;
+    app.ledger_written_by_hand();
     backfill(&app);
     let first = days(&app, &admin).await;
     assert_eq!(
@@ -140,20 +137,8 @@ async fn two_seeded_days_come_out_exactly_and_computing_again_changes_nothing() 
 async fn two_workers_compute_each_tick_once() {
     let app = TestApp::start().await;
     let redis = app.redis.redis();
-    let work = || {
-        common::process::Child(
-            mage()
-                .arg("work")
-                .env("DATABASE_URL", app.db.url())
-                .env("REDIS_URL", redis.url())
-                .env("MAGE_REDIS_PREFIX", redis.prefix())
-                .env("MAGE_MEDIA_DIR", app.media_dir())
-                .env("MAGE_QUEUES", "stats")
-                .env("MAGE_STATS_CRON", "* * * * * *")
-                .spawn()
-                .expect("spawn mage work"),
-        )
-    };
+    let work =
+        || Child::spawn(app.mage("work").env("MAGE_QUEUES", "stats").env("MAGE_STATS_CRON", "* * * * * *"));
     let (a, b) = (work(), work());
     let mut conn = app.queues.connection();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

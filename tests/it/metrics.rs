@@ -2,13 +2,11 @@
 //! text that a parser reads, and figures that move when a generation runs.
 //! JSON logs (`MAGE_LOG_FORMAT=json`) carry the generation's id.
 
-mod common;
-
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::TestApp;
-use common::process::{Child, free_port, mage};
+use crate::support::TestApp;
+use crate::support::process::{Child, free_port};
 use prometheus_parse::{Scrape, Value as Metric};
 use serde_json::{Value, json};
 
@@ -159,18 +157,12 @@ async fn work_serves_metrics_on_its_own_address_and_logs_json_with_ids() {
     let app = TestApp::start().await;
     let (token, _) = app.register("work-metrics@example.com").await;
     let port = free_port();
-    let redis = app.redis.redis();
-    let mut cmd = mage();
-    cmd.arg("work")
-        .env("DATABASE_URL", app.db.url())
-        .env("REDIS_URL", redis.url())
-        .env("MAGE_REDIS_PREFIX", redis.prefix())
-        .env("MAGE_MEDIA_DIR", app.media_dir())
-        .env("MAGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
+    let mut cmd = app.mage("work");
+    cmd.env("MAGE_METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("MAGE_LOG_FORMAT", "json")
         .env("MAGE_LOG", "info")
         .stderr(std::process::Stdio::piped());
-    let mut work = Child(cmd.spawn().expect("spawn mage work"));
+    let mut work = Child::spawn(&mut cmd);
     // Read all along, so a full pipe never blocks the worker.
     let mut stderr = work.0.stderr.take().expect("stderr");
     let reader = std::thread::spawn(move || {

@@ -1,12 +1,10 @@
 //! The API edge against hostile clients: each attack of the hardening
 //! issue, reproduced, now meets a fast and clear refusal.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::process::{Child, free_port, mage, wait_ready};
-use common::{PASSWORD, TestApp, code, post_graphql};
+use crate::support::process::{Child, JWT_SECRET, mage, serve_on, start_listening};
+use crate::support::{LOGIN, PASSWORD, REGISTER, TestApp, code, post_graphql, ws};
 use futures_util::StreamExt;
 use mage_domain::testing::{TestDb, TestRedis};
 use serde_json::{Value, json};
@@ -26,20 +24,9 @@ fn fan_out(levels: usize) -> String {
 async fn mage_serve(envs: &[(&str, &str)]) -> (Child, u16, TestDb, TestRedis) {
     let db = TestDb::new().await;
     let redis = TestRedis::new();
-    let port = free_port();
-    let mut cmd = mage();
-    cmd.arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", redis.settings().url)
-        .env("MAGE_REDIS_PREFIX", redis.settings().prefix)
-        .env("MAGE_ADDR", format!("127.0.0.1:{port}"))
-        .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
-        .stdout(std::process::Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let child = Child(cmd.spawn().expect("spawn mage serve"));
-    wait_ready(&reqwest::Client::new(), port, Duration::from_secs(30)).await;
+    let mut cmd = serve_on(&db, &redis);
+    cmd.envs(envs.iter().copied());
+    let (child, port) = start_listening(cmd).await;
     (child, port, db, redis)
 }
 
@@ -90,15 +77,15 @@ async fn a_fragment_fan_out_is_refused_at_once_and_sigterm_ends_serve_within_its
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fragment_fan_out_over_websocket_is_refused_too() {
     let app = TestApp::start().await;
-    let mut ws = common::ws::connect_signed_in(app.addr, None).await;
-    common::ws::subscribe(&mut ws, "big", &fan_out(30), json!({})).await;
-    let msg = common::ws::recv_within(&mut ws, Duration::from_secs(5)).await.expect("an answer");
+    let mut ws = ws::connect_signed_in(app.addr, None).await;
+    ws::subscribe(&mut ws, "big", &fan_out(30), json!({})).await;
+    let msg = ws::recv_within(&mut ws, Duration::from_secs(5)).await.expect("an answer");
     assert_eq!(msg["id"], "big", "{msg}");
     assert_eq!(msg["payload"]["errors"][0]["extensions"]["code"], "BAD_USER_INPUT", "{msg}");
     // The socket goes on serving.
-    common::ws::subscribe(&mut ws, "small", "{ __typename }", json!({})).await;
+    ws::subscribe(&mut ws, "small", "{ __typename }", json!({})).await;
     loop {
-        let msg = common::ws::recv_within(&mut ws, Duration::from_secs(5)).await.expect("an answer");
+        let msg = ws::recv_within(&mut ws, Duration::from_secs(5)).await.expect("an answer");
         if msg["id"] == "small" && msg["type"] == "next" {
             assert_eq!(msg["payload"]["data"]["__typename"], "Query", "{msg}");
             break;
@@ -116,7 +103,7 @@ async fn serve_refuses_the_public_development_secrets() {
             .arg("serve")
             .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
             .env("REDIS_URL", "redis://127.0.0.1:1")
-            .env("MAGE_JWT_SECRET", "a-secret-for-this-test-only-0123456789")
+            .env("MAGE_JWT_SECRET", JWT_SECRET)
             .env(var, value)
             .output()
             .expect("run");
@@ -126,9 +113,6 @@ async fn serve_refuses_the_public_development_secrets() {
         assert!(stderr.contains("development secret"), "{stderr}");
     }
 }
-
-const LOGIN: &str = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
-const REGISTER: &str = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token } }";
 
 async fn login(app: &TestApp, email: &str, password: &str) -> Value {
     app.gql(LOGIN, json!({ "e": email, "p": password }), None).await
@@ -367,7 +351,7 @@ async fn list_fields_cost_their_page_size() {
 }
 
 /// The close code of a socket, reading past other messages.
-async fn close_code(ws: &mut common::ws::Ws, limit: Duration) -> u16 {
+async fn close_code(ws: &mut ws::Ws, limit: Duration) -> u16 {
     use tokio_tungstenite::tungstenite::Message;
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -389,13 +373,13 @@ async fn websockets_cap_operations_refuse_duplicate_ids_and_end_with_their_token
     let (token, _) = app.register("ws-limits@example.com").await;
     let sub = "subscription { creditsChanged { balance } }";
 
-    let mut ws = common::ws::connect_signed_in(app.addr, Some(&token)).await;
-    common::ws::subscribe(&mut ws, "1", sub, json!({})).await;
-    common::ws::subscribe(&mut ws, "2", sub, json!({})).await;
-    common::ws::subscribe(&mut ws, "3", sub, json!({})).await;
+    let mut ws = ws::connect_signed_in(app.addr, Some(&token)).await;
+    ws::subscribe(&mut ws, "1", sub, json!({})).await;
+    ws::subscribe(&mut ws, "2", sub, json!({})).await;
+    ws::subscribe(&mut ws, "3", sub, json!({})).await;
     let mut refused = None;
     for _ in 0..5 {
-        let msg = common::ws::recv(&mut ws).await.expect("message");
+        let msg = ws::recv(&mut ws).await.expect("message");
         if msg["id"] == "3" {
             refused = Some(msg);
             break;
@@ -405,10 +389,10 @@ async fn websockets_cap_operations_refuse_duplicate_ids_and_end_with_their_token
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED", "{refused}");
     // Completing one makes room.
-    common::ws::send(&mut ws, json!({ "id": "1", "type": "complete" })).await;
-    common::ws::subscribe(&mut ws, "4", sub, json!({})).await;
+    ws::send(&mut ws, json!({ "id": "1", "type": "complete" })).await;
+    ws::subscribe(&mut ws, "4", sub, json!({})).await;
     loop {
-        let msg = common::ws::recv(&mut ws).await.expect("message");
+        let msg = ws::recv(&mut ws).await.expect("message");
         assert_ne!(msg["type"], "error", "{msg}");
         if msg["id"] == "4" {
             assert_eq!(msg["type"], "next", "{msg}");
@@ -420,9 +404,9 @@ async fn websockets_cap_operations_refuse_duplicate_ids_and_end_with_their_token
 
     // A second subscribe with an id in use: 4409.
     let (token, _) = app.register("ws-dup@example.com").await;
-    let mut ws = common::ws::connect_signed_in(app.addr, Some(&token)).await;
-    common::ws::subscribe(&mut ws, "same", sub, json!({})).await;
-    common::ws::subscribe(&mut ws, "same", sub, json!({})).await;
+    let mut ws = ws::connect_signed_in(app.addr, Some(&token)).await;
+    ws::subscribe(&mut ws, "same", sub, json!({})).await;
+    ws::subscribe(&mut ws, "same", sub, json!({})).await;
     assert_eq!(close_code(&mut ws, Duration::from_secs(5)).await, 4409);
 }
 
@@ -430,7 +414,7 @@ async fn websockets_cap_operations_refuse_duplicate_ids_and_end_with_their_token
 async fn the_socket_of_a_deleted_account_is_closed() {
     let app = TestApp::start_with(|s| s.ws_keepalive = Duration::from_secs(1)).await;
     let (token, id) = app.register("gone-ws@example.com").await;
-    let mut ws = common::ws::connect_signed_in(app.addr, Some(&token)).await;
+    let mut ws = ws::connect_signed_in(app.addr, Some(&token)).await;
     app.sql(&format!("SET session_replication_role = replica; DELETE FROM users WHERE id = '{id}';")).await;
     // Each process takes an account's existence as known for 10 s.
     assert_eq!(close_code(&mut ws, mage_api::auth::KnownUsers::FOR + Duration::from_secs(5)).await, 4401);
@@ -439,8 +423,8 @@ async fn the_socket_of_a_deleted_account_is_closed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn websockets_per_client_address_are_capped() {
     let app = TestApp::start_with(|s| s.connections.ws_max_sockets_per_ip = 2).await;
-    let first = common::ws::connect(app.addr, "graphql-transport-ws").await;
-    let _second = common::ws::connect(app.addr, "graphql-transport-ws").await;
+    let first = ws::connect(app.addr, "graphql-transport-ws").await;
+    let _second = ws::connect(app.addr, "graphql-transport-ws").await;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://{}/graphql", app.addr).into_client_request().expect("request");
     req.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));

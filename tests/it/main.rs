@@ -1,0 +1,20 @@
+//! Mage's end-to-end tests, in one binary: the whole stack is linked once,
+//! not once per area. nextest still runs each test in a process of its own;
+//! select an area by its module, e.g. `scripts/test -E 'test(/^payments::/)'`.
+
+mod accounts;
+mod admin;
+mod cli;
+mod edge;
+mod generations;
+mod limits;
+mod media;
+mod metrics;
+mod payments;
+mod playground;
+mod recovery;
+mod schema;
+mod stats;
+mod subscriptions;
+mod support;
+mod websocket;
