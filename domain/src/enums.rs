@@ -78,3 +78,42 @@ pg_enum! {
         Released = "released",
     }
 }
+
+pg_enum! {
+    /// An order's state (`orders::Status`, with the table of moves).
+    pub enum OrderStatus {
+        Pending = "pending",
+        Paid = "paid",
+        Failed = "failed",
+        Canceled = "canceled",
+        Refunded = "refunded",
+        PartiallyRefunded = "partially_refunded",
+        Disputed = "disputed",
+    }
+}
+
+pg_enum! {
+    /// How an order is paid: once, or by a subscription that renews.
+    pub enum OrderMode {
+        Payment = "payment",
+        Subscription = "subscription",
+    }
+}
+
+pg_enum! {
+    /// A product sold once (a credit pack) or as a monthly plan.
+    pub enum ProductKind {
+        Pack = "pack",
+        Plan = "plan",
+    }
+}
+
+pg_enum! {
+    /// Where a received Stripe event is in its settlement.
+    pub enum StripeEventStatus {
+        Received = "received",
+        Processed = "processed",
+        Ignored = "ignored",
+        Failed = "failed",
+    }
+}

@@ -15,44 +15,10 @@ use crate::{Error, Result};
 
 pub const MAX_QUANTITY: i32 = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Paid,
-    Failed,
-    Canceled,
-    Refunded,
-    PartiallyRefunded,
-    Disputed,
-}
+pub use crate::enums::OrderStatus as Status;
+use crate::enums::{OrderMode, ProductKind};
 
 impl Status {
-    pub const ALL: [Self; 7] = [
-        Self::Pending,
-        Self::Paid,
-        Self::Failed,
-        Self::Canceled,
-        Self::Refunded,
-        Self::PartiallyRefunded,
-        Self::Disputed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Paid => "paid",
-            Self::Failed => "failed",
-            Self::Canceled => "canceled",
-            Self::Refunded => "refunded",
-            Self::PartiallyRefunded => "partially_refunded",
-            Self::Disputed => "disputed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-
     /// The one table of allowed moves. Money that arrives for a FAILED or
     /// CANCELED order still pays it: the customer gets what they paid for.
     /// A won dispute goes back to what the refunds made of the order.
@@ -77,11 +43,11 @@ impl Status {
 
 impl Order {
     pub fn status(&self) -> Status {
-        Status::parse(&self.status).unwrap_or(Status::Failed)
+        self.status
     }
 
     pub fn is_subscription(&self) -> bool {
-        self.mode == "subscription"
+        self.mode == OrderMode::Subscription
     }
 
     /// Credits that `cents` of the order stand for (rounded, and computed on
@@ -103,7 +69,7 @@ impl Order {
 
 /// The states a transition into `to` may start from, as stored.
 fn sources(to: Status) -> Vec<&'static str> {
-    Status::ALL.into_iter().filter(|s| s.can_become(to)).map(Status::as_str).collect()
+    Status::ALL.iter().copied().filter(|s| s.can_become(to)).map(Status::as_str).collect()
 }
 
 /// Creates a PENDING order of `quantity` × the product, copying its price
@@ -125,7 +91,7 @@ pub async fn create(
         .await
         .optional()?
         .ok_or(Error::NotFound("product"))?;
-    let plan = product.kind == "plan";
+    let plan = product.kind == ProductKind::Plan;
     if plan && quantity != 1 {
         return Err(Error::invalid("quantity", "a plan is bought one at a time"));
     }
@@ -137,7 +103,7 @@ pub async fn create(
                     orders::total_cents.eq(product.price_cents * i64::from(quantity)),
                     orders::currency.eq(&product.currency),
                     orders::credits.eq(product.credits * i64::from(quantity)),
-                    orders::mode.eq(if plan { "subscription" } else { "payment" }),
+                    orders::mode.eq(if plan { OrderMode::Subscription } else { OrderMode::Payment }),
                 ))
                 .returning(Order::as_returning())
                 .get_result(conn)
@@ -419,7 +385,7 @@ pub(crate) fn fixture(status: Status, total_cents: i64, credits: i64) -> Order {
     Order {
         id: Uuid::nil(),
         user_id: Uuid::nil(),
-        status: status.as_str().to_owned(),
+        status,
         total_cents,
         currency: "usd".to_owned(),
         credits,
@@ -432,7 +398,7 @@ pub(crate) fn fixture(status: Status, total_cents: i64, credits: i64) -> Order {
         created_at: now,
         updated_at: now,
         paid_at: None,
-        mode: "payment".to_owned(),
+        mode: OrderMode::Payment,
         stripe_customer_id: None,
         credits_clawed_back: 0,
         disputed_credits: 0,
@@ -461,8 +427,8 @@ mod tests {
             (Disputed, PartiallyRefunded),
             (Disputed, Refunded),
         ];
-        for from in Status::ALL {
-            for to in Status::ALL {
+        for &from in Status::ALL {
+            for &to in Status::ALL {
                 assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
@@ -470,7 +436,7 @@ mod tests {
 
     #[test]
     fn every_status_reads_back() {
-        for s in Status::ALL {
+        for &s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::parse("paid "), None);

@@ -23,7 +23,7 @@ pub async fn list_active(conn: &mut Connection) -> Result<Vec<Product>> {
 pub async fn plan_by_price(conn: &mut Connection, price: &str) -> Result<Option<Product>> {
     Ok(products::table
         .filter(products::stripe_price_id.eq(price))
-        .filter(products::kind.eq("plan"))
+        .filter(products::kind.eq(crate::enums::ProductKind::Plan))
         .select(Product::as_select())
         .first(conn)
         .await

@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use crate::enums::{EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, Resolution, Role};
+use crate::enums::{
+    EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode, OrderStatus, ProductKind, Resolution,
+    Role, StripeEventStatus,
+};
 use crate::output::Output;
 use crate::schema::*;
 
@@ -87,7 +90,7 @@ pub struct CreditHold {
 #[diesel(table_name = products, check_for_backend(diesel::pg::Pg))]
 pub struct Product {
     pub id: String,
-    pub kind: String,
+    pub kind: ProductKind,
     pub name: String,
     pub credits: i64,
     pub price_cents: i64,
@@ -163,7 +166,7 @@ pub struct RenderModelPrice {
 pub struct Order {
     pub id: Uuid,
     pub user_id: Uuid,
-    pub status: String,
+    pub status: OrderStatus,
     pub total_cents: i64,
     pub currency: String,
     pub credits: i64,
@@ -176,7 +179,7 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
-    pub mode: String,
+    pub mode: OrderMode,
     pub stripe_customer_id: Option<String>,
     pub credits_clawed_back: i64,
     pub disputed_credits: i64,
@@ -202,7 +205,7 @@ pub struct StripeEvent {
     pub type_: String,
     pub livemode: bool,
     pub payload: serde_json::Value,
-    pub status: String,
+    pub status: StripeEventStatus,
     pub order_id: Option<Uuid>,
     pub received_at: DateTime<Utc>,
     pub processed_at: Option<DateTime<Utc>>,

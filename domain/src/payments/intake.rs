@@ -8,6 +8,7 @@ use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 use super::stripe::Event;
+use crate::enums::StripeEventStatus;
 use crate::db::Connection;
 use crate::schema::stripe_events;
 use crate::{Error, Result};
@@ -124,13 +125,13 @@ pub async fn reopen(conn: &mut Connection, event_id: &str) -> Result<(crate::row
             .await
             .optional()?
             .ok_or(Error::NotFound("stripe event"))?;
-        let reopen = ev.status == "failed" || ev.processed_at.is_none();
+        let reopen = ev.status == StripeEventStatus::Failed || ev.processed_at.is_none();
         if !reopen {
             return Ok((ev, false));
         }
         let ev = diesel::update(stripe_events::table.find(event_id))
             .set((
-                stripe_events::status.eq("received"),
+                stripe_events::status.eq(StripeEventStatus::Received),
                 stripe_events::processed_at.eq(None::<chrono::DateTime<chrono::Utc>>),
                 stripe_events::attempts.eq(0),
             ))

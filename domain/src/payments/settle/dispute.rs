@@ -175,9 +175,9 @@ mod tests {
         assert_eq!(opening(&order, &dispute("needs_response", None)), Opening::Take(100));
         assert_eq!(opening(&order, &dispute("needs_response", Some(250))), Opening::Take(25));
         order.credits_clawed_back = 90;
-        order.status = Status::PartiallyRefunded.as_str().into();
+        order.status = Status::PartiallyRefunded;
         assert_eq!(opening(&order, &dispute("needs_response", None)), Opening::Take(10));
-        order.status = Status::Disputed.as_str().into();
+        order.status = Status::Disputed;
         assert_eq!(
             opening(&order, &dispute("needs_response", None)),
             Opening::AlreadyDisputed("order is already disputed".into())

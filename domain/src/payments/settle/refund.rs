@@ -131,7 +131,7 @@ mod tests {
         );
         order.refunded_cents = 300;
         order.credits_clawed_back = 30;
-        order.status = Status::PartiallyRefunded.as_str().into();
+        order.status = Status::PartiallyRefunded;
         assert_eq!(
             refund(&order, Some(300)),
             Refund::AlreadyApplied("refunds up to 300 cents already applied".into())
