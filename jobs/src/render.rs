@@ -7,20 +7,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{AbortError, BoxDynError};
+use apalis::prelude::BoxDynError;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use mage_domain::catalog::{self, MediaKind, RenderModel};
 use mage_domain::generations::{self, NotStarted};
 use mage_domain::models::Generation;
-use mage_domain::queue::{self, RenderJob, TranscodeJob};
+use mage_domain::queue::{Queue, RenderJob, TranscodeJob};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backend::{self, MediaKind as BackendKind, RenderError, RenderEvent, RenderOutput, RenderRequest};
+use crate::ctx::{Ctx, JobError, output_prefix, source_key};
+use crate::outcome::{self, Attempt, Retry};
 use crate::progress::Progress;
+use crate::slot;
 use crate::wake::CancelGuard;
-use crate::{Ctx, JobError, discard_outputs, fail_generation, output_prefix, slot, source_key};
 
 /// A RENDERING generation whose worker has not written a heartbeat for this
 /// long is taken over by whichever worker gets its job again; it matches
@@ -83,54 +85,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
             (Some(_), true) => Err(JobError::Retry(format!("{} attempts started, none finished", g.attempts - 1))),
             (Some(model), false) => run(&ctx, &g, model).await,
         };
-        settle(&ctx, &job, &g, max_attempts, outcome).await
+        let attempt =
+            Attempt { queue: Queue::Render, generation_id: id, number: g.attempts as usize, max: max_attempts };
+        outcome::conclude(&ctx, attempt, Retry::Requeue { job: &job, generation: &g }, outcome).await
     }
     .instrument(span)
     .await
-}
-
-/// Turns a render's outcome into the generation's fate and apalis' verdict.
-async fn settle(
-    ctx: &Ctx,
-    job: &RenderJob,
-    g: &Generation,
-    max_attempts: usize,
-    outcome: Result<(), JobError>,
-) -> Result<(), BoxDynError> {
-    let id = g.id;
-    match outcome {
-        Ok(()) | Err(JobError::HandedBack) => Ok(()),
-        Err(JobError::Stop) => {
-            discard_outputs(ctx, id).await;
-            Ok(())
-        }
-        Err(JobError::Fail { user_message, detail }) => {
-            tracing::warn!(%detail, "generation failed");
-            crate::note_failed(ctx, queue::RENDER).await;
-            fail_generation(ctx, id, &user_message).await?;
-            Ok(())
-        }
-        Err(JobError::Retry(detail)) if g.attempts as usize >= max_attempts => {
-            tracing::error!(attempt = g.attempts, %detail, "render failed for the last time");
-            fail_generation(ctx, id, generations::INTERNAL_FAILURE).await?;
-            Err(AbortError::new(format!("attempt {} of {max_attempts}: {detail}", g.attempts)).into())
-        }
-        Err(JobError::Retry(detail)) => {
-            // Retried through a new job, so the queue sees this run as ok.
-            crate::note_failed(ctx, queue::RENDER).await;
-            let exponent = (g.attempts.max(1) - 1).min(10) as u32;
-            let backoff = ctx.settings.retry_backoff.saturating_mul(1 << exponent);
-            let stage = format!("retrying (attempt {} of {max_attempts} failed)", g.attempts);
-            let mut conn = ctx.pool.get().await?;
-            if let Some(queued) = generations::requeue(&mut conn, id, &ctx.worker_name, &stage).await? {
-                drop(conn);
-                ctx.queues.push_render_after(job, backoff).await?;
-                tracing::warn!(attempt = g.attempts, retry_in = ?backoff, %detail, "render failed; it will be retried");
-                mage_domain::events::publish_generation_logged(&ctx.redis, &queued, false).await;
-            }
-            Ok(())
-        }
-    }
 }
 
 /// How one pass over a backend job ended.

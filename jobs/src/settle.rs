@@ -10,7 +10,7 @@ use mage_domain::payments::settle::{self, Outcome};
 use mage_domain::queue::SettleJob;
 use tracing::Instrument;
 
-use crate::Ctx;
+use crate::ctx::Ctx;
 
 /// Infrastructure failures (database, pool) are retried this many times by
 /// apalis-redis, then the job is dead (listed for admins) and the event

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use mage_domain::workers::{self, BackendStatus};
 
-use crate::Ctx;
 use crate::backend::RenderBackend;
+use crate::ctx::Ctx;
 
 /// A healthy answer is trusted this long (a health request per job would
 /// double the requests to a busy GPU host for nothing).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use apalis::prelude::BoxDynError;
 use chrono::{DateTime, Utc};
 
-use crate::Ctx;
+use crate::ctx::Ctx;
 
 /// A tick's lock outlives any retry of it.
 const TICK_LOCK: Duration = Duration::from_secs(6 * 3600);

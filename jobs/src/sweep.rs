@@ -14,7 +14,7 @@ use mage_domain::generations;
 use mage_domain::queue::RenderJob;
 use tokio_util::sync::CancellationToken;
 
-use crate::Ctx;
+use crate::ctx::{Ctx, output_prefix};
 
 /// A generation queued this recently may still be on its way into Redis
 /// (committed, not yet enqueued): it is left alone.
@@ -64,7 +64,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         let started = std::time::Instant::now();
         let result = sweep(&ctx).await;
         mage_domain::metrics::job_finished(
-            mage_domain::queue::SWEEP,
+            mage_domain::queue::Queue::Sweep.name(),
             if result.is_ok() { "ok" } else { "retry" },
             started.elapsed(),
         );
@@ -179,7 +179,7 @@ pub async fn expire_media_once(
     for id in &due {
         // Deleted first, marked after: a crash in between deletes again
         // (harmless) rather than showing media that are gone.
-        let files = storage.delete_prefix(&crate::output_prefix(*id)).await?;
+        let files = storage.delete_prefix(&output_prefix(*id)).await?;
         generations::mark_media_expired(&mut conn, *id).await?;
         tracing::info!(generation_id = %id, files, "media retention: outputs deleted");
     }

@@ -11,9 +11,9 @@ use mage_domain::queue::TranscodeJob;
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::ctx::{Ctx, JobError, output_prefix};
 use crate::media::{self, MediaError};
 use crate::progress::Progress;
-use crate::{Ctx, JobError, output_prefix};
 
 pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError> {
     let id = job.generation_id;
