@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mage_domain::config::{DatabaseArgs, MigrateArgs, RedisArgs, ServerArgs, StorageArgs, WorkerArgs};
+use mage_domain::core::Core;
 use mage_domain::queue::Queues;
 use mage_domain::storage::Storage;
 use mage_domain::users::Role;
@@ -197,11 +198,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut settings = server.resolve(false)?;
             settings.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_seconds);
-            let storage = Storage::new(&storage.resolve()?)?;
-            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            let core = connect(&db, &redis, &migrate, &storage).await?;
             let listener = listen(settings.addr).await?;
-            let metrics = serve_metrics(settings.metrics_addr, &redis, &queues).await?;
-            let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
+            let metrics = serve_metrics(settings.metrics_addr, &core).await?;
+            let state = mage_api::AppState::new(core, settings);
             mage_api::serve_on(listener, state, shutdown_signal()).await.context("HTTP server")?;
             if let Some(m) = metrics {
                 m.abort();
@@ -209,13 +209,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Work { db, redis, migrate, storage, worker, queues: run_queues, metrics_addr } => {
             let settings = worker.resolve()?;
-            let storage = Storage::new(&storage.resolve()?)?;
-            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            let core = connect(&db, &redis, &migrate, &storage).await?;
             mage_domain::metrics::init();
-            let metrics = serve_metrics(metrics_addr, &redis, &queues).await?;
-            mage_jobs::Workers { pool, redis, queues, storage, settings, run_queues }
-                .run(shutdown_signal())
-                .await?;
+            let metrics = serve_metrics(metrics_addr, &core).await?;
+            mage_jobs::Workers { core, settings, run_queues }.run(shutdown_signal()).await?;
             if let Some(m) = metrics {
                 m.abort();
             }
@@ -224,19 +221,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut settings = server.resolve(true)?;
             let worker = worker.resolve()?;
             settings.shutdown_grace = worker.shutdown_grace;
-            let storage = Storage::new(&storage.resolve()?)?;
-            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
-            let workers = mage_jobs::Workers {
-                pool: pool.clone(),
-                redis: redis.clone(),
-                queues: queues.clone(),
-                storage: storage.clone(),
-                settings: worker,
-                run_queues: vec![],
-            };
+            let core = connect(&db, &redis, &migrate, &storage).await?;
+            let workers = mage_jobs::Workers { core: core.clone(), settings: worker, run_queues: vec![] };
             let listener = listen(settings.addr).await?;
-            let metrics = serve_metrics(settings.metrics_addr, &redis, &queues).await?;
-            let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
+            let metrics = serve_metrics(settings.metrics_addr, &core).await?;
+            let state = mage_api::AppState::new(core, settings);
             println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
             let (api, work) = tokio::join!(
                 mage_api::serve_on(listener, state, shutdown_signal()),
@@ -286,12 +275,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the settings, migrates unless told not to, and opens the pools.
+/// Checks the settings, migrates unless told not to, and opens the
+/// process's one set of shared handles.
 async fn connect(
     db: &DatabaseArgs,
     redis: &RedisArgs,
     migrate: &MigrateArgs,
-) -> anyhow::Result<(mage_domain::db::DbPool, mage_domain::kv::Redis, Queues)> {
+    storage: &StorageArgs,
+) -> anyhow::Result<Core> {
+    let storage = Storage::new(&storage.resolve()?)?;
     let db = db.resolve()?;
     let redis_settings = redis.resolve()?;
     let redis = mage_domain::kv::Redis::new(&redis_settings)?;
@@ -303,14 +295,13 @@ async fn connect(
             tracing::info!(version = %v, "migration applied");
         }
     }
-    Ok((mage_domain::db::pool(&db)?, redis, queues))
+    Ok(Core::new(mage_domain::db::pool(&db)?, redis, queues, storage))
 }
 
 /// `/metrics` on a listener of its own (MAGE_METRICS_ADDR), when set.
 async fn serve_metrics(
     addr: Option<std::net::SocketAddr>,
-    redis: &mage_domain::kv::Redis,
-    queues: &Queues,
+    core: &Core,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = addr else { return Ok(None) };
     let listener = tokio::net::TcpListener::bind(addr)
@@ -318,8 +309,8 @@ async fn serve_metrics(
         .with_context(|| format!("cannot listen on MAGE_METRICS_ADDR {addr}"))?;
     Ok(Some(tokio::spawn(mage_api::metrics::serve_standalone(
         listener,
-        redis.clone(),
-        queues.clone(),
+        core.redis.clone(),
+        core.queues.clone(),
         shutdown_signal(),
     ))))
 }

@@ -24,11 +24,12 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::catalog::{self, GenerationInput, MediaKind, Quote};
-use crate::db::{Connection, DbPool};
+use crate::core::Core;
+use crate::db::Connection;
 use crate::kv::Redis;
 use crate::limits::{self, GenerationLimits};
 use crate::models::{CreditHold, Generation};
-use crate::queue::{Queues, RenderJob};
+use crate::queue::RenderJob;
 use crate::schema::{credit_holds, generations};
 use crate::{Error, Result, credits, events};
 
@@ -107,11 +108,16 @@ pub const INTERNAL_FAILURE: &str = "Something went wrong on our side; your credi
 /// What `createGeneration` needs besides its input.
 #[derive(Clone)]
 pub struct Services {
-    pub pool: DbPool,
-    pub redis: Redis,
-    pub queues: Queues,
+    pub core: Core,
     pub limits: GenerationLimits,
-    pub models: catalog::ModelCache,
+}
+
+/// Handlers read the shared handles as `svc.pool`, `svc.queues`.
+impl std::ops::Deref for Services {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }
 
 /// Prices an input without creating anything, from the same model cache as

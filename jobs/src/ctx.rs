@@ -4,11 +4,9 @@
 use std::sync::Arc;
 
 use mage_domain::config::WorkerSettings;
-use mage_domain::db::DbPool;
+use mage_domain::core::Core;
 use mage_domain::generations;
-use mage_domain::kv::Redis;
-use mage_domain::queue::{Queue, Queues};
-use mage_domain::storage::Storage;
+use mage_domain::queue::Queue;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -51,10 +49,7 @@ impl From<std::io::Error> for JobError {
 /// Everything a job handler needs. Each render slot set (one per backend
 /// server) has its own, differing only in `backend` and `slot`.
 pub(crate) struct Ctx {
-    pub pool: DbPool,
-    pub redis: Redis,
-    pub queues: Queues,
-    pub storage: Storage,
+    pub core: Core,
     pub backend: Arc<dyn RenderBackend>,
     pub slot: Arc<Slot>,
     pub cancels: Cancels,
@@ -79,12 +74,12 @@ pub(crate) fn output_prefix(id: Uuid) -> String {
 /// One failed attempt of a `queue` job, for metrics and the admin count.
 pub(crate) async fn note_failed(ctx: &Ctx, queue: Queue) {
     mage_domain::metrics::job_attempt_failed(queue.name());
-    ctx.queues.note_failed(queue).await;
+    ctx.core.queues.note_failed(queue).await;
 }
 
 /// Cancelled: whatever this generation already stored goes too.
 pub(crate) async fn discard_outputs(ctx: &Ctx, id: Uuid) {
-    if let Err(e) = ctx.storage.delete_prefix(&output_prefix(id)).await {
+    if let Err(e) = ctx.core.storage.delete_prefix(&output_prefix(id)).await {
         tracing::warn!(generation_id = %id, error = %e, "could not delete the outputs of a cancelled generation");
     }
 }
@@ -94,13 +89,13 @@ pub(crate) async fn fail_generation(
     id: Uuid,
     user_message: &str,
 ) -> Result<(), mage_domain::Error> {
-    let mut conn = ctx.pool.get().await?;
+    let mut conn = ctx.core.pool.get().await?;
     if let Some(g) = generations::fail(&mut conn, id, user_message).await? {
         drop(conn);
-        if let Err(e) = ctx.storage.delete_prefix(&output_prefix(id)).await {
+        if let Err(e) = ctx.core.storage.delete_prefix(&output_prefix(id)).await {
             tracing::warn!(generation_id = %id, error = %e, "could not delete the outputs of a failed generation");
         }
-        generations::finished_with(&ctx.redis, &g).await;
+        generations::finished_with(&ctx.core.redis, &g).await;
     }
     Ok(())
 }

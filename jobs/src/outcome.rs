@@ -67,12 +67,12 @@ pub(crate) async fn conclude(
                 let exponent = (g.attempts.max(1) - 1).min(10) as u32;
                 let backoff = ctx.settings.retry_backoff.saturating_mul(1 << exponent);
                 let stage = format!("retrying (attempt {number} of {max} failed)");
-                let mut conn = ctx.pool.get().await?;
+                let mut conn = ctx.core.pool.get().await?;
                 if let Some(queued) = generations::requeue(&mut conn, id, &ctx.worker_name, &stage).await? {
                     drop(conn);
-                    ctx.queues.push_render_after(job, backoff).await?;
+                    ctx.core.queues.push_render_after(job, backoff).await?;
                     tracing::warn!(attempt = number, retry_in = ?backoff, %detail, "render failed; it will be retried");
-                    mage_domain::events::publish_generation_logged(&ctx.redis, &queued, false).await;
+                    mage_domain::events::publish_generation_logged(&ctx.core.redis, &queued, false).await;
                 }
                 Ok(())
             }

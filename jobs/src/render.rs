@@ -36,19 +36,19 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
     async move {
         if ctx.stopping.is_cancelled() {
             // Fetched just as the worker began to stop: give it straight back.
-            ctx.queues.push_render(&job).await?;
+            ctx.core.queues.push_render(&job).await?;
             return Ok(());
         }
         if let Err(why) = ctx.slot.check(&ctx).await {
             // Put back before backing off, so the job is never only in a
             // sleeping worker's hands. The generation is untouched: no
             // attempt is used.
-            ctx.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
+            ctx.core.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
             tracing::warn!(%why, "render backend unhealthy: job put back");
             ctx.slot.back_off(&ctx).await;
             return Ok(());
         }
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.core.pool.get().await?;
         let started =
             generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), TAKEOVER_AFTER)
                 .await?;
@@ -58,7 +58,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
                     // Another worker has it and was alive a moment ago. If it
                     // died, this job takes over once its heartbeat is stale.
                     tracing::info!(retry_in = ?retry_in, "another worker renders this generation; checking again later");
-                    ctx.queues.push_render_after(&job, retry_in).await?;
+                    ctx.core.queues.push_render_after(&job, retry_in).await?;
                 }
                 NotStarted::Over | NotStarted::Moved => {
                     tracing::info!("nothing to render: the generation is not waiting for a render");
@@ -68,10 +68,10 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
         };
         drop(conn);
         tracing::info!(attempt = g.attempts, "render started");
-        mage_domain::events::publish_generation_logged(&ctx.redis, &g, true).await;
+        mage_domain::events::publish_generation_logged(&ctx.core.redis, &g, true).await;
 
         let model = {
-            let mut conn = ctx.pool.get().await?;
+            let mut conn = ctx.core.pool.get().await?;
             catalog::model(&mut conn, &g.model).await?
         };
         let max_attempts =
@@ -113,7 +113,7 @@ impl From<mage_domain::Error> for Driven {
 async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobError> {
     let id = g.id;
     let guard = ctx.cancels.register(id);
-    let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
+    let mut progress = Progress::new(ctx.core.pool.clone(), ctx.core.redis.clone(), g.clone());
     let (w, h) = catalog::Resolution::parse(&g.resolution).unwrap_or(catalog::Resolution::R480p).dimensions();
     let work = tempfile::Builder::new().prefix("mage-render-").tempdir()?;
     let kind = match g.media_kind() {
@@ -178,14 +178,14 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
                 if let Err(e) = ctx.backend.cancel(&job).await {
                     tracing::warn!(error = %e, "backend did not confirm the cancel of a timed-out render");
                 }
-                let mut conn = ctx.pool.get().await?;
+                let mut conn = ctx.core.pool.get().await?;
                 generations::record_backend_job(&mut conn, id, &ctx.worker_name, None, None).await?;
                 return Err(JobError::Retry(format!("the render took longer than {}s", timeout.as_secs())));
             }
             Driven::HandBack => {
-                let mut conn = ctx.pool.get().await?;
+                let mut conn = ctx.core.pool.get().await?;
                 if generations::hand_back(&mut conn, id, &ctx.worker_name).await? {
-                    ctx.queues.push_render(&RenderJob { generation_id: id }).await?;
+                    ctx.core.queues.push_render(&RenderJob { generation_id: id }).await?;
                     tracing::info!(
                         "worker stopping: render handed back to the queue (the backend keeps rendering)"
                     );
@@ -203,7 +203,10 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
         });
     };
     let ext = primary.extension().and_then(|e| e.to_str()).unwrap_or("bin");
-    ctx.queues.push_transcode(&TranscodeJob { generation_id: id, source_key: source_key(id, ext) }).await?;
+    ctx.core
+        .queues
+        .push_transcode(&TranscodeJob { generation_id: id, source_key: source_key(id, ext) })
+        .await?;
     tracing::info!(files = output.files.len(), "render finished; transcode queued");
     Ok(())
 }
@@ -212,7 +215,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
 /// in between leaves a recorded job the backend does not know, which the
 /// next attempt submits again.
 async fn submit(ctx: &Ctx, id: Uuid, req: RenderRequest) -> Result<backend::RenderJob, JobError> {
-    let mut conn = ctx.pool.get().await?;
+    let mut conn = ctx.core.pool.get().await?;
     let location = ctx.backend.location();
     if !generations::record_backend_job(&mut conn, id, &ctx.worker_name, Some(&location), Some(&req.job_id))
         .await?
@@ -264,7 +267,7 @@ async fn store_outputs(ctx: &Ctx, id: Uuid, output: &RenderOutput) -> Result<(),
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             format!("{}extra/{}", output_prefix(id), safe_name(&name, i))
         };
-        ctx.storage.put_file(&key, file).await?;
+        ctx.core.storage.put_file(&key, file).await?;
     }
     Ok(())
 }

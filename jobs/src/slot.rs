@@ -87,7 +87,7 @@ impl Slot {
             checked_by: ctx.worker_name.clone(),
             checked_at: chrono::Utc::now(),
         };
-        if let Err(e) = workers::record_backend(&ctx.redis, &status).await {
+        if let Err(e) = workers::record_backend(&ctx.core.redis, &status).await {
             tracing::debug!(error = %e, "could not publish backend health");
         }
         if healthy { Ok(()) } else { Err(detail) }

@@ -14,10 +14,9 @@ use apalis::prelude::{
 };
 use apalis_redis::RedisStorage;
 use mage_domain::config::{RenderBackendKind, WorkerSettings};
-use mage_domain::db::DbPool;
+use mage_domain::core::Core;
 use mage_domain::kv::Redis;
 use mage_domain::queue::{Queue, Queues, RenderJob, SettleJob, TranscodeJob};
-use mage_domain::storage::Storage;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -244,10 +243,7 @@ fn schedule(expr: &str, what: &str) -> Result<cron::Schedule, WorkError> {
 }
 
 pub struct Workers {
-    pub pool: DbPool,
-    pub redis: Redis,
-    pub queues: Queues,
-    pub storage: Storage,
+    pub core: Core,
     pub settings: WorkerSettings,
     /// Queues to run; empty means all of them.
     pub run_queues: Vec<String>,
@@ -281,10 +277,10 @@ impl Workers {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), WorkError> {
         let selected = self.selected()?;
-        mage_domain::db::ping(&self.pool).await?;
-        self.redis.ping().await?;
+        mage_domain::db::ping(&self.core.pool).await?;
+        self.core.redis.ping().await?;
         if selected.contains(&Queue::Stats) {
-            let mut conn = self.pool.get().await.map_err(mage_domain::Error::from)?;
+            let mut conn = self.core.pool.get().await.map_err(mage_domain::Error::from)?;
             if !mage_domain::stats::valid_time_zone(&mut conn, &self.settings.stats_tz).await? {
                 return Err(WorkError::Stopped(format!(
                     "MAGE_STATS_TZ: {:?} is not a time zone PostgreSQL knows",
@@ -299,10 +295,7 @@ impl Workers {
         let hand_back = CancellationToken::new();
         let ctx_for = |backend: Arc<dyn RenderBackend>| {
             Arc::new(Ctx {
-                pool: self.pool.clone(),
-                redis: self.redis.clone(),
-                queues: self.queues.clone(),
-                storage: self.storage.clone(),
+                core: self.core.clone(),
                 slot: Arc::new(Slot::new(&*backend, &self.settings.worker_name)),
                 backend,
                 cancels: cancels.clone(),
@@ -326,7 +319,7 @@ impl Workers {
             .should_restart(restart_policy());
         let me = &self.settings.worker_name;
         for queue in &selected {
-            let q = &self.queues;
+            let q = &self.core.queues;
             monitor = match queue {
                 Queue::Render => render_ctxs.iter().enumerate().fold(monitor, |m, (i, ctx)| {
                     register::<RenderJob>(m, q, &mut signals, format!("{me}-render-{i}"), ctx.clone())
@@ -351,9 +344,9 @@ impl Workers {
             };
         }
         let listener = tokio::spawn(wake::listen(
-            self.redis.url().to_owned(),
+            self.core.redis.url().to_owned(),
             signals,
-            mage_domain::events::cancel_channel(&self.redis),
+            mage_domain::events::cancel_channel(&self.core.redis),
             cancels,
             IDLE_POLL,
             stop.clone(),
@@ -362,7 +355,7 @@ impl Workers {
             selected.contains(&Queue::Sweep).then(|| tokio::spawn(sweep::run(first.clone(), stop.clone())));
         let announcer = selected.contains(&Queue::Render).then(|| {
             tokio::spawn(announce(
-                self.redis.clone(),
+                self.core.redis.clone(),
                 self.settings.clone(),
                 render_ctxs.clone(),
                 stop.clone(),

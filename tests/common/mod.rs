@@ -100,13 +100,8 @@ impl TestApp {
         let queues = mage_domain::queue::Queues::connect(redis.redis().url(), redis.redis().prefix())
             .await
             .expect("queues");
-        let state = mage_api::AppState::new(
-            pool.clone(),
-            redis.redis(),
-            queues.clone(),
-            storage.clone(),
-            settings.clone(),
-        );
+        let core = mage_domain::core::Core::new(pool.clone(), redis.redis(), queues.clone(), storage.clone());
+        let state = mage_api::AppState::new(core, settings.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(mage_api::serve_on(listener, state, async move {
             let _ = rx.await;
@@ -130,14 +125,13 @@ impl TestApp {
         let mut settings = WorkerSettings::synthetic(&format!("test-{}", uuid::Uuid::new_v4()));
         tweak(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let workers = mage_jobs::Workers {
-            pool: self.pool.clone(),
-            redis: self.redis.redis(),
-            queues: self.queues.clone(),
-            storage: self.storage.clone(),
-            settings,
-            run_queues: vec![],
-        };
+        let core = mage_domain::core::Core::new(
+            self.pool.clone(),
+            self.redis.redis(),
+            self.queues.clone(),
+            self.storage.clone(),
+        );
+        let workers = mage_jobs::Workers { core, settings, run_queues: vec![] };
         let handle = tokio::spawn(async move {
             workers
                 .run(async move {
