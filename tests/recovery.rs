@@ -16,10 +16,10 @@ use common::{TestApp, code};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Int4, Nullable, Text};
 use diesel_async::RunQueryDsl;
-use mage_domain::config::{RenderBackendKind, WorkerSettings};
 use mage_domain::limits::GenerationLimits;
 use mage_domain::testing::TestRedis;
 use mage_fakes::comfyui::{FakeComfy, Health};
+use mage_jobs::settings::{RenderBackendKind, WorkerSettings};
 use serde_json::{Value, json};
 use uuid::Uuid;
 

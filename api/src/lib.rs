@@ -13,12 +13,13 @@ pub mod metrics;
 mod payments;
 mod playground;
 mod server;
+pub mod settings;
 mod slots;
 mod ws;
 
 use std::sync::Arc;
 
-use mage_domain::config::ServerSettings;
+use crate::settings::ServerSettings;
 use mage_domain::core::Core;
 
 pub use graphql::{MageSchema, Operations, build_schema};

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use mage_domain::config::WorkerSettings;
 use mage_domain::core::Core;
 use mage_domain::generations;
 use mage_domain::queue::Queue;
@@ -11,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backend::RenderBackend;
+use crate::settings::WorkerSettings;
 use crate::slot::Slot;
 use crate::wake::Cancels;
 

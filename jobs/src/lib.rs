@@ -24,6 +24,7 @@ pub mod media;
 mod outcome;
 mod progress;
 mod render;
+pub mod settings;
 mod settle;
 mod slot;
 mod stats;

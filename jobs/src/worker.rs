@@ -13,7 +13,6 @@ use apalis::prelude::{
     AbortError, Attempt, BoxDynError, Data, Monitor, ParallelizeExt, PollWith, Strategy, WorkerBuilder,
 };
 use apalis_redis::RedisStorage;
-use mage_domain::config::{RenderBackendKind, WorkerSettings};
 use mage_domain::core::Core;
 use mage_domain::kv::Redis;
 use mage_domain::queue::{Queue, Queues, RenderJob, SettleJob, TranscodeJob};
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::RenderBackend;
 use crate::ctx::{Ctx, JobError, note_failed};
 use crate::outcome::{self, Retry};
+use crate::settings::{RenderBackendKind, WorkerSettings};
 use crate::slot::Slot;
 use crate::wake::{self, Cancels, Signal};
 use crate::{backend, render, settle, stats, sweep, transcode};

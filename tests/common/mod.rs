@@ -8,9 +8,10 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mage_domain::config::{ServerSettings, WorkerSettings};
+use mage_api::settings::ServerSettings;
 use mage_domain::db::DbPool;
 use mage_domain::testing::{TestDb, TestRedis};
+use mage_jobs::settings::WorkerSettings;
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -51,12 +52,12 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         graphql_max_root_mutations: 10,
         // Tests sign many users up and in from one address; the tests of
         // these limits lower them.
-        auth_limits: mage_domain::config::AuthLimits {
+        auth_limits: mage_domain::limits::AuthLimits {
             login_failures_per_email: 10,
             login_failures_per_ip: 10_000,
             signups_per_ip_per_hour: 10_000,
         },
-        connections: mage_domain::config::ConnectionSettings {
+        connections: mage_api::settings::ConnectionSettings {
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(60),

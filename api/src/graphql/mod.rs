@@ -14,10 +14,10 @@ mod users;
 
 use std::sync::Arc;
 
+use crate::settings::ServerSettings;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Data, MergedObject, MergedSubscription, Response, Schema, SchemaBuilder};
 use futures_util::stream::{BoxStream, StreamExt};
-use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
 
 use crate::auth::{Tokens, Viewer};
