@@ -3,11 +3,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
-use mage_domain::config::{DatabaseArgs, MigrateArgs, RedisArgs, ServerArgs, StorageArgs, WorkerArgs};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use mage_api::settings::ServerArgs;
+use mage_domain::config::{DatabaseArgs, MetricsArgs, MigrateArgs, RedisArgs, ShutdownArgs, StorageArgs};
+use mage_domain::core::Core;
 use mage_domain::queue::Queues;
 use mage_domain::storage::Storage;
 use mage_domain::users::Role;
+use mage_jobs::settings::WorkerArgs;
 
 /// mimalloc instead of glibc's malloc: a GraphQL response is built from many
 /// small allocations (a value tree, then JSON), and glibc's allocator took
@@ -26,13 +29,7 @@ struct Cli {
     command: Command,
     /// Log line format: `text` for people, `json` (one object a line, with
     /// the ids of the spans it is about) for log collectors
-    #[arg(
-        long,
-        global = true,
-        env = "MAGE_LOG_FORMAT",
-        value_name = "MAGE_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "MAGE_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
 }
 
@@ -51,15 +48,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         serve: ServeArgs,
-        /// On SIGTERM, how long requests in flight may go on before the
-        /// process exits anyway
-        #[arg(
-            long,
-            env = "MAGE_SHUTDOWN_GRACE_SECONDS",
-            value_name = "MAGE_SHUTDOWN_GRACE_SECONDS",
-            default_value_t = 30
-        )]
-        shutdown_grace_seconds: u64,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Run background workers
     Work {
@@ -74,11 +64,10 @@ enum Command {
         #[command(flatten)]
         worker: WorkerArgs,
         /// Comma-separated queues to run (default: all)
-        #[arg(long, env = "MAGE_QUEUES", value_name = "MAGE_QUEUES", value_delimiter = ',')]
+        #[arg(long, env = "MAGE_QUEUES", value_delimiter = ',')]
         queues: Vec<String>,
-        /// Serve Prometheus metrics at http://ADDR/metrics (default: none)
-        #[arg(long, env = "MAGE_METRICS_ADDR", value_name = "MAGE_METRICS_ADDR")]
-        metrics_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        metrics: MetricsArgs,
     },
     /// Run serve and work in one process, with development defaults
     Dev {
@@ -154,8 +143,27 @@ enum UserCommand {
     },
 }
 
+/// Every setting shows and reports its variable's name (`--addr
+/// <MAGE_ADDR>`): a name is spelled once, in its `env`, and a rejected
+/// value's one-line error names it.
+fn named_by_env(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| match a.get_env().map(|e| e.to_string_lossy().into_owned()) {
+        // Leaked: a few dozen names, once per process (clap keeps only
+        // 'static names without its `string` feature).
+        Some(name) => a.value_name(&*Box::leak(name.into_boxed_str())),
+        None => a,
+    })
+    .mut_subcommands(named_by_env)
+}
+
+fn parse() -> Result<Cli, clap::Error> {
+    let mut cmd = named_by_env(Cli::command());
+    let matches = cmd.try_get_matches_from_mut(std::env::args_os())?;
+    Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut cmd))
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
@@ -191,31 +199,24 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve {
-            serve: ServeArgs { db, redis, server, migrate, storage },
-            shutdown_grace_seconds,
-        } => {
+        Command::Serve { serve: ServeArgs { db, redis, server, migrate, storage }, shutdown } => {
             let mut settings = server.resolve(false)?;
-            settings.shutdown_grace = std::time::Duration::from_secs(shutdown_grace_seconds);
-            let storage = Storage::new(&storage.resolve()?)?;
-            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            settings.shutdown_grace = shutdown.grace();
+            let core = connect(&db, &redis, &migrate, &storage).await?;
             let listener = listen(settings.addr).await?;
-            let metrics = serve_metrics(settings.metrics_addr, &redis, &queues).await?;
-            let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
+            let metrics = serve_metrics(settings.metrics_addr, &core).await?;
+            let state = mage_api::AppState::new(core, settings);
             mage_api::serve_on(listener, state, shutdown_signal()).await.context("HTTP server")?;
             if let Some(m) = metrics {
                 m.abort();
             }
         }
-        Command::Work { db, redis, migrate, storage, worker, queues: run_queues, metrics_addr } => {
+        Command::Work { db, redis, migrate, storage, worker, queues: run_queues, metrics } => {
             let settings = worker.resolve()?;
-            let storage = Storage::new(&storage.resolve()?)?;
-            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
+            let core = connect(&db, &redis, &migrate, &storage).await?;
             mage_domain::metrics::init();
-            let metrics = serve_metrics(metrics_addr, &redis, &queues).await?;
-            mage_jobs::Workers { pool, redis, queues, storage, settings, run_queues }
-                .run(shutdown_signal())
-                .await?;
+            let metrics = serve_metrics(metrics.metrics_addr, &core).await?;
+            mage_jobs::Workers { core, settings, run_queues }.run(shutdown_signal()).await?;
             if let Some(m) = metrics {
                 m.abort();
             }
@@ -224,19 +225,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut settings = server.resolve(true)?;
             let worker = worker.resolve()?;
             settings.shutdown_grace = worker.shutdown_grace;
-            let storage = Storage::new(&storage.resolve()?)?;
-            let (pool, redis, queues) = connect(&db, &redis, &migrate).await?;
-            let workers = mage_jobs::Workers {
-                pool: pool.clone(),
-                redis: redis.clone(),
-                queues: queues.clone(),
-                storage: storage.clone(),
-                settings: worker,
-                run_queues: vec![],
-            };
+            let core = connect(&db, &redis, &migrate, &storage).await?;
+            let workers = mage_jobs::Workers { core: core.clone(), settings: worker, run_queues: vec![] };
             let listener = listen(settings.addr).await?;
-            let metrics = serve_metrics(settings.metrics_addr, &redis, &queues).await?;
-            let state = mage_api::AppState::new(pool, redis, queues, storage, settings);
+            let metrics = serve_metrics(settings.metrics_addr, &core).await?;
+            let state = mage_api::AppState::new(core, settings);
             println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
             let (api, work) = tokio::join!(
                 mage_api::serve_on(listener, state, shutdown_signal()),
@@ -286,12 +279,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks the settings, migrates unless told not to, and opens the pools.
+/// Checks the settings, migrates unless told not to, and opens the
+/// process's one set of shared handles.
 async fn connect(
     db: &DatabaseArgs,
     redis: &RedisArgs,
     migrate: &MigrateArgs,
-) -> anyhow::Result<(mage_domain::db::DbPool, mage_domain::kv::Redis, Queues)> {
+    storage: &StorageArgs,
+) -> anyhow::Result<Core> {
+    let storage = Storage::new(&storage.resolve()?)?;
     let db = db.resolve()?;
     let redis_settings = redis.resolve()?;
     let redis = mage_domain::kv::Redis::new(&redis_settings)?;
@@ -303,14 +299,13 @@ async fn connect(
             tracing::info!(version = %v, "migration applied");
         }
     }
-    Ok((mage_domain::db::pool(&db)?, redis, queues))
+    Ok(Core::new(mage_domain::db::pool(&db)?, redis, queues, storage))
 }
 
 /// `/metrics` on a listener of its own (MAGE_METRICS_ADDR), when set.
 async fn serve_metrics(
     addr: Option<std::net::SocketAddr>,
-    redis: &mage_domain::kv::Redis,
-    queues: &Queues,
+    core: &Core,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<std::io::Result<()>>>> {
     let Some(addr) = addr else { return Ok(None) };
     let listener = tokio::net::TcpListener::bind(addr)
@@ -318,8 +313,8 @@ async fn serve_metrics(
         .with_context(|| format!("cannot listen on MAGE_METRICS_ADDR {addr}"))?;
     Ok(Some(tokio::spawn(mage_api::metrics::serve_standalone(
         listener,
-        redis.clone(),
-        queues.clone(),
+        core.redis.clone(),
+        core.queues.clone(),
         shutdown_signal(),
     ))))
 }

@@ -13,16 +13,14 @@ pub mod metrics;
 mod payments;
 mod playground;
 mod server;
+pub mod settings;
 mod slots;
 mod ws;
 
 use std::sync::Arc;
 
-use mage_domain::config::ServerSettings;
-use mage_domain::db::DbPool;
-use mage_domain::kv::Redis;
-use mage_domain::queue::Queues;
-use mage_domain::storage::Storage;
+use crate::settings::ServerSettings;
+use mage_domain::core::Core;
 
 pub use graphql::{MageSchema, Operations, build_schema};
 pub use http::router;
@@ -42,14 +40,11 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct AppStateInner {
-    pub pool: DbPool,
-    pub redis: Redis,
+    pub core: Core,
     pub settings: Arc<ServerSettings>,
     pub tokens: auth::Tokens,
     pub schema: Operations,
-    pub storage: Storage,
     pub live: live::Hub,
-    pub queues: Queues,
     /// Accounts seen to exist lately (a deleted one's token is refused).
     pub known_users: auth::KnownUsers,
     /// Cancelled when the server begins to stop: open WebSockets are closed
@@ -58,35 +53,30 @@ pub struct AppStateInner {
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
+/// Handlers read the shared handles as `state.pool`, `state.redis`.
+impl std::ops::Deref for AppStateInner {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
 impl AppState {
-    pub fn new(
-        pool: DbPool,
-        redis: Redis,
-        queues: Queues,
-        storage: Storage,
-        settings: ServerSettings,
-    ) -> Self {
+    pub fn new(core: Core, settings: ServerSettings) -> Self {
         let tokens = auth::Tokens::new(&settings.jwt_secret, settings.token_ttl);
         metrics::init();
-        let live = live::Hub::start(redis.clone(), pool.clone());
+        let live = live::Hub::start(core.redis.clone(), core.pool.clone());
         let services = Arc::new(graphql::Services {
-            pool: pool.clone(),
-            redis: redis.clone(),
             tokens: tokens.clone(),
             signup_credits: settings.signup_credits,
             generations: mage_domain::generations::Services {
-                pool: pool.clone(),
-                redis: redis.clone(),
-                queues: queues.clone(),
+                core: core.clone(),
                 limits: settings.generation_limits,
-                models: Default::default(),
             },
             public_url: settings.public_url.clone(),
-            storage: storage.clone(),
             live: live.clone(),
             payments: mage_domain::payments::checkout::PaymentServices {
-                pool: pool.clone(),
-                redis: redis.clone(),
+                core: core.clone(),
                 settings: settings.payments.clone(),
                 public_url: settings.public_url.clone(),
                 dev_mode: settings.dev_mode,
@@ -95,14 +85,11 @@ impl AppState {
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self(Arc::new(AppStateInner {
-            pool,
-            redis,
+            core,
             settings: Arc::new(settings),
             tokens,
             schema,
-            storage,
             live,
-            queues,
             known_users: Default::default(),
             stopping: tokio_util::sync::CancellationToken::new(),
         }))

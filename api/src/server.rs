@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use mage_domain::config::ConnectionSettings;
+use crate::settings::ConnectionSettings;
 
 /// How a connection is doing, seen by its watchdog.
 struct Activity {

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod core;
 pub mod credits;
 pub mod db;
 pub mod enums;

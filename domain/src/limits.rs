@@ -202,8 +202,14 @@ impl Attempt {
 }
 
 /// Limits on signing in and up (MAGE_LOGIN_FAILURES_PER_EMAIL,
-/// MAGE_LOGIN_FAILURES_PER_IP, MAGE_SIGNUPS_PER_IP_PER_HOUR).
-pub use crate::config::AuthLimits;
+/// MAGE_LOGIN_FAILURES_PER_IP, MAGE_SIGNUPS_PER_IP_PER_HOUR), counted in
+/// Redis so every instance shares them.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    pub login_failures_per_email: u32,
+    pub login_failures_per_ip: u32,
+    pub signups_per_ip_per_hour: u32,
+}
 
 const LOGIN_WINDOW_MS: i64 = 15 * 60 * 1000;
 const SIGNUP_WINDOW_MS: i64 = 60 * 60 * 1000;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::kv::Redis;
-use crate::queue::{self, Queues};
+use crate::queue::{Queue, Queues};
 
 /// Histogram buckets (seconds) for every `*_seconds` histogram: requests in
 /// milliseconds up to jobs of an hour.
@@ -124,16 +124,16 @@ fn label(event_type: &str) -> String {
 }
 
 async fn queue_sizes(queues: &Queues) {
-    for q in queue::STORED_QUEUES {
+    for q in Queue::STORED {
         match queues.counts(q).await {
             Ok(c) => {
-                let l = [("queue", (*q).to_owned())];
+                let l = [("queue", q.name().to_owned())];
                 metrics::gauge!("mage_queue_waiting", &l).set(c.waiting as f64);
                 metrics::gauge!("mage_queue_running", &l).set(c.running as f64);
                 metrics::gauge!("mage_queue_failed_24h", &l).set(c.failed as f64);
                 metrics::gauge!("mage_queue_dead", &l).set(c.dead as f64);
             }
-            Err(e) => tracing::debug!(queue = q, error = %e, "could not read the queue's counts"),
+            Err(e) => tracing::debug!(queue = q.name(), error = %e, "could not read the queue's counts"),
         }
     }
 }

@@ -19,22 +19,55 @@ use uuid::Uuid;
 
 use crate::{Error, Result};
 
-pub const RENDER: &str = "render";
-pub const TRANSCODE: &str = "transcode";
-/// Stripe events to apply to orders and credits.
-pub const SETTLE: &str = "settle";
-/// The daily statistics cron (apalis-cron; nothing is stored in Redis).
-pub const STATS: &str = "stats";
-/// Not an apalis queue: the sweeper's timer, selectable like one with
-/// `mage work --queues`.
-pub const SWEEP: &str = "sweep";
+/// A queue of this build, named once: its name keys Redis, the
+/// `MAGE_QUEUES` selection and the `queue` label of metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    Render,
+    Transcode,
+    /// Stripe events to apply to orders and credits.
+    Settle,
+    /// The daily statistics cron (apalis-cron; nothing is stored in Redis).
+    Stats,
+    /// Not an apalis queue: the sweeper's timer, selectable like one with
+    /// `mage work --queues`.
+    Sweep,
+}
 
-/// Every queue of this build, in the order `mage work` starts them.
-pub const ALL: &[&str] = &[RENDER, TRANSCODE, SETTLE, STATS, SWEEP];
-/// The queues whose jobs are generations' (listed for admins).
-pub const JOB_QUEUES: &[&str] = &[RENDER, TRANSCODE];
-/// The queues whose jobs wait in Redis (counted for admins and metrics).
-pub const STORED_QUEUES: &[&str] = &[RENDER, TRANSCODE, SETTLE];
+impl Queue {
+    /// Every queue of this build, in the order `mage work` starts them.
+    pub const ALL: [Queue; 5] = [Queue::Render, Queue::Transcode, Queue::Settle, Queue::Stats, Queue::Sweep];
+    /// The queues whose jobs are generations' (listed for admins).
+    pub const JOBS: [Queue; 2] = [Queue::Render, Queue::Transcode];
+    /// The queues whose jobs wait in Redis (counted for admins and metrics).
+    pub const STORED: [Queue; 3] = [Queue::Render, Queue::Transcode, Queue::Settle];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Queue::Render => "render",
+            Queue::Transcode => "transcode",
+            Queue::Settle => "settle",
+            Queue::Stats => "stats",
+            Queue::Sweep => "sweep",
+        }
+    }
+
+    /// The queue of `name` among `among`, if it is one of them.
+    pub fn find(among: &[Queue], name: &str) -> Option<Queue> {
+        among.iter().copied().find(|q| q.name() == name)
+    }
+
+    /// `among`'s names, comma-separated (for error messages).
+    pub fn names(among: &[Queue]) -> String {
+        among.iter().map(|q| q.name()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// Failed attempts are counted per hour; `failed` counts show the last day.
 const FAILED_WINDOW_HOURS: i64 = 24;
@@ -104,11 +137,11 @@ impl Queues {
 
     /// The apalis-redis configuration of `queue`, shared by producers and
     /// workers so both address the same keys.
-    pub fn config(&self, queue: &str) -> Config {
+    pub fn config(&self, queue: Queue) -> Config {
         config(&self.prefix, queue)
     }
 
-    pub fn wake_channel(&self, queue: &str) -> String {
+    pub fn wake_channel(&self, queue: Queue) -> String {
         wake_channel(&self.prefix, queue)
     }
 
@@ -124,7 +157,7 @@ impl Queues {
     /// or unhealthy backend). The generation's newest render task is
     /// indexed, so the sweeper can tell when Redis lost it.
     pub async fn push_render_after(&self, job: &RenderJob, delay: Duration) -> Result<()> {
-        let task_id = self.push(RENDER, job, delay).await?;
+        let task_id = self.push(Queue::Render, job, delay).await?;
         let mut conn = self.conn.clone();
         let () = redis::cmd("HSET")
             .arg(self.render_index())
@@ -155,24 +188,24 @@ impl Queues {
             .query_async(&mut conn)
             .await?;
         Ok(match task {
-            Some(t) => self.task_state(RENDER, &t).await?.alive(),
+            Some(t) => self.task_state(Queue::Render, &t).await?.alive(),
             None => false,
         })
     }
 
     fn render_index(&self) -> String {
-        format!("{}{RENDER}:by-generation", self.prefix)
+        format!("{}{}:by-generation", self.prefix, Queue::Render)
     }
 
     pub async fn push_settle(&self, job: &SettleJob) -> Result<()> {
-        self.push(SETTLE, job, Duration::ZERO).await.map(|_| ())
+        self.push(Queue::Settle, job, Duration::ZERO).await.map(|_| ())
     }
 
     pub async fn push_transcode(&self, job: &TranscodeJob) -> Result<()> {
-        self.push(TRANSCODE, job, Duration::ZERO).await.map(|_| ())
+        self.push(Queue::Transcode, job, Duration::ZERO).await.map(|_| ())
     }
 
-    async fn push<T: Serialize>(&self, queue: &str, job: &T, delay: Duration) -> Result<String> {
+    async fn push<T: Serialize>(&self, queue: Queue, job: &T, delay: Duration) -> Result<String> {
         let bytes = serde_json::to_vec(job).map_err(|e| Error::Internal(format!("job payload: {e}")))?;
         let task_id = Uuid::new_v4().to_string();
         let mut task = TaskBuilder::new(bytes).task_id(TaskId::from_string(task_id.clone()));
@@ -197,7 +230,7 @@ impl Queues {
         Ok(task_id)
     }
 
-    pub async fn task_state(&self, queue: &str, task_id: &str) -> Result<TaskState> {
+    pub async fn task_state(&self, queue: Queue, task_id: &str) -> Result<TaskState> {
         let meta = format!("{}:{task_id}", self.config(queue).job_meta_hash());
         let mut conn = self.conn.clone();
         let (status, attempts, result, done_at): (Option<String>, Option<u32>, Option<String>, Option<i64>) =
@@ -213,7 +246,7 @@ impl Queues {
     }
 
     /// Jobs of `queue` that ran out of attempts, newest first.
-    pub async fn dead_jobs(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>> {
+    pub async fn dead_jobs(&self, queue: Queue, limit: usize) -> Result<Vec<DeadJob>> {
         let config = self.config(queue);
         let mut conn = self.conn.clone();
         let ids: Vec<String> =
@@ -227,7 +260,7 @@ impl Queues {
         Ok(jobs)
     }
 
-    async fn dead_job(&self, queue: &str, task_id: &str) -> Result<DeadJob> {
+    async fn dead_job(&self, queue: Queue, task_id: &str) -> Result<DeadJob> {
         let config = self.config(queue);
         let mut conn = self.conn.clone();
         let payload: Option<Vec<u8>> =
@@ -246,7 +279,7 @@ impl Queues {
         // done_at is in seconds.
         let died_at = state.done_at.and_then(|s| chrono::DateTime::from_timestamp(s, 0));
         Ok(DeadJob {
-            queue: queue.to_owned(),
+            queue: queue.name().to_owned(),
             task_id: task_id.to_owned(),
             generation_id,
             attempts: state.attempts,
@@ -257,7 +290,7 @@ impl Queues {
 
     /// Takes a job out of the dead set (before it is retried); `None` when
     /// it is not there (already retried, or never died).
-    pub async fn take_dead_job(&self, queue: &str, task_id: &str) -> Result<Option<DeadJob>> {
+    pub async fn take_dead_job(&self, queue: Queue, task_id: &str) -> Result<Option<DeadJob>> {
         let job = self.dead_job(queue, task_id).await?;
         let mut conn = self.conn.clone();
         let removed: i64 = redis::cmd("SREM")
@@ -271,7 +304,7 @@ impl Queues {
     /// Counts for the admin queue view: waiting (pending + scheduled),
     /// running (in flight on some worker), failed (attempts that failed in
     /// the last 24 hours, retried or not) and dead.
-    pub async fn counts(&self, queue: &str) -> Result<QueueCounts> {
+    pub async fn counts(&self, queue: Queue) -> Result<QueueCounts> {
         let config = self.config(queue);
         let mut conn = self.conn.clone();
         let hour = chrono::Utc::now().timestamp() / 3600;
@@ -301,7 +334,7 @@ impl Queues {
     /// Counts one failed attempt of a `queue` job (retried or dead), for
     /// the `failed` count. Best effort: a Redis hiccup loses one count,
     /// never a job.
-    pub async fn note_failed(&self, queue: &str) {
+    pub async fn note_failed(&self, queue: Queue) {
         let key = self.failed_key(queue, chrono::Utc::now().timestamp() / 3600);
         let mut conn = self.conn.clone();
         let r: redis::RedisResult<()> = redis::pipe()
@@ -312,16 +345,16 @@ impl Queues {
             .query_async(&mut conn)
             .await;
         if let Err(e) = r {
-            tracing::debug!(queue, error = %e, "could not count a failed job");
+            tracing::debug!(queue = queue.name(), error = %e, "could not count a failed job");
         }
     }
 
-    fn failed_key(&self, queue: &str, hour: i64) -> String {
+    fn failed_key(&self, queue: Queue, hour: i64) -> String {
         format!("{}{queue}:failed-per-hour:{hour}", self.prefix)
     }
 
     /// Jobs waiting in `queue` (pending and scheduled).
-    pub async fn depth(&self, queue: &str) -> Result<u64> {
+    pub async fn depth(&self, queue: Queue) -> Result<u64> {
         let config = self.config(queue);
         let mut conn = self.conn.clone();
         let (active, scheduled): (u64, u64) = redis::pipe()
@@ -366,7 +399,7 @@ fn promote_and_wake() -> &'static redis::Script {
     })
 }
 
-pub fn config(prefix: &str, queue: &str) -> Config {
+pub fn config(prefix: &str, queue: Queue) -> Config {
     Config::default()
         .queue(format!("{prefix}{queue}"))
         .heartbeat_interval(HEARTBEAT)
@@ -380,7 +413,7 @@ pub fn config(prefix: &str, queue: &str) -> Config {
         .lock_tasks(false)
 }
 
-pub fn wake_channel(prefix: &str, queue: &str) -> String {
+pub fn wake_channel(prefix: &str, queue: Queue) -> String {
     format!("{prefix}{queue}:wake")
 }
 

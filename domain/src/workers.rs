@@ -11,12 +11,12 @@ use crate::kv::Redis;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
 pub const LIVE_FOR: Duration = Duration::from_secs(30);
 
-fn key(redis: &Redis, queue: &str) -> String {
+fn key(redis: &Redis, queue: crate::queue::Queue) -> String {
     redis.key(&format!("workers:{queue}"))
 }
 
 /// Members are `<slots>|<worker name>`, scored by the last refresh (ms).
-pub async fn announce(redis: &Redis, queue: &str, worker: &str, slots: usize) -> Result<()> {
+pub async fn announce(redis: &Redis, queue: crate::queue::Queue, worker: &str, slots: usize) -> Result<()> {
     let mut conn = redis.conn().await?;
     let now = chrono::Utc::now().timestamp_millis();
     let stale = now - LIVE_FOR.as_millis() as i64;
@@ -30,7 +30,7 @@ pub async fn announce(redis: &Redis, queue: &str, worker: &str, slots: usize) ->
     Ok(())
 }
 
-pub async fn withdraw(redis: &Redis, queue: &str, worker: &str, slots: usize) -> Result<()> {
+pub async fn withdraw(redis: &Redis, queue: crate::queue::Queue, worker: &str, slots: usize) -> Result<()> {
     let mut conn = redis.conn().await?;
     let _: i64 = redis::cmd("ZREM")
         .arg(key(redis, queue))
@@ -41,7 +41,7 @@ pub async fn withdraw(redis: &Redis, queue: &str, worker: &str, slots: usize) ->
 }
 
 /// Jobs of `queue` the live workers can run at once.
-pub async fn live_slots(redis: &Redis, queue: &str) -> Result<u32> {
+pub async fn live_slots(redis: &Redis, queue: crate::queue::Queue) -> Result<u32> {
     let mut conn = redis.conn().await?;
     let since = chrono::Utc::now().timestamp_millis() - LIVE_FOR.as_millis() as i64;
     let members: Vec<String> = redis::cmd("ZRANGEBYSCORE")

@@ -138,7 +138,7 @@ fn start_worker(
     probe: Probe,
 ) -> RunningWorker {
     let stop = CancellationToken::new();
-    let channel = queues.wake_channel(queue::RENDER);
+    let channel = queues.wake_channel(queue::Queue::Render);
     if std::env::var("QUEUE_BENCH_SIGNAL").as_deref() == Ok("fixed") {
         let signal = FixedSignal::default();
         let listener = tokio::spawn(listen_fixed(url.to_owned(), channel, signal.clone(), stop.clone()));
@@ -276,7 +276,7 @@ async fn run_producer(role: &str, args: &[String]) -> Res<serde_json::Value> {
 /// Deletes every key under `prefix`, and the queue's entry in apalis-redis'
 /// registry of queues (`core:apalis:queues:list`, outside any prefix).
 async fn delete_prefix(conn: &mut ConnectionManager, prefix: &str) -> Res<u64> {
-    let workers = queue::config(prefix, queue::RENDER).workers_set();
+    let workers = queue::config(prefix, queue::Queue::Render).workers_set();
     let _: i64 = redis::cmd("ZREM").arg("core:apalis:queues:list").arg(workers).query_async(conn).await?;
     let mut cursor: u64 = 0;
     let mut deleted = 0;
@@ -304,7 +304,7 @@ async fn delete_prefix(conn: &mut ConnectionManager, prefix: &str) -> Res<u64> {
 /// QUEUE_BENCH_BATCH_SIZE (apalis-redis' fetch batch) and
 /// QUEUE_BENCH_LOCK_TASKS=1 (apalis-redis' per-task lease) for experiments.
 fn worker_config(queues: &Queues) -> apalis_redis::Config {
-    let mut config = queues.config(queue::RENDER);
+    let mut config = queues.config(queue::Queue::Render);
     if let Some(b) =
         std::env::var("QUEUE_BENCH_BATCH_SIZE").ok().and_then(|b| b.parse().ok()).filter(|b| *b > 0)
     {
@@ -326,7 +326,7 @@ fn config_json(config: &apalis_redis::Config) -> serde_json::Value {
 }
 
 fn worker_config_production(config: &apalis_redis::Config) -> apalis_redis::Config {
-    queue::config("", "").queue(config.queue.as_ref())
+    queue::config("", queue::Queue::Render).queue(config.queue.as_ref())
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -453,7 +453,7 @@ async fn drain(args: &[String]) -> Res<()> {
         return Err(e);
     }
     let enqueue_s = t.elapsed().as_secs_f64();
-    let depth = queues.depth(queue::RENDER).await?;
+    let depth = queues.depth(queue::Queue::Render).await?;
     if depth != jobs as u64 {
         delete_prefix(&mut conn, &prefix).await?;
         return Err(format!("{depth} jobs queued, expected {jobs}").into());
@@ -535,7 +535,7 @@ async fn produce_bulk(args: &[String]) -> Res<()> {
     let prefix = args.get(2).ok_or("prefix")?;
     let jobs: usize = arg(args, 3, 20_000);
     let queues = Queues::connect(&redis_url(), prefix).await?;
-    let config = queues.config(queue::RENDER);
+    let config = queues.config(queue::Queue::Render);
     let mut conn = queues.connection();
     let mut left = jobs;
     while left > 0 {
@@ -573,8 +573,11 @@ async fn produce_bulk(args: &[String]) -> Res<()> {
             }
         }
     }
-    let _: i64 =
-        redis::cmd("PUBLISH").arg(queues.wake_channel(queue::RENDER)).arg(1).query_async(&mut conn).await?;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(queues.wake_channel(queue::Queue::Render))
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
     Ok(())
 }
 

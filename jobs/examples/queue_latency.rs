@@ -59,13 +59,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stop = CancellationToken::new();
     let listener = tokio::spawn(wake::listen(
         url.clone(),
-        vec![(queues.wake_channel(queue::RENDER), signal.clone())],
+        vec![(queues.wake_channel(queue::Queue::Render), signal.clone())],
         format!("{prefix}control:cancel"),
         Cancels::default(),
         mage_jobs::IDLE_POLL,
         stop.clone(),
     ));
-    let (conn, config) = (queues.connection(), queues.config(queue::RENDER));
+    let (conn, config) = (queues.connection(), queues.config(queue::Queue::Render));
     let (s1, s2) = (sent.clone(), seen.clone());
     let monitor = Monitor::new().register(move |_| {
         WorkerBuilder::new(format!("bench-{}", std::process::id()))

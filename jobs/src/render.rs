@@ -7,20 +7,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apalis::prelude::{AbortError, BoxDynError};
+use apalis::prelude::BoxDynError;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use mage_domain::catalog::{self, MediaKind, RenderModel};
 use mage_domain::generations::{self, NotStarted};
-use mage_domain::queue::{self, RenderJob, TranscodeJob};
 use mage_domain::rows::Generation;
+use mage_domain::queue::{Queue, RenderJob, TranscodeJob};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backend::{self, MediaKind as BackendKind, RenderError, RenderEvent, RenderOutput, RenderRequest};
+use crate::ctx::{Ctx, JobError, output_prefix, source_key};
+use crate::outcome::{self, Attempt, Retry};
 use crate::progress::Progress;
+use crate::slot;
 use crate::wake::CancelGuard;
-use crate::{Ctx, JobError, discard_outputs, fail_generation, output_prefix, slot, source_key};
 
 /// A RENDERING generation whose worker has not written a heartbeat for this
 /// long is taken over by whichever worker gets its job again; it matches
@@ -34,19 +36,19 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
     async move {
         if ctx.stopping.is_cancelled() {
             // Fetched just as the worker began to stop: give it straight back.
-            ctx.queues.push_render(&job).await?;
+            ctx.core.queues.push_render(&job).await?;
             return Ok(());
         }
         if let Err(why) = ctx.slot.check(&ctx).await {
             // Put back before backing off, so the job is never only in a
             // sleeping worker's hands. The generation is untouched: no
             // attempt is used.
-            ctx.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
+            ctx.core.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
             tracing::warn!(%why, "render backend unhealthy: job put back");
             ctx.slot.back_off(&ctx).await;
             return Ok(());
         }
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.core.pool.get().await?;
         let started =
             generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), TAKEOVER_AFTER)
                 .await?;
@@ -56,7 +58,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
                     // Another worker has it and was alive a moment ago. If it
                     // died, this job takes over once its heartbeat is stale.
                     tracing::info!(retry_in = ?retry_in, "another worker renders this generation; checking again later");
-                    ctx.queues.push_render_after(&job, retry_in).await?;
+                    ctx.core.queues.push_render_after(&job, retry_in).await?;
                 }
                 NotStarted::Over | NotStarted::Moved => {
                     tracing::info!("nothing to render: the generation is not waiting for a render");
@@ -66,10 +68,10 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
         };
         drop(conn);
         tracing::info!(attempt = g.attempts, "render started");
-        mage_domain::events::publish_generation_logged(&ctx.redis, &g, true).await;
+        mage_domain::events::publish_generation_logged(&ctx.core.redis, &g, true).await;
 
         let model = {
-            let mut conn = ctx.pool.get().await?;
+            let mut conn = ctx.core.pool.get().await?;
             catalog::model(&mut conn, &g.model).await?
         };
         let max_attempts =
@@ -83,54 +85,12 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
             (Some(_), true) => Err(JobError::Retry(format!("{} attempts started, none finished", g.attempts - 1))),
             (Some(model), false) => run(&ctx, &g, model).await,
         };
-        settle(&ctx, &job, &g, max_attempts, outcome).await
+        let attempt =
+            Attempt { queue: Queue::Render, generation_id: id, number: g.attempts as usize, max: max_attempts };
+        outcome::conclude(&ctx, attempt, Retry::Requeue { job: &job, generation: &g }, outcome).await
     }
     .instrument(span)
     .await
-}
-
-/// Turns a render's outcome into the generation's fate and apalis' verdict.
-async fn settle(
-    ctx: &Ctx,
-    job: &RenderJob,
-    g: &Generation,
-    max_attempts: usize,
-    outcome: Result<(), JobError>,
-) -> Result<(), BoxDynError> {
-    let id = g.id;
-    match outcome {
-        Ok(()) | Err(JobError::HandedBack) => Ok(()),
-        Err(JobError::Stop) => {
-            discard_outputs(ctx, id).await;
-            Ok(())
-        }
-        Err(JobError::Fail { user_message, detail }) => {
-            tracing::warn!(%detail, "generation failed");
-            crate::note_failed(ctx, queue::RENDER).await;
-            fail_generation(ctx, id, &user_message).await?;
-            Ok(())
-        }
-        Err(JobError::Retry(detail)) if g.attempts as usize >= max_attempts => {
-            tracing::error!(attempt = g.attempts, %detail, "render failed for the last time");
-            fail_generation(ctx, id, generations::INTERNAL_FAILURE).await?;
-            Err(AbortError::new(format!("attempt {} of {max_attempts}: {detail}", g.attempts)).into())
-        }
-        Err(JobError::Retry(detail)) => {
-            // Retried through a new job, so the queue sees this run as ok.
-            crate::note_failed(ctx, queue::RENDER).await;
-            let exponent = (g.attempts.max(1) - 1).min(10) as u32;
-            let backoff = ctx.settings.retry_backoff.saturating_mul(1 << exponent);
-            let stage = format!("retrying (attempt {} of {max_attempts} failed)", g.attempts);
-            let mut conn = ctx.pool.get().await?;
-            if let Some(queued) = generations::requeue(&mut conn, id, &ctx.worker_name, &stage).await? {
-                drop(conn);
-                ctx.queues.push_render_after(job, backoff).await?;
-                tracing::warn!(attempt = g.attempts, retry_in = ?backoff, %detail, "render failed; it will be retried");
-                mage_domain::events::publish_generation_logged(&ctx.redis, &queued, false).await;
-            }
-            Ok(())
-        }
-    }
 }
 
 /// How one pass over a backend job ended.
@@ -153,7 +113,7 @@ impl From<mage_domain::Error> for Driven {
 async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobError> {
     let id = g.id;
     let guard = ctx.cancels.register(id);
-    let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
+    let mut progress = Progress::new(ctx.core.pool.clone(), ctx.core.redis.clone(), g.clone());
     let (w, h) = g.resolution.dimensions();
     let work = tempfile::Builder::new().prefix("mage-render-").tempdir()?;
     let kind = match g.media_kind() {
@@ -218,14 +178,14 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
                 if let Err(e) = ctx.backend.cancel(&job).await {
                     tracing::warn!(error = %e, "backend did not confirm the cancel of a timed-out render");
                 }
-                let mut conn = ctx.pool.get().await?;
+                let mut conn = ctx.core.pool.get().await?;
                 generations::record_backend_job(&mut conn, id, &ctx.worker_name, None, None).await?;
                 return Err(JobError::Retry(format!("the render took longer than {}s", timeout.as_secs())));
             }
             Driven::HandBack => {
-                let mut conn = ctx.pool.get().await?;
+                let mut conn = ctx.core.pool.get().await?;
                 if generations::hand_back(&mut conn, id, &ctx.worker_name).await? {
-                    ctx.queues.push_render(&RenderJob { generation_id: id }).await?;
+                    ctx.core.queues.push_render(&RenderJob { generation_id: id }).await?;
                     tracing::info!(
                         "worker stopping: render handed back to the queue (the backend keeps rendering)"
                     );
@@ -243,7 +203,10 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
         });
     };
     let ext = primary.extension().and_then(|e| e.to_str()).unwrap_or("bin");
-    ctx.queues.push_transcode(&TranscodeJob { generation_id: id, source_key: source_key(id, ext) }).await?;
+    ctx.core
+        .queues
+        .push_transcode(&TranscodeJob { generation_id: id, source_key: source_key(id, ext) })
+        .await?;
     tracing::info!(files = output.files.len(), "render finished; transcode queued");
     Ok(())
 }
@@ -252,7 +215,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
 /// in between leaves a recorded job the backend does not know, which the
 /// next attempt submits again.
 async fn submit(ctx: &Ctx, id: Uuid, req: RenderRequest) -> Result<backend::RenderJob, JobError> {
-    let mut conn = ctx.pool.get().await?;
+    let mut conn = ctx.core.pool.get().await?;
     let location = ctx.backend.location();
     if !generations::record_backend_job(&mut conn, id, &ctx.worker_name, Some(&location), Some(&req.job_id))
         .await?
@@ -304,7 +267,7 @@ async fn store_outputs(ctx: &Ctx, id: Uuid, output: &RenderOutput) -> Result<(),
             let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             format!("{}extra/{}", output_prefix(id), safe_name(&name, i))
         };
-        ctx.storage.put_file(&key, file).await?;
+        ctx.core.storage.put_file(&key, file).await?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use mage_domain::payments::settle::{self, Outcome};
 use mage_domain::queue::SettleJob;
 use tracing::Instrument;
 
-use crate::Ctx;
+use crate::ctx::Ctx;
 
 /// Infrastructure failures (database, pool) are retried this many times by
 /// apalis-redis, then the job is dead (listed for admins) and the event
@@ -20,7 +20,7 @@ pub const ATTEMPTS: usize = 10;
 pub(crate) async fn run(ctx: Arc<Ctx>, job: SettleJob, attempt: usize) -> Result<(), BoxDynError> {
     let span = tracing::info_span!("settle", event_id = %job.event_id);
     async move {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.core.pool.get().await?;
         match settle::settle(&mut conn, &job.event_id).await {
             Ok(Outcome::AlreadySettled) => {
                 tracing::debug!("already settled");

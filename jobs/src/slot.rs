@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use mage_domain::workers::{self, BackendStatus};
 
-use crate::Ctx;
 use crate::backend::RenderBackend;
+use crate::ctx::Ctx;
 
 /// A healthy answer is trusted this long (a health request per job would
 /// double the requests to a busy GPU host for nothing).
@@ -87,7 +87,7 @@ impl Slot {
             checked_by: ctx.worker_name.clone(),
             checked_at: chrono::Utc::now(),
         };
-        if let Err(e) = workers::record_backend(&ctx.redis, &status).await {
+        if let Err(e) = workers::record_backend(&ctx.core.redis, &status).await {
             tracing::debug!(error = %e, "could not publish backend health");
         }
         if healthy { Ok(()) } else { Err(detail) }

@@ -10,29 +10,29 @@ use std::time::Duration;
 use apalis::prelude::BoxDynError;
 use chrono::{DateTime, Utc};
 
-use crate::Ctx;
+use crate::ctx::Ctx;
 
 /// A tick's lock outlives any retry of it.
 const TICK_LOCK: Duration = Duration::from_secs(6 * 3600);
 
 /// Takes the lock of one cron tick; false when another replica has it.
 async fn claim_tick(ctx: &Ctx, lock: &str) -> Result<bool, mage_domain::Error> {
-    ctx.redis.claim(lock, &ctx.worker_name, TICK_LOCK).await
+    ctx.core.redis.claim(lock, &ctx.worker_name, TICK_LOCK).await
 }
 
 pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
-    let lock = ctx.redis.key(&format!("stats:tick:{at}"));
+    let lock = ctx.core.redis.key(&format!("stats:tick:{at}"));
     if !claim_tick(&ctx, &lock).await? {
         tracing::debug!(tick = at, "stats tick taken by another worker");
         return Ok(());
     }
-    let mut r = ctx.redis.conn().await?;
+    let mut r = ctx.core.redis.conn().await?;
     let at_time = DateTime::<Utc>::from_timestamp(at as i64, 0).unwrap_or_else(Utc::now);
     let tz = &ctx.settings.stats_tz;
     let result = async {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.core.pool.get().await?;
         let day = mage_domain::stats::previous_day(&mut conn, at_time, tz).await?;
-        let s = mage_domain::stats::recompute(&mut conn, &ctx.redis, day, tz).await?;
+        let s = mage_domain::stats::recompute(&mut conn, &ctx.core.redis, day, tz).await?;
         Ok::<_, mage_domain::Error>(s)
     }
     .await;
@@ -42,12 +42,12 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
             // test that two replicas compute each tick once).
             let _: () = redis::pipe()
                 .cmd("HSET")
-                .arg(ctx.redis.key("stats:ticks"))
+                .arg(ctx.core.redis.key("stats:ticks"))
                 .arg(at)
                 .arg(&ctx.worker_name)
                 .ignore()
                 .cmd("INCR")
-                .arg(ctx.redis.key("stats:computations"))
+                .arg(ctx.core.redis.key("stats:computations"))
                 .ignore()
                 .query_async(&mut r)
                 .await?;
@@ -67,10 +67,10 @@ pub(crate) async fn tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
 /// (never what open holds reserve), each once; their owners' clients hear
 /// `creditsChanged`.
 pub(crate) async fn expiry_tick(ctx: Arc<Ctx>, at: u64) -> Result<(), BoxDynError> {
-    if !claim_tick(&ctx, &ctx.redis.key(&format!("expiry:tick:{at}"))).await? {
+    if !claim_tick(&ctx, &ctx.core.redis.key(&format!("expiry:tick:{at}"))).await? {
         return Ok(());
     }
-    let n = expire_once(&ctx.pool, &ctx.redis).await?;
+    let n = expire_once(&ctx.core.pool, &ctx.core.redis).await?;
     tracing::info!(tick = at, expired_grants = n, "credit expiry done");
     Ok(())
 }

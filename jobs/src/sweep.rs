@@ -14,7 +14,7 @@ use mage_domain::generations;
 use mage_domain::queue::RenderJob;
 use tokio_util::sync::CancellationToken;
 
-use crate::Ctx;
+use crate::ctx::{Ctx, output_prefix};
 
 /// A generation queued this recently may still be on its way into Redis
 /// (committed, not yet enqueued): it is left alone.
@@ -43,7 +43,7 @@ pub struct SweepReport {
 
 pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let every = ctx.settings.sweep_interval;
-    let lock = ctx.redis.key("sweep:lock");
+    let lock = ctx.core.redis.key("sweep:lock");
     // The first pass comes soon after start, so a Redis that restarted
     // empty with the workers is repaired without waiting a whole interval.
     let mut next = tokio::time::Instant::now() + ENQUEUE_GRACE.min(every);
@@ -64,7 +64,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         let started = std::time::Instant::now();
         let result = sweep(&ctx).await;
         mage_domain::metrics::job_finished(
-            mage_domain::queue::SWEEP,
+            mage_domain::queue::Queue::Sweep.name(),
             if result.is_ok() { "ok" } else { "retry" },
             started.elapsed(),
         );
@@ -86,7 +86,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
 /// so a replica that dies holding it blocks one interval at most.
 async fn take_lock(ctx: &Ctx, key: &str, ttl: Duration) -> Result<bool, mage_domain::Error> {
     let ttl_ms = ttl.as_millis().saturating_sub(200).max(100) as u64;
-    ctx.redis.claim(key, &ctx.worker_name, Duration::from_millis(ttl_ms)).await
+    ctx.core.redis.claim(key, &ctx.worker_name, Duration::from_millis(ttl_ms)).await
 }
 
 /// One pass, whatever the lock says (tests and `mage` tools call it).
@@ -158,9 +158,10 @@ pub async fn sweep_once(
 }
 
 async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
-    let mut report = sweep_once(&ctx.pool, &ctx.redis, &ctx.queues, ctx.settings.stale_after).await?;
+    let mut report =
+        sweep_once(&ctx.core.pool, &ctx.core.redis, &ctx.core.queues, ctx.settings.stale_after).await?;
     if let Some(keep) = ctx.settings.media_retention {
-        report.media_expired = expire_media_once(&ctx.pool, &ctx.storage, keep).await?;
+        report.media_expired = expire_media_once(&ctx.core.pool, &ctx.core.storage, keep).await?;
     }
     Ok(report)
 }
@@ -179,7 +180,7 @@ pub async fn expire_media_once(
     for id in &due {
         // Deleted first, marked after: a crash in between deletes again
         // (harmless) rather than showing media that are gone.
-        let files = storage.delete_prefix(&crate::output_prefix(*id)).await?;
+        let files = storage.delete_prefix(&output_prefix(*id)).await?;
         generations::mark_media_expired(&mut conn, *id).await?;
         tracing::info!(generation_id = %id, files, "media retention: outputs deleted");
     }

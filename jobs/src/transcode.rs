@@ -10,15 +10,15 @@ use mage_domain::generations::{self, Output, Rendition, Status};
 use mage_domain::queue::TranscodeJob;
 use tracing::Instrument;
 
+use crate::ctx::{Ctx, JobError, output_prefix};
 use crate::media::{self, MediaError};
 use crate::progress::Progress;
-use crate::{Ctx, JobError, output_prefix};
 
 pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError> {
     let id = job.generation_id;
     let span = tracing::info_span!("transcode", generation_id = %id);
     async move {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.core.pool.get().await?;
         let Some(current) = generations::find(&mut conn, id).await? else {
             return Ok(());
         };
@@ -32,21 +32,21 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
             Status::Transcoding => current,
             status => {
                 if status == Status::Canceled {
-                    ctx.storage.delete_prefix(&output_prefix(id)).await?;
+                    ctx.core.storage.delete_prefix(&output_prefix(id)).await?;
                 }
                 tracing::info!(status = status.as_str(), "nothing to transcode");
                 return Ok(());
             }
         };
         drop(conn);
-        mage_domain::events::publish_generation_logged(&ctx.redis, &g, false).await;
+        mage_domain::events::publish_generation_logged(&ctx.core.redis, &g, false).await;
         let guard = ctx.cancels.register(id);
-        let mut progress = Progress::new(ctx.pool.clone(), ctx.redis.clone(), g.clone());
+        let mut progress = Progress::new(ctx.core.pool.clone(), ctx.core.redis.clone(), g.clone());
 
         let work = tempfile::Builder::new().prefix("mage-transcode-").tempdir()?;
         let ext = job.source_key.rsplit('.').next().unwrap_or("bin").to_owned();
         let source = work.path().join(format!("source.{ext}"));
-        ctx.storage.get_to_file(&job.source_key, &source).await?;
+        ctx.core.storage.get_to_file(&job.source_key, &source).await?;
         let out_dir = work.path().join("out");
         tokio::fs::create_dir_all(&out_dir).await?;
 
@@ -129,22 +129,22 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
                 }
             }
         };
-        ctx.storage.put_dir(&output_prefix(id), &out_dir).await?;
-        let mut conn = ctx.pool.get().await?;
+        ctx.core.storage.put_dir(&output_prefix(id), &out_dir).await?;
+        let mut conn = ctx.core.pool.get().await?;
         match generations::succeed(&mut conn, id, &output).await? {
             Some(done) => {
                 drop(conn);
-                if let Err(e) = ctx.storage.delete_prefix(&job.source_key).await {
+                if let Err(e) = ctx.core.storage.delete_prefix(&job.source_key).await {
                     tracing::warn!(error = %e, "could not delete the rendered source");
                 }
                 tracing::info!(cost = done.cost, "generation succeeded; hold captured");
-                generations::finished_with(&ctx.redis, &done).await;
+                generations::finished_with(&ctx.core.redis, &done).await;
                 Ok(())
             }
             None => {
                 // Cancelled between the last progress write and now: the
                 // user was not charged, so nothing of it stays either.
-                ctx.storage.delete_prefix(&output_prefix(id)).await?;
+                ctx.core.storage.delete_prefix(&output_prefix(id)).await?;
                 Err(JobError::Stop)
             }
         }

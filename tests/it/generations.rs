@@ -60,7 +60,7 @@ fn is_final(g: &Value) -> bool {
     matches!(g["status"].as_str(), Some("SUCCEEDED" | "FAILED" | "CANCELED"))
 }
 
-fn raise_limits(s: &mut mage_domain::config::ServerSettings) {
+fn raise_limits(s: &mut mage_api::settings::ServerSettings) {
     s.generation_limits = mage_domain::limits::GenerationLimits { per_minute: 1000, active: 1000 };
 }
 

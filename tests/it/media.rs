@@ -259,13 +259,8 @@ async fn no_media_route_when_storage_is_a_bucket() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let state = mage_api::AppState::new(
-        app.pool.clone(),
-        app.redis.redis(),
-        app.queues.clone(),
-        storage,
-        app.settings.clone(),
-    );
+    let core = mage_domain::core::Core::new(app.pool.clone(), app.redis.redis(), app.queues.clone(), storage);
+    let state = mage_api::AppState::new(core, app.settings.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(mage_api::serve_on(listener, state, async move {
         let _ = rx.await;

@@ -14,10 +14,10 @@ use crate::support::{TestApp, code};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Int4, Nullable, Text};
 use diesel_async::RunQueryDsl;
-use mage_domain::config::{RenderBackendKind, WorkerSettings};
 use mage_domain::limits::GenerationLimits;
 use mage_domain::testing::TestRedis;
 use mage_fakes::comfyui::{FakeComfy, Health};
+use mage_jobs::settings::{RenderBackendKind, WorkerSettings};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -154,7 +154,7 @@ async fn open_holds(app: &TestApp) -> i64 {
 
 /// Tasks apalis-redis finished on a queue (a plain set, whatever its Lua
 /// overview script assumes).
-async fn done_tasks(app: &TestApp, queue: &str) -> i64 {
+async fn done_tasks(app: &TestApp, queue: mage_domain::queue::Queue) -> i64 {
     let key = mage_domain::queue::config(app.redis.redis().prefix(), queue).done_jobs_set();
     let mut conn = app.queues.connection();
     redis::cmd("SCARD").arg(key).query_async(&mut conn).await.expect("SCARD")
@@ -206,7 +206,11 @@ async fn twenty_generations_spread_over_two_backends_each_rendered_downloaded_an
     let downloads: Vec<(String, usize)> = a.downloads().into_iter().chain(b.downloads()).collect();
     assert_eq!(downloads.len(), 20, "{downloads:?}");
     assert!(downloads.iter().all(|(_, n)| *n == 1), "each output downloaded once: {downloads:?}");
-    assert_eq!(done_tasks(&app, "transcode").await, 20, "each output transcoded once");
+    assert_eq!(
+        done_tasks(&app, mage_domain::queue::Queue::Transcode).await,
+        20,
+        "each output transcoded once"
+    );
     assert_eq!(open_holds(&app).await, 0);
 }
 
@@ -572,7 +576,11 @@ async fn the_sweeper_requeues_lost_jobs_fails_silent_renders_and_settles_stray_h
     assert_eq!(report.failed_stale, [silent]);
     assert_eq!(report.holds_settled, 1);
     assert_eq!(report.events_requeued, 1);
-    assert_eq!(queues.counts("settle").await.expect("counts").waiting, 1, "its settle job is back");
+    assert_eq!(
+        queues.counts(mage_domain::queue::Queue::Settle).await.expect("counts").waiting,
+        1,
+        "its settle job is back"
+    );
     assert!(queues.render_alive(lost).await.expect("alive"), "enqueued again");
     let r = row(&app, silent).await;
     assert_eq!((r.status.as_str(), r.error.as_deref()), ("failed", Some(mage_jobs::STALE_MESSAGE)));

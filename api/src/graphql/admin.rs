@@ -3,6 +3,7 @@
 use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use mage_domain::credits::{self as ledger, GrantSource, NewGrant};
+use mage_domain::queue::Queue;
 use uuid::Uuid;
 
 use super::credits::CreditAccount;
@@ -46,12 +47,9 @@ pub struct DeadJob {
     died_at: Option<DateTime<Utc>>,
 }
 
-fn job_queue(queue: &str) -> ApiResult<&'static str> {
-    mage_domain::queue::JOB_QUEUES.iter().copied().find(|q| *q == queue).ok_or_else(|| {
-        ApiError::bad_input(
-            "queue",
-            format!("queue must be one of: {}", mage_domain::queue::JOB_QUEUES.join(", ")),
-        )
+fn job_queue(queue: &str) -> ApiResult<Queue> {
+    Queue::find(&Queue::JOBS, queue).ok_or_else(|| {
+        ApiError::bad_input("queue", format!("queue must be one of: {}", Queue::names(&Queue::JOBS)))
     })
 }
 
@@ -126,7 +124,7 @@ impl AdminQuery {
         }
         let queues = match queue.as_deref() {
             Some(q) => vec![job_queue(q)?],
-            None => mage_domain::queue::JOB_QUEUES.to_vec(),
+            None => Queue::JOBS.to_vec(),
         };
         let mut all = Vec::new();
         for q in queues {
@@ -228,7 +226,7 @@ impl AdminMutation {
         let admin = require_admin(ctx).await?;
         let queue = job_queue(&queue)?;
         let g = mage_domain::generations::retry_dead_job(&services(ctx).generations, queue, &task_id).await?;
-        tracing::info!(admin_id = %admin.id, generation_id = %g.id, queue, task_id = %task_id.as_str(), "dead job retried");
+        tracing::info!(admin_id = %admin.id, generation_id = %g.id, %queue, task_id = %task_id.as_str(), "dead job retried");
         Ok(Generation::from(g))
     }
 

@@ -209,7 +209,7 @@ impl Generation {
         let seconds = domain::recent_render_seconds(&mut conn, &self.row.model)
             .await?
             .unwrap_or_else(|| domain::default_render_seconds(&self.row));
-        let slots = mage_domain::workers::live_slots(&svc.redis, mage_domain::queue::RENDER)
+        let slots = mage_domain::workers::live_slots(&svc.redis, mage_domain::queue::Queue::Render)
             .await
             .map_err(ApiError::internal)?;
         Ok(domain::eta_seconds(&self.row, position, seconds, slots))
@@ -309,7 +309,7 @@ pub struct QueueStats {
 impl QueueStats {
     /// Render jobs the live workers can run at once.
     async fn render_slots(&self, ctx: &Context<'_>) -> ApiResult<i32> {
-        let slots = mage_domain::workers::live_slots(&services(ctx).redis, mage_domain::queue::RENDER)
+        let slots = mage_domain::workers::live_slots(&services(ctx).redis, mage_domain::queue::Queue::Render)
             .await
             .map_err(ApiError::internal)?;
         Ok(slots as i32)
@@ -328,10 +328,10 @@ impl QueueStats {
         super::admin::require_admin(ctx).await?;
         let queues = &services(ctx).generations.queues;
         let mut out = Vec::new();
-        for q in mage_domain::queue::STORED_QUEUES {
+        for q in mage_domain::queue::Queue::STORED {
             let c = queues.counts(q).await.map_err(ApiError::internal)?;
             out.push(JobQueueCounts {
-                queue: (*q).to_owned(),
+                queue: q.name().to_owned(),
                 waiting: c.waiting as i32,
                 running: c.running as i32,
                 failed: c.failed as i32,

@@ -14,10 +14,10 @@ mod users;
 
 use std::sync::Arc;
 
+use crate::settings::ServerSettings;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Data, MergedObject, MergedSubscription, Response, Schema, SchemaBuilder};
 use futures_util::stream::{BoxStream, StreamExt};
-use mage_domain::config::ServerSettings;
 use mage_domain::db::DbPool;
 
 use crate::auth::{Tokens, Viewer};
@@ -52,18 +52,24 @@ pub type MageSchema = Schema<Query, Mutation, Subscription>;
 
 /// What resolvers reach through `ctx.data`: set once when the server starts.
 pub struct Services {
-    pub pool: DbPool,
-    pub redis: mage_domain::kv::Redis,
     pub tokens: Tokens,
     pub signup_credits: i64,
     pub generations: mage_domain::generations::Services,
     /// Base of the absolute URLs handed to clients.
     pub public_url: String,
-    pub storage: mage_domain::storage::Storage,
     /// Live events for subscriptions.
     pub live: crate::live::Hub,
     pub payments: mage_domain::payments::checkout::PaymentServices,
     pub auth_limits: mage_domain::limits::AuthLimits,
+}
+
+/// Resolvers read the shared handles as `svc.pool`, `svc.redis`: the
+/// generations' services hold the process's one `Core`.
+impl std::ops::Deref for Services {
+    type Target = mage_domain::core::Core;
+    fn deref(&self) -> &mage_domain::core::Core {
+        &self.generations.core
+    }
 }
 
 impl Services {

@@ -40,11 +40,8 @@ use status::sources;
 
 pub use upkeep::{mark_media_expired, media_due, queued_since, release_orphaned_holds, stale};
 
-use crate::catalog;
-use crate::db::DbPool;
-use crate::kv::Redis;
+use crate::core::Core;
 use crate::limits::GenerationLimits;
-use crate::queue::Queues;
 
 /// The user-facing message of a generation that failed for a reason the user
 /// cannot act on (details go to the logs).
@@ -53,9 +50,14 @@ pub const INTERNAL_FAILURE: &str = "Something went wrong on our side; your credi
 /// What `createGeneration` needs besides its input.
 #[derive(Clone)]
 pub struct Services {
-    pub pool: DbPool,
-    pub redis: Redis,
-    pub queues: Queues,
+    pub core: Core,
     pub limits: GenerationLimits,
-    pub models: catalog::ModelCache,
+}
+
+/// Handlers read the shared handles as `svc.pool`, `svc.queues`.
+impl std::ops::Deref for Services {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.core
+    }
 }

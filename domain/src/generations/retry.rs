@@ -93,7 +93,7 @@ pub async fn retry_and_enqueue(svc: &Services, user_id: Uuid, id: Uuid) -> Resul
 /// runs again for its owner, with a fresh hold, skipping the owner's rate
 /// limits. The dead job leaves the dead set first, so two admins retrying
 /// at once retry once; it goes back if the retry is refused.
-pub async fn retry_dead_job(svc: &Services, queue: &str, task_id: &str) -> Result<Generation> {
+pub async fn retry_dead_job(svc: &Services, queue: crate::queue::Queue, task_id: &str) -> Result<Generation> {
     let Some(dead) = svc.queues.take_dead_job(queue, task_id).await? else {
         return Err(Error::NotFound("dead job"));
     };
@@ -126,7 +126,7 @@ pub async fn retry_dead_job(svc: &Services, queue: &str, task_id: &str) -> Resul
     drop(conn);
     let span = tracing::info_span!("generation", generation_id = %g.id);
     async {
-        tracing::info!(queue, task_id, "dead job retried by an admin");
+        tracing::info!(%queue, task_id, "dead job retried by an admin");
         enqueue_new(svc, g).await
     }
     .instrument(span)

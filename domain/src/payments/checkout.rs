@@ -13,16 +13,14 @@ use stripe_checkout::checkout_session::{
 use uuid::Uuid;
 
 use crate::config::PaymentSettings;
-use crate::db::DbPool;
-use crate::kv::Redis;
+use crate::core::Core;
 use crate::rows::{Order, Product};
 use crate::{Error, Result, limits, orders};
 
 /// What checkout needs from the server.
 #[derive(Clone)]
 pub struct PaymentServices {
-    pub pool: DbPool,
-    pub redis: Redis,
+    pub core: Core,
     pub settings: PaymentSettings,
     pub public_url: String,
     pub dev_mode: bool,
@@ -50,8 +48,8 @@ pub async fn create(
     if svc.settings.stripe_secret_key.is_none() && !svc.dev_mode {
         return Err(Error::PaymentProvider("payments are not configured on this server".into()));
     }
-    limits::reserve_checkout(&svc.redis, svc.settings.checkouts_per_minute, user_id).await?;
-    let mut conn = svc.pool.get().await?;
+    limits::reserve_checkout(&svc.core.redis, svc.settings.checkouts_per_minute, user_id).await?;
+    let mut conn = svc.core.pool.get().await?;
     let (order, product) = orders::create(&mut conn, user_id, product_id, quantity).await?;
     let span = tracing::info_span!("checkout", order_id = %order.id, %user_id);
     let _enter = span.enter();
@@ -64,7 +62,7 @@ pub async fn create(
     drop(conn);
     match stripe_session(svc, key, &order, &product, quantity).await {
         Ok((session_id, url)) => {
-            let mut conn = svc.pool.get().await?;
+            let mut conn = svc.core.pool.get().await?;
             let order = orders::attach_checkout(&mut conn, order.id, Some(&session_id), &url).await?;
             tracing::info!(%session_id, "Stripe checkout session created");
             Ok(Checkout { order, url })
@@ -72,7 +70,7 @@ pub async fn create(
         Err(e) => {
             let (reason, user) = describe(&e);
             tracing::warn!(error = %reason, "Stripe refused or could not be reached; order failed");
-            let mut conn = svc.pool.get().await?;
+            let mut conn = svc.core.pool.get().await?;
             orders::fail_pending(&mut conn, order.id, &reason).await?;
             Err(Error::PaymentProvider(user))
         }

@@ -8,9 +8,10 @@ pub mod ws;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mage_domain::config::{ServerSettings, WorkerSettings};
+use mage_api::settings::ServerSettings;
 use mage_domain::db::DbPool;
 use mage_domain::testing::{TestDb, TestRedis};
+use mage_jobs::settings::WorkerSettings;
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
@@ -55,12 +56,12 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         graphql_max_root_mutations: 10,
         // Tests sign many users up and in from one address; the tests of
         // these limits lower them.
-        auth_limits: mage_domain::config::AuthLimits {
+        auth_limits: mage_domain::limits::AuthLimits {
             login_failures_per_email: 10,
             login_failures_per_ip: 10_000,
             signups_per_ip_per_hour: 10_000,
         },
-        connections: mage_domain::config::ConnectionSettings {
+        connections: mage_api::settings::ConnectionSettings {
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
             send_timeout: Duration::from_secs(60),
@@ -104,13 +105,8 @@ impl TestApp {
         let queues = mage_domain::queue::Queues::connect(redis.redis().url(), redis.redis().prefix())
             .await
             .expect("queues");
-        let state = mage_api::AppState::new(
-            pool.clone(),
-            redis.redis(),
-            queues.clone(),
-            storage.clone(),
-            settings.clone(),
-        );
+        let core = mage_domain::core::Core::new(pool.clone(), redis.redis(), queues.clone(), storage.clone());
+        let state = mage_api::AppState::new(core, settings.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(mage_api::serve_on(listener, state, async move {
             let _ = rx.await;
@@ -146,14 +142,13 @@ impl TestApp {
         let mut settings = WorkerSettings::synthetic(&format!("test-{}", uuid::Uuid::new_v4()));
         tweak(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let workers = mage_jobs::Workers {
-            pool: self.pool.clone(),
-            redis: self.redis.redis(),
-            queues: self.queues.clone(),
-            storage: self.storage.clone(),
-            settings,
-            run_queues: vec![],
-        };
+        let core = mage_domain::core::Core::new(
+            self.pool.clone(),
+            self.redis.redis(),
+            self.queues.clone(),
+            self.storage.clone(),
+        );
+        let workers = mage_jobs::Workers { core, settings, run_queues: vec![] };
         let handle = tokio::spawn(async move {
             workers
                 .run(async move {

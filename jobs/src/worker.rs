@@ -1,0 +1,472 @@
+//! The wiring: which apalis worker runs which queue, registered from one
+//! list through one generic function (after crates.io's `BackgroundJob` and
+//! `Runner::register_job_type`). Every worker's name starts with this
+//! replica's unique `MAGE_WORKER_NAME`: apalis-redis hands a dead worker's
+//! tasks on by name (apalis #504).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apalis::layers::WorkerBuilderExt;
+use apalis::prelude::{
+    AbortError, Attempt, BoxDynError, Data, Monitor, ParallelizeExt, PollWith, Strategy, WorkerBuilder,
+};
+use apalis_redis::RedisStorage;
+use mage_domain::core::Core;
+use mage_domain::kv::Redis;
+use mage_domain::queue::{Queue, Queues, RenderJob, SettleJob, TranscodeJob};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::RenderBackend;
+use crate::ctx::{Ctx, JobError, note_failed};
+use crate::outcome::{self, Retry};
+use crate::settings::{RenderBackendKind, WorkerSettings};
+use crate::slot::Slot;
+use crate::wake::{self, Cancels, Signal};
+use crate::{backend, render, settle, stats, sweep, transcode};
+
+/// How often an idle worker looks for work that no push announced (retries
+/// apalis-redis scheduled for later). Announced pushes start at once.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub const RESTARTS_PER_WINDOW: usize = 20;
+pub const RESTART_WINDOW: Duration = Duration::from_secs(300);
+
+/// Settling Stripe events: short transactions; a few at once keep a burst
+/// of webhooks moving without crowding the database.
+const SETTLE_CONCURRENCY: usize = 4;
+
+/// Credit expiry rides with the stats cron: hourly, on the hour.
+const EXPIRY_CRON: &str = "0 0 * * * *";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error("unknown queue {0:?} (this build has: {known})", known = Queue::names(&Queue::ALL))]
+    UnknownQueue(String),
+    #[error(transparent)]
+    Domain(#[from] mage_domain::Error),
+    #[error(transparent)]
+    Template(#[from] backend::comfyui::workflow::TemplateError),
+    #[error("render backend: {0}")]
+    Backend(#[from] backend::RenderError),
+    #[error("worker stopped: {0}")]
+    Stopped(String),
+}
+
+/// The render backends of these settings: one per ComfyUI server, or the
+/// one synthetic backend.
+pub fn render_backends(settings: &WorkerSettings) -> Result<Vec<Arc<dyn RenderBackend>>, WorkError> {
+    Ok(match &settings.render_backend {
+        RenderBackendKind::Synthetic => {
+            vec![Arc::new(backend::synthetic::SyntheticBackend::from_env()) as Arc<dyn RenderBackend>]
+        }
+        RenderBackendKind::ComfyUi { urls, workflows } => {
+            let templates = Arc::new(backend::comfyui::workflow::Templates::load(workflows)?);
+            tracing::info!(dir = %workflows.display(), templates = ?templates.names(), "ComfyUI workflow templates loaded");
+            let mut v: Vec<Arc<dyn RenderBackend>> = Vec::new();
+            for url in urls {
+                v.push(Arc::new(backend::comfyui::ComfyBackend::new(url, templates.clone())?));
+            }
+            v
+        }
+    })
+}
+
+/// A job stored in a Redis queue: what its worker needs to know to run it.
+pub(crate) trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
+    const QUEUE: Queue;
+    /// Jobs of this queue one worker runs at once.
+    fn concurrency(settings: &WorkerSettings) -> usize;
+    /// How many jobs one fetch takes (apalis-redis' default unless said).
+    fn fetch(config: apalis_redis::Config, _concurrency: usize) -> apalis_redis::Config {
+        config
+    }
+    /// Runs one attempt (`attempt` as apalis counts, from 0).
+    fn run(
+        self,
+        ctx: Arc<Ctx>,
+        attempt: usize,
+    ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static;
+}
+
+impl Job for RenderJob {
+    const QUEUE: Queue = Queue::Render;
+    fn concurrency(settings: &WorkerSettings) -> usize {
+        settings.render_concurrency
+    }
+    /// A fetch takes no more than the worker can start, so a backlog
+    /// spreads over every GPU instead of piling into the buffer of
+    /// whichever worker fetched first.
+    fn fetch(config: apalis_redis::Config, concurrency: usize) -> apalis_redis::Config {
+        config.batch_size(concurrency)
+    }
+    fn run(
+        self,
+        ctx: Arc<Ctx>,
+        _attempt: usize,
+    ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static {
+        // Render retries are new tasks; the attempts live on the generation.
+        render::handle(ctx, self)
+    }
+}
+
+impl Job for TranscodeJob {
+    const QUEUE: Queue = Queue::Transcode;
+    fn concurrency(settings: &WorkerSettings) -> usize {
+        settings.transcode_concurrency
+    }
+    async fn run(self, ctx: Arc<Ctx>, attempt: usize) -> Result<(), BoxDynError> {
+        let id = self.generation_id;
+        // Spawned: rustc cannot prove this future Send for every lifetime,
+        // which apalis' handler bound asks for; a task of its own sidesteps
+        // that, and a panic in it is one more failed attempt.
+        let outcome = tokio::spawn(transcode::run(ctx.clone(), self))
+            .await
+            .unwrap_or_else(|e| Err(JobError::Retry(format!("transcode task: {e}"))));
+        let attempt = outcome::Attempt {
+            queue: Queue::Transcode,
+            generation_id: id,
+            number: attempt + 1,
+            max: ctx.settings.job_attempts,
+        };
+        outcome::conclude(&ctx, attempt, Retry::InPlace, outcome).await
+    }
+}
+
+impl Job for SettleJob {
+    const QUEUE: Queue = Queue::Settle;
+    fn concurrency(_: &WorkerSettings) -> usize {
+        SETTLE_CONCURRENCY
+    }
+    fn run(
+        self,
+        ctx: Arc<Ctx>,
+        attempt: usize,
+    ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static {
+        settle::run(ctx, self, attempt)
+    }
+}
+
+/// The one handler of every stored queue.
+async fn handle<J: Job>(job: J, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let ctx: Arc<Ctx> = (*ctx).clone();
+    observed(&ctx, J::QUEUE.name(), Some(J::QUEUE), async {
+        tokio::spawn(job.run(ctx.clone(), attempt.current()))
+            .await
+            .unwrap_or_else(|e| Err(format!("{} task: {e}", J::QUEUE).into()))
+    })
+    .await
+}
+
+/// Registers one worker of `J`'s queue, woken by pushes to it.
+fn register<J: Job>(
+    monitor: Monitor,
+    queues: &Queues,
+    signals: &mut Vec<(String, Signal)>,
+    name: String,
+    ctx: Arc<Ctx>,
+) -> Monitor {
+    let signal = Signal::default();
+    signals.push((queues.wake_channel(J::QUEUE), signal.clone()));
+    let concurrency = J::concurrency(&ctx.settings);
+    let (conn, config) = (queues.connection(), J::fetch(queues.config(J::QUEUE), concurrency));
+    tracing::info!(worker = %name, backend = %ctx.backend.location(), slots = concurrency, "{} worker", J::QUEUE);
+    monitor.register(move |_restarts| {
+        WorkerBuilder::new(name.clone())
+            .backend(woken_storage::<J>(&conn, &config, &signal))
+            .concurrency(concurrency)
+            .data(ctx.clone())
+            .parallelize(tokio::spawn)
+            .build(handle::<J>)
+    })
+}
+
+/// The crons of the `stats` selection.
+#[derive(Debug, Clone, Copy)]
+enum Cron {
+    /// The daily statistics, at `MAGE_STATS_CRON`.
+    Stats,
+    /// Credit expiry, hourly.
+    Expiry,
+}
+
+impl Cron {
+    fn label(self) -> &'static str {
+        match self {
+            Cron::Stats => Queue::Stats.name(),
+            Cron::Expiry => "expiry",
+        }
+    }
+
+    /// The queue whose failed count a failed run adds to.
+    fn queue(self) -> Option<Queue> {
+        match self {
+            Cron::Stats => Some(Queue::Stats),
+            Cron::Expiry => None,
+        }
+    }
+}
+
+async fn tick(tick: apalis_cron::Tick, cron: Data<Cron>, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
+    let (ctx, cron, at): (Arc<Ctx>, Cron, u64) = ((*ctx).clone(), *cron, tick.get_timestamp());
+    observed(&ctx, cron.label(), cron.queue(), async {
+        let run = match cron {
+            Cron::Stats => tokio::spawn(stats::tick(ctx.clone(), at)),
+            Cron::Expiry => tokio::spawn(stats::expiry_tick(ctx.clone(), at)),
+        };
+        run.await.unwrap_or_else(|e| Err(format!("{} task: {e}", cron.label()).into()))
+    })
+    .await
+}
+
+fn register_cron(
+    monitor: Monitor,
+    name: String,
+    schedule: cron::Schedule,
+    cron: Cron,
+    ctx: Arc<Ctx>,
+) -> Monitor {
+    monitor.register(move |_restarts| {
+        WorkerBuilder::new(name.clone())
+            .backend(apalis_cron::CronScheduler::new(schedule.clone()))
+            .data(cron)
+            .data(ctx.clone())
+            .build(tick)
+    })
+}
+
+fn schedule(expr: &str, what: &str) -> Result<cron::Schedule, WorkError> {
+    cron::Schedule::from_str(expr).map_err(|e| WorkError::Stopped(format!("{what}: {e}")))
+}
+
+pub struct Workers {
+    pub core: Core,
+    pub settings: WorkerSettings,
+    /// Queues to run; empty means all of them.
+    pub run_queues: Vec<String>,
+}
+
+impl Workers {
+    /// The queues of `MAGE_QUEUES`, each once, in the order given.
+    fn selected(&self) -> Result<Vec<Queue>, WorkError> {
+        if self.run_queues.is_empty() {
+            return Ok(Queue::ALL.to_vec());
+        }
+        let mut v = Vec::new();
+        for q in &self.run_queues {
+            let known =
+                Queue::find(&Queue::ALL, q.trim()).ok_or_else(|| WorkError::UnknownQueue(q.clone()))?;
+            if !v.contains(&known) {
+                v.push(known);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Runs until `shutdown` resolves. Then no job is taken any more;
+    /// running ones may finish within `MAGE_SHUTDOWN_GRACE_SECONDS`, after
+    /// which renders are handed back to the queue (their backend renders go
+    /// on, and the next worker attaches to them). A worker that stops on its
+    /// own (Redis gone for good) ends this with an error, so the process
+    /// exits and is restarted.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), WorkError> {
+        let selected = self.selected()?;
+        mage_domain::db::ping(&self.core.pool).await?;
+        self.core.redis.ping().await?;
+        if selected.contains(&Queue::Stats) {
+            let mut conn = self.core.pool.get().await.map_err(mage_domain::Error::from)?;
+            if !mage_domain::stats::valid_time_zone(&mut conn, &self.settings.stats_tz).await? {
+                return Err(WorkError::Stopped(format!(
+                    "MAGE_STATS_TZ: {:?} is not a time zone PostgreSQL knows",
+                    self.settings.stats_tz
+                )));
+            }
+        }
+
+        let backends = render_backends(&self.settings)?;
+        let cancels = Cancels::default();
+        let stopping = CancellationToken::new();
+        let hand_back = CancellationToken::new();
+        let ctx_for = |backend: Arc<dyn RenderBackend>| {
+            Arc::new(Ctx {
+                core: self.core.clone(),
+                slot: Arc::new(Slot::new(&*backend, &self.settings.worker_name)),
+                backend,
+                cancels: cancels.clone(),
+                worker_name: self.settings.worker_name.clone(),
+                settings: self.settings.clone(),
+                stopping: stopping.clone(),
+                hand_back: hand_back.clone(),
+            })
+        };
+        let render_ctxs: Vec<Arc<Ctx>> = backends.iter().cloned().map(ctx_for).collect();
+        let Some(first) = render_ctxs.first().cloned() else {
+            return Err(WorkError::Stopped("no render backend configured".into()));
+        };
+
+        let stop = CancellationToken::new();
+        // One apalis worker (and wake-up signal) per render backend and per
+        // other stored queue; the sweeper is a timer of its own.
+        let mut signals: Vec<(String, Signal)> = Vec::new();
+        let mut monitor = Monitor::new()
+            .shutdown_timeout(self.settings.shutdown_grace + Duration::from_secs(15))
+            .should_restart(restart_policy());
+        let me = &self.settings.worker_name;
+        for queue in &selected {
+            let q = &self.core.queues;
+            monitor = match queue {
+                Queue::Render => render_ctxs.iter().enumerate().fold(monitor, |m, (i, ctx)| {
+                    register::<RenderJob>(m, q, &mut signals, format!("{me}-render-{i}"), ctx.clone())
+                }),
+                Queue::Transcode => register::<TranscodeJob>(
+                    monitor,
+                    q,
+                    &mut signals,
+                    format!("{me}-transcode"),
+                    first.clone(),
+                ),
+                Queue::Settle => {
+                    register::<SettleJob>(monitor, q, &mut signals, format!("{me}-settle"), first.clone())
+                }
+                Queue::Stats => {
+                    let daily = schedule(&self.settings.stats_cron, "MAGE_STATS_CRON")?;
+                    let hourly = schedule(EXPIRY_CRON, "credit expiry schedule")?;
+                    let m = register_cron(monitor, format!("{me}-stats"), daily, Cron::Stats, first.clone());
+                    register_cron(m, format!("{me}-expiry"), hourly, Cron::Expiry, first.clone())
+                }
+                Queue::Sweep => monitor,
+            };
+        }
+        let listener = tokio::spawn(wake::listen(
+            self.core.redis.url().to_owned(),
+            signals,
+            mage_domain::events::cancel_channel(&self.core.redis),
+            cancels,
+            IDLE_POLL,
+            stop.clone(),
+        ));
+        let sweeper =
+            selected.contains(&Queue::Sweep).then(|| tokio::spawn(sweep::run(first.clone(), stop.clone())));
+        let announcer = selected.contains(&Queue::Render).then(|| {
+            tokio::spawn(announce(
+                self.core.redis.clone(),
+                self.settings.clone(),
+                render_ctxs.clone(),
+                stop.clone(),
+            ))
+        });
+
+        tracing::info!(worker = %self.settings.worker_name, queues = ?selected, "workers started");
+        let grace = self.settings.shutdown_grace;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!(
+                grace_seconds = grace.as_secs(),
+                "stopping: taking no new jobs; running ones have the grace period"
+            );
+            stopping.cancel();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                hand_back.cancel();
+            });
+            Ok(())
+        };
+        let result = monitor.run_with_signal(signal).await;
+        stop.cancel();
+        for task in [announcer, Some(listener), sweeper].into_iter().flatten() {
+            let _ = task.await;
+        }
+        result.map_err(|e| WorkError::Stopped(e.to_string()))
+    }
+}
+
+/// Keeps this process's render slots counted among the live workers (the
+/// ETA of queued generations rests on them) and every backend's health
+/// fresh for admins, busy or idle; withdraws the slots when stopping.
+async fn announce(redis: Redis, settings: WorkerSettings, ctxs: Vec<Arc<Ctx>>, stop: CancellationToken) {
+    let (name, slots) = (&settings.worker_name, settings.render_slots());
+    let mut every = tokio::time::interval(mage_domain::workers::REFRESH_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = every.tick() => {
+                if let Err(e) = mage_domain::workers::announce(&redis, Queue::Render, name, slots).await {
+                    tracing::warn!(error = %e, "could not announce the render worker");
+                }
+                for ctx in &ctxs {
+                    ctx.slot.refresh(ctx).await;
+                }
+            }
+        }
+    }
+    let _ = mage_domain::workers::withdraw(&redis, Queue::Render, name, slots).await;
+}
+
+/// Restarts a worker whose stream failed (Redis restarted or was flushed:
+/// its registration and in-flight set are gone, and registering again is
+/// what repairs them), unless it failed [`RESTARTS_PER_WINDOW`] times within
+/// [`RESTART_WINDOW`]: then it stays down and the process exits once all
+/// its workers have, so a supervisor restarts it.
+fn restart_policy()
+-> impl Fn(&apalis::prelude::WorkerContext, &apalis::prelude::WorkerError) -> bool + Send + Sync + 'static {
+    let recent: std::sync::Mutex<
+        std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    > = std::sync::Mutex::default();
+    move |worker, error| {
+        let now = std::time::Instant::now();
+        let Ok(mut recent) = recent.lock() else { return false };
+        let times = recent.entry(worker.name().to_owned()).or_default();
+        times.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        let allowed = times.len() < RESTARTS_PER_WINDOW;
+        if allowed {
+            times.push_back(now);
+            tracing::warn!(worker = %worker.name(), error = %error, "worker stopped; restarting it");
+        } else {
+            tracing::error!(worker = %worker.name(), error = %error, "worker keeps failing; leaving it stopped");
+        }
+        allowed
+    }
+}
+
+/// A queue's apalis-redis storage that fetches when `signal` fires (a push
+/// was announced, or the idle tick) instead of on a poll timer.
+pub fn woken_storage<T>(
+    conn: &apalis_redis::ConnectionManager,
+    config: &apalis_redis::Config,
+    signal: &Signal,
+) -> PollWith<RedisStorage<T>, Strategy> {
+    let storage = RedisStorage::<T>::new(conn.clone()).with_config(config.clone());
+    PollWith::new(storage, Strategy::new().stream(signal.clone()))
+}
+
+/// Times one run of a job and counts how it ended (see
+/// `mage_domain::metrics::job_finished`); a failed run also counts in the
+/// queue's `failed` figure.
+async fn observed(
+    ctx: &Ctx,
+    label: &'static str,
+    queue: Option<Queue>,
+    run: impl std::future::Future<Output = Result<(), BoxDynError>>,
+) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    let result = run.await;
+    let outcome = match &result {
+        Ok(()) => "ok",
+        Err(e) if e.downcast_ref::<AbortError>().is_some() => "dead",
+        Err(_) => "retry",
+    };
+    if result.is_err() {
+        match queue {
+            Some(queue) => note_failed(ctx, queue).await,
+            None => mage_domain::metrics::job_attempt_failed(label),
+        }
+    }
+    mage_domain::metrics::job_finished(label, outcome, started.elapsed());
+    result
+}
