@@ -10,8 +10,8 @@ use mage_domain::generations::{self as domain, Status};
 use mage_domain::models::Generation as GenerationRow;
 use uuid::Uuid;
 
+use super::context::{AdminOnly, ContextExt};
 use super::pagination::{decode_cursor, encode_cursor, page_size};
-use super::{services, viewer};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{self, Event, Subscription as LiveSubscription};
 
@@ -244,7 +244,7 @@ impl Generation {
         if let Some(known) = self.known_position {
             return Ok(known);
         }
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(domain::queue_position(&mut conn, &self.row).await?)
     }
     /// Seconds until it is likely finished; null once final.
@@ -252,8 +252,8 @@ impl Generation {
         if self.row.status().is_final() {
             return Ok(None);
         }
-        let svc = services(ctx);
-        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let svc = ctx.services();
+        let mut conn = ctx.conn().await?;
         let position = match self.known_position {
             Some(known) => known,
             None => domain::queue_position(&mut conn, &self.row).await?,
@@ -309,7 +309,7 @@ impl Generation {
             return None;
         }
         let out = self.row.output.as_ref()?;
-        let svc = services(ctx);
+        let svc = ctx.services();
         let url = |field: &str| out.get(field).and_then(|v| v.as_str()).map(|key| svc.media_url(key));
         let int = |field: &str| out.get(field).and_then(|v| v.as_i64()).unwrap_or(0) as i32;
         let renditions = out
@@ -369,7 +369,7 @@ pub struct QueueStats {
 impl QueueStats {
     /// Render jobs the live workers can run at once.
     async fn render_slots(&self, ctx: &Context<'_>) -> ApiResult<i32> {
-        let slots = mage_domain::workers::live_slots(&services(ctx).redis, mage_domain::queue::RENDER)
+        let slots = mage_domain::workers::live_slots(&ctx.services().redis, mage_domain::queue::RENDER)
             .await
             .map_err(ApiError::internal)?;
         Ok(slots as i32)
@@ -377,16 +377,16 @@ impl QueueStats {
 
     /// Every render backend's health as the workers last saw it (admins
     /// only).
+    #[graphql(guard = "AdminOnly")]
     async fn backends(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderBackendStatus>> {
-        super::admin::require_admin(ctx).await?;
-        let all = mage_domain::workers::backends(&services(ctx).redis).await.map_err(ApiError::internal)?;
+        let all = mage_domain::workers::backends(&ctx.services().redis).await.map_err(ApiError::internal)?;
         Ok(all.into_iter().map(RenderBackendStatus).collect())
     }
 
     /// Job counts per queue (admins only).
+    #[graphql(guard = "AdminOnly")]
     async fn jobs(&self, ctx: &Context<'_>) -> ApiResult<Vec<JobQueueCounts>> {
-        super::admin::require_admin(ctx).await?;
-        let queues = &services(ctx).generations.queues;
+        let queues = &ctx.services().generations.queues;
         let mut out = Vec::new();
         for q in mage_domain::queue::STORED_QUEUES {
             let c = queues.counts(q).await.map_err(ApiError::internal)?;
@@ -479,22 +479,22 @@ pub struct GenerationsQuery;
 impl GenerationsQuery {
     /// What can be generated, with prices.
     async fn models(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderModel>> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(catalog::models(&mut conn).await?.into_iter().map(RenderModel).collect())
     }
 
     /// Credits `input` would cost; `createGeneration` charges exactly this.
     async fn quote(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<i64> {
-        let svc = services(ctx);
-        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let svc = ctx.services();
+        let mut conn = ctx.conn().await?;
         Ok(domain::quote(&svc.generations.models, &mut conn, &input.domain()).await?.price)
     }
 
     /// One of your generations.
     async fn generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Generation>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(Some(domain::find_own(&mut conn, user_id, id).await?.into()))
     }
 
@@ -507,10 +507,10 @@ impl GenerationsQuery {
         after: Option<String>,
         status: Option<GenerationStatus>,
     ) -> ApiResult<Connection<String, Generation>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let limit = page_size(first)?;
         let after = parse_generation_cursor(after.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         let mut rows = domain::list(&mut conn, user_id, status.map(Into::into), after, limit + 1).await?;
         let has_next = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
@@ -521,7 +521,7 @@ impl GenerationsQuery {
 
     /// The render queue right now.
     async fn queue(&self, ctx: &Context<'_>) -> ApiResult<QueueStats> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         let s = domain::queue_stats(&mut conn).await?;
         Ok(QueueStats { depth: s.depth, running: s.running, average_wait_seconds: s.average_wait_seconds })
     }
@@ -539,8 +539,8 @@ impl GenerationsMutation {
         ctx: &Context<'_>,
         input: CreateGenerationInput,
     ) -> ApiResult<Generation> {
-        let user_id = viewer(ctx).require()?;
-        let svc = services(ctx);
+        let user_id = ctx.viewer().require()?;
+        let svc = ctx.services();
         let g = domain::create(&svc.generations, user_id, &input.domain(), input.idempotency_key.as_deref())
             .await?;
         Ok(g.into())
@@ -548,16 +548,16 @@ impl GenerationsMutation {
 
     /// Stops a queued or running generation and gives its credits back.
     async fn cancel_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        Ok(domain::cancel_and_signal(&services(ctx).generations, user_id, id).await?.into())
+        Ok(domain::cancel_and_signal(&ctx.services().generations, user_id, id).await?.into())
     }
 
     /// Runs a failed generation again, holding its price again.
     async fn retry_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        Ok(domain::retry_and_enqueue(&services(ctx).generations, user_id, id).await?.into())
+        Ok(domain::retry_and_enqueue(&ctx.services().generations, user_id, id).await?.into())
     }
 }
 
@@ -575,9 +575,9 @@ impl GenerationsSubscription {
         ctx: &Context<'_>,
         id: ID,
     ) -> Result<impl Stream<Item = ApiResult<Generation>> + use<>, ApiError> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        Ok(generations_of(services(ctx).live.generation(user_id, id).await?))
+        Ok(generations_of(ctx.services().live.generation(user_id, id).await?))
     }
 
     /// Every change of any of your generations (creation included), from now
@@ -586,8 +586,8 @@ impl GenerationsSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = ApiResult<Generation>> + use<>, ApiError> {
-        let user_id = viewer(ctx).require()?;
-        Ok(generations_of(services(ctx).live.user_generations(user_id).await?))
+        let user_id = ctx.viewer().require()?;
+        Ok(generations_of(ctx.services().live.user_generations(user_id).await?))
     }
 }
 

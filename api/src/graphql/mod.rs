@@ -2,6 +2,7 @@
 
 mod admin;
 mod budget;
+mod context;
 mod credits;
 mod documents;
 mod generations;
@@ -240,21 +241,4 @@ impl async_graphql::Executor for Operations {
 fn with_codes(mut response: Response) -> Response {
     response.errors.iter_mut().for_each(ensure_code);
     response
-}
-
-fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
-    ctx.data_unchecked::<Arc<Services>>()
-}
-
-fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> &'a Viewer {
-    static ANONYMOUS: Viewer = Viewer::Anonymous;
-    ctx.data_opt::<Viewer>().unwrap_or(&ANONYMOUS)
-}
-
-fn client(ctx: &async_graphql::Context<'_>) -> ClientIp {
-    ctx.data_opt::<ClientIp>().copied().unwrap_or(ClientIp::UNKNOWN)
-}
-
-fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {
-    ctx.data_unchecked::<Loaders>()
 }

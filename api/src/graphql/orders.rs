@@ -8,10 +8,8 @@ use mage_domain::orders::{self as domain, Status};
 use mage_domain::payments::checkout;
 use uuid::Uuid;
 
-use super::admin::require_admin;
+use super::context::{AdminOnly, ContextExt};
 use super::pagination::{decode_cursor, encode_cursor, page_size};
-use super::users::current_user;
-use super::{loaders, services, viewer};
 use crate::error::{ApiError, ApiResult};
 
 const ORDER_CURSOR: &str = "order";
@@ -77,7 +75,7 @@ impl Order {
     }
 
     async fn items(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderItem>> {
-        Ok(loaders(ctx).order_items(self.0.id).await?.into_iter().map(OrderItem::from).collect())
+        Ok(ctx.loaders().order_items(self.0.id).await?.into_iter().map(OrderItem::from).collect())
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
@@ -90,9 +88,9 @@ impl Order {
 
     /// The Stripe events about this order and how they were settled
     /// (admins only).
+    #[graphql(guard = "AdminOnly")]
     async fn stripe_events(&self, ctx: &Context<'_>) -> ApiResult<Vec<StripeEvent>> {
-        require_admin(ctx).await?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(domain::events(&mut conn, self.0.id).await?.into_iter().map(StripeEvent::from).collect())
     }
 }
@@ -177,10 +175,10 @@ impl OrdersQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<Connection<String, Order>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let limit = page_size(first)?;
         let after = parse_order_cursor(after.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         let mut rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
         let has_next = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
@@ -191,9 +189,9 @@ impl OrdersQuery {
 
     /// One of your orders (admins: anyone's).
     async fn order(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Order>> {
-        let user = current_user(ctx).await?;
+        let user = ctx.current_user().await?;
         let Ok(id) = id.parse::<Uuid>() else { return Ok(None) };
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         let order = if user.is_admin() {
             domain::find(&mut conn, id).await?
         } else {
@@ -221,8 +219,8 @@ impl OrdersMutation {
         product_id: ID,
         #[graphql(default = 1)] quantity: i32,
     ) -> ApiResult<Checkout> {
-        let user_id = viewer(ctx).require()?;
-        let c = checkout::create(&services(ctx).payments, user_id, &product_id, quantity).await?;
+        let user_id = ctx.viewer().require()?;
+        let c = checkout::create(&ctx.services().payments, user_id, &product_id, quantity).await?;
         Ok(Checkout { order: Order(c.order), url: c.url })
     }
 }

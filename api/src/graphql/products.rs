@@ -3,8 +3,8 @@
 use async_graphql::{Context, Enum, ID, Object};
 use mage_domain::{models, products};
 
-use super::services;
-use crate::error::{ApiError, ApiResult};
+use super::context::ContextExt;
+use crate::error::ApiResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum ProductKind {
@@ -49,7 +49,7 @@ pub struct ProductsQuery;
 impl ProductsQuery {
     /// Credit packs and plans on sale, in display order.
     async fn products(&self, ctx: &Context<'_>) -> ApiResult<Vec<Product>> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(products::list_active(&mut conn).await?.into_iter().map(Product).collect())
     }
 }
