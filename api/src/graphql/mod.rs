@@ -2,6 +2,7 @@
 
 mod admin;
 mod budget;
+mod catalog;
 mod context;
 mod credits;
 mod documents;
@@ -10,6 +11,7 @@ mod loaders;
 mod orders;
 mod pagination;
 mod products;
+mod queue;
 mod stats;
 mod users;
 
@@ -33,7 +35,9 @@ pub struct Query(
     credits::CreditsQuery,
     products::ProductsQuery,
     orders::OrdersQuery,
+    catalog::CatalogQuery,
     generations::GenerationsQuery,
+    queue::QueueQuery,
     stats::StatsQuery,
     admin::AdminQuery,
 );

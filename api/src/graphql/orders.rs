@@ -9,8 +9,8 @@ use mage_domain::payments::checkout;
 use uuid::Uuid;
 
 use super::context::{AdminOnly, ContextExt};
-use super::pagination::{decode_cursor, encode_cursor, page_size};
-use crate::error::{ApiError, ApiResult};
+use super::pagination::{decode_created_cursor, encode_created_cursor, page_size, unpaged_complexity};
+use crate::error::ApiResult;
 
 const ORDER_CURSOR: &str = "order";
 
@@ -74,6 +74,7 @@ impl Order {
         self.0.failure_reason.as_deref()
     }
 
+    #[graphql(complexity = "unpaged_complexity(child_complexity)")]
     async fn items(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderItem>> {
         Ok(ctx.loaders().order_items(self.0.id).await?.into_iter().map(OrderItem::from).collect())
     }
@@ -88,7 +89,7 @@ impl Order {
 
     /// The Stripe events about this order and how they were settled
     /// (admins only).
-    #[graphql(guard = "AdminOnly")]
+    #[graphql(guard = "AdminOnly", complexity = "unpaged_complexity(child_complexity)")]
     async fn stripe_events(&self, ctx: &Context<'_>) -> ApiResult<Vec<StripeEvent>> {
         let mut conn = ctx.conn().await?;
         Ok(domain::events(&mut conn, self.0.id).await?.into_iter().map(StripeEvent::from).collect())
@@ -150,18 +151,6 @@ pub struct Checkout {
     url: String,
 }
 
-fn order_cursor(o: &models::Order) -> String {
-    encode_cursor(ORDER_CURSOR, format!("{}_{}", o.created_at.timestamp_micros(), o.id))
-}
-
-fn parse_order_cursor(after: Option<&str>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
-    let Some(raw) = decode_cursor::<String>(ORDER_CURSOR, after)? else { return Ok(None) };
-    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
-    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
-    let at = micros.parse().ok().and_then(DateTime::<Utc>::from_timestamp_micros).ok_or_else(bad)?;
-    Ok(Some((at, id.parse().map_err(|_| bad())?)))
-}
-
 #[derive(Default)]
 pub struct OrdersQuery;
 
@@ -177,13 +166,16 @@ impl OrdersQuery {
     ) -> ApiResult<Connection<String, Order>> {
         let user_id = ctx.viewer().require()?;
         let limit = page_size(first)?;
-        let after = parse_order_cursor(after.as_deref())?;
+        let after = decode_created_cursor(ORDER_CURSOR, after.as_deref())?;
         let mut conn = ctx.conn().await?;
         let mut rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
         let has_next = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
         let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|o| Edge::new(order_cursor(&o), Order(o))));
+        page.edges.extend(
+            rows.into_iter()
+                .map(|o| Edge::new(encode_created_cursor(ORDER_CURSOR, o.created_at, o.id), Order(o))),
+        );
         Ok(page)
     }
 

@@ -3,6 +3,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
 use crate::error::ApiError;
 
 pub const DEFAULT_PAGE: i32 = 20;
@@ -14,6 +17,15 @@ pub const MAX_PAGE: i32 = 100;
 pub fn list_complexity(first: Option<i32>, child_complexity: usize) -> usize {
     let items = first.unwrap_or(DEFAULT_PAGE).max(0) as usize;
     items.saturating_mul(child_complexity).saturating_add(1)
+}
+
+/// The complexity of a list whose length the caller does not choose (the
+/// catalogue, an order's lines, a row per queue or backend, the days of a
+/// range the resolver bounds): counted as one item, as async-graphql counts
+/// any field, because multiplying by a guessed length would refuse
+/// operations that the field budget (`budget`) and the limits admit today.
+pub fn unpaged_complexity(child_complexity: usize) -> usize {
+    child_complexity.saturating_add(1)
 }
 
 /// `first` checked against 1..=MAX_PAGE (default DEFAULT_PAGE).
@@ -37,4 +49,20 @@ pub fn decode_cursor<T: std::str::FromStr>(kind: &str, cursor: Option<&str>) -> 
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let value = raw.strip_prefix(kind).and_then(|r| r.strip_prefix(':')).ok_or_else(bad)?;
     value.parse().map(Some).map_err(|_| bad())
+}
+
+/// The cursor of a row in a list ordered by creation time, then id.
+pub fn encode_created_cursor(kind: &str, created_at: DateTime<Utc>, id: Uuid) -> String {
+    encode_cursor(kind, format!("{}_{}", created_at.timestamp_micros(), id))
+}
+
+pub fn decode_created_cursor(
+    kind: &str,
+    after: Option<&str>,
+) -> Result<Option<(DateTime<Utc>, Uuid)>, ApiError> {
+    let Some(raw) = decode_cursor::<String>(kind, after)? else { return Ok(None) };
+    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at = micros.parse().ok().and_then(DateTime::<Utc>::from_timestamp_micros).ok_or_else(bad)?;
+    Ok(Some((at, id.parse().map_err(|_| bad())?)))
 }

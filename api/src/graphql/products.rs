@@ -4,6 +4,7 @@ use async_graphql::{Context, Enum, ID, Object};
 use mage_domain::{models, products};
 
 use super::context::ContextExt;
+use super::pagination::unpaged_complexity;
 use crate::error::ApiResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -48,6 +49,7 @@ pub struct ProductsQuery;
 #[Object]
 impl ProductsQuery {
     /// Credit packs and plans on sale, in display order.
+    #[graphql(complexity = "unpaged_complexity(child_complexity)")]
     async fn products(&self, ctx: &Context<'_>) -> ApiResult<Vec<Product>> {
         let mut conn = ctx.conn().await?;
         Ok(products::list_active(&mut conn).await?.into_iter().map(Product).collect())

@@ -7,6 +7,7 @@ use chrono::NaiveDate;
 use mage_domain::stats;
 
 use super::context::{AdminOnly, ContextExt};
+use super::pagination::unpaged_complexity;
 use crate::error::{ApiError, ApiResult};
 
 /// Longest range one `dailyStats` call returns.
@@ -134,7 +135,7 @@ pub struct StatsQuery;
 impl StatsQuery {
     /// The computed days in `[from, to]`, oldest first (admins only). A day
     /// not computed yet is absent.
-    #[graphql(guard = "AdminOnly")]
+    #[graphql(guard = "AdminOnly", complexity = "unpaged_complexity(child_complexity)")]
     async fn daily_stats(&self, ctx: &Context<'_>, from: Date, to: Date) -> ApiResult<Vec<DailyStats>> {
         let days = (to.0 - from.0).num_days();
         if !(0..MAX_DAYS).contains(&days) {
