@@ -10,7 +10,7 @@ use super::context::{AdminOnly, ContextExt};
 use super::credits::CreditAccount;
 use super::generations::Generation;
 use super::orders::StripeEvent;
-use super::pagination::{decode_cursor, encode_cursor, list_complexity, page_size};
+use super::pagination::{decode_cursor, encode_cursor, list_complexity, page, page_size};
 use super::users::User;
 use crate::error::{ApiError, ApiResult};
 
@@ -62,14 +62,9 @@ impl AdminQuery {
         let limit = page_size(first)?;
         let after = decode_cursor::<String>(USER_CURSOR, after.as_deref())?;
         let mut conn = ctx.conn().await?;
-        let mut rows =
+        let rows =
             mage_domain::users::search(&mut conn, search.as_deref(), after.as_deref(), limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges
-            .extend(rows.into_iter().map(|u| Edge::new(encode_cursor(USER_CURSOR, &u.email), u.into())));
-        Ok(page)
+        Ok(page(rows, limit, after.is_some(), |u| Edge::new(encode_cursor(USER_CURSOR, &u.email), u.into())))
     }
 
     /// Stored Stripe events, newest first (admins only); `status` narrows
@@ -82,9 +77,7 @@ impl AdminQuery {
         status: Option<String>,
         #[graphql(default = 50)] first: i32,
     ) -> ApiResult<Vec<StripeEvent>> {
-        if !(1..=500).contains(&first) {
-            return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
-        }
+        list_size(first)?;
         if let Some(s) = status.as_deref()
             && !EVENT_STATUSES.contains(&s)
         {
@@ -107,9 +100,7 @@ impl AdminQuery {
         queue: Option<String>,
         #[graphql(default = 50)] first: i32,
     ) -> ApiResult<Vec<DeadJob>> {
-        if !(1..=500).contains(&first) {
-            return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
-        }
+        list_size(first)?;
         let queues = match queue.as_deref() {
             Some(q) => vec![job_queue(q)?],
             None => mage_domain::queue::JOB_QUEUES.to_vec(),
@@ -139,6 +130,14 @@ impl AdminQuery {
             })
             .collect())
     }
+}
+
+/// `first` of an admin's list: 1 to 500.
+fn list_size(first: i32) -> ApiResult<()> {
+    if !(1..=500).contains(&first) {
+        return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
+    }
+    Ok(())
 }
 
 /// A reason for a ledger entry written by an admin.

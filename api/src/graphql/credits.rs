@@ -8,7 +8,7 @@ use mage_domain::credits::{self as ledger, EntryKind};
 use mage_domain::models;
 
 use super::context::ContextExt;
-use super::pagination::{decode_cursor, encode_cursor, page_size};
+use super::pagination::{decode_cursor, encode_cursor, page, page_size};
 use crate::error::{ApiError, ApiResult};
 use crate::live::Event;
 
@@ -117,12 +117,8 @@ impl CreditsQuery {
         let limit = page_size(first)?;
         let after: Option<i64> = decode_cursor("ce", after.as_deref())?;
         let mut conn = ctx.conn().await?;
-        let mut rows = ledger::entries(&mut conn, user_id, after, limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|e| Edge::new(encode_cursor("ce", e.id), CreditEntry(e))));
-        Ok(page)
+        let rows = ledger::entries(&mut conn, user_id, after, limit + 1).await?;
+        Ok(page(rows, limit, after.is_some(), |e| Edge::new(encode_cursor("ce", e.id), CreditEntry(e))))
     }
 }
 

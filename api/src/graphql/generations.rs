@@ -11,7 +11,7 @@ use mage_domain::models::Generation as GenerationRow;
 use uuid::Uuid;
 
 use super::context::ContextExt;
-use super::pagination::{decode_created_cursor, encode_created_cursor, page_size};
+use super::pagination::{decode_created_cursor, encode_created_cursor, page, page_size};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{self, Event, Subscription as LiveSubscription};
 
@@ -349,14 +349,10 @@ impl GenerationsQuery {
         let limit = page_size(first)?;
         let after = decode_created_cursor(GENERATION_CURSOR, after.as_deref())?;
         let mut conn = ctx.conn().await?;
-        let mut rows = domain::list(&mut conn, user_id, status.map(Into::into), after, limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|g| {
+        let rows = domain::list(&mut conn, user_id, status.map(Into::into), after, limit + 1).await?;
+        Ok(page(rows, limit, after.is_some(), |g| {
             Edge::new(encode_created_cursor(GENERATION_CURSOR, g.created_at, g.id), Generation::from(g))
-        }));
-        Ok(page)
+        }))
     }
 }
 

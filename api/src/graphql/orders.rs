@@ -9,7 +9,7 @@ use mage_domain::payments::checkout;
 use uuid::Uuid;
 
 use super::context::{AdminOnly, ContextExt};
-use super::pagination::{decode_created_cursor, encode_created_cursor, page_size, unpaged_complexity};
+use super::pagination::{decode_created_cursor, encode_created_cursor, page, page_size, unpaged_complexity};
 use crate::error::ApiResult;
 
 const ORDER_CURSOR: &str = "order";
@@ -168,15 +168,10 @@ impl OrdersQuery {
         let limit = page_size(first)?;
         let after = decode_created_cursor(ORDER_CURSOR, after.as_deref())?;
         let mut conn = ctx.conn().await?;
-        let mut rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(
-            rows.into_iter()
-                .map(|o| Edge::new(encode_created_cursor(ORDER_CURSOR, o.created_at, o.id), Order(o))),
-        );
-        Ok(page)
+        let rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
+        Ok(page(rows, limit, after.is_some(), |o| {
+            Edge::new(encode_created_cursor(ORDER_CURSOR, o.created_at, o.id), Order(o))
+        }))
     }
 
     /// One of your orders (admins: anyone's).

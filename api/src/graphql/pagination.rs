@@ -1,5 +1,7 @@
 //! Relay connection arguments and opaque cursors.
 
+use async_graphql::OutputType;
+use async_graphql::connection::{Connection, Edge, EmptyFields};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -35,6 +37,21 @@ pub fn page_size(first: Option<i32>) -> Result<i64, ApiError> {
         Some(n) if (0..=MAX_PAGE).contains(&n) => Ok(i64::from(n)),
         Some(_) => Err(ApiError::bad_input("first", format!("first must be between 0 and {MAX_PAGE}"))),
     }
+}
+
+/// A page of a connection from the rows read for it: `limit + 1` were
+/// asked for, the extra one only telling that a next page exists.
+pub fn page<R, N: OutputType>(
+    mut rows: Vec<R>,
+    limit: i64,
+    has_previous: bool,
+    edge: impl FnMut(R) -> Edge<String, N, EmptyFields>,
+) -> Connection<String, N> {
+    let has_next = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let mut page = Connection::new(has_previous, has_next);
+    page.edges.extend(rows.into_iter().map(edge));
+    page
 }
 
 /// Cursors are opaque to clients: `kind:value`, base64url-encoded.
