@@ -106,6 +106,25 @@ impl Viewer {
     }
 }
 
+/// The caller named by an `Authorization` header (HTTP) or a
+/// `connection_init` payload (WebSocket), with when its token expires (Unix
+/// seconds); no credentials is an anonymous caller. A valid token of an
+/// account that no longer exists is no credential.
+pub(crate) async fn viewer_from(state: &crate::AppState, credential: Option<&str>) -> (Viewer, Option<i64>) {
+    match credential.map(str::trim).filter(|c| !c.is_empty()) {
+        None => (Viewer::Anonymous, None),
+        Some(c) => match state.tokens.verify_header(c) {
+            Ok((id, expires)) => match state.known_users.exists(&state.pool, id).await {
+                Ok(false) => (Viewer::Invalid("this account no longer exists: sign in again".into()), None),
+                // The token itself is good: a database hiccup must not sign
+                // anyone out (the operation meets the database again anyway).
+                Ok(true) | Err(_) => (Viewer::User(id), Some(expires)),
+            },
+            Err(e) => (Viewer::Invalid(e.message()), None),
+        },
+    }
+}
+
 /// Users seen to exist in the last [`KnownUsers::FOR`], so that a valid
 /// token of a deleted account is `UNAUTHENTICATED` everywhere (not `null`,
 /// empty lists or `NOT_FOUND`) without a database read on every request.

@@ -33,18 +33,6 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-impl From<crate::live::Lagged> for ApiError {
-    fn from(_: crate::live::Lagged) -> Self {
-        Self::RateLimited {
-            message: format!(
-                "this subscription fell more than {} events behind and was ended; subscribe again for the current state",
-                crate::live::CAPACITY
-            ),
-            retry_after_seconds: 0,
-        }
-    }
-}
-
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {

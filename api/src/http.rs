@@ -17,7 +17,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::Viewer;
+use crate::auth::viewer_from;
 use crate::client::ClientIp;
 use crate::graphql::request_data;
 use crate::{AppState, health, playground};
@@ -95,25 +95,6 @@ fn cors(origins: &[String]) -> CorsLayer {
         layer.allow_origin(AllowOrigin::any())
     } else {
         layer.allow_origin(AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok())))
-    }
-}
-
-/// The caller named by an `Authorization` header (HTTP) or a
-/// `connection_init` payload (WebSocket), with when its token expires (Unix
-/// seconds); no credentials is an anonymous caller. A valid token of an
-/// account that no longer exists is no credential.
-pub(crate) async fn viewer_from(state: &AppState, credential: Option<&str>) -> (Viewer, Option<i64>) {
-    match credential.map(str::trim).filter(|c| !c.is_empty()) {
-        None => (Viewer::Anonymous, None),
-        Some(c) => match state.tokens.verify_header(c) {
-            Ok((id, expires)) => match state.known_users.exists(&state.pool, id).await {
-                Ok(false) => (Viewer::Invalid("this account no longer exists: sign in again".into()), None),
-                // The token itself is good: a database hiccup must not sign
-                // anyone out (the operation meets the database again anyway).
-                Ok(true) | Err(_) => (Viewer::User(id), Some(expires)),
-            },
-            Err(e) => (Viewer::Invalid(e.message()), None),
-        },
     }
 }
 

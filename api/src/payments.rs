@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use chrono::Utc;
+use mage_domain::enums::{OrderMode, OrderStatus};
 use mage_domain::metrics::webhook_received;
 use mage_domain::orders;
 use mage_domain::payments::intake::{self, Intake};
@@ -127,11 +128,11 @@ async fn dev_checkout(
         order.total_cents % 100,
         escape(&order.currency.to_uppercase())
     );
-    let actions = if order.status == "pending" && q.sent.is_some() {
+    let actions = if order.status == OrderStatus::Pending && q.sent.is_some() {
         // Sent, not yet settled by a worker: look again in a moment.
         r#"<p>Sent to Mage's webhook; waiting for the settlement…</p><meta http-equiv="refresh" content="1">"#
             .to_owned()
-    } else if order.status == "pending" {
+    } else if order.status == OrderStatus::Pending {
         format!(
             r#"<form method="post" action="/dev/checkout/{id}/pay"><button id="pay" type="submit">Pay {amount}</button></form>
 <form method="post" action="/dev/checkout/{id}/cancel"><button id="cancel" type="submit">Cancel</button></form>"#,
@@ -173,7 +174,7 @@ async fn dev_event(state: AppState, id: String, pay: bool) -> Response {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let mut events = vec![dev_session_event(&order, pay)];
-    if pay && order.mode == "subscription" {
+    if pay && order.mode == OrderMode::Subscription {
         let price = first_price(&state, &items).await;
         events.push(dev_invoice_event(&order, price.as_deref()));
     }
@@ -228,7 +229,7 @@ fn envelope(kind: &str, object: Value) -> Value {
 
 fn dev_session_event(order: &Order, pay: bool) -> Value {
     let (pi, customer, sub) = dev_ids(order);
-    let plan = order.mode == "subscription";
+    let plan = order.mode == OrderMode::Subscription;
     let session = json!({
         "id": format!("cs_dev_{}", order.id.simple()),
         "object": "checkout.session",

@@ -20,9 +20,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::auth::Viewer;
+use crate::auth::{Viewer, viewer_from};
 use crate::client::ClientIp;
-use crate::http::viewer_from;
 
 /// Largest message a client may send (an operation with its variables).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;

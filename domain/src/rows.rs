@@ -5,8 +5,8 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::enums::{
-    EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode, OrderStatus, ProductKind, Resolution,
-    Role, StripeEventStatus,
+    EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode, OrderStatus, ProductKind,
+    Resolution, Role, StripeEventStatus,
 };
 use crate::output::Output;
 use crate::schema::*;

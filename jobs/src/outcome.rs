@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use apalis::prelude::{AbortError, BoxDynError};
 use mage_domain::generations;
-use mage_domain::rows::Generation;
 use mage_domain::queue::{Queue, RenderJob};
+use mage_domain::rows::Generation;
 use uuid::Uuid;
 
 use crate::ctx::{Ctx, JobError, discard_outputs, fail_generation, note_failed};

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use mage_domain::catalog::{self, MediaKind, RenderModel};
 use mage_domain::generations::{self, NotStarted};
-use mage_domain::rows::Generation;
 use mage_domain::queue::{Queue, RenderJob, TranscodeJob};
+use mage_domain::rows::Generation;
 use tracing::Instrument;
 use uuid::Uuid;
 

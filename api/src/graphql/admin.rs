@@ -1,36 +1,25 @@
 //! Operations for admins (role ADMIN); everyone else gets `FORBIDDEN`.
 
+use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use mage_domain::credits::{self as ledger, GrantSource, NewGrant};
 use mage_domain::queue::Queue;
 use uuid::Uuid;
 
+use super::context::{AdminOnly, ContextExt};
 use super::credits::CreditAccount;
 use super::generations::Generation;
 use super::orders::StripeEvent;
-use super::pagination::{decode_cursor, encode_cursor, page_size};
-use super::services;
+use super::pagination::{decode_cursor, encode_cursor, list_complexity, page, page_size};
 use super::users::User;
-use async_graphql::connection::{Connection, Edge};
+use crate::error::{ApiError, ApiResult};
 
 const USER_CURSOR: &str = "user";
-use super::users::current_user;
-use crate::error::{ApiError, ApiResult};
 
 const MAX_GRANT: i64 = 1_000_000;
 
 const EVENT_STATUSES: &[&str] = &["received", "processed", "ignored", "failed"];
-
-/// The signed-in user if they are an admin. The role is read from the
-/// database on every call, so a demotion takes effect at once.
-pub(crate) async fn require_admin(ctx: &Context<'_>) -> ApiResult<mage_domain::rows::User> {
-    let user = current_user(ctx).await?;
-    if !user.is_admin() {
-        return Err(ApiError::Forbidden("this operation is for admins".into()));
-    }
-    Ok(user)
-}
 
 /// A job that ran out of attempts; its generation was failed and its
 /// credits released.
@@ -60,7 +49,7 @@ pub struct AdminQuery;
 impl AdminQuery {
     /// Users whose email contains `search`, by email, with their balances
     /// (admins only).
-    #[graphql(complexity = "super::pagination::list_complexity(first, child_complexity)")]
+    #[graphql(guard = "AdminOnly", complexity = "list_complexity(first, child_complexity)")]
     async fn users(
         &self,
         ctx: &Context<'_>,
@@ -68,34 +57,25 @@ impl AdminQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<Connection<String, User>> {
-        require_admin(ctx).await?;
         let limit = page_size(first)?;
         let after = decode_cursor::<String>(USER_CURSOR, after.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        let mut rows =
+        let mut conn = ctx.conn().await?;
+        let rows =
             mage_domain::users::search(&mut conn, search.as_deref(), after.as_deref(), limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges
-            .extend(rows.into_iter().map(|u| Edge::new(encode_cursor(USER_CURSOR, &u.email), u.into())));
-        Ok(page)
+        Ok(page(rows, limit, after.is_some(), |u| Edge::new(encode_cursor(USER_CURSOR, &u.email), u.into())))
     }
 
     /// Stored Stripe events, newest first (admins only); `status` narrows
     /// them to `received`, `processed`, `ignored` or `failed` (those an
     /// admin may want to `replayStripeEvent`).
-    #[graphql(complexity = "super::pagination::list_complexity(Some(first), child_complexity)")]
+    #[graphql(guard = "AdminOnly", complexity = "list_complexity(Some(first), child_complexity)")]
     async fn stripe_events(
         &self,
         ctx: &Context<'_>,
         status: Option<String>,
         #[graphql(default = 50)] first: i32,
     ) -> ApiResult<Vec<StripeEvent>> {
-        require_admin(ctx).await?;
-        if !(1..=500).contains(&first) {
-            return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
-        }
+        list_size(first)?;
         if let Some(s) = status.as_deref()
             && !EVENT_STATUSES.contains(&s)
         {
@@ -104,24 +84,21 @@ impl AdminQuery {
                 format!("status must be one of: {}", EVENT_STATUSES.join(", ")),
             ));
         }
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         let rows = mage_domain::payments::intake::list(&mut conn, status.as_deref(), first.into()).await?;
         Ok(rows.into_iter().map(StripeEvent::from).collect())
     }
 
     /// Jobs that ran out of attempts, newest first (admins only). Without
     /// `queue`, those of every queue.
-    #[graphql(complexity = "super::pagination::list_complexity(Some(first), child_complexity)")]
+    #[graphql(guard = "AdminOnly", complexity = "list_complexity(Some(first), child_complexity)")]
     async fn dead_jobs(
         &self,
         ctx: &Context<'_>,
         queue: Option<String>,
         #[graphql(default = 50)] first: i32,
     ) -> ApiResult<Vec<DeadJob>> {
-        require_admin(ctx).await?;
-        if !(1..=500).contains(&first) {
-            return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
-        }
+        list_size(first)?;
         let queues = match queue.as_deref() {
             Some(q) => vec![job_queue(q)?],
             None => Queue::JOBS.to_vec(),
@@ -129,7 +106,7 @@ impl AdminQuery {
         let mut all = Vec::new();
         for q in queues {
             all.extend(
-                services(ctx)
+                ctx.services()
                     .generations
                     .queues
                     .dead_jobs(q, first as usize)
@@ -151,6 +128,14 @@ impl AdminQuery {
             })
             .collect())
     }
+}
+
+/// `first` of an admin's list: 1 to 500.
+fn list_size(first: i32) -> ApiResult<()> {
+    if !(1..=500).contains(&first) {
+        return Err(ApiError::bad_input("first", "first must be between 1 and 500"));
+    }
+    Ok(())
 }
 
 /// A reason for a ledger entry written by an admin.
@@ -200,10 +185,11 @@ impl AdminMutation {
     /// `settle` queue; a `processed` or `ignored` one is returned as it is,
     /// never applied twice. Calling it again, or at once from several
     /// places, settles the event once.
+    #[graphql(guard = "AdminOnly")]
     async fn replay_stripe_event(&self, ctx: &Context<'_>, id: ID) -> ApiResult<StripeEvent> {
-        let admin = require_admin(ctx).await?;
-        let svc = services(ctx);
-        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let admin_id = ctx.viewer().require()?;
+        let svc = ctx.services();
+        let mut conn = ctx.conn().await?;
         let (ev, settle) = mage_domain::payments::intake::reopen(&mut conn, id.as_str()).await?;
         drop(conn);
         if settle {
@@ -214,7 +200,7 @@ impl AdminMutation {
                 .await
                 .map_err(ApiError::internal)?;
         }
-        tracing::info!(admin_id = %admin.id, event_id = %ev.id, reopened = settle, "Stripe event replayed");
+        tracing::info!(%admin_id, event_id = %ev.id, reopened = settle, "Stripe event replayed");
         Ok(StripeEvent::from(ev))
     }
 
@@ -222,16 +208,19 @@ impl AdminMutation {
     /// fresh hold of the same price, back in the queue. `NOT_FOUND` when the
     /// job is not dead (already retried); `INSUFFICIENT_CREDITS` when the
     /// owner can no longer afford it.
+    #[graphql(guard = "AdminOnly")]
     async fn retry_dead_job(&self, ctx: &Context<'_>, queue: String, task_id: ID) -> ApiResult<Generation> {
-        let admin = require_admin(ctx).await?;
+        let admin_id = ctx.viewer().require()?;
         let queue = job_queue(&queue)?;
-        let g = mage_domain::generations::retry_dead_job(&services(ctx).generations, queue, &task_id).await?;
-        tracing::info!(admin_id = %admin.id, generation_id = %g.id, %queue, task_id = %task_id.as_str(), "dead job retried");
+        let g =
+            mage_domain::generations::retry_dead_job(&ctx.services().generations, queue, &task_id).await?;
+        tracing::info!(%admin_id, generation_id = %g.id, %queue, task_id = %task_id.as_str(), "dead job retried");
         Ok(Generation::from(g))
     }
 
     /// Grants credits to a user, recorded in their ledger with the reason.
     /// Pass an `idempotencyKey` to make retries safe: the same key grants once.
+    #[graphql(guard = "AdminOnly")]
     async fn grant_credits(
         &self,
         ctx: &Context<'_>,
@@ -241,15 +230,15 @@ impl AdminMutation {
         expires_at: Option<DateTime<Utc>>,
         idempotency_key: Option<String>,
     ) -> ApiResult<CreditAccount> {
-        let admin = require_admin(ctx).await?;
+        let admin_id = ctx.viewer().require()?;
         let user_id = user_id_of(&user_id)?;
         amount_of(amount)?;
         let reason = reason_of(&reason)?;
         if expires_at.is_some_and(|t| t <= Utc::now()) {
             return Err(ApiError::bad_input("expiresAt", "expiresAt must be in the future"));
         }
-        let key = admin_key("admin-grant", admin.id, idempotency_key.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let key = admin_key("admin-grant", admin_id, idempotency_key.as_deref())?;
+        let mut conn = ctx.conn().await?;
         let entry = ledger::grant(
             &mut conn,
             NewGrant {
@@ -265,14 +254,15 @@ impl AdminMutation {
         )
         .await
         .map_err(user_not_found)?;
-        tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits granted by an admin");
-        mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
+        tracing::info!(%admin_id, %user_id, amount, entry_id = entry.id, "credits granted by an admin");
+        mage_domain::events::publish_credits_changed_logged(&ctx.services().redis, user_id).await;
         Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))
     }
 
     /// Takes credits away from a user (a correction), recorded in their
     /// ledger with the reason. At most their available balance (`CONFLICT`
     /// above); an `idempotencyKey` makes retries safe.
+    #[graphql(guard = "AdminOnly")]
     async fn revoke_credits(
         &self,
         ctx: &Context<'_>,
@@ -281,15 +271,15 @@ impl AdminMutation {
         reason: String,
         idempotency_key: Option<String>,
     ) -> ApiResult<CreditAccount> {
-        let admin = require_admin(ctx).await?;
+        let admin_id = ctx.viewer().require()?;
         let user_id = user_id_of(&user_id)?;
         amount_of(amount)?;
         let reason = reason_of(&reason)?;
-        let key = admin_key("admin-revoke", admin.id, idempotency_key.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let key = admin_key("admin-revoke", admin_id, idempotency_key.as_deref())?;
+        let mut conn = ctx.conn().await?;
         let entry = ledger::revoke(&mut conn, user_id, amount, reason, &key).await.map_err(user_not_found)?;
-        tracing::info!(admin_id = %admin.id, %user_id, amount, entry_id = entry.id, "credits revoked by an admin");
-        mage_domain::events::publish_credits_changed_logged(&services(ctx).redis, user_id).await;
+        tracing::info!(%admin_id, %user_id, amount, entry_id = entry.id, "credits revoked by an admin");
+        mage_domain::events::publish_credits_changed_logged(&ctx.services().redis, user_id).await;
         Ok(CreditAccount(ledger::account(&mut conn, user_id).await?))
     }
 }

@@ -7,8 +7,8 @@ use futures_util::{Stream, StreamExt};
 use mage_domain::credits::{self as ledger, EntryKind};
 use mage_domain::rows;
 
-use super::pagination::{decode_cursor, encode_cursor, page_size};
-use super::{services, viewer};
+use super::context::ContextExt;
+use super::pagination::{decode_cursor, encode_cursor, page, page_size};
 use crate::error::{ApiError, ApiResult};
 use crate::live::Event;
 
@@ -32,7 +32,7 @@ impl CreditAccount {
 
     /// Credits that expire within the next 7 days unless spent.
     async fn expiring_soon(&self, ctx: &Context<'_>) -> ApiResult<i64> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(ledger::expiring_soon(&mut conn, self.0.user_id, chrono::Duration::days(EXPIRING_SOON_DAYS))
             .await?)
     }
@@ -106,16 +106,12 @@ impl CreditsQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<Connection<String, CreditEntry>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let limit = page_size(first)?;
         let after: Option<i64> = decode_cursor("ce", after.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        let mut rows = ledger::entries(&mut conn, user_id, after, limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|e| Edge::new(encode_cursor("ce", e.id), CreditEntry(e))));
-        Ok(page)
+        let mut conn = ctx.conn().await?;
+        let rows = ledger::entries(&mut conn, user_id, after, limit + 1).await?;
+        Ok(page(rows, limit, after.is_some(), |e| Edge::new(encode_cursor("ce", e.id), CreditEntry(e))))
     }
 }
 
@@ -131,8 +127,8 @@ impl CreditsSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = ApiResult<CreditAccount>> + use<>, ApiError> {
-        let user_id = viewer(ctx).require()?;
-        let sub = services(ctx).live.credits(user_id).await?;
+        let user_id = ctx.viewer().require()?;
+        let sub = ctx.services().live.credits(user_id).await?;
         Ok(sub.filter_map(|event| {
             std::future::ready(match event {
                 Ok(Event::Credits(state)) => Some(Ok(CreditAccount(state.account))),

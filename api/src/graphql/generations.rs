@@ -2,7 +2,7 @@
 //! the queue.
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
 use mage_domain::catalog::{self, GenerationInput, MediaKind};
@@ -10,8 +10,8 @@ use mage_domain::generations::{self as domain, Status};
 use mage_domain::rows::Generation as GenerationRow;
 use uuid::Uuid;
 
-use super::pagination::{decode_cursor, encode_cursor, page_size};
-use super::{services, viewer};
+use super::context::ContextExt;
+use super::pagination::{decode_created_cursor, encode_created_cursor, page, page_size};
 use crate::error::{ApiError, ApiResult};
 use crate::live::{self, Event, Subscription as LiveSubscription};
 
@@ -42,52 +42,6 @@ pub enum GenerationStatus {
     Succeeded,
     Failed,
     Canceled,
-}
-
-/// What a model costs at one resolution: `credits + creditsPerSecond ×
-/// durationSeconds`.
-#[derive(SimpleObject)]
-pub struct ModelPrice {
-    resolution: Resolution,
-    credits: i64,
-    credits_per_second: i64,
-}
-
-pub struct RenderModel(catalog::RenderModel);
-
-#[Object]
-impl RenderModel {
-    async fn id(&self) -> ID {
-        ID(self.0.id.clone())
-    }
-    async fn kind(&self) -> ModelKind {
-        self.0.kind.into()
-    }
-    async fn name(&self) -> &str {
-        &self.0.name
-    }
-    async fn resolutions(&self) -> Vec<Resolution> {
-        self.0.resolutions().into_iter().map(Into::into).collect()
-    }
-    /// Video models only.
-    async fn max_duration_seconds(&self) -> Option<i32> {
-        self.0.max_duration_seconds
-    }
-    /// The duration used when `durationSeconds` is omitted (video models).
-    async fn default_duration_seconds(&self) -> Option<i32> {
-        self.0.default_duration_seconds
-    }
-    async fn prices(&self) -> Vec<ModelPrice> {
-        self.0
-            .prices
-            .iter()
-            .map(|p| ModelPrice {
-                resolution: p.resolution.into(),
-                credits: p.credits,
-                credits_per_second: p.credits_per_second,
-            })
-            .collect()
-    }
 }
 
 #[derive(InputObject)]
@@ -192,7 +146,7 @@ impl Generation {
         if let Some(known) = self.known_position {
             return Ok(known);
         }
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(domain::queue_position(&mut conn, &self.row).await?)
     }
     /// Seconds until it is likely finished; null once final.
@@ -200,8 +154,8 @@ impl Generation {
         if self.row.status().is_final() {
             return Ok(None);
         }
-        let svc = services(ctx);
-        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let svc = ctx.services();
+        let mut conn = ctx.conn().await?;
         let position = match self.known_position {
             Some(known) => known,
             None => domain::queue_position(&mut conn, &self.row).await?,
@@ -255,7 +209,7 @@ impl Generation {
             return None;
         }
         let out = self.row.output.as_ref()?;
-        let svc = services(ctx);
+        let svc = ctx.services();
         let url = |key: &Option<String>| key.as_deref().map(|k| svc.media_url(k));
         Some(GenerationOutput {
             hls_url: url(&out.hls),
@@ -294,117 +248,7 @@ impl Generation {
     }
 }
 
-#[derive(SimpleObject)]
-#[graphql(complex)]
-pub struct QueueStats {
-    /// Generations waiting to start.
-    depth: i64,
-    /// Generations rendering or transcoding.
-    running: i64,
-    /// Mean time from queued to started over the last hour.
-    average_wait_seconds: Option<f64>,
-}
-
-#[ComplexObject]
-impl QueueStats {
-    /// Render jobs the live workers can run at once.
-    async fn render_slots(&self, ctx: &Context<'_>) -> ApiResult<i32> {
-        let slots = mage_domain::workers::live_slots(&services(ctx).redis, mage_domain::queue::Queue::Render)
-            .await
-            .map_err(ApiError::internal)?;
-        Ok(slots as i32)
-    }
-
-    /// Every render backend's health as the workers last saw it (admins
-    /// only).
-    async fn backends(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderBackendStatus>> {
-        super::admin::require_admin(ctx).await?;
-        let all = mage_domain::workers::backends(&services(ctx).redis).await.map_err(ApiError::internal)?;
-        Ok(all.into_iter().map(RenderBackendStatus).collect())
-    }
-
-    /// Job counts per queue (admins only).
-    async fn jobs(&self, ctx: &Context<'_>) -> ApiResult<Vec<JobQueueCounts>> {
-        super::admin::require_admin(ctx).await?;
-        let queues = &services(ctx).generations.queues;
-        let mut out = Vec::new();
-        for q in mage_domain::queue::Queue::STORED {
-            let c = queues.counts(q).await.map_err(ApiError::internal)?;
-            out.push(JobQueueCounts {
-                queue: q.name().to_owned(),
-                waiting: c.waiting as i32,
-                running: c.running as i32,
-                failed: c.failed as i32,
-                dead: c.dead as i32,
-            });
-        }
-        Ok(out)
-    }
-}
-
-/// One queue's jobs in Redis.
-#[derive(SimpleObject)]
-pub struct JobQueueCounts {
-    queue: String,
-    /// Waiting or scheduled (retries, delayed starts).
-    waiting: i32,
-    /// Taken by a worker.
-    running: i32,
-    /// Attempts that failed in the last 24 hours (retried, or dead).
-    failed: i32,
-    /// Out of attempts (see `deadJobs`).
-    dead: i32,
-}
-
-/// A render backend (a ComfyUI server, or a worker's synthetic renderer).
-pub struct RenderBackendStatus(mage_domain::workers::BackendStatus);
-
-#[Object]
-impl RenderBackendStatus {
-    /// `comfyui` or `synthetic`.
-    async fn kind(&self) -> &str {
-        &self.0.kind
-    }
-    /// Its URL (`local:<worker>` for a synthetic one).
-    async fn location(&self) -> &str {
-        &self.0.location
-    }
-    /// Reachable and reporting a GPU with VRAM, checked within the last
-    /// two minutes.
-    async fn healthy(&self) -> bool {
-        self.0.healthy
-    }
-    async fn detail(&self) -> &str {
-        &self.0.detail
-    }
-    /// Float: VRAM sizes exceed GraphQL's 32-bit Int.
-    async fn vram_free_bytes(&self) -> Option<f64> {
-        self.0.vram_free_bytes.map(|b| b as f64)
-    }
-    async fn vram_total_bytes(&self) -> Option<f64> {
-        self.0.vram_total_bytes.map(|b| b as f64)
-    }
-    async fn checked_by(&self) -> &str {
-        &self.0.checked_by
-    }
-    async fn checked_at(&self) -> DateTime<Utc> {
-        self.0.checked_at
-    }
-}
-
 const GENERATION_CURSOR: &str = "gen";
-
-fn generation_cursor(g: &GenerationRow) -> String {
-    encode_cursor(GENERATION_CURSOR, format!("{}_{}", g.created_at.timestamp_micros(), g.id))
-}
-
-fn parse_generation_cursor(after: Option<&str>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
-    let Some(raw) = decode_cursor::<String>(GENERATION_CURSOR, after)? else { return Ok(None) };
-    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
-    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
-    let at = micros.parse().ok().and_then(DateTime::<Utc>::from_timestamp_micros).ok_or_else(bad)?;
-    Ok(Some((at, id.parse().map_err(|_| bad())?)))
-}
 
 fn parse_id(id: &ID) -> ApiResult<Uuid> {
     // A malformed id cannot name anyone's generation: same answer as a
@@ -417,24 +261,18 @@ pub struct GenerationsQuery;
 
 #[Object]
 impl GenerationsQuery {
-    /// What can be generated, with prices.
-    async fn models(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderModel>> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        Ok(catalog::models(&mut conn).await?.into_iter().map(RenderModel).collect())
-    }
-
     /// Credits `input` would cost; `createGeneration` charges exactly this.
     async fn quote(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<i64> {
-        let svc = services(ctx);
-        let mut conn = svc.pool.get().await.map_err(ApiError::internal)?;
+        let svc = ctx.services();
+        let mut conn = ctx.conn().await?;
         Ok(domain::quote(&svc.generations.models, &mut conn, &input.domain()).await?.price)
     }
 
     /// One of your generations.
     async fn generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Generation>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(Some(domain::find_own(&mut conn, user_id, id).await?.into()))
     }
 
@@ -447,23 +285,14 @@ impl GenerationsQuery {
         after: Option<String>,
         status: Option<GenerationStatus>,
     ) -> ApiResult<Connection<String, Generation>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let limit = page_size(first)?;
-        let after = parse_generation_cursor(after.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        let mut rows = domain::list(&mut conn, user_id, status.map(Into::into), after, limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|g| Edge::new(generation_cursor(&g), Generation::from(g))));
-        Ok(page)
-    }
-
-    /// The render queue right now.
-    async fn queue(&self, ctx: &Context<'_>) -> ApiResult<QueueStats> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        let s = domain::queue_stats(&mut conn).await?;
-        Ok(QueueStats { depth: s.depth, running: s.running, average_wait_seconds: s.average_wait_seconds })
+        let after = decode_created_cursor(GENERATION_CURSOR, after.as_deref())?;
+        let mut conn = ctx.conn().await?;
+        let rows = domain::list(&mut conn, user_id, status.map(Into::into), after, limit + 1).await?;
+        Ok(page(rows, limit, after.is_some(), |g| {
+            Edge::new(encode_created_cursor(GENERATION_CURSOR, g.created_at, g.id), Generation::from(g))
+        }))
     }
 }
 
@@ -479,8 +308,8 @@ impl GenerationsMutation {
         ctx: &Context<'_>,
         input: CreateGenerationInput,
     ) -> ApiResult<Generation> {
-        let user_id = viewer(ctx).require()?;
-        let svc = services(ctx);
+        let user_id = ctx.viewer().require()?;
+        let svc = ctx.services();
         let g = domain::create(&svc.generations, user_id, &input.domain(), input.idempotency_key.as_deref())
             .await?;
         Ok(g.into())
@@ -488,16 +317,16 @@ impl GenerationsMutation {
 
     /// Stops a queued or running generation and gives its credits back.
     async fn cancel_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        Ok(domain::cancel_and_signal(&services(ctx).generations, user_id, id).await?.into())
+        Ok(domain::cancel_and_signal(&ctx.services().generations, user_id, id).await?.into())
     }
 
     /// Runs a failed generation again, holding its price again.
     async fn retry_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        Ok(domain::retry_and_enqueue(&services(ctx).generations, user_id, id).await?.into())
+        Ok(domain::retry_and_enqueue(&ctx.services().generations, user_id, id).await?.into())
     }
 }
 
@@ -515,9 +344,9 @@ impl GenerationsSubscription {
         ctx: &Context<'_>,
         id: ID,
     ) -> Result<impl Stream<Item = ApiResult<Generation>> + use<>, ApiError> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
-        Ok(generations_of(services(ctx).live.generation(user_id, id).await?))
+        Ok(generations_of(ctx.services().live.generation(user_id, id).await?))
     }
 
     /// Every change of any of your generations (creation included), from now
@@ -526,8 +355,8 @@ impl GenerationsSubscription {
         &self,
         ctx: &Context<'_>,
     ) -> Result<impl Stream<Item = ApiResult<Generation>> + use<>, ApiError> {
-        let user_id = viewer(ctx).require()?;
-        Ok(generations_of(services(ctx).live.user_generations(user_id).await?))
+        let user_id = ctx.viewer().require()?;
+        Ok(generations_of(ctx.services().live.user_generations(user_id).await?))
     }
 }
 

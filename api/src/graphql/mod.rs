@@ -2,6 +2,8 @@
 
 mod admin;
 mod budget;
+mod catalog;
+mod context;
 mod credits;
 mod documents;
 mod generations;
@@ -9,6 +11,7 @@ mod loaders;
 mod orders;
 mod pagination;
 mod products;
+mod queue;
 mod stats;
 mod users;
 
@@ -32,7 +35,9 @@ pub struct Query(
     credits::CreditsQuery,
     products::ProductsQuery,
     orders::OrdersQuery,
+    catalog::CatalogQuery,
     generations::GenerationsQuery,
+    queue::QueueQuery,
     stats::StatsQuery,
     admin::AdminQuery,
 );
@@ -246,21 +251,4 @@ impl async_graphql::Executor for Operations {
 fn with_codes(mut response: Response) -> Response {
     response.errors.iter_mut().for_each(ensure_code);
     response
-}
-
-fn services<'a>(ctx: &async_graphql::Context<'a>) -> &'a Services {
-    ctx.data_unchecked::<Arc<Services>>()
-}
-
-fn viewer<'a>(ctx: &async_graphql::Context<'a>) -> &'a Viewer {
-    static ANONYMOUS: Viewer = Viewer::Anonymous;
-    ctx.data_opt::<Viewer>().unwrap_or(&ANONYMOUS)
-}
-
-fn client(ctx: &async_graphql::Context<'_>) -> ClientIp {
-    ctx.data_opt::<ClientIp>().copied().unwrap_or(ClientIp::UNKNOWN)
-}
-
-fn loaders<'a>(ctx: &async_graphql::Context<'a>) -> &'a Loaders {
-    ctx.data_unchecked::<Loaders>()
 }

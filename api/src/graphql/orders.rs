@@ -8,15 +8,14 @@ use mage_domain::payments::checkout;
 use mage_domain::rows;
 use uuid::Uuid;
 
-use super::admin::require_admin;
-use super::pagination::{decode_cursor, encode_cursor, page_size};
-use super::users::current_user;
-use super::{loaders, services, viewer};
-use crate::error::{ApiError, ApiResult};
+use super::context::{AdminOnly, ContextExt};
+use super::pagination::{decode_created_cursor, encode_created_cursor, page, page_size, unpaged_complexity};
+use crate::error::ApiResult;
 
 const ORDER_CURSOR: &str = "order";
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "Status")]
 pub enum OrderStatus {
     Pending,
     Paid,
@@ -25,20 +24,6 @@ pub enum OrderStatus {
     Refunded,
     PartiallyRefunded,
     Disputed,
-}
-
-impl From<Status> for OrderStatus {
-    fn from(s: Status) -> Self {
-        match s {
-            Status::Pending => Self::Pending,
-            Status::Paid => Self::Paid,
-            Status::Failed => Self::Failed,
-            Status::Canceled => Self::Canceled,
-            Status::Refunded => Self::Refunded,
-            Status::PartiallyRefunded => Self::PartiallyRefunded,
-            Status::Disputed => Self::Disputed,
-        }
-    }
 }
 
 pub struct Order(rows::Order);
@@ -76,8 +61,9 @@ impl Order {
         self.0.failure_reason.as_deref()
     }
 
+    #[graphql(complexity = "unpaged_complexity(child_complexity)")]
     async fn items(&self, ctx: &Context<'_>) -> ApiResult<Vec<OrderItem>> {
-        Ok(loaders(ctx).order_items(self.0.id).await?.into_iter().map(OrderItem::from).collect())
+        Ok(ctx.loaders().order_items(self.0.id).await?.into_iter().map(OrderItem::from).collect())
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
@@ -90,9 +76,9 @@ impl Order {
 
     /// The Stripe events about this order and how they were settled
     /// (admins only).
+    #[graphql(guard = "AdminOnly", complexity = "unpaged_complexity(child_complexity)")]
     async fn stripe_events(&self, ctx: &Context<'_>) -> ApiResult<Vec<StripeEvent>> {
-        require_admin(ctx).await?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(domain::events(&mut conn, self.0.id).await?.into_iter().map(StripeEvent::from).collect())
     }
 }
@@ -137,7 +123,7 @@ impl From<rows::StripeEvent> for StripeEvent {
         Self {
             id: ID(e.id),
             kind: e.type_,
-            status: e.status,
+            status: e.status.as_str().to_owned(),
             error: e.last_error,
             received_at: e.received_at,
             processed_at: e.processed_at,
@@ -150,18 +136,6 @@ pub struct Checkout {
     order: Order,
     /// Where to send the user to pay.
     url: String,
-}
-
-fn order_cursor(o: &rows::Order) -> String {
-    encode_cursor(ORDER_CURSOR, format!("{}_{}", o.created_at.timestamp_micros(), o.id))
-}
-
-fn parse_order_cursor(after: Option<&str>) -> ApiResult<Option<(DateTime<Utc>, Uuid)>> {
-    let Some(raw) = decode_cursor::<String>(ORDER_CURSOR, after)? else { return Ok(None) };
-    let bad = || ApiError::bad_input("after", "after is not a cursor this list returned");
-    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
-    let at = micros.parse().ok().and_then(DateTime::<Utc>::from_timestamp_micros).ok_or_else(bad)?;
-    Ok(Some((at, id.parse().map_err(|_| bad())?)))
 }
 
 #[derive(Default)]
@@ -177,23 +151,21 @@ impl OrdersQuery {
         first: Option<i32>,
         after: Option<String>,
     ) -> ApiResult<Connection<String, Order>> {
-        let user_id = viewer(ctx).require()?;
+        let user_id = ctx.viewer().require()?;
         let limit = page_size(first)?;
-        let after = parse_order_cursor(after.as_deref())?;
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
-        let mut rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
-        let has_next = rows.len() as i64 > limit;
-        rows.truncate(limit as usize);
-        let mut page = Connection::new(after.is_some(), has_next);
-        page.edges.extend(rows.into_iter().map(|o| Edge::new(order_cursor(&o), Order(o))));
-        Ok(page)
+        let after = decode_created_cursor(ORDER_CURSOR, after.as_deref())?;
+        let mut conn = ctx.conn().await?;
+        let rows = domain::list(&mut conn, user_id, after, limit + 1).await?;
+        Ok(page(rows, limit, after.is_some(), |o| {
+            Edge::new(encode_created_cursor(ORDER_CURSOR, o.created_at, o.id), Order(o))
+        }))
     }
 
     /// One of your orders (admins: anyone's).
     async fn order(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Order>> {
-        let user = current_user(ctx).await?;
+        let user = ctx.current_user().await?;
         let Ok(id) = id.parse::<Uuid>() else { return Ok(None) };
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         let order = if user.is_admin() {
             domain::find(&mut conn, id).await?
         } else {
@@ -221,8 +193,8 @@ impl OrdersMutation {
         product_id: ID,
         #[graphql(default = 1)] quantity: i32,
     ) -> ApiResult<Checkout> {
-        let user_id = viewer(ctx).require()?;
-        let c = checkout::create(&services(ctx).payments, user_id, &product_id, quantity).await?;
+        let user_id = ctx.viewer().require()?;
+        let c = checkout::create(&ctx.services().payments, user_id, &product_id, quantity).await?;
         Ok(Checkout { order: Order(c.order), url: c.url })
     }
 }

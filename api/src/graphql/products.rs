@@ -3,10 +3,12 @@
 use async_graphql::{Context, Enum, ID, Object};
 use mage_domain::{products, rows};
 
-use super::services;
-use crate::error::{ApiError, ApiResult};
+use super::context::ContextExt;
+use super::pagination::unpaged_complexity;
+use crate::error::ApiResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "mage_domain::enums::ProductKind")]
 pub enum ProductKind {
     Pack,
     Plan,
@@ -21,7 +23,7 @@ impl Product {
     }
 
     async fn kind(&self) -> ProductKind {
-        if self.0.kind == "plan" { ProductKind::Plan } else { ProductKind::Pack }
+        self.0.kind.into()
     }
 
     async fn name(&self) -> &str {
@@ -48,8 +50,9 @@ pub struct ProductsQuery;
 #[Object]
 impl ProductsQuery {
     /// Credit packs and plans on sale, in display order.
+    #[graphql(complexity = "unpaged_complexity(child_complexity)")]
     async fn products(&self, ctx: &Context<'_>) -> ApiResult<Vec<Product>> {
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(products::list_active(&mut conn).await?.into_iter().map(Product).collect())
     }
 }

@@ -6,8 +6,8 @@ use async_graphql::{
 use chrono::NaiveDate;
 use mage_domain::stats;
 
-use super::admin::require_admin;
-use super::services;
+use super::context::{AdminOnly, ContextExt};
+use super::pagination::unpaged_complexity;
 use crate::error::{ApiError, ApiResult};
 
 /// Longest range one `dailyStats` call returns.
@@ -135,8 +135,8 @@ pub struct StatsQuery;
 impl StatsQuery {
     /// The computed days in `[from, to]`, oldest first (admins only). A day
     /// not computed yet is absent.
+    #[graphql(guard = "AdminOnly", complexity = "unpaged_complexity(child_complexity)")]
     async fn daily_stats(&self, ctx: &Context<'_>, from: Date, to: Date) -> ApiResult<Vec<DailyStats>> {
-        require_admin(ctx).await?;
         let days = (to.0 - from.0).num_days();
         if !(0..MAX_DAYS).contains(&days) {
             return Err(ApiError::bad_input(
@@ -144,7 +144,7 @@ impl StatsQuery {
                 format!("to must be on or after from, at most {MAX_DAYS} days"),
             ));
         }
-        let svc = services(ctx);
+        let svc = ctx.services();
         Ok(stats::cached_range(&svc.pool, &svc.redis, from.0, to.0)
             .await?
             .into_iter()

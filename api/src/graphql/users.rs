@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use mage_domain::users as domain;
 use mage_domain::{limits, rows};
 
+use super::context::ContextExt;
 use super::credits::CreditAccount;
-use super::{client, loaders, services, viewer};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "domain::Role")]
 pub enum Role {
     User,
     Admin,
@@ -34,13 +35,13 @@ impl User {
     }
 
     async fn role(&self) -> Role {
-        if self.0.is_admin() { Role::Admin } else { Role::User }
+        self.0.role.into()
     }
 
     async fn credits(&self, ctx: &Context<'_>) -> ApiResult<CreditAccount> {
         match self.1 {
             Some(account) => Ok(CreditAccount(account)),
-            None => Ok(CreditAccount(loaders(ctx).account(self.0.id).await?)),
+            None => Ok(CreditAccount(ctx.loaders().account(self.0.id).await?)),
         }
     }
 
@@ -58,7 +59,7 @@ pub struct AuthPayload {
 }
 
 fn auth_payload(ctx: &Context<'_>, user: rows::User) -> ApiResult<AuthPayload> {
-    let (token, expires_at) = services(ctx).tokens.issue(user.id)?;
+    let (token, expires_at) = ctx.services().tokens.issue(user.id)?;
     Ok(AuthPayload { token, expires_at, user: user.into() })
 }
 
@@ -69,10 +70,10 @@ pub struct UsersQuery;
 impl UsersQuery {
     /// The signed-in user; null when not signed in.
     async fn me(&self, ctx: &Context<'_>) -> ApiResult<Option<User>> {
-        let Some(id) = viewer(ctx).optional()? else { return Ok(None) };
+        let Some(id) = ctx.viewer().optional()? else { return Ok(None) };
         // The account comes along (one round trip instead of two): nearly
         // every `me` asks for the balance.
-        let mut conn = services(ctx).pool.get().await.map_err(ApiError::internal)?;
+        let mut conn = ctx.conn().await?;
         Ok(domain::find_with_account(&mut conn, id).await?.map(|(user, account)| User(user, account)))
     }
 }
@@ -85,8 +86,8 @@ impl UsersMutation {
     /// Creates an account, grants the signup bonus and signs in. At most
     /// MAGE_SIGNUPS_PER_IP_PER_HOUR per client address (`RATE_LIMITED`).
     async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
-        let s = services(ctx);
-        let attempt = limits::signup_attempt(&s.redis, s.auth_limits, &client(ctx).limit_key()).await?;
+        let s = ctx.services();
+        let attempt = limits::signup_attempt(&s.redis, s.auth_limits, &ctx.client().limit_key()).await?;
         let user = match domain::register(&s.pool, &email, &password, s.signup_credits).await {
             Ok(user) => user,
             Err(e) => {
@@ -108,9 +109,9 @@ impl UsersMutation {
     /// attempt, right password or not, is `RATE_LIMITED` with
     /// `retryAfterSeconds`, before the password is looked at.
     async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
-        let s = services(ctx);
+        let s = ctx.services();
         let attempt =
-            limits::login_attempt(&s.redis, s.auth_limits, &email, &client(ctx).limit_key()).await?;
+            limits::login_attempt(&s.redis, s.auth_limits, &email, &ctx.client().limit_key()).await?;
         match domain::authenticate(&s.pool, &email, &password).await {
             Ok(user) => {
                 attempt.give_back(&s.redis).await;
@@ -125,13 +126,4 @@ impl UsersMutation {
             }
         }
     }
-}
-
-/// The signed-in user, loaded; `UNAUTHENTICATED` when there is none.
-pub(super) async fn current_user(ctx: &Context<'_>) -> ApiResult<rows::User> {
-    let id = viewer(ctx).require()?;
-    loaders(ctx)
-        .user(id)
-        .await?
-        .ok_or_else(|| ApiError::Unauthenticated("this account no longer exists".into()))
 }

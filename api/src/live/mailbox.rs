@@ -185,6 +185,18 @@ impl Inner {
 #[derive(Debug)]
 pub struct Lagged;
 
+/// A subscriber told it lagged can only start over.
+impl From<Lagged> for crate::error::ApiError {
+    fn from(_: Lagged) -> Self {
+        Self::RateLimited {
+            message: format!(
+                "this subscription fell more than {CAPACITY} events behind and was ended; subscribe again for the current state"
+            ),
+            retry_after_seconds: 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

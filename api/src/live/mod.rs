@@ -10,15 +10,15 @@
 //! positions of the QUEUED generations its own subscribers watch.
 
 mod mailbox;
+mod pubsub;
+mod subscription;
+mod topic;
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
 use mage_domain::credits;
 use mage_domain::db::DbPool;
 use mage_domain::events;
@@ -32,6 +32,9 @@ use uuid::Uuid;
 
 use mailbox::Mailbox;
 pub use mailbox::{CAPACITY, Event, Lagged, Snapshot};
+use pubsub::{Command, connection_task};
+pub use subscription::Subscription;
+use topic::{State, Topic, TopicKind, topic_snapshot};
 
 use crate::error::ApiError;
 
@@ -63,79 +66,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-#[derive(Default)]
-struct State {
-    topics: HashMap<String, Topic>,
-    subscriptions: usize,
-}
-
-struct Topic {
-    /// Redis confirmed the SUBSCRIBE: a newcomer need not wait for it.
-    confirmed: bool,
-    subscribers: Vec<(u64, Arc<Mailbox>)>,
-    kind: TopicKind,
-}
-
-enum TopicKind {
-    /// `generationUpdated(id)`: its latest known state.
-    Generation { last: Option<Arc<Snapshot>> },
-    /// `myGenerations`: the latest known state of each of the user's active
-    /// generations (the QUEUED ones get position pushes).
-    UserGenerations { last: HashMap<Uuid, Arc<Snapshot>>, loaded: bool },
-    /// `creditsChanged`: the newest account version delivered, and whether a
-    /// read of the account is under way (reads run one at a time per topic,
-    /// so they cannot overtake each other).
-    Credits { user_id: Uuid, version: i64, reading: bool, again: bool },
-}
-
-impl Topic {
-    fn push(&self, event: &Event) {
-        for (_, m) in &self.subscribers {
-            m.push(event.clone());
-        }
-    }
-
-    /// Keeps `snapshot` as the generation's latest known state unless a
-    /// newer one is known; true when it was kept.
-    fn remember(&mut self, snapshot: &Arc<Snapshot>) -> bool {
-        let slot = match &mut self.kind {
-            TopicKind::Generation { last } => last,
-            TopicKind::UserGenerations { last, .. } => {
-                let newer = last.get(&snapshot.row.id).is_some_and(|l| l.order_key() > snapshot.order_key());
-                if newer {
-                    return false;
-                }
-                if snapshot.status().is_final() {
-                    last.remove(&snapshot.row.id);
-                } else {
-                    last.insert(snapshot.row.id, snapshot.clone());
-                }
-                return true;
-            }
-            TopicKind::Credits { .. } => return false,
-        };
-        if slot.as_ref().is_some_and(|l| l.order_key() > snapshot.order_key()) {
-            return false;
-        }
-        *slot = Some(snapshot.clone());
-        true
-    }
-
-    fn queued(&self) -> Vec<Arc<Snapshot>> {
-        let queued = |s: &&Arc<Snapshot>| s.status() == Status::Queued;
-        match &self.kind {
-            TopicKind::Generation { last } => last.iter().filter(queued).cloned().collect(),
-            TopicKind::UserGenerations { last, .. } => last.values().filter(queued).cloned().collect(),
-            TopicKind::Credits { .. } => Vec::new(),
-        }
-    }
-}
-
-enum Command {
-    Subscribe(String, oneshot::Sender<Result<(), String>>),
-    Unsubscribe(String),
 }
 
 /// What the hub is doing, for `/metrics` and tests.
@@ -468,110 +398,6 @@ impl Inner {
     }
 }
 
-fn topic_snapshot(topic: &Topic, id: Uuid) -> Option<Arc<Snapshot>> {
-    match &topic.kind {
-        TopicKind::Generation { last } => last.clone(),
-        TopicKind::UserGenerations { last, .. } => last.get(&id).cloned(),
-        TopicKind::Credits { .. } => None,
-    }
-}
-
-/// Holds the process's one pub/sub connection: (re)subscribes, applies
-/// subscribe / unsubscribe commands in order, dispatches messages.
-async fn connection_task(
-    hub: Weak<Inner>,
-    url: String,
-    stop: CancellationToken,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut first = true;
-    while !stop.is_cancelled() {
-        match run_connection(&hub, &url, &stop, &mut commands, first).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "live events: Redis pub/sub connection lost; reconnecting");
-                first = false;
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn run_connection(
-    hub: &Weak<Inner>,
-    url: &str,
-    stop: &CancellationToken,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-    first: bool,
-) -> Result<(), redis::RedisError> {
-    let client = redis::Client::open(url)?;
-    let (mut sink, mut messages) = client.get_async_pubsub().await?.split();
-    let (queue_channel, channels) = {
-        let Some(inner) = hub.upgrade() else { return Ok(()) };
-        let state = inner.lock();
-        (inner.queue_channel.clone(), state.topics.keys().cloned().collect::<Vec<_>>())
-    };
-    sink.subscribe(&queue_channel).await?;
-    for channel in &channels {
-        sink.subscribe(channel).await?;
-    }
-    if let Some(inner) = hub.upgrade() {
-        {
-            let mut state = inner.lock();
-            for channel in &channels {
-                if let Some(t) = state.topics.get_mut(channel) {
-                    t.confirmed = true;
-                }
-            }
-        }
-        if !first && let Err(e) = inner.resync().await {
-            tracing::warn!(error = %e, "live events: could not resynchronise after reconnecting");
-        }
-    }
-    tracing::debug!(channels = channels.len(), "live events: pub/sub connected");
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            cmd = commands.recv() => match cmd {
-                None => return Ok(()),
-                Some(Command::Subscribe(channel, reply)) => {
-                    let result = sink.subscribe(&channel).await;
-                    if result.is_ok()
-                        && let Some(inner) = hub.upgrade()
-                        && let Some(t) = inner.lock().topics.get_mut(&channel)
-                    {
-                        t.confirmed = true;
-                    }
-                    let failed = result.as_ref().err().map(ToString::to_string);
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
-                    if let Some(e) = failed {
-                        return Err(redis::RedisError::from(std::io::Error::other(e)));
-                    }
-                }
-                Some(Command::Unsubscribe(channel)) => {
-                    // A newcomer may have re-created the topic since.
-                    let wanted = hub.upgrade().is_some_and(|i| i.lock().topics.contains_key(&channel));
-                    if !wanted {
-                        sink.unsubscribe(&channel).await?;
-                    }
-                }
-            },
-            msg = messages.next() => {
-                let Some(msg) = msg else {
-                    return Err(redis::RedisError::from(std::io::Error::other("pub/sub stream ended")));
-                };
-                let Some(inner) = hub.upgrade() else { return Ok(()) };
-                inner.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
-            }
-        }
-    }
-}
-
 async fn reposition_task(hub: Weak<Inner>, wanted: Arc<Notify>, stop: CancellationToken) {
     loop {
         tokio::select! {
@@ -582,59 +408,6 @@ async fn reposition_task(hub: Weak<Inner>, wanted: Arc<Notify>, stop: Cancellati
         let Some(inner) = hub.upgrade() else { return };
         if let Err(e) = inner.reposition().await {
             tracing::warn!(error = %e, "live events: could not recompute queue positions");
-        }
-    }
-}
-
-/// One subscriber's stream of events. Dropping it (the client unsubscribed
-/// or went away) removes its registration, and the channel's when it was
-/// the last one.
-pub struct Subscription {
-    hub: Weak<Inner>,
-    channel: String,
-    id: u64,
-    mailbox: Arc<Mailbox>,
-    end_after_final: bool,
-    done: bool,
-}
-
-impl Stream for Subscription {
-    type Item = Result<Event, Lagged>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        let next = match self.mailbox.pop() {
-            Some(e) => Some(e),
-            None => {
-                self.mailbox.waker.register(cx.waker());
-                self.mailbox.pop()
-            }
-        };
-        match next {
-            None => Poll::Pending,
-            Some(Err(lagged)) => {
-                self.done = true;
-                Poll::Ready(Some(Err(lagged)))
-            }
-            Some(Ok(event)) => {
-                if self.end_after_final
-                    && let Event::Generation(s) = &event
-                    && s.status().is_final()
-                {
-                    self.done = true;
-                }
-                Poll::Ready(Some(Ok(event)))
-            }
-        }
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        if let Some(hub) = self.hub.upgrade() {
-            hub.unregister(&self.channel, self.id);
         }
     }
 }

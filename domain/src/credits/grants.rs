@@ -205,7 +205,11 @@ pub async fn revoke(
 
 /// Moves the end of a grant (a subscription's first period, granted at
 /// checkout with an estimate, ends when its first invoice says).
-pub async fn set_grant_expiry(conn: &mut Connection, grant_id: Uuid, expires_at: DateTime<Utc>) -> Result<()> {
+pub async fn set_grant_expiry(
+    conn: &mut Connection,
+    grant_id: Uuid,
+    expires_at: DateTime<Utc>,
+) -> Result<()> {
     diesel::update(credit_grants::table.find(grant_id))
         .set(credit_grants::expires_at.eq(expires_at))
         .execute(conn)

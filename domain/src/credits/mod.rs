@@ -32,7 +32,9 @@ mod holds;
 mod ledger;
 
 pub use audit::{Audit, audit};
-pub use grants::{Clawback, clawback, expire_due, expire_grant, grant, open_account, revoke, set_grant_expiry};
+pub use grants::{
+    Clawback, clawback, expire_due, expire_grant, grant, open_account, revoke, set_grant_expiry,
+};
 pub use holds::{HoldFor, capture, close_generation_holds, hold, hold_taken, holds_of, release};
 
 use chrono::{DateTime, Duration, Utc};

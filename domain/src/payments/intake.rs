@@ -8,8 +8,8 @@ use diesel_async::RunQueryDsl;
 use serde_json::Value;
 
 use super::stripe::Event;
-use crate::enums::StripeEventStatus;
 use crate::db::Connection;
+use crate::enums::StripeEventStatus;
 use crate::schema::stripe_events;
 use crate::{Error, Result};
 

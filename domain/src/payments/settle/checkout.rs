@@ -4,9 +4,9 @@
 use crate::Result;
 use crate::credits::{self, GrantSource, NewGrant};
 use crate::db::Connection;
-use crate::rows::{Order, StripeEvent};
 use crate::orders::{self, Status, StripeIds};
 use crate::payments::stripe::CheckoutSession;
+use crate::rows::{Order, StripeEvent};
 
 use super::subscription;
 use super::verdict::{Verdict, order_named};

@@ -4,9 +4,9 @@
 use crate::Result;
 use crate::credits::{self, GrantSource, NewGrant};
 use crate::db::Connection;
-use crate::rows::{Order, StripeEvent};
 use crate::orders::{self, Status};
 use crate::payments::stripe::Dispute;
+use crate::rows::{Order, StripeEvent};
 
 use super::refund::claw_back;
 use super::verdict::Verdict;

@@ -6,8 +6,8 @@ use uuid::Uuid;
 use crate::Result;
 use crate::credits;
 use crate::db::Connection;
-use crate::rows::{Order, StripeEvent};
 use crate::payments::stripe::Invoice;
+use crate::rows::{Order, StripeEvent};
 use crate::{orders, subscriptions};
 
 use super::subscription::{self, PlanGrant};

@@ -8,9 +8,9 @@ use uuid::Uuid;
 use crate::Result;
 use crate::credits::{self, Clawback};
 use crate::db::Connection;
-use crate::rows::{Order, StripeEvent};
 use crate::orders::{self, Status};
 use crate::payments::stripe::Charge;
+use crate::rows::{Order, StripeEvent};
 use crate::schema::credit_grants;
 
 use super::verdict::Verdict;

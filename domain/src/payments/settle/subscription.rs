@@ -8,8 +8,8 @@ use uuid::Uuid;
 use crate::Result;
 use crate::credits::{self, GrantSource, NewGrant};
 use crate::db::Connection;
-use crate::rows::{Order, Product, StripeEvent, Subscription};
 use crate::payments::stripe::{self, Event, Metadata};
+use crate::rows::{Order, Product, StripeEvent, Subscription};
 use crate::{orders, products, subscriptions};
 
 use super::verdict::{Verdict, order_named};

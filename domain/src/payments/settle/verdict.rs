@@ -5,8 +5,8 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::db::Connection;
-use crate::rows::{Order, Subscription};
 use crate::orders;
+use crate::rows::{Order, Subscription};
 
 /// What settling an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
