@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::backend::RenderBackend;
 use crate::settings::WorkerSettings;
-use crate::slot::Slot;
+use crate::slot::{Probe, Slot};
 use crate::wake::Cancels;
 
 /// Why a job did not finish normally.
@@ -59,6 +59,18 @@ pub(crate) struct Ctx {
     pub stopping: CancellationToken,
     /// The shutdown grace period is over: give running renders back.
     pub hand_back: CancellationToken,
+}
+
+impl Ctx {
+    /// What the render slot needs to check its backend and wait.
+    pub(crate) fn probe(&self) -> Probe<'_> {
+        Probe {
+            backend: &*self.backend,
+            worker: &self.worker_name,
+            redis: &self.core.redis,
+            stopping: &self.stopping,
+        }
+    }
 }
 
 /// Storage key of a generation's rendered source.

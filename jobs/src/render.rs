@@ -39,13 +39,13 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
             ctx.core.queues.push_render(&job).await?;
             return Ok(());
         }
-        if let Err(why) = ctx.slot.check(&ctx).await {
+        if let Err(why) = ctx.slot.check(&ctx.probe()).await {
             // Put back before backing off, so the job is never only in a
             // sleeping worker's hands. The generation is untouched: no
             // attempt is used.
             ctx.core.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
             tracing::warn!(%why, "render backend unhealthy: job put back");
-            ctx.slot.back_off(&ctx).await;
+            ctx.slot.back_off(&ctx.probe()).await;
             return Ok(());
         }
         let mut conn = ctx.core.pool.get().await?;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use mage_domain::workers::{self, BackendStatus};
 
 use crate::backend::RenderBackend;
-use crate::ctx::Ctx;
+use mage_domain::kv::Redis;
+use tokio_util::sync::CancellationToken;
 
 /// A healthy answer is trusted this long (a health request per job would
 /// double the requests to a busy GPU host for nothing).
@@ -18,6 +19,15 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(2);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// When a job put back because its backend was unhealthy runs again.
 pub const UNHEALTHY_RETRY: Duration = Duration::from_secs(5);
+
+/// What a slot needs from its worker to probe and wait: the backend, who
+/// checks it, where health is published, and the stop signal.
+pub struct Probe<'a> {
+    pub backend: &'a dyn RenderBackend,
+    pub worker: &'a str,
+    pub redis: &'a Redis,
+    pub stopping: &'a CancellationToken,
+}
 
 pub struct Slot {
     location: String,
@@ -44,7 +54,7 @@ impl Slot {
     }
 
     /// `Err(why)` when the backend is not fit for a job now.
-    pub async fn check(&self, ctx: &Ctx) -> Result<(), String> {
+    pub async fn check(&self, ctx: &Probe<'_>) -> Result<(), String> {
         let mut state = self.state.lock().await;
         if state.healthy && state.checked.is_some_and(|t| t.elapsed() < HEALTH_FRESH) {
             return Ok(());
@@ -54,12 +64,12 @@ impl Slot {
 
     /// Checks now and publishes the result (called on a timer, so admins
     /// see idle backends too).
-    pub async fn refresh(&self, ctx: &Ctx) {
+    pub async fn refresh(&self, ctx: &Probe<'_>) {
         let mut state = self.state.lock().await;
         let _ = self.probe(ctx, &mut state).await;
     }
 
-    async fn probe(&self, ctx: &Ctx, state: &mut State) -> Result<(), String> {
+    async fn probe(&self, ctx: &Probe<'_>, state: &mut State) -> Result<(), String> {
         let health = ctx.backend.health().await;
         let (healthy, detail, free, total) = match &health {
             Ok(h) => (h.healthy, h.detail.clone(), h.vram_free_bytes, h.vram_total_bytes),
@@ -84,10 +94,10 @@ impl Slot {
             detail: detail.clone(),
             vram_free_bytes: free,
             vram_total_bytes: total,
-            checked_by: ctx.worker_name.clone(),
+            checked_by: ctx.worker.to_owned(),
             checked_at: chrono::Utc::now(),
         };
-        if let Err(e) = workers::record_backend(&ctx.core.redis, &status).await {
+        if let Err(e) = workers::record_backend(ctx.redis, &status).await {
             tracing::debug!(error = %e, "could not publish backend health");
         }
         if healthy { Ok(()) } else { Err(detail) }
@@ -97,7 +107,7 @@ impl Slot {
     /// the worker stops. The backend is probed every `HEALTH_FRESH` while
     /// waiting, so a recovered backend takes jobs again within seconds and
     /// not at the end of a long backoff.
-    pub async fn back_off(&self, ctx: &Ctx) {
+    pub async fn back_off(&self, ctx: &Probe<'_>) {
         let wait = {
             let mut state = self.state.lock().await;
             let wait = state.backoff;

@@ -400,7 +400,7 @@ async fn announce(redis: Redis, settings: WorkerSettings, ctxs: Vec<Arc<Ctx>>, s
                     tracing::warn!(error = %e, "could not announce the render worker");
                 }
                 for ctx in &ctxs {
-                    ctx.slot.refresh(ctx).await;
+                    ctx.slot.refresh(&ctx.probe()).await;
                 }
             }
         }
