@@ -37,12 +37,15 @@ pub struct Output {
 }
 
 /// One rung of a video's HLS ladder.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rendition {
+    /// `720p`; also the rung's directory under `hls/`.
     pub name: String,
     pub width: u32,
     pub height: u32,
+    /// Peak bits per second, as the master playlist announces it.
     pub bandwidth: u64,
+    /// The rung's media playlist.
     pub playlist: String,
 }
 

@@ -118,13 +118,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: TranscodeJob) -> Result<(), JobError
                     renditions: out
                         .renditions
                         .iter()
-                        .map(|r| Rendition {
-                            name: r.name.clone(),
-                            width: r.width,
-                            height: r.height,
-                            bandwidth: r.bandwidth,
-                            playlist: format!("{prefix}{}", r.playlist),
-                        })
+                        .map(|r| Rendition { playlist: format!("{prefix}{}", r.playlist), ..r.clone() })
                         .collect(),
                 }
             }

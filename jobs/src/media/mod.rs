@@ -94,17 +94,9 @@ pub struct Probe {
     pub codec: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendition {
-    /// `720p`; also the rung's directory under `hls/`.
-    pub name: String,
-    pub width: u32,
-    pub height: u32,
-    /// Peak bits per second, as the master playlist announces it.
-    pub bandwidth: u64,
-    /// Media playlist, relative to `out_dir`: `hls/720p/index.m3u8`.
-    pub playlist: String,
-}
+/// A rung of the ladder as `transcode_video` wrote it: its `playlist` is
+/// relative to `out_dir` until the job stores it.
+pub use mage_domain::output::Rendition;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranscodeOutput {
