@@ -6,7 +6,7 @@
 //! its next fetch, so a worker waiting for work would otherwise find a new
 //! job only when it next polls. After every push we PUBLISH on the queue's
 //! wake channel; idle workers subscribe to it and fetch at once (see
-//! `mage_jobs::queues`), so a job starts within a few milliseconds without
+//! `mage_jobs::wake` and `mage_jobs::worker`), so a job starts within a few milliseconds without
 //! anyone spinning on Redis.
 
 use std::time::Duration;

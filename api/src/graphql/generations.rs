@@ -1,5 +1,5 @@
-//! Render models, quotes and generations: create, cancel, retry, list, and
-//! the queue.
+//! Quotes and generations: create, cancel, retry, list, and their
+//! subscriptions (render models are in `catalog`, the queue in `queue`).
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};

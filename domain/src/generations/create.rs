@@ -225,3 +225,45 @@ async fn by_key(conn: &mut Connection, user_id: Uuid, key: &str) -> Result<Optio
         .await
         .optional()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `createGeneration` writes the generation, its hold and the HOLD entry
+    /// in one statement that inserts nothing unless the account's guard
+    /// passed; `bench/holds` measures exactly this text.
+    #[test]
+    fn the_generation_and_its_hold_are_one_guarded_statement() {
+        let id = Uuid::nil();
+        let row = NewGeneration {
+            id,
+            model: "m",
+            kind: "video",
+            prompt: "p",
+            negative_prompt: None,
+            resolution: "480p",
+            duration_seconds: Some(5),
+            seed: 1,
+            cost: 10,
+            key: None,
+        };
+        let statement =
+            credits::HoldFor { user_id: id, amount: 10, generation_id: id, hold_key: hold_key(id, 1), row };
+        let sql = diesel::debug_query::<diesel::pg::Pg, _>(&statement).to_string();
+        let sql = sql.split(" -- binds").next().expect("sql");
+        assert_eq!(
+            sql,
+            "WITH acc AS (UPDATE credit_accounts SET held = held + $1, updated_at = now() \
+             WHERE user_id = $2 AND balance - held >= $3 RETURNING user_id, balance, held), \
+             new_row AS (INSERT INTO generations (id, user_id, model, kind, prompt, negative_prompt, \
+             resolution, duration_seconds, seed, cost, idempotency_key) SELECT $4, user_id, $5, $6, $7, $8, \
+             $9, $10, $11, $12, $13 FROM acc RETURNING *), \
+             hold AS (INSERT INTO credit_holds (user_id, generation_id, amount) SELECT user_id, $14, $15 \
+             FROM acc RETURNING id), \
+             entry AS (INSERT INTO credit_entries (user_id, kind, amount, held_delta, balance_after, \
+             held_after, idempotency_key, hold_id, generation_id) SELECT acc.user_id, $16, 0, $17, \
+             acc.balance, acc.held, $18, hold.id, $19 FROM acc, hold) SELECT * FROM new_row"
+        );
+    }
+}
