@@ -153,11 +153,20 @@ async fn open_holds(app: &TestApp) -> i64 {
 }
 
 /// Tasks apalis-redis finished on a queue (a plain set, whatever its Lua
-/// overview script assumes).
-async fn done_tasks(app: &TestApp, queue: mage_domain::queue::Queue) -> i64 {
+/// overview script assumes), once `expected` are or 10 s have passed: a
+/// task is acknowledged just after its handler returned, so the last one
+/// may still be on its way when its generation already shows SUCCEEDED.
+async fn done_tasks(app: &TestApp, queue: mage_domain::queue::Queue, expected: i64) -> i64 {
     let key = mage_domain::queue::config(app.redis.redis().prefix(), queue).done_jobs_set();
     let mut conn = app.queues.connection();
-    redis::cmd("SCARD").arg(key).query_async(&mut conn).await.expect("SCARD")
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = redis::cmd("SCARD").arg(&key).query_async(&mut conn).await.expect("SCARD");
+        if n >= expected || tokio::time::Instant::now() >= deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Files stored for a generation (the render's and the HLS ladder's).
@@ -207,7 +216,7 @@ async fn twenty_generations_spread_over_two_backends_each_rendered_downloaded_an
     assert_eq!(downloads.len(), 20, "{downloads:?}");
     assert!(downloads.iter().all(|(_, n)| *n == 1), "each output downloaded once: {downloads:?}");
     assert_eq!(
-        done_tasks(&app, mage_domain::queue::Queue::Transcode).await,
+        done_tasks(&app, mage_domain::queue::Queue::Transcode, 20).await,
         20,
         "each output transcoded once"
     );
