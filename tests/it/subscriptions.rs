@@ -47,8 +47,14 @@ async fn collect_until_complete(ws: &mut Ws, id: &str) -> Vec<Value> {
 }
 
 async fn next_of(ws: &mut Ws, id: &str) -> Value {
+    next_of_within(ws, id, Duration::from_secs(30)).await
+}
+
+async fn next_of_within(ws: &mut Ws, id: &str, limit: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let msg = recv(ws).await.expect("socket open");
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let msg = recv_within(ws, left).await.expect("socket open");
         if msg["id"] == id {
             assert_eq!(msg["type"], "next", "{msg}");
             return msg["payload"].clone();
@@ -245,6 +251,10 @@ async fn bad_credentials_and_other_users_generations_get_an_error_and_spare_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind() {
     const SUBSCRIBERS: usize = 2000;
+    // This test is about delivery and clean-up, not speed (bench/ measures
+    // that): one generous deadline for the whole crowd, since 2,000 sockets
+    // and the server share two cores with whatever else CI runs.
+    const PATIENCE: Duration = Duration::from_secs(300);
     let app = TestApp::start().await;
     let (token, user_id) = app.register("many@example.com").await;
     let ids = [
@@ -270,18 +280,21 @@ async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind
                 json!({ "id": id }),
             )
             .await;
-            let first = next_of(&mut ws, "g").await;
+            let first = next_of_within(&mut ws, "g", PATIENCE).await;
             assert_eq!(first["data"]["generationUpdated"]["progress"], 0);
             ready.send(()).await.expect("ready");
-            let ev = next_of(&mut ws, "g").await;
+            let ev = next_of_within(&mut ws, "g", PATIENCE).await;
             let g = &ev["data"]["generationUpdated"];
             assert_eq!(g["id"], id.as_str(), "{ev}");
             assert_eq!(g["progress"], 42, "{ev}");
             drop(ws);
         }));
     }
-    for _ in 0..SUBSCRIBERS {
-        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await.expect("subscribers in time");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for ready in 0..SUBSCRIBERS {
+        tokio::time::timeout_at(deadline, ready_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {ready} of {SUBSCRIBERS} subscribers got their first state"));
     }
     assert_eq!(gauge(&app, "mage_subscriptions").await, SUBSCRIBERS as f64);
     assert_eq!(gauge(&app, "mage_pubsub_channels").await, ids.len() as f64);
@@ -299,10 +312,7 @@ async fn two_thousand_subscribers_each_get_their_events_and_leave_nothing_behind
         mage_domain::events::publish_generation(&app.redis.redis(), &row, false).await.expect("publish");
     }
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(60), t)
-            .await
-            .expect("every subscriber got its event")
-            .expect("task");
+        tokio::time::timeout(PATIENCE, t).await.expect("every subscriber got its event").expect("task");
     }
     wait_for_gauge(&app, "mage_subscriptions", 0.0).await;
     wait_for_gauge(&app, "mage_pubsub_channels", 0.0).await;

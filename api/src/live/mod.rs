@@ -178,18 +178,33 @@ impl Hub {
     ) -> Result<Subscription, ApiError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let mailbox = Arc::new(Mailbox::default());
-        let confirmed = {
+        // None: confirmed already. Some((answer, Some(tx))): this newcomer
+        // sends the SUBSCRIBE; Some((answer, None)): one is under way.
+        let wait = {
             let mut state = self.inner.lock();
             let topic = state.topics.entry(channel.clone()).or_insert_with(|| Topic {
                 confirmed: false,
+                waiting: None,
                 subscribers: Vec::new(),
                 kind: kind(),
             });
             topic.subscribers.push((id, mailbox.clone()));
-            let confirmed = topic.confirmed;
+            let wait = (!topic.confirmed).then(|| {
+                let (tx, rx) = oneshot::channel();
+                match &mut topic.waiting {
+                    Some(waiters) => {
+                        waiters.push(tx);
+                        (rx, None)
+                    }
+                    None => {
+                        topic.waiting = Some(Vec::new());
+                        (rx, Some(tx))
+                    }
+                }
+            });
             state.subscriptions += 1;
             crate::metrics::subscriptions(state.subscriptions, state.topics.len());
-            confirmed
+            wait
         };
         // From here on, dropping `sub` unregisters (also on error).
         let sub = Subscription {
@@ -200,11 +215,12 @@ impl Hub {
             end_after_final: false,
             done: false,
         };
-        if !confirmed {
-            let (tx, rx) = oneshot::channel();
+        if let Some((rx, send)) = wait {
             let unavailable =
                 || ApiError::internal("live events are unavailable: Redis did not confirm in time");
-            self.inner.commands.send(Command::Subscribe(channel, tx)).map_err(|_| unavailable())?;
+            if let Some(tx) = send {
+                self.inner.commands.send(Command::Subscribe(channel, tx)).map_err(|_| unavailable())?;
+            }
             match tokio::time::timeout(SUBSCRIBE_TIMEOUT, rx).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => return Err(ApiError::internal(format!("could not subscribe: {e}"))),

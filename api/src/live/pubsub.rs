@@ -80,16 +80,21 @@ async fn run_connection(
             cmd = commands.recv() => match cmd {
                 None => return Ok(()),
                 Some(Command::Subscribe(channel, reply)) => {
-                    let result = sink.subscribe(&channel).await;
-                    if result.is_ok()
-                        && let Some(inner) = hub.upgrade()
-                        && let Some(t) = inner.lock().topics.get_mut(&channel)
-                    {
-                        t.confirmed = true;
+                    let result = sink.subscribe(&channel).await.map_err(|e| e.to_string());
+                    let waiters = hub
+                        .upgrade()
+                        .and_then(|inner| {
+                            let mut state = inner.lock();
+                            let t = state.topics.get_mut(&channel)?;
+                            t.confirmed |= result.is_ok();
+                            t.waiting.take()
+                        })
+                        .unwrap_or_default();
+                    for waiter in waiters {
+                        let _ = waiter.send(result.clone());
                     }
-                    let failed = result.as_ref().err().map(ToString::to_string);
-                    let _ = reply.send(result.map_err(|e| e.to_string()));
-                    if let Some(e) = failed {
+                    let _ = reply.send(result.clone());
+                    if let Err(e) = result {
                         return Err(redis::RedisError::from(std::io::Error::other(e)));
                     }
                 }

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use mage_domain::generations::Status;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::mailbox::{Event, Mailbox, Snapshot};
@@ -19,6 +20,10 @@ pub(super) struct State {
 pub(super) struct Topic {
     /// Redis confirmed the SUBSCRIBE: a newcomer need not wait for it.
     pub(super) confirmed: bool,
+    /// A SUBSCRIBE for this channel is under way: those who registered
+    /// meanwhile wait for its answer here instead of sending their own (a
+    /// burst of newcomers would otherwise queue one Redis round trip each).
+    pub(super) waiting: Option<Vec<oneshot::Sender<Result<(), String>>>>,
     pub(super) subscribers: Vec<(u64, Arc<Mailbox>)>,
     pub(super) kind: TopicKind,
 }
