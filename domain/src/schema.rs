@@ -1,6 +1,29 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    assets (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        kind -> Text,
+        status -> Text,
+        filename -> Text,
+        content_type -> Text,
+        byte_size -> Int8,
+        width -> Nullable<Int4>,
+        height -> Nullable<Int4>,
+        duration_seconds -> Nullable<Float8>,
+        error -> Nullable<Text>,
+        output -> Nullable<Jsonb>,
+        upload_expires_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+        purged_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        ready_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     credit_accounts (user_id) {
         user_id -> Uuid,
         balance -> Int8,
@@ -82,6 +105,14 @@ diesel::table! {
         by_model -> Jsonb,
         time_zone -> Text,
         computed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    generation_inputs (generation_id, position) {
+        generation_id -> Uuid,
+        position -> Int2,
+        asset_id -> Uuid,
     }
 }
 
@@ -195,6 +226,7 @@ diesel::table! {
         created_at -> Timestamptz,
         render_timeout_seconds -> Nullable<Int4>,
         max_attempts -> Nullable<Int4>,
+        inputs -> Array<Nullable<Text>>,
     }
 }
 
@@ -239,9 +271,11 @@ diesel::table! {
         role -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        storage_used_bytes -> Int8,
     }
 }
 
+diesel::joinable!(assets -> users (user_id));
 diesel::joinable!(credit_accounts -> users (user_id));
 diesel::joinable!(credit_entries -> credit_accounts (user_id));
 diesel::joinable!(credit_entries -> credit_grants (grant_id));
@@ -252,6 +286,8 @@ diesel::joinable!(credit_grants -> credit_accounts (user_id));
 diesel::joinable!(credit_grants -> orders (order_id));
 diesel::joinable!(credit_holds -> credit_accounts (user_id));
 diesel::joinable!(credit_holds -> generations (generation_id));
+diesel::joinable!(generation_inputs -> assets (asset_id));
+diesel::joinable!(generation_inputs -> generations (generation_id));
 diesel::joinable!(generations -> users (user_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> products (product_id));
@@ -265,11 +301,13 @@ diesel::joinable!(subscriptions -> products (product_id));
 diesel::joinable!(subscriptions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    assets,
     credit_accounts,
     credit_entries,
     credit_grants,
     credit_holds,
     daily_stats,
+    generation_inputs,
     generations,
     order_items,
     orders,

@@ -136,6 +136,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
         // attempt renders the same picture.
         seed: g.seed.unwrap_or_else(|| (id.as_u64_pair().0 >> 1) as i64),
         work_dir: work.path().to_path_buf(),
+        inputs: Vec::new(),
     };
     let timeout = model
         .render_timeout_seconds

@@ -37,6 +37,7 @@ fn request(
         fps: 24,
         seed: 42,
         work_dir: work_dir.to_path_buf(),
+        inputs: Vec::new(),
     }
 }
 

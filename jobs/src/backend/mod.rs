@@ -50,6 +50,9 @@ pub struct RenderRequest {
     /// owns it and removes it; the backend removes only partial outputs of a
     /// cancelled or failed job.
     pub work_dir: PathBuf,
+    /// The user's input media (clean files ingest made), in the order the
+    /// model's `inputs` name them; local files the caller owns.
+    pub inputs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

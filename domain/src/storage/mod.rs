@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::StorageSettings;
 use crate::{Error, Result};
 
+mod staged;
+
 /// Files above this go up in parts, so a big video is never read whole into
 /// memory.
 const MULTIPART_ABOVE: u64 = 16 * 1024 * 1024;
@@ -37,6 +39,9 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     local_root: Option<PathBuf>,
     base_url: Option<String>,
+    /// The bucket itself and the prefix keys live under, for presigned
+    /// URLs (a `PrefixStore` cannot sign).
+    bucket: Option<(Arc<object_store::aws::AmazonS3>, String)>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -82,23 +87,31 @@ impl Storage {
                     store: Arc::new(store),
                     local_root: Some(root),
                     base_url: settings.base_url.clone(),
+                    bucket: None,
                 })
             }
             Some(url) => {
-                let store = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url.as_str())
-                    .build()
-                    .map_err(|e| Error::Storage(format!("MAGE_STORAGE_URL {url}: {e}")))?;
+                let bucket = Arc::new(
+                    object_store::aws::AmazonS3Builder::from_env()
+                        .with_url(url.as_str())
+                        .build()
+                        .map_err(|e| Error::Storage(format!("MAGE_STORAGE_URL {url}: {e}")))?,
+                );
                 // The builder takes the bucket from the URL and ignores its
                 // path, which is the prefix every key lives under.
                 let prefix = url.split_once("://").map(|(_, rest)| rest).unwrap_or("");
                 let prefix = prefix.split_once('/').map(|(_, p)| p.trim_matches('/')).unwrap_or("");
                 let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    Arc::new(store)
+                    bucket.clone()
                 } else {
-                    Arc::new(PrefixStore::new(store, prefix))
+                    Arc::new(PrefixStore::new(bucket.as_ref().clone(), prefix))
                 };
-                Ok(Self { store, local_root: None, base_url: settings.base_url.clone() })
+                Ok(Self {
+                    store,
+                    local_root: None,
+                    base_url: settings.base_url.clone(),
+                    bucket: Some((bucket, prefix.to_owned())),
+                })
             }
         }
     }
