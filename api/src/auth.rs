@@ -19,6 +19,9 @@ struct Claims {
 /// Signs and checks access tokens.
 #[derive(Clone)]
 pub struct Tokens {
+    /// Signs upload URLs; derived from the secret so that it can sign
+    /// nothing a session token is.
+    upload_key: [u8; 32],
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -30,12 +33,42 @@ impl Tokens {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 30;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        let upload_key = {
+            use sha2::Digest;
+            sha2::Sha256::new()
+                .chain_update(b"mage upload URLs\0")
+                .chain_update(secret.as_bytes())
+                .finalize()
+                .into()
+        };
         Self {
+            upload_key,
             encoding: EncodingKey::from_secret(secret.as_bytes()),
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             validation,
             ttl,
         }
+    }
+
+    fn upload_mac(&self, asset_id: Uuid, expires: i64) -> hmac::Hmac<sha2::Sha256> {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.upload_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(format!("{asset_id}:{expires}").as_bytes());
+        mac
+    }
+
+    /// The signature of an upload URL for `asset_id` valid until `expires`
+    /// (Unix seconds).
+    pub fn sign_upload(&self, asset_id: Uuid, expires: i64) -> String {
+        use hmac::Mac;
+        hex::encode(self.upload_mac(asset_id, expires).finalize().into_bytes())
+    }
+
+    /// Whether `signature` signs this upload URL (in constant time).
+    pub fn upload_signed(&self, asset_id: Uuid, expires: i64, signature: &str) -> bool {
+        use hmac::Mac;
+        hex::decode(signature).is_ok_and(|sig| self.upload_mac(asset_id, expires).verify_slice(&sig).is_ok())
     }
 
     pub fn issue(&self, user_id: Uuid) -> Result<(String, DateTime<Utc>), ApiError> {

@@ -26,6 +26,11 @@ pub enum ApiError {
         retry_after_seconds: u64,
     },
     Conflict(String),
+    QuotaExceeded {
+        limit_bytes: i64,
+        used_bytes: i64,
+        requested_bytes: i64,
+    },
     /// Stripe could not be reached or refused; nothing was charged.
     PaymentProvider(String),
     Internal,
@@ -43,6 +48,7 @@ impl ApiError {
             Self::InsufficientCredits { .. } => "INSUFFICIENT_CREDITS",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Conflict(_) => "CONFLICT",
+            Self::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             Self::PaymentProvider(_) => "PAYMENT_PROVIDER_ERROR",
             Self::Internal => "INTERNAL",
         }
@@ -61,6 +67,10 @@ impl ApiError {
             Self::RateLimited { message, retry_after_seconds } => {
                 format!("{message}: retry in {retry_after_seconds} s")
             }
+            Self::QuotaExceeded { limit_bytes, used_bytes, requested_bytes } => format!(
+                "storage quota exceeded: this upload needs {requested_bytes} bytes, and {used_bytes} of your \
+                 {limit_bytes} are in use; delete assets to make room"
+            ),
             Self::Internal => "internal error".into(),
         }
     }
@@ -92,6 +102,9 @@ impl From<DomainError> for ApiError {
             DomainError::RateLimited { message, retry_after_seconds } => {
                 Self::RateLimited { message, retry_after_seconds }
             }
+            DomainError::QuotaExceeded { limit_bytes, used_bytes, requested_bytes } => {
+                Self::QuotaExceeded { limit_bytes, used_bytes, requested_bytes }
+            }
             DomainError::InvalidCredentials => Self::Unauthenticated("wrong email or password".into()),
             DomainError::InsufficientCredits { required, available } => {
                 Self::InsufficientCredits { required, available }
@@ -119,6 +132,10 @@ impl From<ApiError> for async_graphql::Error {
                 }
                 ApiError::RateLimited { retry_after_seconds, .. } => {
                     ext.set("retryAfterSeconds", *retry_after_seconds);
+                }
+                ApiError::QuotaExceeded { limit_bytes, used_bytes, .. } => {
+                    ext.set("limitBytes", *limit_bytes);
+                    ext.set("usedBytes", *used_bytes);
                 }
                 _ => {}
             }

@@ -36,7 +36,10 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestBodyLimitLayer::new(s.max_body_bytes))
         // Outside the limits, so their answers get a JSON body too.
         .layer(middleware::map_response(json_errors))
-        .layer(cors(&s.cors_origins));
+        .layer(cors(&s.cors_origins))
+        // After the body limit and timeout: an upload is as big as its
+        // declared size and takes as long as the client's uplink.
+        .merge(crate::uploads::routes().layer(cors(&s.cors_origins)));
     // Not under CORS: no page of another origin may read it. On the public
     // port only under `mage dev` or with its token (MAGE_METRICS_ADDR gives
     // it a listener of its own).
@@ -86,7 +89,7 @@ async fn metrics_with_token(State(state): State<AppState>, headers: HeaderMap) -
 /// the API unless MAGE_CORS_ORIGINS narrows it.
 fn cors(origins: &[String]) -> CorsLayer {
     let layer = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PUT])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE])
         // Web players read byte ranges of /media cross-origin.
         .expose_headers([header::CONTENT_RANGE, header::ACCEPT_RANGES])

@@ -15,6 +15,7 @@ mod playground;
 mod server;
 pub mod settings;
 mod slots;
+mod uploads;
 mod ws;
 
 use std::sync::Arc;
@@ -82,6 +83,7 @@ impl AppState {
                 dev_mode: settings.dev_mode,
             },
             auth_limits: settings.auth_limits,
+            assets: settings.assets,
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self(Arc::new(AppStateInner {

@@ -47,6 +47,10 @@ async fn no_symlinks(root: &std::path::Path, req: Request, next: Next) -> Respon
     let path = req.uri().path();
     let path = path.strip_prefix("/media").unwrap_or(path);
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+    // Raw uploads are unchecked bytes: only their clean copies are served.
+    if decoded.split('/').find(|p| !p.is_empty() && *p != ".") == Some("uploads") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let mut at = root.to_path_buf();
     for part in decoded.split('/').filter(|p| !p.is_empty() && *p != ".") {
         at.push(part);

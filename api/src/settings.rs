@@ -123,6 +123,23 @@ pub struct ServerArgs {
         default_value_t = 5,
     )]
     pub checkouts_per_minute: u32,
+    /// Largest image a user may upload, in bytes
+    #[arg(long, env = "MAGE_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_image_bytes: i64,
+    /// Largest video a user may upload, in bytes
+    #[arg(long, env = "MAGE_MAX_VIDEO_BYTES", default_value_t = 500 * 1024 * 1024)]
+    pub max_video_bytes: i64,
+    /// Bytes of uploads one user may keep stored
+    #[arg(long, env = "MAGE_STORAGE_QUOTA_BYTES", default_value_t = 5 * 1024 * 1024 * 1024)]
+    pub storage_quota_bytes: i64,
+    /// Uploads one user may start per minute
+    #[arg(
+        long,
+        env = "MAGE_UPLOADS_PER_MINUTE",
+        value_parser = clap::value_parser!(u32).range(1..),
+        default_value_t = 20,
+    )]
+    pub uploads_per_minute: u32,
     /// Root fields one mutation may have (each alias counts)
     #[arg(
         long,
@@ -243,6 +260,8 @@ pub struct ConnectionSettings {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub addr: SocketAddr,
+    /// Upload limits and the storage quota.
+    pub assets: mage_domain::assets::AssetLimits,
     pub public_url: String,
     pub jwt_secret: String,
     pub token_ttl: Duration,
@@ -325,7 +344,22 @@ impl ServerArgs {
         if metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(ConfigError::new("MAGE_METRICS_TOKEN", "must be at least 16 characters"));
         }
+        for (name, v) in [
+            ("MAGE_MAX_IMAGE_BYTES", self.max_image_bytes),
+            ("MAGE_MAX_VIDEO_BYTES", self.max_video_bytes),
+            ("MAGE_STORAGE_QUOTA_BYTES", self.storage_quota_bytes),
+        ] {
+            if v <= 0 {
+                return Err(ConfigError::new(name, "must be a positive number of bytes"));
+            }
+        }
         Ok(ServerSettings {
+            assets: mage_domain::assets::AssetLimits {
+                max_image_bytes: self.max_image_bytes,
+                max_video_bytes: self.max_video_bytes,
+                quota_bytes: self.storage_quota_bytes,
+                uploads_per_minute: self.uploads_per_minute,
+            },
             graphql_max_root_mutations: self.graphql_max_root_mutations,
             auth_limits: AuthLimits {
                 login_failures_per_email: self.login_failures_per_email,

@@ -21,6 +21,7 @@ fn video_model() -> RenderModel {
         fps: 24,
         render_timeout_seconds: None,
         max_attempts: None,
+        inputs: Vec::new(),
         prices: vec![
             Price { resolution: Resolution::R480p, credits: 2, credits_per_second: 2 },
             Price { resolution: Resolution::R720p, credits: 4, credits_per_second: 4 },
@@ -44,6 +45,7 @@ fn pricing(c: &mut Criterion) {
         resolution: "1080p".into(),
         duration_seconds: Some(8),
         seed: Some(42),
+        inputs: Vec::new(),
     };
     assert!(catalog::price(Some(model.clone()), &input).is_ok(), "the benchmark input must be valid");
     let mut group = c.benchmark_group("pricing");

@@ -43,6 +43,8 @@ pub struct RenderModel {
     /// Overrides of `MAGE_RENDER_TIMEOUT_SECONDS` / `MAGE_JOB_ATTEMPTS`.
     pub render_timeout_seconds: Option<i32>,
     pub max_attempts: Option<i32>,
+    /// The kinds of the user's assets it renders from, in order.
+    pub inputs: Vec<MediaKind>,
     /// Ascending by resolution.
     pub prices: Vec<Price>,
 }
@@ -62,6 +64,8 @@ pub struct GenerationInput {
     pub resolution: String,
     pub duration_seconds: Option<i32>,
     pub seed: Option<i64>,
+    /// The user's READY assets the model renders from, in its order.
+    pub inputs: Vec<uuid::Uuid>,
 }
 
 /// A validated, priced input.
@@ -146,6 +150,8 @@ fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {
                 fps: r.fps,
                 render_timeout_seconds: r.render_timeout_seconds,
                 max_attempts: r.max_attempts,
+                // The column's CHECK admits only kinds this build knows.
+                inputs: r.inputs.iter().flatten().filter_map(|k| MediaKind::parse(k)).collect(),
                 prices: Vec::new(),
             });
         }
@@ -245,6 +251,7 @@ mod tests {
             fps: 24,
             render_timeout_seconds: None,
             max_attempts: None,
+            inputs: Vec::new(),
             prices: vec![
                 Price { resolution: Resolution::R480p, credits: 0, credits_per_second: 2 },
                 Price { resolution: Resolution::R720p, credits: 0, credits_per_second: 4 },

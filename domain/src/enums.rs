@@ -117,3 +117,13 @@ pg_enum! {
         Failed = "failed",
     }
 }
+
+pg_enum! {
+    /// Where an uploaded asset is on its way in (`assets`).
+    pub enum AssetStatus {
+        AwaitingUpload = "awaiting_upload",
+        Processing = "processing",
+        Ready = "ready",
+        Rejected = "rejected",
+    }
+}

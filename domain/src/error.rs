@@ -17,6 +17,9 @@ pub enum Error {
     InsufficientCredits { required: i64, available: i64 },
     #[error("rate limited: {message}")]
     RateLimited { message: String, retry_after_seconds: u64 },
+    /// Storing `requested` more bytes would pass the user's storage quota.
+    #[error("storage quota exceeded: {used_bytes} of {limit_bytes} bytes used, {requested_bytes} more asked")]
+    QuotaExceeded { limit_bytes: i64, used_bytes: i64, requested_bytes: i64 },
     #[error("database error: {0}")]
     Db(#[from] diesel::result::Error),
     #[error("database pool error: {0}")]

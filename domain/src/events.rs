@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::Result;
 use crate::kv::Redis;
-use crate::rows::Generation;
+use crate::rows::{Asset, Generation};
 
 pub fn generation_channel(redis: &Redis, id: Uuid) -> String {
     redis.key(&format!("events:generation:{id}"))
@@ -112,4 +112,28 @@ pub async fn publish_queue_advanced_logged(redis: &Redis) {
 
 pub async fn publish_cancel(redis: &Redis, id: Uuid) -> Result<()> {
     publish(redis, cancel_channel(redis), id.to_string()).await
+}
+
+/// Every change of an asset's state, as the JSON of its row.
+pub fn asset_channel(redis: &Redis, id: Uuid) -> String {
+    redis.key(&format!("events:asset:{id}"))
+}
+
+pub async fn publish_asset(redis: &Redis, asset: &Asset) -> Result<()> {
+    let payload =
+        serde_json::to_string(asset).map_err(|e| crate::Error::Internal(format!("asset event: {e}")))?;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(asset_channel(redis, asset.id))
+        .arg(payload)
+        .query_async(&mut redis.conn().await?)
+        .await?;
+    Ok(())
+}
+
+/// A lost message only delays a subscriber until it reads the asset again;
+/// the change itself is committed.
+pub async fn publish_asset_logged(redis: &Redis, asset: &Asset) {
+    if let Err(e) = publish_asset(redis, asset).await {
+        tracing::warn!(asset_id = %asset.id, error = %e, "could not publish an asset change");
+    }
 }

@@ -2,6 +2,7 @@
 //! lives here and nowhere else, so `diesel_async::RunQueryDsl` never meets
 //! GraphQL code.
 
+pub mod assets;
 pub mod catalog;
 pub mod config;
 pub mod core;

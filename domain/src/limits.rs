@@ -128,6 +128,22 @@ pub async fn reserve_checkout(redis: &Redis, per_minute: u32, user_id: Uuid) -> 
     .map(drop)
 }
 
+/// Takes one of the user's uploads of the last minute, or fails with
+/// `RateLimited`.
+pub async fn reserve_upload(redis: &Redis, per_minute: u32, user_id: Uuid) -> Result<()> {
+    Attempt::take(
+        redis,
+        &[(
+            redis.key(&format!("limits:uploads:{user_id}")),
+            per_minute,
+            "at most {limit} uploads per minute",
+        )],
+        60_000,
+    )
+    .await
+    .map(drop)
+}
+
 // KEYS: sliding windows (sorted sets of attempts). ARGV: now ms, member,
 // window ms, then each key's limit. Returns {0, 0} when the attempt was
 // added to every window, else {index of the full window, retry after in

@@ -25,6 +25,8 @@ use crate::{Error, Result};
 pub enum Queue {
     Render,
     Transcode,
+    /// Uploaded media to check and clean (`IngestJob`).
+    Ingest,
     /// Stripe events to apply to orders and credits.
     Settle,
     /// The daily statistics cron (apalis-cron; nothing is stored in Redis).
@@ -36,16 +38,18 @@ pub enum Queue {
 
 impl Queue {
     /// Every queue of this build, in the order `mage work` starts them.
-    pub const ALL: [Queue; 5] = [Queue::Render, Queue::Transcode, Queue::Settle, Queue::Stats, Queue::Sweep];
+    pub const ALL: [Queue; 6] =
+        [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle, Queue::Stats, Queue::Sweep];
     /// The queues whose jobs are generations' (listed for admins).
     pub const JOBS: [Queue; 2] = [Queue::Render, Queue::Transcode];
     /// The queues whose jobs wait in Redis (counted for admins and metrics).
-    pub const STORED: [Queue; 3] = [Queue::Render, Queue::Transcode, Queue::Settle];
+    pub const STORED: [Queue; 4] = [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle];
 
     pub const fn name(self) -> &'static str {
         match self {
             Queue::Render => "render",
             Queue::Transcode => "transcode",
+            Queue::Ingest => "ingest",
             Queue::Settle => "settle",
             Queue::Stats => "stats",
             Queue::Sweep => "sweep",
@@ -121,6 +125,13 @@ pub struct TranscodeJob {
     pub generation_id: Uuid,
     /// Storage key of the rendered source.
     pub source_key: String,
+}
+
+/// One uploaded asset to check and clean (idempotent: it acts only on a
+/// PROCESSING asset).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestJob {
+    pub asset_id: Uuid,
 }
 
 /// Producer side of the queues.
@@ -203,6 +214,10 @@ impl Queues {
 
     pub async fn push_transcode(&self, job: &TranscodeJob) -> Result<()> {
         self.push(Queue::Transcode, job, Duration::ZERO).await.map(|_| ())
+    }
+
+    pub async fn push_ingest(&self, job: &IngestJob) -> Result<()> {
+        self.push(Queue::Ingest, job, Duration::ZERO).await.map(|_| ())
     }
 
     async fn push<T: Serialize>(&self, queue: Queue, job: &T, delay: Duration) -> Result<String> {

@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
+use crate::assets::AssetFiles;
 use crate::enums::{
-    EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode, OrderStatus, ProductKind,
-    Resolution, Role, StripeEventStatus,
+    AssetStatus, EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode, OrderStatus,
+    ProductKind, Resolution, Role, StripeEventStatus,
 };
 use crate::output::Output;
 use crate::schema::*;
@@ -150,6 +151,7 @@ pub struct RenderModelRow {
     pub sort_order: i32,
     pub render_timeout_seconds: Option<i32>,
     pub max_attempts: Option<i32>,
+    pub inputs: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -228,4 +230,27 @@ pub struct Subscription {
     pub event_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Identifiable, serde::Serialize, serde::Deserialize)]
+#[diesel(table_name = assets, check_for_backend(diesel::pg::Pg))]
+pub struct Asset {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub kind: MediaKind,
+    pub status: AssetStatus,
+    pub filename: String,
+    pub content_type: String,
+    pub byte_size: i64,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub duration_seconds: Option<f64>,
+    pub error: Option<String>,
+    pub output: Option<AssetFiles>,
+    pub upload_expires_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub purged_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ready_at: Option<DateTime<Utc>>,
 }

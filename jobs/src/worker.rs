@@ -340,7 +340,10 @@ impl Workers {
                     let m = register_cron(monitor, format!("{me}-stats"), daily, Cron::Stats, first.clone());
                     register_cron(m, format!("{me}-expiry"), hourly, Cron::Expiry, first.clone())
                 }
-                Queue::Sweep => monitor,
+                // Uploads wait in this queue until the ingest job (checking
+                // and cleaning the bytes) is registered here: it is being
+                // built (issue 19) and not yet part of this build.
+                Queue::Ingest | Queue::Sweep => monitor,
             };
         }
         let listener = tokio::spawn(wake::listen(

@@ -43,6 +43,11 @@ impl RenderModel {
         self.0.default_duration_seconds
     }
     #[graphql(complexity = "unpaged_complexity(child_complexity)")]
+    /// The kinds of your own assets it takes (`CreateGenerationInput.inputs`),
+    /// in order; empty for a model that starts from text alone.
+    async fn inputs(&self) -> Vec<super::assets::AssetKind> {
+        self.0.inputs.iter().map(|k| (*k).into()).collect()
+    }
     async fn prices(&self) -> Vec<ModelPrice> {
         self.0
             .prices

@@ -57,6 +57,9 @@ pub struct CreateGenerationInput {
     /// The same key twice (from the same user) returns the first generation
     /// and charges once.
     idempotency_key: Option<String>,
+    /// Your READY assets the model renders from, in the order its `inputs`
+    /// name them.
+    inputs: Option<Vec<ID>>,
 }
 
 impl CreateGenerationInput {
@@ -68,6 +71,9 @@ impl CreateGenerationInput {
             resolution: catalog::Resolution::from(self.resolution).as_str().to_owned(),
             duration_seconds: self.duration_seconds,
             seed: self.seed.map(i64::from),
+            // A malformed id cannot name an asset: it is left to be
+            // NOT_FOUND as a missing one is.
+            inputs: self.inputs.iter().flatten().map(|id| id.parse().unwrap_or(Uuid::nil())).collect(),
         }
     }
 }
@@ -230,6 +236,16 @@ impl Generation {
                 })
                 .collect(),
         })
+    }
+    /// The assets it renders from (shown even after their deletion).
+    async fn inputs(&self, ctx: &Context<'_>) -> ApiResult<Vec<super::assets::Asset>> {
+        Ok(ctx
+            .loaders()
+            .generation_inputs(self.row.id)
+            .await?
+            .into_iter()
+            .map(super::assets::Asset)
+            .collect())
     }
     async fn attempts(&self) -> i32 {
         self.row.attempts

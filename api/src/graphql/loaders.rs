@@ -16,6 +16,7 @@ pub struct Loaders {
     pub users: DataLoader<UserLoader>,
     pub accounts: DataLoader<AccountLoader>,
     pub order_items: DataLoader<OrderItemsLoader>,
+    pub generation_inputs: DataLoader<GenerationInputsLoader>,
 }
 
 impl Loaders {
@@ -23,7 +24,8 @@ impl Loaders {
         Self {
             users: DataLoader::new(UserLoader(pool.clone()), tokio::spawn),
             accounts: DataLoader::new(AccountLoader(pool.clone()), tokio::spawn),
-            order_items: DataLoader::new(OrderItemsLoader(pool), tokio::spawn),
+            order_items: DataLoader::new(OrderItemsLoader(pool.clone()), tokio::spawn),
+            generation_inputs: DataLoader::new(GenerationInputsLoader(pool), tokio::spawn),
         }
     }
 
@@ -37,6 +39,19 @@ impl Loaders {
             .await
             .map_err(|e| ApiError::internal(e.as_ref()))?
             .ok_or_else(|| ApiError::NotFound("credit account".into()))
+    }
+
+    /// A generation's input assets, in order.
+    pub async fn generation_inputs(
+        &self,
+        generation_id: Uuid,
+    ) -> Result<Vec<mage_domain::rows::Asset>, ApiError> {
+        Ok(self
+            .generation_inputs
+            .load_one(generation_id)
+            .await
+            .map_err(|e| ApiError::internal(e.as_ref()))?
+            .unwrap_or_default())
     }
 
     pub async fn order_items(&self, order_id: Uuid) -> Result<Vec<OrderItem>, ApiError> {
@@ -88,5 +103,23 @@ impl Loader<Uuid> for AccountLoader {
         let mut conn = self.0.get().await.map_err(|e| Arc::new(e.into()))?;
         let found = credits::accounts(&mut conn, keys).await.map_err(Arc::new)?;
         Ok(found.into_iter().map(|a| (a.user_id, a)).collect())
+    }
+}
+
+pub struct GenerationInputsLoader(DbPool);
+
+impl Loader<Uuid> for GenerationInputsLoader {
+    type Value = Vec<mage_domain::rows::Asset>;
+    type Error = Arc<mage_domain::Error>;
+
+    async fn load(&self, keys: &[Uuid]) -> Result<HashMap<Uuid, Self::Value>, Self::Error> {
+        let mut conn = self.0.get().await.map_err(|e| Arc::new(e.into()))?;
+        let mut by_generation: HashMap<Uuid, Self::Value> = HashMap::new();
+        for (generation_id, asset) in
+            mage_domain::assets::inputs_of(&mut conn, keys).await.map_err(Arc::new)?
+        {
+            by_generation.entry(generation_id).or_default().push(asset);
+        }
+        Ok(by_generation)
     }
 }

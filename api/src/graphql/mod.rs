@@ -1,6 +1,7 @@
 //! The GraphQL schema, one module per domain area, merged here.
 
 mod admin;
+mod assets;
 mod budget;
 mod catalog;
 mod context;
@@ -37,6 +38,7 @@ pub struct Query(
     orders::OrdersQuery,
     catalog::CatalogQuery,
     generations::GenerationsQuery,
+    assets::AssetsQuery,
     queue::QueueQuery,
     stats::StatsQuery,
     admin::AdminQuery,
@@ -47,6 +49,7 @@ pub struct Mutation(
     users::UsersMutation,
     orders::OrdersMutation,
     generations::GenerationsMutation,
+    assets::AssetsMutation,
     admin::AdminMutation,
 );
 
@@ -66,6 +69,7 @@ pub struct Services {
     pub live: crate::live::Hub,
     pub payments: mage_domain::payments::checkout::PaymentServices,
     pub auth_limits: mage_domain::limits::AuthLimits,
+    pub assets: mage_domain::assets::AssetLimits,
 }
 
 /// Resolvers read the shared handles as `svc.pool`, `svc.redis`: the

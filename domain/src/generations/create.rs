@@ -2,7 +2,7 @@
 //! statement, then the render job.
 
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -12,7 +12,7 @@ use crate::db::Connection;
 use crate::queue::RenderJob;
 use crate::rows::Generation;
 use crate::schema::generations;
-use crate::{Error, Result, credits, events, limits};
+use crate::{Error, Result, assets, credits, events, limits};
 
 /// Prices an input without creating anything, from the same model cache as
 /// [`create`], so a quote is what a create right after it charges.
@@ -56,7 +56,20 @@ pub async fn create(
     let id = Uuid::now_v7();
     let member = limits::member(id, key);
     limits::reserve(&svc.redis, svc.limits, user_id, &member).await?;
-    let created = insert_with_hold(&mut conn, id, user_id, &quote, key).await;
+    let created = if input.inputs.is_empty() && quote.model.inputs.is_empty() {
+        insert_with_hold(&mut conn, id, user_id, &quote, key).await
+    } else {
+        // The inputs are checked and recorded in the generation's own
+        // transaction (see assets::check_inputs).
+        let (wanted, ids) = (&quote.model.inputs, &input.inputs);
+        conn.transaction::<_, Error, _>(async |conn| {
+            assets::check_inputs(conn, user_id, wanted, ids).await?;
+            let g = insert_with_hold(conn, id, user_id, &quote, key).await?;
+            assets::record_inputs(conn, g.id, ids).await?;
+            Ok(g)
+        })
+        .await
+    };
     let g = match created {
         Ok(g) => g,
         Err(e) => {

@@ -23,6 +23,7 @@ use crate::config::StorageSettings;
 use crate::{Error, Result};
 
 mod staged;
+pub use staged::Streamed;
 
 /// Files above this go up in parts, so a big video is never read whole into
 /// memory.

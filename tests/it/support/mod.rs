@@ -39,6 +39,7 @@ pub struct TestApp {
 pub fn settings(addr: SocketAddr) -> ServerSettings {
     ServerSettings {
         addr,
+        assets: mage_domain::assets::AssetLimits::default(),
         public_url: format!("http://{addr}"),
         jwt_secret: "test-secret-test-secret-test-secret-000".into(),
         token_ttl: Duration::from_secs(3600),
