@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod assets;
 mod cli;
 mod edge;
 mod generations;

@@ -346,6 +346,11 @@ pub async fn all_user_ids(conn: &mut mage_domain::db::Connection) -> Vec<uuid::U
 }
 
 pub async fn count(conn: &mut mage_domain::db::Connection, table: &str) -> i64 {
+    scalar_i64(conn, &format!("SELECT count(*) AS n FROM {table}")).await
+}
+
+/// The BIGINT column `n` of the one row `sql` returns.
+pub async fn scalar_i64(conn: &mut mage_domain::db::Connection, sql: &str) -> i64 {
     use diesel::QueryableByName;
     use diesel_async::RunQueryDsl;
     #[derive(QueryableByName)]
@@ -353,10 +358,7 @@ pub async fn count(conn: &mut mage_domain::db::Connection, table: &str) -> i64 {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let row: Row = diesel::sql_query(format!("SELECT count(*) AS n FROM {table}"))
-        .get_result(conn)
-        .await
-        .expect("count");
+    let row: Row = diesel::sql_query(sql).get_result(conn).await.expect(sql);
     row.n
 }
 
