@@ -163,6 +163,14 @@ async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
     if let Some(keep) = ctx.settings.media_retention {
         report.media_expired = expire_media_once(&ctx.core.pool, &ctx.core.storage, keep).await?;
     }
+    // Uploads never completed, bytes nothing needs any more, retention of
+    // assets, ingest jobs Redis lost.
+    let retention_days = ctx.settings.media_retention.map(|keep| (keep.as_secs() / 86_400).max(1) as u32);
+    let mut conn = ctx.core.pool.get().await?;
+    let assets = mage_domain::assets::sweep(&ctx.core, &mut conn, chrono::Utc::now(), retention_days).await?;
+    if assets > 0 {
+        tracing::info!(assets, "sweeper: assets expired, purged or re-queued");
+    }
     Ok(report)
 }
 
