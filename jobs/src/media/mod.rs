@@ -149,12 +149,7 @@ pub(crate) async fn probe_json(path: &Path, demuxer: Option<&str>) -> Result<Val
     if let Some(format) = demuxer {
         cmd.args(["-f", format]);
     }
-    let out = cmd
-        .arg(ffmpeg_input(path)?)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await?;
+    let out = cmd.arg(ffmpeg_input(path)?).stdin(Stdio::null()).kill_on_drop(true).output().await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::debug!(path = %path.display(), stderr = %stderr.trim(), "ffprobe rejected a file");

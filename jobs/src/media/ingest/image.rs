@@ -8,8 +8,8 @@ use std::path::Path;
 use ::image::codecs::jpeg::JpegEncoder;
 use ::image::codecs::png::PngEncoder;
 use ::image::{
-    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat, ImageReader, Limits,
-    Rgb, RgbImage,
+    DynamicImage, ExtendedColorType, ImageDecoder, ImageEncoder, ImageError, ImageFormat, ImageReader,
+    Limits, Rgb, RgbImage,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -182,7 +182,10 @@ fn unreadable(e: ImageError, max_pixels: u64) -> IngestError {
             megapixels(max_pixels)
         )),
         ImageError::IoError(e)
-            if !matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData | ErrorKind::InvalidInput) =>
+            if !matches!(
+                e.kind(),
+                ErrorKind::UnexpectedEof | ErrorKind::InvalidData | ErrorKind::InvalidInput
+            ) =>
         {
             IngestError::Failed(e.into())
         }

@@ -90,7 +90,8 @@ fn unreadable(e: MediaError) -> IngestError {
 fn check(json: &Value, limits: &IngestLimits) -> Result<(), IngestError> {
     let probe = parse_probe(json).ok_or_else(|| IngestError::Rejected(UNREADABLE.into()))?;
     let streams = json.get("streams").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let videos = streams.iter().filter(|s| s.get("codec_type").and_then(Value::as_str) == Some("video")).count();
+    let videos =
+        streams.iter().filter(|s| s.get("codec_type").and_then(Value::as_str) == Some("video")).count();
     match videos {
         0 => return Err(IngestError::Rejected("The file has no picture in it, only sound.".into())),
         1 => {}
@@ -129,11 +130,7 @@ pub(super) fn duration(seconds: f64) -> String {
     let plural = |n: u64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
     if seconds < 60.0 {
         let tenths = (seconds * 10.0).round() / 10.0;
-        if tenths.fract() == 0.0 {
-            plural(tenths as u64, "second")
-        } else {
-            format!("{tenths:.1} seconds")
-        }
+        if tenths.fract() == 0.0 { plural(tenths as u64, "second") } else { format!("{tenths:.1} seconds") }
     } else {
         let total = seconds.round() as u64;
         let (m, s) = (total / 60, total % 60);
