@@ -51,10 +51,10 @@ fn names_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut todo = vec![PathBuf::new()];
     while let Some(rel) = todo.pop() {
-        for entry in std::fs::read_dir(dir.join(&rel)).unwrap() {
-            let entry = entry.unwrap();
+        for entry in std::fs::read_dir(dir.join(&rel)).expect("fixture") {
+            let entry = entry.expect("fixture");
             let child = rel.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
+            if entry.file_type().expect("fixture").is_dir() {
                 todo.push(child);
             } else {
                 out.push(child.to_string_lossy().replace('\\', "/"));
@@ -70,7 +70,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 fn dimensions(path: &Path) -> (u32, u32) {
-    ImageReader::open(path).unwrap().with_guessed_format().unwrap().into_dimensions().unwrap()
+    ImageReader::open(path)
+        .expect("fixture")
+        .with_guessed_format()
+        .expect("fixture")
+        .into_dimensions()
+        .expect("fixture")
 }
 
 /// An EXIF APP1 segment (big-endian TIFF) with Orientation = 6 (rotate
@@ -104,7 +109,7 @@ fn exif_app1(marker: &[u8]) -> Vec<u8> {
     }
     tiff.extend(&method);
     let mut app1 = vec![0xff, 0xe1];
-    app1.extend(u16::try_from(2 + 6 + tiff.len()).unwrap().to_be_bytes());
+    app1.extend(u16::try_from(2 + 6 + tiff.len()).expect("fixture").to_be_bytes());
     app1.extend(b"Exif\0\0");
     app1.extend(tiff);
     app1
@@ -227,9 +232,9 @@ async fn a_zip_named_png_is_rejected() {
 
 /// `/proc/self/status`'s VmHWM (peak resident memory) in bytes.
 fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").expect("fixture");
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    line.split_whitespace().nth(1).expect("fixture").parse::<u64>().expect("fixture") * 1024
 }
 
 fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -316,7 +321,7 @@ async fn ffmpeg(args: &[&str], dest: &Path) {
         .arg(dest)
         .status()
         .await
-        .unwrap();
+        .expect("ffmpeg runs");
     assert!(status.success(), "ffmpeg {args:?}");
 }
 
@@ -390,9 +395,9 @@ async fn a_truncated_mp4_is_rejected() {
 /// modification time).
 fn age_access_time(path: &Path) -> SystemTime {
     let past = SystemTime::now() - Duration::from_secs(3 * 86_400);
-    let file = std::fs::File::options().write(true).open(path).unwrap();
-    file.set_times(std::fs::FileTimes::new().set_accessed(past)).unwrap();
-    std::fs::metadata(path).unwrap().accessed().unwrap()
+    let file = std::fs::File::options().write(true).open(path).expect("fixture");
+    file.set_times(std::fs::FileTimes::new().set_accessed(past)).expect("fixture");
+    std::fs::metadata(path).expect("fixture").accessed().expect("fixture")
 }
 
 #[tokio::test]
