@@ -379,15 +379,18 @@ async fn a_1080p_mp4_becomes_an_hls_ladder_with_poster_and_thumbnail() {
 #[tokio::test]
 async fn a_truncated_mp4_is_rejected() {
     let dir = TempDir::new().unwrap();
-    let whole = dir.path().join("whole.mp4");
-    clip(&whole, "320x240", "2", &[]).await;
-    let bytes = std::fs::read(&whole).unwrap();
-    // A camera writes the index (moov) last: a cut upload has none.
-    let src = dir.path().join("cut.mp4");
-    std::fs::write(&src, &bytes[..bytes.len() * 6 / 10]).unwrap();
     let out = dir.path().join("out");
-    let reason = rejected(ingest(&src, MediaKind::Video, &out).await, &out);
-    assert!(reason.contains("could not be read as a video"), "{reason}");
+    // A camera writes the index (moov) last: a cut upload has none. With
+    // the index first, the file claims its full length and half is there.
+    for (name, extra) in [("moov-last.mp4", &[][..]), ("moov-first.mp4", &["-movflags", "+faststart"][..])] {
+        let whole = dir.path().join(name);
+        clip(&whole, "320x240", "4", extra).await;
+        let bytes = std::fs::read(&whole).unwrap();
+        let src = dir.path().join("cut.mp4");
+        std::fs::write(&src, &bytes[..bytes.len() / 2]).unwrap();
+        let reason = rejected(ingest(&src, MediaKind::Video, &out).await, &out);
+        assert!(reason.contains("could not be read as a video"), "{name}: {reason}");
+    }
 }
 
 /// Sets a file's access time well into the past, so that reading it moves

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Format, IngestError, IngestLimits, Ingested};
 use crate::backend::MediaKind;
-use crate::media::{MediaError, parse_probe, probe_json, video::transcode_video_as};
+use crate::media::{MediaError, TranscodeOutput, parse_probe, probe_json, video::transcode_video_as};
 
 const UNREADABLE: &str = "The file could not be read as a video; it may be damaged or incomplete.";
 
@@ -34,6 +34,8 @@ pub(super) async fn ingest_video(
     let t = transcode_video_as(input, Some(demuxer), out_dir, on_percent, cancel.clone())
         .await
         .map_err(unreadable)?;
+
+    check_complete(out_dir, &t).await?;
 
     let (poster, thumb) = (out_dir.join(&t.poster), out_dir.join("thumb.jpg"));
     let max_pixels = u64::from(limits.max_long_side) * u64::from(limits.max_short_side);
@@ -66,6 +68,25 @@ pub(super) async fn ingest_video(
         video: Some(t),
         files,
     })
+}
+
+/// A cut file whose index (`moov`) comes first still probes at its full
+/// length, and ffmpeg transcodes what is there without failing: what the
+/// top rung holds tells. Some slack for the last frame's length and a
+/// stream that starts late.
+async fn check_complete(out_dir: &Path, t: &TranscodeOutput) -> Result<(), IngestError> {
+    let Some(top) = t.renditions.first() else { return Ok(()) };
+    let playlist = tokio::fs::read_to_string(out_dir.join(&top.playlist)).await.map_err(MediaError::from)?;
+    let transcoded: f64 = playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|l| l.split(',').next()?.trim().parse::<f64>().ok())
+        .sum();
+    if transcoded < t.duration_seconds * 0.9 - 0.5 {
+        tracing::debug!(transcoded, declared = t.duration_seconds, "an uploaded video ends early");
+        return Err(IngestError::Rejected(UNREADABLE.into()));
+    }
+    Ok(())
 }
 
 fn demuxer(format: Format) -> &'static str {
