@@ -23,6 +23,7 @@ use crate::config::StorageSettings;
 use crate::{Error, Result};
 
 mod staged;
+pub use staged::Streamed;
 
 /// Files above this go up in parts, so a big video is never read whole into
 /// memory.
@@ -70,6 +71,21 @@ impl Storage {
     /// bucket; a bucket's credentials, region and endpoint come from the
     /// usual `AWS_*` variables.
     pub fn new(settings: &StorageSettings) -> Result<Self> {
+        // `vars_os`: `vars` panics on a variable that is not UTF-8.
+        let env =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::with_aws_config(settings, env)
+    }
+
+    /// As [`Storage::new`], with the `AWS_*` settings of a bucket taken from
+    /// `aws` (name, value) instead of the process environment: tests run in
+    /// parallel in one process, each with a server of its own. Names that
+    /// are not `AWS_*` settings are ignored, as `new` ignores the rest of
+    /// the environment.
+    pub fn with_aws_config<K: AsRef<str>, V: Into<String>>(
+        settings: &StorageSettings,
+        aws: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self> {
         match &settings.url {
             None => {
                 let dir = &settings.media_dir;
@@ -91,8 +107,18 @@ impl Storage {
                 })
             }
             Some(url) => {
+                // What `AmazonS3Builder::from_env` does, from `aws`.
+                let mut builder = object_store::aws::AmazonS3Builder::new();
+                for (name, value) in aws {
+                    let name = name.as_ref();
+                    if name.starts_with("AWS_")
+                        && let Ok(key) = name.to_ascii_lowercase().parse()
+                    {
+                        builder = builder.with_config(key, value);
+                    }
+                }
                 let bucket = Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
+                    builder
                         .with_url(url.as_str())
                         .build()
                         .map_err(|e| Error::Storage(format!("MAGE_STORAGE_URL {url}: {e}")))?,

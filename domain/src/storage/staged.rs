@@ -30,11 +30,8 @@ impl Storage {
     pub async fn signed_put_url(&self, key: &str, ttl: Duration) -> Result<Option<String>> {
         let Some((bucket, prefix)) = &self.bucket else { return Ok(None) };
         let key = object_key(key)?;
-        let full = if prefix.is_empty() {
-            key
-        } else {
-            object_store::path::Path::from(format!("{prefix}/{key}"))
-        };
+        let full =
+            if prefix.is_empty() { key } else { object_store::path::Path::from(format!("{prefix}/{key}")) };
         let url = bucket.signed_url(http::Method::PUT, &full, ttl).await.map_err(store_error)?;
         Ok(Some(url.to_string()))
     }
