@@ -39,7 +39,9 @@ async fn a_presigned_put_lands_under_the_prefix_and_can_be_read_and_deleted() {
     let s3 = TestS3::start().await;
     let storage = s3.storage();
     let http = reqwest::Client::new();
-    for key in ["uploads/u1/photo.png", "uploads/u1/my photo (1).png"] {
+    // Characters that object_store escapes when it builds a path from a
+    // string, but not when it parses one.
+    for key in ["uploads/u1/photo.png", "uploads/u1/my photo (1).png", "uploads/u1/v~2 [draft] #1.png"] {
         let body = pattern(300_000);
         let url = storage
             .signed_put_url(key, Duration::from_secs(300))

@@ -42,7 +42,7 @@ pub struct Storage {
     base_url: Option<String>,
     /// The bucket itself and the prefix keys live under, for presigned
     /// URLs (a `PrefixStore` cannot sign).
-    bucket: Option<(Arc<object_store::aws::AmazonS3>, String)>,
+    bucket: Option<(Arc<object_store::aws::AmazonS3>, ObjectPath)>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -127,16 +127,17 @@ impl Storage {
                 // path, which is the prefix every key lives under.
                 let prefix = url.split_once("://").map(|(_, rest)| rest).unwrap_or("");
                 let prefix = prefix.split_once('/').map(|(_, p)| p.trim_matches('/')).unwrap_or("");
-                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                let prefix = ObjectPath::from(prefix);
+                let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
                     bucket.clone()
                 } else {
-                    Arc::new(PrefixStore::new(bucket.as_ref().clone(), prefix))
+                    Arc::new(PrefixStore::new(bucket.as_ref().clone(), prefix.clone()))
                 };
                 Ok(Self {
                     store,
                     local_root: None,
                     base_url: settings.base_url.clone(),
-                    bucket: Some((bucket, prefix.to_owned())),
+                    bucket: Some((bucket, prefix)),
                 })
             }
         }
