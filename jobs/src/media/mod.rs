@@ -19,6 +19,9 @@
 //! same ladder), or the source size alone when it is smaller than 360p.
 //! Audio, when the source has any, is encoded to AAC and muxed into every
 //! rung and the MP4; the synthetic renderer's videos have none.
+//!
+//! Uploads go through [`ingest()`] first: it decides what a file is from its
+//! bytes, refuses what is unsafe or too large, and writes clean copies.
 
 mod ffmpeg;
 mod image;
