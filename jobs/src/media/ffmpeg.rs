@@ -36,6 +36,12 @@ pub(crate) fn spawn_logged(mut cmd: Command, what: &str) -> std::io::Result<Chil
     cmd.spawn()
 }
 
+/// Options before `-i` (and before ffprobe's input) for every run whose
+/// input a user may have supplied: only local files can be opened, so a
+/// playlist or a reference inside the file cannot make ffmpeg fetch a URL
+/// or open another protocol.
+pub(crate) const USER_INPUT_OPTIONS: [&str; 2] = ["-protocol_whitelist", "file"];
+
 /// An input path for ffmpeg running in another directory: made absolute,
 /// and marked as a file so a name with a colon is not taken for a protocol.
 pub(crate) fn ffmpeg_input(path: &Path) -> std::io::Result<OsString> {

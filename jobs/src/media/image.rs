@@ -18,7 +18,7 @@ pub async fn transcode_image(input: &Path, out_dir: &Path) -> Result<ImageOutput
     let poster_height = src.height.min(IMAGE_POSTER_MAX_HEIGHT);
     let graph = format!("[0:v:0]split=2[img][p];[p]scale=-1:{poster_height}[poster]");
     let mut cmd = ffmpeg_command(out_dir);
-    cmd.arg("-i").arg(ffmpeg_input(input)?).args(["-filter_complex", &graph]);
+    cmd.args(USER_INPUT_OPTIONS).arg("-i").arg(ffmpeg_input(input)?).args(["-filter_complex", &graph]);
     cmd.args(["-map", "[img]", "-frames:v", "1", "-update", "1", "image.png"]);
     cmd.args(["-map", "[poster]", "-frames:v", "1", "-update", "1", "-q:v", "3", "poster.jpg"]);
     tokio::fs::create_dir_all(out_dir).await?;

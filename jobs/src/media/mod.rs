@@ -19,13 +19,20 @@
 //! same ladder), or the source size alone when it is smaller than 360p.
 //! Audio, when the source has any, is encoded to AAC and muxed into every
 //! rung and the MP4; the synthetic renderer's videos have none.
+//!
+//! Uploads go through [`ingest()`] first: it decides what a file is from its
+//! bytes, refuses what is unsafe or too large, and writes clean copies.
 
 mod ffmpeg;
 mod image;
+mod ingest;
 mod video;
 
-pub(crate) use ffmpeg::{Exit, ffmpeg_command, ffmpeg_input, remove_quietly, spawn_logged, supervise};
+pub(crate) use ffmpeg::{
+    Exit, USER_INPUT_OPTIONS, ffmpeg_command, ffmpeg_input, remove_quietly, spawn_logged, supervise,
+};
 pub use image::transcode_image;
+pub use ingest::{IngestError, IngestLimits, Ingested, THUMBNAIL_MAX_SIDE, ingest};
 pub use video::transcode_video;
 
 use std::path::Path;
@@ -130,21 +137,28 @@ pub struct ImageOutput {
 /// What ffprobe makes of a file. A file it cannot read, or one with neither
 /// picture nor sound, is `Broken`; a missing file is `Io`.
 pub async fn probe(path: &Path) -> Result<Probe, MediaError> {
+    let json = probe_json(path, None).await?;
+    parse_probe(&json).ok_or_else(|| MediaError::Broken(BROKEN.into()))
+}
+
+/// ffprobe's JSON (`-show_streams -show_format`) of a file it can read.
+/// `demuxer` (`-f`) skips format detection: the file is read as that
+/// format or not at all.
+pub(crate) async fn probe_json(path: &Path, demuxer: Option<&str>) -> Result<Value, MediaError> {
     tokio::fs::metadata(path).await?;
-    let out = Command::new(FFPROBE)
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
-        .arg(ffmpeg_input(path)?)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await?;
+    let mut cmd = Command::new(FFPROBE);
+    cmd.args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .args(USER_INPUT_OPTIONS);
+    if let Some(format) = demuxer {
+        cmd.args(["-f", format]);
+    }
+    let out = cmd.arg(ffmpeg_input(path)?).stdin(Stdio::null()).kill_on_drop(true).output().await?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         tracing::debug!(path = %path.display(), stderr = %stderr.trim(), "ffprobe rejected a file");
         return Err(MediaError::Broken(BROKEN.into()));
     }
-    let json: Value = serde_json::from_slice(&out.stdout).map_err(|_| MediaError::Broken(BROKEN.into()))?;
-    parse_probe(&json).ok_or_else(|| MediaError::Broken(BROKEN.into()))
+    serde_json::from_slice(&out.stdout).map_err(|_| MediaError::Broken(BROKEN.into()))
 }
 
 pub(super) fn parse_probe(json: &Value) -> Option<Probe> {

@@ -51,14 +51,27 @@ pub async fn transcode_video(
     progress: impl Fn(u8) + Send + Sync,
     cancel: CancellationToken,
 ) -> Result<TranscodeOutput, MediaError> {
-    let src = probe(input).await?;
+    transcode_video_as(input, None, out_dir, progress, cancel).await
+}
+
+/// [`transcode_video`] reading `input` as the given ffmpeg demuxer (`-f`)
+/// when there is one, instead of letting ffmpeg guess the format.
+pub(crate) async fn transcode_video_as(
+    input: &Path,
+    demuxer: Option<&str>,
+    out_dir: &Path,
+    progress: impl Fn(u8) + Send + Sync,
+    cancel: CancellationToken,
+) -> Result<TranscodeOutput, MediaError> {
+    let src = probe_json(input, demuxer).await?;
+    let src = parse_probe(&src).ok_or_else(|| MediaError::Broken(BROKEN.into()))?;
     if !src.has_video || src.width == 0 || src.height == 0 {
         return Err(MediaError::Broken(NO_PICTURE.into()));
     }
     if cancel.is_cancelled() {
         return Err(MediaError::Canceled);
     }
-    let cmd = video_command(input, out_dir, &src)?;
+    let cmd = video_command(input, demuxer, out_dir, &src)?;
     tokio::fs::create_dir_all(out_dir.join("hls")).await?;
     let duration_us = (src.duration_seconds > 0.0).then_some((src.duration_seconds * 1e6) as u64);
     let exit = match spawn_logged(cmd, "transcoding a video") {
@@ -110,7 +123,12 @@ pub async fn transcode_video(
 }
 
 /// The single ffmpeg run of [`transcode_video`].
-pub(super) fn video_command(input: &Path, out_dir: &Path, src: &Probe) -> std::io::Result<Command> {
+pub(super) fn video_command(
+    input: &Path,
+    demuxer: Option<&str>,
+    out_dir: &Path,
+    src: &Probe,
+) -> std::io::Result<Command> {
     let rungs = ladder(src.width, src.height);
     let n = rungs.len();
     let top_scale = scale_filter(src.width, src.height, rungs[0].short_side);
@@ -137,6 +155,10 @@ pub(super) fn video_command(input: &Path, out_dir: &Path, src: &Probe) -> std::i
     graph.push_str(&format!(";[sposter]select='lte(t,{poster_at:.3})',{top_scale}[poster]"));
 
     let mut cmd = ffmpeg_command(out_dir);
+    cmd.args(USER_INPUT_OPTIONS);
+    if let Some(format) = demuxer {
+        cmd.args(["-f", format]);
+    }
     cmd.arg("-i").arg(ffmpeg_input(input)?).args(["-filter_complex", &graph]);
 
     // The HLS ladder: one muxer, one variant per rung.
