@@ -20,6 +20,7 @@
 
 pub mod backend;
 mod ctx;
+mod ingest;
 pub mod media;
 mod outcome;
 mod progress;

@@ -72,6 +72,13 @@ pub struct WorkerArgs {
     /// from storage and shown as expired (unset: kept forever)
     #[arg(long, env = "MAGE_MEDIA_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
     pub media_retention_days: Option<u32>,
+    /// Largest uploaded image, in pixels (width × height, read from its
+    /// header before anything is decoded)
+    #[arg(long, env = "MAGE_MAX_IMAGE_PIXELS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Longest uploaded video, in seconds
+    #[arg(long, env = "MAGE_MAX_UPLOAD_SECONDS", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 600)]
+    pub max_upload_seconds: u32,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
     /// This worker process's name, unique among all workers (default: host-pid)
@@ -112,6 +119,8 @@ pub struct WorkerSettings {
     pub stats_cron: String,
     pub stats_tz: String,
     pub media_retention: Option<Duration>,
+    /// What uploads may be (MAGE_MAX_IMAGE_PIXELS, MAGE_MAX_UPLOAD_SECONDS).
+    pub ingest: crate::media::IngestLimits,
 }
 
 impl WorkerSettings {
@@ -131,6 +140,7 @@ impl WorkerSettings {
             stats_cron: "0 5 0 * * *".to_owned(),
             stats_tz: "UTC".to_owned(),
             media_retention: None,
+            ingest: crate::media::IngestLimits::default(),
         }
     }
 
@@ -207,6 +217,11 @@ impl WorkerArgs {
             stats_cron: self.stats_cron.trim().to_owned(),
             stats_tz: self.stats_tz.trim().to_owned(),
             media_retention: self.media_retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
+            ingest: crate::media::IngestLimits {
+                max_image_pixels: self.max_image_pixels,
+                max_seconds: f64::from(self.max_upload_seconds),
+                ..crate::media::IngestLimits::default()
+            },
         })
     }
 }

@@ -15,7 +15,7 @@ use apalis::prelude::{
 use apalis_redis::RedisStorage;
 use mage_domain::core::Core;
 use mage_domain::kv::Redis;
-use mage_domain::queue::{Queue, Queues, RenderJob, SettleJob, TranscodeJob};
+use mage_domain::queue::{IngestJob, Queue, Queues, RenderJob, SettleJob, TranscodeJob};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::outcome::{self, Retry};
 use crate::settings::{RenderBackendKind, WorkerSettings};
 use crate::slot::Slot;
 use crate::wake::{self, Cancels, Signal};
-use crate::{backend, render, settle, stats, sweep, transcode};
+use crate::{backend, ingest, render, settle, stats, sweep, transcode};
 
 /// How often an idle worker looks for work that no push announced (retries
 /// apalis-redis scheduled for later). Announced pushes start at once.
@@ -133,6 +133,22 @@ impl Job for TranscodeJob {
             max: ctx.settings.job_attempts,
         };
         outcome::conclude(&ctx, attempt, Retry::InPlace, outcome).await
+    }
+}
+
+impl Job for IngestJob {
+    const QUEUE: Queue = Queue::Ingest;
+    fn concurrency(settings: &WorkerSettings) -> usize {
+        // Ingest is a transcode of the user's video, or an image decode:
+        // it shares the transcode budget.
+        settings.transcode_concurrency
+    }
+    fn run(
+        self,
+        ctx: Arc<Ctx>,
+        attempt: usize,
+    ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static {
+        ingest::run(ctx, self, attempt)
     }
 }
 
@@ -340,10 +356,10 @@ impl Workers {
                     let m = register_cron(monitor, format!("{me}-stats"), daily, Cron::Stats, first.clone());
                     register_cron(m, format!("{me}-expiry"), hourly, Cron::Expiry, first.clone())
                 }
-                // Uploads wait in this queue until the ingest job (checking
-                // and cleaning the bytes) is registered here: it is being
-                // built (issue 19) and not yet part of this build.
-                Queue::Ingest | Queue::Sweep => monitor,
+                Queue::Ingest => {
+                    register::<IngestJob>(monitor, q, &mut signals, format!("{me}-ingest"), first.clone())
+                }
+                Queue::Sweep => monitor,
             };
         }
         let listener = tokio::spawn(wake::listen(

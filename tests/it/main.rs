@@ -8,6 +8,7 @@ mod assets;
 mod cli;
 mod edge;
 mod generations;
+mod ingest;
 mod limits;
 mod media;
 mod metrics;
