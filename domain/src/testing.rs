@@ -10,9 +10,10 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::config::{DatabaseSettings, RedisSettings};
+use crate::config::{DatabaseSettings, RedisSettings, StorageSettings};
 use crate::db::{self, DbPool};
 use crate::kv::Redis;
+use crate::storage::Storage;
 
 const TEMPLATE_LOCK_KEY: i64 = 0x6d61_6765_7470_6c00;
 
@@ -207,5 +208,142 @@ impl Drop for TestRedis {
             }
         })
         .join();
+    }
+}
+
+/// An S3-protocol server of the test's own (s3s-fs over a temporary folder),
+/// with one fresh bucket; both processes are killed when this value is
+/// dropped. Mage talks to an authenticated endpoint, which checks SigV4
+/// signatures (presigned URLs included); a second, anonymous endpoint over
+/// the same folder stands for the bucket's public URL (a CDN) that players
+/// read from.
+///
+/// `MAGE_TEST_S3_SERVER` names the s3s-fs binary (`scripts/test` installs
+/// it); `s3s-fs` on the PATH otherwise.
+pub struct TestS3 {
+    root: std::path::PathBuf,
+    bucket: String,
+    secret: String,
+    endpoint: String,
+    public: String,
+    servers: Vec<std::process::Child>,
+}
+
+/// The one access key of the test servers; the secret is per server.
+const S3_ACCESS_KEY: &str = "mage-test";
+/// The prefix of every key in the test bucket, as in `s3://bucket/media`.
+const S3_PREFIX: &str = "media";
+
+pub fn s3_server() -> String {
+    std::env::var("MAGE_TEST_S3_SERVER").unwrap_or_else(|_| "s3s-fs".into())
+}
+
+impl TestS3 {
+    pub async fn start() -> Self {
+        let root =
+            std::env::temp_dir().join(format!("mage-s3-{}-{}", std::process::id(), Uuid::new_v4().simple()));
+        let bucket = format!("mage-{}", Uuid::new_v4().simple());
+        // s3s-fs keeps a bucket as a folder under its root; object_store
+        // cannot create buckets, so the folder is made here.
+        std::fs::create_dir_all(root.join(&bucket)).expect("create the test bucket");
+        let secret = Uuid::new_v4().simple().to_string();
+        let auth = ["--access-key", S3_ACCESS_KEY, "--secret-key", &secret].map(str::to_owned);
+        let mut s3 =
+            Self { root, bucket, secret, endpoint: String::new(), public: String::new(), servers: vec![] };
+        s3.endpoint = s3.spawn(&auth).await;
+        s3.public = s3.spawn(&[]).await;
+        s3
+    }
+
+    /// Starts one server on a free port; returns its URL once it accepts
+    /// connections. Another process may take the port between our probe
+    /// and the server's bind: the server then exits and we try another.
+    async fn spawn(&mut self, args: &[String]) -> String {
+        let server = s3_server();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut child = std::process::Command::new(&server)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(args)
+                .arg(&self.root)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start the S3 test server {server:?} ({e}): run scripts/test, which installs it")
+                });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    self.servers.push(child);
+                    return format!("http://127.0.0.1:{port}");
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("the S3 test server {server:?} did not start");
+    }
+
+    /// The authenticated endpoint (`AWS_ENDPOINT_URL`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// `s3://<bucket>/media`, its public URL on the anonymous endpoint.
+    pub fn settings(&self) -> StorageSettings {
+        StorageSettings {
+            media_dir: self.root.clone(),
+            url: Some(format!("s3://{}/{S3_PREFIX}", self.bucket)),
+            base_url: Some(format!("{}/{}/{S3_PREFIX}", self.public, self.bucket)),
+        }
+    }
+
+    /// The `AWS_*` settings that reach this server.
+    pub fn aws_config(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+        ]
+    }
+
+    /// Storage on this bucket, whatever `AWS_*` the process has.
+    pub fn storage(&self) -> Storage {
+        Storage::with_aws_config(&self.settings(), self.aws_config()).expect("S3 test storage")
+    }
+
+    /// What is left of multipart uploads begun and neither completed nor
+    /// aborted: s3s-fs cannot list them, and keeps `.upload-<id>.json` per
+    /// upload and `.upload_id-<id>.part-<n>` per part in its root.
+    pub fn incomplete_uploads(&self) -> usize {
+        std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".upload"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TestS3 {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -149,6 +149,23 @@ async fn a_photo_with_gps_tags_becomes_a_clean_upright_image() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_uploaded_1080p_video_becomes_a_playable_hls_ladder() {
     let app = TestApp::start().await;
+    let hls = uploaded_video_plays(&app).await;
+    assert!(hls.starts_with(&app.url("/media/assets/")), "{hls}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_bucket_the_bytes_go_straight_to_it_and_the_ladder_plays_from_it() {
+    let s3 = mage_domain::testing::TestS3::start().await;
+    let app = TestApp::start_with_storage(s3.storage()).await;
+    let hls = uploaded_video_plays(&app).await;
+    let bucket = s3.settings().base_url.expect("base url");
+    assert!(hls.starts_with(&format!("{bucket}/assets/")), "{hls} is not in the bucket");
+    assert_eq!(stored_under(&app, ""), 0, "nothing went through the local folder");
+}
+
+/// Uploads a 10 s 1080p video with sound, waits for READY, checks it and
+/// plays its HLS ladder over HTTP with ffprobe; the master playlist's URL.
+async fn uploaded_video_plays(app: &TestApp) -> String {
     let _workers = app.start_workers().await;
     let (token, _) = app.register("video@example.com").await;
     let dir = tempfile::tempdir().expect("dir");
@@ -177,26 +194,27 @@ async fn an_uploaded_1080p_video_becomes_a_playable_hls_ladder() {
         &src,
     )
     .await;
-    let id = upload(&app, &token, "lesson.mp4", "video/mp4", std::fs::read(&src).expect("mp4")).await;
-    let asset = settled(&app, &token, &id).await;
+    let id = upload(app, &token, "lesson.mp4", "video/mp4", std::fs::read(&src).expect("mp4")).await;
+    let asset = settled(app, &token, &id).await;
     assert_eq!(asset["status"], "READY", "{asset}");
     assert_eq!(asset["kind"], "VIDEO");
     assert_eq!((asset["width"].as_i64(), asset["height"].as_i64()), (Some(1920), Some(1080)));
     let seconds = asset["durationSeconds"].as_f64().expect("duration");
     assert!((seconds - 10.0).abs() < 0.5, "{seconds}");
-    let hls = asset["hlsUrl"].as_str().expect("hls");
-    let master = String::from_utf8(fetch(hls).await).expect("playlist");
+    let hls = asset["hlsUrl"].as_str().expect("hls").to_owned();
+    let master = String::from_utf8(fetch(&hls).await).expect("playlist");
     assert!(master.contains("#EXT-X-STREAM-INF") && master.contains("1080"), "{master}");
     fetch(asset["posterUrl"].as_str().expect("poster")).await;
     // ffprobe plays the ladder over HTTP, as a player would.
     let probe = tokio::process::Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", hls])
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", &hls])
         .output()
         .await
         .expect("ffprobe");
     assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
     let played: f64 = String::from_utf8_lossy(&probe.stdout).trim().parse().expect("duration");
     assert!((played - 10.0).abs() < 0.6, "{played}");
+    hls
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -15,6 +15,7 @@ mod metrics;
 mod payments;
 mod playground;
 mod recovery;
+mod s3;
 mod schema;
 mod stats;
 mod subscriptions;

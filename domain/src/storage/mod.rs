@@ -13,7 +13,6 @@ use std::sync::Arc;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::prefix::PrefixStore;
 use object_store::{
     Attribute, Attributes, ObjectStore, PutMultipartOptions, PutOptions, PutPayload, WriteMultipart,
 };
@@ -22,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::StorageSettings;
 use crate::{Error, Result};
 
+mod bucket;
 mod staged;
 pub use staged::Streamed;
 
@@ -42,7 +42,7 @@ pub struct Storage {
     base_url: Option<String>,
     /// The bucket itself and the prefix keys live under, for presigned
     /// URLs (a `PrefixStore` cannot sign).
-    bucket: Option<(Arc<object_store::aws::AmazonS3>, String)>,
+    bucket: Option<(Arc<object_store::aws::AmazonS3>, ObjectPath)>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -71,6 +71,21 @@ impl Storage {
     /// bucket; a bucket's credentials, region and endpoint come from the
     /// usual `AWS_*` variables.
     pub fn new(settings: &StorageSettings) -> Result<Self> {
+        // `vars_os`: `vars` panics on a variable that is not UTF-8.
+        let env =
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::with_aws_config(settings, env)
+    }
+
+    /// As [`Storage::new`], with the `AWS_*` settings of a bucket taken from
+    /// `aws` (name, value) instead of the process environment: tests run in
+    /// parallel in one process, each with a server of its own. Names that
+    /// are not `AWS_*` settings are ignored, as `new` ignores the rest of
+    /// the environment.
+    pub fn with_aws_config<K: AsRef<str>, V: Into<String>>(
+        settings: &StorageSettings,
+        aws: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self> {
         match &settings.url {
             None => {
                 let dir = &settings.media_dir;
@@ -91,29 +106,7 @@ impl Storage {
                     bucket: None,
                 })
             }
-            Some(url) => {
-                let bucket = Arc::new(
-                    object_store::aws::AmazonS3Builder::from_env()
-                        .with_url(url.as_str())
-                        .build()
-                        .map_err(|e| Error::Storage(format!("MAGE_STORAGE_URL {url}: {e}")))?,
-                );
-                // The builder takes the bucket from the URL and ignores its
-                // path, which is the prefix every key lives under.
-                let prefix = url.split_once("://").map(|(_, rest)| rest).unwrap_or("");
-                let prefix = prefix.split_once('/').map(|(_, p)| p.trim_matches('/')).unwrap_or("");
-                let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                    bucket.clone()
-                } else {
-                    Arc::new(PrefixStore::new(bucket.as_ref().clone(), prefix))
-                };
-                Ok(Self {
-                    store,
-                    local_root: None,
-                    base_url: settings.base_url.clone(),
-                    bucket: Some((bucket, prefix.to_owned())),
-                })
-            }
+            Some(url) => Self::bucket(url, settings.base_url.clone(), aws),
         }
     }
 

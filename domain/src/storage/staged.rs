@@ -29,9 +29,10 @@ impl Storage {
     /// bytes then).
     pub async fn signed_put_url(&self, key: &str, ttl: Duration) -> Result<Option<String>> {
         let Some((bucket, prefix)) = &self.bucket else { return Ok(None) };
-        let key = object_key(key)?;
-        let full =
-            if prefix.is_empty() { key } else { object_store::path::Path::from(format!("{prefix}/{key}")) };
+        // Joined part by part, as `PrefixStore` does: a path rebuilt from a
+        // string escapes `~`, `#`, `[` and the like, and the client would
+        // upload to another key than the one Mage then reads.
+        let full: object_store::path::Path = prefix.parts().chain(object_key(key)?.parts()).collect();
         let url = bucket.signed_url(http::Method::PUT, &full, ttl).await.map_err(store_error)?;
         Ok(Some(url.to_string()))
     }

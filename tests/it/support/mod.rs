@@ -89,6 +89,20 @@ impl TestApp {
 
     /// On a Redis of the test's choosing (a private server it may flush).
     pub async fn start_on(redis: TestRedis, tweak: impl FnOnce(&mut ServerSettings)) -> Self {
+        Self::start_full(redis, tweak, None).await
+    }
+
+    /// With media in `storage` (a bucket) instead of a local folder, for the
+    /// server and the workers alike.
+    pub async fn start_with_storage(storage: mage_domain::storage::Storage) -> Self {
+        Self::start_full(TestRedis::new(), |_| {}, Some(storage)).await
+    }
+
+    async fn start_full(
+        redis: TestRedis,
+        tweak: impl FnOnce(&mut ServerSettings),
+        storage: Option<mage_domain::storage::Storage>,
+    ) -> Self {
         init_tracing();
         let db = TestDb::new().await;
         let pool = db.pool();
@@ -97,12 +111,14 @@ impl TestApp {
         let mut settings = settings(addr);
         tweak(&mut settings);
         let media = tempfile::tempdir().expect("media dir");
-        let storage = mage_domain::storage::Storage::new(&mage_domain::config::StorageSettings {
-            media_dir: media.path().to_path_buf(),
-            url: None,
-            base_url: None,
-        })
-        .expect("storage");
+        let storage = storage.unwrap_or_else(|| {
+            mage_domain::storage::Storage::new(&mage_domain::config::StorageSettings {
+                media_dir: media.path().to_path_buf(),
+                url: None,
+                base_url: None,
+            })
+            .expect("storage")
+        });
         let queues = mage_domain::queue::Queues::connect(redis.redis().url(), redis.redis().prefix())
             .await
             .expect("queues");
