@@ -116,6 +116,9 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
     let mut progress = Progress::new(ctx.core.pool.clone(), ctx.core.redis.clone(), g.clone());
     let (w, h) = g.resolution.dimensions();
     let work = tempfile::Builder::new().prefix("mage-render-").tempdir()?;
+    // Beside the work dir, which the backend must find empty.
+    let inputs_dir = tempfile::Builder::new().prefix("mage-inputs-").tempdir()?;
+    let inputs = fetch_inputs(ctx, id, inputs_dir.path()).await?;
     let kind = match g.media_kind() {
         MediaKind::Image => BackendKind::Image,
         MediaKind::Video => BackendKind::Video,
@@ -136,7 +139,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
         // attempt renders the same picture.
         seed: g.seed.unwrap_or_else(|| (id.as_u64_pair().0 >> 1) as i64),
         work_dir: work.path().to_path_buf(),
-        inputs: Vec::new(),
+        inputs: inputs.clone(),
     };
     let timeout = model
         .render_timeout_seconds
@@ -287,4 +290,32 @@ fn render_error(e: RenderError) -> JobError {
         RenderError::Canceled => JobError::Stop,
         RenderError::Io(e) => JobError::Retry(e.to_string()),
     }
+}
+
+/// The clean files of the generation's input assets, downloaded into `dir`
+/// in the model's order. An asset keeps its bytes while an unfinished
+/// generation uses it, so a missing one is a fault of ours: the generation
+/// fails with its credits released rather than rendering without it.
+async fn fetch_inputs(
+    ctx: &Ctx,
+    id: Uuid,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>, JobError> {
+    let mut conn = ctx.core.pool.get().await?;
+    let inputs = mage_domain::assets::inputs_of(&mut conn, &[id]).await?;
+    drop(conn);
+    let mut files = Vec::with_capacity(inputs.len());
+    for (n, (_, asset)) in inputs.into_iter().enumerate() {
+        let Some(files_of) = asset.output.as_ref().filter(|_| asset.purged_at.is_none()) else {
+            return Err(JobError::Fail {
+                user_message: "An input of this generation is no longer available.".into(),
+                detail: format!("input asset {} has no stored file", asset.id),
+            });
+        };
+        let ext = files_of.original.rsplit('.').next().unwrap_or("bin");
+        let path = dir.join(format!("input-{n}.{ext}"));
+        ctx.core.storage.get_to_file(&files_of.original, &path).await?;
+        files.push(path);
+    }
+    Ok(files)
 }

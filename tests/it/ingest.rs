@@ -269,3 +269,65 @@ async fn unsafe_files_are_rejected_with_a_reason_and_nothing_is_kept() {
     let bytes = crate::support::scalar_i64(&mut conn, "SELECT storage_used_bytes AS n FROM users").await;
     assert_eq!(bytes, 0, "rejected uploads give their quota back");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asset_updated_follows_an_upload_to_ready_then_completes() {
+    use crate::support::ws::{connect_signed_in, recv, subscribe};
+    let app = TestApp::start().await;
+    let _workers = app.start_workers().await;
+    let (token, _) = app.register("live@example.com").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let png = dir.path().join("p.png");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=640x480", "-frames:v", "1"], &png).await;
+    let bytes = std::fs::read(&png).expect("png");
+    let res = app
+        .gql(
+            CREATE_UPLOAD,
+            json!({ "i": { "filename": "p.png", "contentType": "image/png", "byteSize": bytes.len() } }),
+            Some(&token),
+        )
+        .await;
+    let id = res["data"]["createUpload"]["asset"]["id"].as_str().expect("id").to_owned();
+    let url = res["data"]["createUpload"]["url"].as_str().expect("url").to_owned();
+
+    let mut ws = connect_signed_in(app.addr, Some(&token)).await;
+    subscribe(
+        &mut ws,
+        "a",
+        "subscription($id: ID!) { assetUpdated(id: $id) { id status width thumbnailUrl } }",
+        json!({ "id": id }),
+    )
+    .await;
+    let first = recv(&mut ws).await.expect("first");
+    assert_eq!(first["payload"]["data"]["assetUpdated"]["status"], "AWAITING_UPLOAD", "{first}");
+
+    reqwest::Client::new().put(&url).body(bytes).send().await.expect("PUT");
+    app.gql("mutation($id: ID!) { completeUpload(id: $id) { status } }", json!({ "id": id }), Some(&token))
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        let msg = recv(&mut ws).await.expect("socket open");
+        match msg["type"].as_str() {
+            Some("next") => {
+                let a = &msg["payload"]["data"]["assetUpdated"];
+                seen.push(a["status"].as_str().expect("status").to_owned());
+                if a["status"] == "READY" {
+                    assert_eq!(a["width"], 640, "{msg}");
+                    assert!(a["thumbnailUrl"].is_string());
+                }
+            }
+            Some("complete") => break,
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("READY"), "{seen:?}");
+    assert!(seen.iter().all(|s| s == "PROCESSING" || s == "READY"), "{seen:?}");
+
+    // Another user's asset: NOT_FOUND, as in queries.
+    let (other, _) = app.register("peek@example.com").await;
+    let mut ws = connect_signed_in(app.addr, Some(&other)).await;
+    subscribe(&mut ws, "b", "subscription($id: ID!) { assetUpdated(id: $id) { id } }", json!({ "id": id }))
+        .await;
+    let refused = recv(&mut ws).await.expect("error");
+    assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{refused}");
+}

@@ -2,8 +2,9 @@
 //! `completeUpload`), their assets, and deleting them.
 
 use async_graphql::connection::{Connection, Edge};
-use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
+use futures_util::{Stream, StreamExt};
 use mage_domain::assets::{self as domain, NewUpload};
 use mage_domain::enums::{AssetStatus as DomainStatus, MediaKind};
 use mage_domain::rows::Asset as AssetRow;
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use super::context::ContextExt;
 use super::pagination::{decode_created_cursor, encode_created_cursor, page, page_size};
 use crate::error::{ApiError, ApiResult};
+use crate::live::Event;
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(remote = "MediaKind")]
@@ -235,5 +237,30 @@ impl AssetsMutation {
         let svc = ctx.services();
         let mut conn = ctx.conn().await?;
         Ok(Asset(domain::delete(svc, &mut conn, user_id, id).await?))
+    }
+}
+
+#[derive(Default)]
+pub struct AssetsSubscription;
+
+#[Subscription]
+impl AssetsSubscription {
+    /// One of your assets: its current state first, then every change; the
+    /// stream completes once it is READY or REJECTED.
+    async fn asset_updated(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<impl Stream<Item = ApiResult<Asset>> + use<>, ApiError> {
+        let user_id = ctx.viewer().require()?;
+        let id = parse_asset_id(&id)?;
+        let sub = ctx.services().live.asset(user_id, id).await?;
+        Ok(sub.filter_map(|event| {
+            std::future::ready(match event {
+                Ok(Event::Asset(a)) => Some(Ok(Asset((*a).clone()))),
+                Ok(Event::Generation(_) | Event::Credits(_)) => None,
+                Err(lagged) => Some(Err(lagged.into())),
+            })
+        }))
     }
 }

@@ -132,7 +132,7 @@ impl CreditsSubscription {
         Ok(sub.filter_map(|event| {
             std::future::ready(match event {
                 Ok(Event::Credits(state)) => Some(Ok(CreditAccount(state.account))),
-                Ok(Event::Generation(_)) => None,
+                Ok(Event::Generation(_) | Event::Asset(_)) => None,
                 Err(lagged) => Some(Err(lagged.into())),
             })
         }))

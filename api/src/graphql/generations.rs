@@ -380,7 +380,7 @@ fn generations_of(sub: LiveSubscription) -> impl Stream<Item = ApiResult<Generat
     sub.filter_map(|event| {
         std::future::ready(match event {
             Ok(Event::Generation(s)) => Some(Ok(Generation::from(&*s))),
-            Ok(Event::Credits(_)) => None,
+            Ok(Event::Credits(_) | Event::Asset(_)) => None,
             Err(lagged) => Some(Err(lagged.into())),
         })
     })

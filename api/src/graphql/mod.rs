@@ -54,7 +54,11 @@ pub struct Mutation(
 );
 
 #[derive(MergedSubscription, Default)]
-pub struct Subscription(generations::GenerationsSubscription, credits::CreditsSubscription);
+pub struct Subscription(
+    generations::GenerationsSubscription,
+    credits::CreditsSubscription,
+    assets::AssetsSubscription,
+);
 
 pub type MageSchema = Schema<Query, Mutation, Subscription>;
 

@@ -8,8 +8,9 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use futures_util::task::AtomicWaker;
 use mage_domain::credits::AccountState;
+use mage_domain::enums::AssetStatus;
 use mage_domain::generations::Status;
-use mage_domain::rows::Generation;
+use mage_domain::rows::{Asset, Generation};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -62,6 +63,17 @@ impl Snapshot {
 pub enum Event {
     Generation(Arc<Snapshot>),
     Credits(Arc<AccountState>),
+    Asset(Arc<Asset>),
+}
+
+/// Orders the states of one asset: its status only moves forward.
+pub fn asset_key(a: &Asset) -> (u8, DateTime<Utc>) {
+    let rank = match a.status {
+        AssetStatus::AwaitingUpload => 0,
+        AssetStatus::Processing => 1,
+        AssetStatus::Ready | AssetStatus::Rejected => 2,
+    };
+    (rank, a.updated_at)
 }
 
 impl Event {
@@ -72,6 +84,7 @@ impl Event {
         match (self, newer) {
             (Event::Generation(a), Event::Generation(b)) => a.row.id == b.row.id && a.status() == b.status(),
             (Event::Credits(_), Event::Credits(_)) => true,
+            (Event::Asset(a), Event::Asset(b)) => a.id == b.id,
             _ => false,
         }
     }
@@ -83,6 +96,8 @@ struct Inner {
     /// The newest state accepted per generation (or account version).
     seen: HashMap<Uuid, Arc<Snapshot>>,
     credits_version: i64,
+    /// The newest asset state accepted (a subscription follows one asset).
+    asset_key: Option<(u8, DateTime<Utc>)>,
     lagged: bool,
 }
 
@@ -122,12 +137,17 @@ impl Mailbox {
                 Event::Generation(first) => {
                     inner.queue.retain(|e| match e {
                         Event::Generation(s) => s.row.id != first.row.id || s.order_key() > first.order_key(),
-                        Event::Credits(_) => true,
+                        Event::Credits(_) | Event::Asset(_) => true,
                     });
                     let newest = inner.seen.get(&first.row.id).cloned();
                     if newest.is_none_or(|n| n.order_key() < first.order_key()) {
                         inner.seen.insert(first.row.id, first.clone());
                     }
+                }
+                Event::Asset(first) => {
+                    let key = asset_key(first);
+                    inner.queue.retain(|e| !matches!(e, Event::Asset(a) if asset_key(a) <= key));
+                    inner.asset_key = inner.asset_key.max(Some(key));
                 }
                 Event::Credits(first) => {
                     let v = first.version;
@@ -175,6 +195,14 @@ impl Inner {
                     return false;
                 }
                 self.credits_version = c.version;
+                true
+            }
+            Event::Asset(a) => {
+                let key = Some(asset_key(a));
+                if key <= self.asset_key {
+                    return false;
+                }
+                self.asset_key = key;
                 true
             }
         }

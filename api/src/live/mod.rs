@@ -152,6 +152,20 @@ impl Hub {
         Ok(sub)
     }
 
+    /// `assetUpdated`: the asset's current state first, then every change;
+    /// the stream ends once it is READY or REJECTED. Another user's asset
+    /// is `NOT_FOUND`.
+    pub async fn asset(&self, user_id: Uuid, id: Uuid) -> Result<Subscription, ApiError> {
+        let channel = events::asset_channel(&self.inner.redis, id);
+        let mut sub = self.register(channel, || TopicKind::Asset { id }).await?;
+        let mut conn = self.inner.pool.get().await.map_err(ApiError::internal)?;
+        let now = mage_domain::assets::find_own(&mut conn, user_id, id).await?;
+        drop(conn);
+        sub.mailbox.start_with(Event::Asset(Arc::new(now)));
+        sub.end_after_final = true;
+        Ok(sub)
+    }
+
     /// `creditsChanged`: the account now, then after every ledger entry.
     pub async fn credits(&self, user_id: Uuid) -> Result<Subscription, ApiError> {
         let channel = events::credits_channel(&self.inner.redis, user_id);
@@ -260,6 +274,18 @@ impl Inner {
         }
         if channel.ends_with(":credits") {
             self.read_credits(channel);
+            return;
+        }
+        if channel.contains(":events:asset:") || channel.starts_with("events:asset:") {
+            match serde_json::from_slice::<mage_domain::rows::Asset>(payload) {
+                Ok(asset) => {
+                    let event = Event::Asset(Arc::new(asset));
+                    if let Some(t) = self.lock().topics.get(channel) {
+                        t.push(&event);
+                    }
+                }
+                Err(e) => tracing::warn!(%channel, error = %e, "unreadable asset event"),
+            }
             return;
         }
         match serde_json::from_slice(payload) {
@@ -379,23 +405,34 @@ impl Inner {
     /// After a reconnection: messages may have been lost while the
     /// connection was down, so read again what every topic shows.
     async fn resync(self: &Arc<Self>) -> Result<(), mage_domain::Error> {
-        let (generation_ids, credit_channels): (Vec<Uuid>, Vec<String>) = {
+        let (generation_ids, credit_channels, asset_ids) = {
             let state = self.lock();
             let mut ids = Vec::new();
             let mut credit_channels = Vec::new();
+            let mut asset_ids = Vec::new();
             for (channel, t) in &state.topics {
                 match &t.kind {
                     TopicKind::Generation { last: Some(s) } => ids.push(s.row.id),
                     TopicKind::UserGenerations { last, .. } => ids.extend(last.keys().copied()),
                     TopicKind::Credits { .. } => credit_channels.push(channel.clone()),
+                    TopicKind::Asset { id } => asset_ids.push(*id),
                     TopicKind::Generation { last: None } => {}
                 }
             }
-            (ids, credit_channels)
+            (ids, credit_channels, asset_ids)
         };
         let mut conn = self.pool.get().await?;
         let rows = generations::find_many(&mut conn, &generation_ids).await?;
+        let mut assets = Vec::with_capacity(asset_ids.len());
+        for id in asset_ids {
+            assets.extend(mage_domain::assets::find(&mut conn, id).await?);
+        }
         drop(conn);
+        for asset in assets {
+            let payload =
+                serde_json::to_vec(&asset).map_err(|e| mage_domain::Error::Internal(e.to_string()))?;
+            self.dispatch(&events::asset_channel(&self.redis, asset.id), &payload);
+        }
         for row in rows {
             let payload =
                 serde_json::to_vec(&row).map_err(|e| mage_domain::Error::Internal(e.to_string()))?;

@@ -42,10 +42,12 @@ impl Stream for Subscription {
                 Poll::Ready(Some(Err(lagged)))
             }
             Some(Ok(event)) => {
-                if self.end_after_final
-                    && let Event::Generation(s) = &event
-                    && s.status().is_final()
-                {
+                let last = match &event {
+                    Event::Generation(s) => s.status().is_final(),
+                    Event::Asset(a) => super::mailbox::asset_key(a).0 == 2,
+                    Event::Credits(_) => false,
+                };
+                if self.end_after_final && last {
                     self.done = true;
                 }
                 Poll::Ready(Some(Ok(event)))

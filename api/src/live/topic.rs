@@ -38,6 +38,8 @@ pub(super) enum TopicKind {
     /// read of the account is under way (reads run one at a time per topic,
     /// so they cannot overtake each other).
     Credits { user_id: Uuid, version: i64, reading: bool, again: bool },
+    /// `assetUpdated`: nothing kept; each message is the whole asset.
+    Asset { id: Uuid },
 }
 
 impl Topic {
@@ -64,7 +66,7 @@ impl Topic {
                 }
                 return true;
             }
-            TopicKind::Credits { .. } => return false,
+            TopicKind::Credits { .. } | TopicKind::Asset { .. } => return false,
         };
         if slot.as_ref().is_some_and(|l| l.order_key() > snapshot.order_key()) {
             return false;
@@ -78,7 +80,7 @@ impl Topic {
         match &self.kind {
             TopicKind::Generation { last } => last.iter().filter(queued).cloned().collect(),
             TopicKind::UserGenerations { last, .. } => last.values().filter(queued).cloned().collect(),
-            TopicKind::Credits { .. } => Vec::new(),
+            TopicKind::Credits { .. } | TopicKind::Asset { .. } => Vec::new(),
         }
     }
 }
@@ -87,6 +89,6 @@ pub(super) fn topic_snapshot(topic: &Topic, id: Uuid) -> Option<Arc<Snapshot>> {
     match &topic.kind {
         TopicKind::Generation { last } => last.clone(),
         TopicKind::UserGenerations { last, .. } => last.get(&id).cloned(),
-        TopicKind::Credits { .. } => None,
+        TopicKind::Credits { .. } | TopicKind::Asset { .. } => None,
     }
 }
