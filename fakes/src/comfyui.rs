@@ -9,10 +9,18 @@
 //!   socket with the same id replaces the old one; nothing is replayed;
 //! - `execution_success` is sent before the history entry is written;
 //! - an unqualified `POST /interrupt` stops whatever runs;
-//! - outputs are listed in `/history/{id}` and served by `/view`.
+//! - outputs are listed in `/history/{id}` and served by `/view`;
+//! - `POST /upload/image` keeps files (in memory) for `LoadImage`, renaming
+//!   on a clash unless `overwrite`, and a prompt naming a file it does not
+//!   have fails validation.
 //!
 //! Faults tests can inject: unhealthy `/system_stats`, a node error when the
-//! prompt text contains a needle, WebSocket drops mid-render.
+//! prompt text contains a needle, WebSocket drops mid-render, uploads that
+//! are answered but not kept.
+
+mod execute;
+mod prompt;
+mod uploads;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -74,6 +82,13 @@ const KNOWN_NODES: &[&str] = &[
     "SaveVideo",
     "CreateVideo",
     "SaveWEBM",
+    "LoadImage",
+    "ImageScale",
+    "VAEEncode",
+    "TextEncodeQwenImageEdit",
+    "ModelSamplingAuraFlow",
+    "CFGNorm",
+    "WanImageToVideo",
 ];
 const SAMPLERS: &[&str] = &["KSampler", "KSamplerAdvanced"];
 
@@ -119,6 +134,7 @@ struct Inner {
     downloads: HashMap<String, usize>,
     interrupts: Vec<Option<String>>,
     queue_deletes: Vec<String>,
+    uploads: uploads::Uploads,
 }
 
 struct Shared {
@@ -198,6 +214,7 @@ impl FakeComfy {
                 downloads: HashMap::new(),
                 interrupts: Vec::new(),
                 queue_deletes: Vec::new(),
+                uploads: uploads::Uploads::default(),
             }),
             work: Notify::new(),
             out_dir: out.path().join("output"),
@@ -208,19 +225,23 @@ impl FakeComfy {
         let stop = CancellationToken::new();
         let app = Router::new()
             .route("/system_stats", get(system_stats))
-            .route("/prompt", post(submit).get(prompt_info))
+            .route("/prompt", post(prompt::submit).get(prompt::prompt_info))
             .route("/queue", get(queue).post(queue_edit))
             .route("/interrupt", post(interrupt))
             .route("/history", get(history_all))
             .route("/history/{id}", get(history_one))
             .route("/view", get(view))
+            .route(
+                "/upload/image",
+                post(uploads::upload_image).layer(DefaultBodyLimit::max(uploads::MAX_UPLOAD_BYTES)),
+            )
             .route("/ws", get(ws))
             .with_state(shared.clone());
         let serve_stop = stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(serve_stop.cancelled_owned()).await;
         });
-        tokio::spawn(executor(shared.clone(), stop.clone()));
+        tokio::spawn(execute::executor(shared.clone(), stop.clone()));
         Ok(Self { addr, shared, stop, _out: out })
     }
 
@@ -283,6 +304,18 @@ impl FakeComfy {
         self.shared.lock().queue_deletes.clone()
     }
 
+    /// The files of the input folder (what `POST /upload/image` kept), by
+    /// `subfolder/name`.
+    pub fn uploads(&self) -> HashMap<String, Vec<u8>> {
+        self.shared.lock().uploads.inputs()
+    }
+
+    /// Answers uploads as usual but keeps nothing, as a second ComfyUI
+    /// behind the same load balancer would for the prompt that follows.
+    pub fn discard_uploads(&self, discard: bool) {
+        self.shared.lock().uploads.discard = discard;
+    }
+
     /// The prompt executing now.
     pub fn running(&self) -> Option<String> {
         self.shared.lock().running.as_ref().map(|q| q.prompt_id.clone())
@@ -326,121 +359,6 @@ async fn system_stats(State(shared): State<Arc<Shared>>) -> Response {
         "devices": devices,
     }))
     .into_response()
-}
-
-fn bad_request(kind: &str, message: &str, details: &str, node_errors: Value) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({
-            "error": {"type": kind, "message": message, "details": details, "extra_info": {}},
-            "node_errors": node_errors,
-        })),
-    )
-        .into_response()
-}
-
-/// ComfyUI's `validate_prompt`, reduced to what a template can get wrong:
-/// unknown classes, dangling links, no output node.
-fn validate(prompt: &Map<String, Value>) -> Result<Vec<String>, Box<Response>> {
-    let mut outputs = Vec::new();
-    let mut node_errors = Map::new();
-    for (id, node) in prompt {
-        let Some(class) = node["class_type"].as_str() else {
-            return Err(Box::new(bad_request(
-                "invalid_prompt",
-                "Cannot execute because a node is missing the class_type property.",
-                &format!("Node ID '#{id}'"),
-                json!({}),
-            )));
-        };
-        if !KNOWN_NODES.contains(&class) {
-            return Err(Box::new(bad_request(
-                "invalid_prompt",
-                &format!("Cannot execute because node {class} does not exist."),
-                &format!("Node ID '#{id}'"),
-                json!({}),
-            )));
-        }
-        for (name, value) in node["inputs"].as_object().into_iter().flatten() {
-            if let Some(link) = value.as_array().filter(|a| a.len() == 2 && a[1].is_u64())
-                && !link[0].as_str().is_some_and(|from| prompt.contains_key(from))
-            {
-                node_errors.insert(
-                    id.clone(),
-                    json!({"errors": [{"type": "bad_linked_input", "message": "Bad linked input",
-                        "details": name, "extra_info": {"input_name": name}}],
-                        "dependent_outputs": [], "class_type": class}),
-                );
-            }
-        }
-        if OUTPUT_NODES.iter().any(|(c, _)| *c == class) {
-            outputs.push(id.clone());
-        }
-    }
-    if outputs.is_empty() {
-        return Err(Box::new(bad_request("prompt_no_outputs", "Prompt has no outputs", "", json!([]))));
-    }
-    if !node_errors.is_empty() {
-        return Err(Box::new(bad_request(
-            "prompt_outputs_failed_validation",
-            "Prompt outputs failed validation",
-            "",
-            Value::Object(node_errors),
-        )));
-    }
-    outputs.sort();
-    Ok(outputs)
-}
-
-async fn submit(State(shared): State<Arc<Shared>>, body: Option<Json<Value>>) -> Response {
-    let Some(Json(body)) = body else {
-        return bad_request("invalid_prompt", "Invalid JSON", "", json!({}));
-    };
-    let Some(prompt) = body["prompt"].as_object() else {
-        return bad_request("no_prompt", "No prompt provided", "", json!({}));
-    };
-    let outputs = match validate(prompt) {
-        Ok(outputs) => outputs,
-        Err(resp) => return *resp,
-    };
-    let prompt_id =
-        body["prompt_id"].as_str().map(str::to_owned).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let client_id = body["client_id"].as_str().map(str::to_owned);
-    let mut extra_data = body["extra_data"].clone();
-    if !extra_data.is_object() {
-        extra_data = json!({});
-    }
-    if let Some(c) = &client_id {
-        extra_data["client_id"] = json!(c);
-    }
-    let number = {
-        let mut inner = shared.lock();
-        let number = inner.next_number;
-        inner.next_number += 1;
-        inner.submissions.push(Submission {
-            prompt_id: prompt_id.clone(),
-            client_id: client_id.clone(),
-            prompt: Value::Object(prompt.clone()),
-            number,
-        });
-        inner.pending.push_back(Queued {
-            number,
-            prompt_id: prompt_id.clone(),
-            prompt: Value::Object(prompt.clone()),
-            extra_data,
-            outputs,
-            client_id,
-        });
-        number
-    };
-    shared.work.notify_one();
-    Json(json!({"prompt_id": prompt_id, "number": number, "node_errors": {}})).into_response()
-}
-
-async fn prompt_info(State(shared): State<Arc<Shared>>) -> Json<Value> {
-    let inner = shared.lock();
-    let remaining = inner.pending.len() + usize::from(inner.running.is_some());
-    Json(json!({"exec_info": {"queue_remaining": remaining}}))
 }
 
 async fn queue(State(shared): State<Arc<Shared>>) -> Json<Value> {
@@ -569,280 +487,4 @@ async fn follow_socket(shared: Arc<Shared>, sid: String, mut socket: WebSocket) 
     if inner.sockets.get(&sid).is_some_and(|s| s.conn == conn) {
         inner.sockets.remove(&sid);
     }
-}
-
-/// ComfyUI's prompt worker: one prompt at a time, FIFO, while healthy.
-async fn executor(shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let next = {
-            let mut inner = shared.lock();
-            if inner.health == Health::Healthy {
-                let next = inner.pending.pop_front();
-                if let Some(q) = &next {
-                    inner.running = Some(q.clone());
-                    inner.interrupt_requested = false;
-                    *inner.executions.entry(q.prompt_id.clone()).or_default() += 1;
-                }
-                next
-            } else {
-                None
-            }
-        };
-        let Some(job) = next else {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = shared.work.notified() => continue,
-                // Health changes and queue edits may not notify.
-                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-            }
-        };
-        let entry = tokio::select! {
-            _ = stop.cancelled() => return,
-            entry = execute(&shared, &job) => entry,
-        };
-        let success = entry["status"]["status_str"] == "success";
-        let cid = job.client_id.as_deref();
-        if success {
-            shared.send(cid, "execution_success", json!({"prompt_id": job.prompt_id, "timestamp": now_ms()}));
-            // ComfyUI writes history only after the executor returns.
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-        {
-            let mut inner = shared.lock();
-            inner.history.insert(job.prompt_id.clone(), entry);
-            inner.running = None;
-            if success {
-                inner.completed.push(job.prompt_id.clone());
-            }
-        }
-        shared.send(
-            cid,
-            "executing",
-            json!({"node": null, "display_node": null, "prompt_id": job.prompt_id}),
-        );
-    }
-}
-
-/// Nodes in an order where every node comes after its inputs.
-fn execution_order(prompt: &Map<String, Value>, outputs: &[String]) -> Vec<String> {
-    fn visit(id: &str, prompt: &Map<String, Value>, seen: &mut Vec<String>, order: &mut Vec<String>) {
-        if seen.iter().any(|s| s == id) {
-            return;
-        }
-        seen.push(id.to_owned());
-        for value in prompt[id]["inputs"].as_object().into_iter().flatten().map(|(_, v)| v) {
-            if let Some(from) = value.as_array().filter(|a| a.len() == 2).and_then(|a| a[0].as_str())
-                && prompt.contains_key(from)
-            {
-                visit(from, prompt, seen, order);
-            }
-        }
-        order.push(id.to_owned());
-    }
-    let (mut seen, mut order) = (Vec::new(), Vec::new());
-    for out in outputs {
-        visit(out, prompt, &mut seen, &mut order);
-    }
-    order
-}
-
-/// Width, height and frame count of the latent an output node decodes,
-/// found by walking its links back to the empty latent.
-fn latent_size(prompt: &Map<String, Value>, id: &str, depth: u32) -> Option<(u64, u64, u64)> {
-    let inputs = prompt.get(id)?["inputs"].as_object()?;
-    if let (Some(w), Some(h)) =
-        (inputs.get("width").and_then(Value::as_u64), inputs.get("height").and_then(Value::as_u64))
-    {
-        let frames = inputs.get("length").and_then(Value::as_u64).unwrap_or(1);
-        let batch = inputs.get("batch_size").and_then(Value::as_u64).unwrap_or(1);
-        return Some((w, h, frames.max(batch)));
-    }
-    if depth > 32 {
-        return None;
-    }
-    // The latent, samples and image inputs lead back to it.
-    for key in ["images", "samples", "latent_image", "image", "video"] {
-        if let Some(from) = inputs.get(key).and_then(|v| v.as_array()).and_then(|a| a.first()?.as_str())
-            && let Some(size) = latent_size(prompt, from, depth + 1)
-        {
-            return Some(size);
-        }
-    }
-    None
-}
-
-struct Run<'a> {
-    shared: &'a Shared,
-    job: &'a Queued,
-    messages: Vec<Value>,
-    dropped: bool,
-}
-
-impl Run<'_> {
-    fn send(&mut self, kind: &str, data: Value) {
-        if matches!(
-            kind,
-            "execution_start" | "execution_cached" | "execution_error" | "execution_interrupted"
-        ) {
-            self.messages.push(json!([kind, data]));
-        }
-        self.shared.send(self.job.client_id.as_deref(), kind, data);
-    }
-
-    fn ended(&mut self, status: &str, outputs: Map<String, Value>, meta: Map<String, Value>) -> Value {
-        json!({
-            "prompt": self.job.tuple(),
-            "outputs": outputs,
-            "status": {"status_str": status, "completed": status == "success", "messages": self.messages},
-            "meta": meta,
-        })
-    }
-}
-
-async fn execute(shared: &Shared, job: &Queued) -> Value {
-    let mut run = Run { shared, job, messages: Vec::new(), dropped: false };
-    let pid = job.prompt_id.clone();
-    let Some(prompt) = job.prompt.as_object() else {
-        return run.ended("error", Map::new(), Map::new());
-    };
-    run.send("execution_start", json!({"prompt_id": pid, "timestamp": now_ms()}));
-    run.send("execution_cached", json!({"nodes": [], "prompt_id": pid, "timestamp": now_ms()}));
-    let text = prompt.values().filter_map(|n| n["inputs"]["text"].as_str()).collect::<Vec<_>>().join("\n");
-    let failure =
-        shared.lock().fail_rules.iter().find(|(needle, _)| text.contains(needle)).map(|(_, m)| m.clone());
-    let mut executed: Vec<String> = Vec::new();
-    let mut outputs = Map::new();
-    let mut meta = Map::new();
-    for id in execution_order(prompt, &job.outputs) {
-        let class = prompt[&id]["class_type"].as_str().unwrap_or_default().to_owned();
-        run.send("executing", json!({"node": id, "display_node": id, "prompt_id": pid}));
-        if SAMPLERS.contains(&class.as_str()) {
-            if let Some(message) = &failure {
-                let data = json!({
-                    "prompt_id": pid, "node_id": id, "node_type": class, "executed": executed,
-                    "exception_message": message, "exception_type": "RuntimeError",
-                    "traceback": ["  File \"execution.py\", line 496, in execute\n"],
-                    "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms(),
-                });
-                run.send("execution_error", data);
-                return run.ended("error", outputs, meta);
-            }
-            let steps = prompt[&id]["inputs"]["steps"].as_u64().unwrap_or(20).max(1);
-            for step in 1..=steps {
-                let (delay, drop_after) = {
-                    let inner = shared.lock();
-                    (inner.step_delay, inner.drop_after_steps)
-                };
-                tokio::time::sleep(delay).await;
-                if std::mem::take(&mut shared.lock().interrupt_requested) {
-                    let data = json!({"prompt_id": pid, "node_id": id, "node_type": class,
-                        "executed": executed, "timestamp": now_ms()});
-                    run.send("execution_interrupted", data);
-                    return run.ended("error", outputs, meta);
-                }
-                run.send("progress", json!({"value": step, "max": steps, "prompt_id": pid, "node": id}));
-                if drop_after == Some(step as u32) && !run.dropped {
-                    run.dropped = true;
-                    if let Some(cid) = &job.client_id {
-                        // Dropping the sender closes the socket after what
-                        // was already queued on it.
-                        let mut inner = shared.lock();
-                        if let Some(s) = inner.sockets.remove(cid) {
-                            let _ = s.tx.send(Message::Close(None));
-                        }
-                    }
-                }
-            }
-        }
-        if let Some((_, key)) = OUTPUT_NODES.iter().find(|(c, _)| *c == class) {
-            match write_output(shared, prompt, &id, &class).await {
-                Ok(files) => {
-                    let output = json!({ *key: files });
-                    run.send(
-                        "executed",
-                        json!({"node": id, "display_node": id, "output": output, "prompt_id": pid}),
-                    );
-                    outputs.insert(id.clone(), output);
-                }
-                Err(e) => {
-                    run.send(
-                        "execution_error",
-                        json!({
-                            "prompt_id": pid, "node_id": id, "node_type": class, "executed": executed,
-                            "exception_message": e, "exception_type": "RuntimeError", "traceback": [],
-                            "current_inputs": {}, "current_outputs": {}, "timestamp": now_ms(),
-                        }),
-                    );
-                    return run.ended("error", outputs, meta);
-                }
-            }
-        }
-        meta.insert(
-            id.clone(),
-            json!({"node_id": id, "display_node": id, "parent_node": null, "real_node_id": id}),
-        );
-        executed.push(id);
-    }
-    run.messages.push(json!(["execution_success", {"prompt_id": pid, "timestamp": now_ms()}]));
-    run.ended("success", outputs, meta)
-}
-
-/// Renders an output node's files with ffmpeg, named as ComfyUI and
-/// VideoHelperSuite name them, and returns their listing.
-async fn write_output(
-    shared: &Shared,
-    prompt: &Map<String, Value>,
-    id: &str,
-    class: &str,
-) -> Result<Vec<Value>, String> {
-    let inputs = &prompt[id]["inputs"];
-    let prefix = inputs["filename_prefix"].as_str().unwrap_or("ComfyUI").to_owned();
-    if prefix.contains("..") || prefix.starts_with('/') {
-        return Err(format!("invalid filename_prefix {prefix:?}"));
-    }
-    let (w, h, frames) = latent_size(prompt, id, 0).unwrap_or((512, 512, 1));
-    let video = class != "SaveImage";
-    let fps = inputs["frame_rate"].as_f64().or_else(|| inputs["fps"].as_f64()).unwrap_or(16.0).max(1.0);
-    let count = if video { 1 } else { frames.max(1) };
-    let mut files = Vec::new();
-    for _ in 0..count {
-        let n = {
-            let mut inner = shared.lock();
-            let c = inner.counters.entry(prefix.clone()).or_insert(0);
-            *c += 1;
-            *c
-        };
-        let name = if video { format!("{prefix}_{n:05}.mp4") } else { format!("{prefix}_{n:05}_.png") };
-        let path = shared.out_dir.join(&name);
-        let source = format!("testsrc2=size={w}x{h}:rate={fps}");
-        let mut cmd = tokio::process::Command::new("ffmpeg");
-        cmd.args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", &source]);
-        if video {
-            let frames = frames.max(1).to_string();
-            cmd.args([
-                "-frames:v",
-                &frames,
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-pix_fmt",
-                "yuv420p",
-            ]);
-        } else {
-            cmd.args(["-frames:v", "1"]);
-        }
-        let out = cmd.arg(&path).output().await.map_err(|e| format!("ffmpeg: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("ffmpeg: {}", String::from_utf8_lossy(&out.stderr).trim()));
-        }
-        files.push(if video {
-            json!({"filename": name, "subfolder": "", "type": "output", "format": "video/h264-mp4",
-                   "frame_rate": fps, "workflow": format!("{prefix}_{n:05}.png"),
-                   "fullpath": path.to_string_lossy()})
-        } else {
-            json!({"filename": name, "subfolder": "", "type": "output"})
-        });
-    }
-    Ok(files)
 }

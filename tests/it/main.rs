@@ -9,6 +9,7 @@ mod cli;
 mod edge;
 mod generations;
 mod ingest;
+mod inputs;
 mod limits;
 mod media;
 mod metrics;

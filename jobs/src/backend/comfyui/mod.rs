@@ -8,12 +8,14 @@
 //! so any worker can reconnect as that client), reconciles through
 //! `/history` and `/queue` after every (re)connect and on a slow timer (a
 //! dropped socket loses events; ComfyUI keeps no backlog), and interrupts
-//! by `prompt_id` only.
+//! by `prompt_id` only. Input images go up first (`upload`), under names
+//! the prompt then gives its `LoadImage` nodes.
 
 pub mod progress;
 pub mod workflow;
 
 mod follow;
+mod upload;
 use follow::*;
 
 use std::collections::HashMap;
@@ -147,6 +149,22 @@ impl RenderBackend for ComfyBackend {
                 self.templates.dir.display()
             ),
         })?;
+        if req.inputs.len() != template.inputs() {
+            return Err(RenderError::Failed {
+                user_message: if template.inputs() == 0 {
+                    "This model does not take input images.".into()
+                } else {
+                    "This model needs exactly one input image.".into()
+                },
+                detail: format!(
+                    "workflow {} takes {} input image(s), the request has {}",
+                    req.workflow,
+                    template.inputs(),
+                    req.inputs.len()
+                ),
+            });
+        }
+        let images = self.upload_inputs(&req).await?;
         // Latent sizes are multiples of 8 (images) or 16 (video models);
         // rounding down keeps the aspect ratio within a pixel or two.
         let step = if req.kind == MediaKind::Video { 16 } else { 8 };
@@ -162,6 +180,7 @@ impl RenderBackend for ComfyBackend {
             fps: req.fps,
             duration_seconds: seconds,
             filename_prefix: format!("mage_{}", req.job_id),
+            images,
         };
         let graph = template.fill(&values);
         tokio::fs::create_dir_all(&req.work_dir).await?;
@@ -197,7 +216,7 @@ impl RenderBackend for ComfyBackend {
             // The workflow does not validate: a template or model problem
             // that no retry fixes.
             return Err(RenderError::Failed {
-                user_message: "This model could not start on the render backend.".into(),
+                user_message: refusal(&text),
                 detail: format!(
                     "{}: POST /prompt refused the workflow {}: {}",
                     self.base, req.workflow, text
@@ -350,18 +369,42 @@ fn order_outputs(mut files: Vec<PathBuf>, kind: MediaKind) -> Option<Vec<PathBuf
     Some(files)
 }
 
+/// Why ComfyUI refused a prompt (`400` with `error` and `node_errors`),
+/// told to the user with the first failing node's own words, bounded.
+fn refusal(body: &str) -> String {
+    const GENERIC: &str = "This model could not start on the render backend.";
+    let Ok(body) = serde_json::from_str::<Value>(body) else {
+        return GENERIC.to_owned();
+    };
+    let node = body["node_errors"].as_object().and_then(|nodes| {
+        nodes.values().find_map(|n| {
+            let error = n["errors"].as_array()?.first()?;
+            let why = error["details"].as_str().filter(|d| !d.is_empty()).or(error["message"].as_str())?;
+            Some(format!("{}: {why}", n["class_type"].as_str().unwrap_or("a node")))
+        })
+    });
+    let why = node.or_else(|| body["error"]["message"].as_str().map(str::to_owned));
+    match why.as_deref().and_then(|w| w.lines().next()).map(str::trim).filter(|w| !w.is_empty()) {
+        Some(why) => bounded(format!("{GENERIC} {why}")),
+        None => GENERIC.to_owned(),
+    }
+}
+
+fn bounded(mut user: String) -> String {
+    if user.chars().count() > USER_MESSAGE_MAX {
+        user = user.chars().take(USER_MESSAGE_MAX - 1).collect::<String>() + "…";
+    }
+    user
+}
+
 /// A failed node, told to the user in ComfyUI's own words (first line,
 /// bounded), with the whole report in the log.
 fn execution_error(data: &Value) -> RenderError {
     let message = data["exception_message"].as_str().unwrap_or("unknown error").trim();
     let node = data["node_type"].as_str().unwrap_or("a node");
     let first = message.lines().next().unwrap_or_default();
-    let mut user: String = format!("The render failed in {node}: {first}");
-    if user.chars().count() > USER_MESSAGE_MAX {
-        user = user.chars().take(USER_MESSAGE_MAX - 1).collect::<String>() + "…";
-    }
     RenderError::Failed {
-        user_message: user,
+        user_message: bounded(format!("The render failed in {node}: {first}")),
         detail: format!(
             "node {} ({node}): {}: {message}",
             data["node_id"].as_str().unwrap_or("?"),
@@ -403,5 +446,24 @@ mod tests {
         assert!(user_message.starts_with("The render failed in KSampler: Allocation on device failed"));
         assert!(user_message.chars().count() <= USER_MESSAGE_MAX && !user_message.contains('\n'));
         assert!(detail.contains("OutOfMemoryError"));
+    }
+
+    #[test]
+    fn refused_prompts_name_the_failing_node() {
+        let body = json!({
+            "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
+                      "details": "", "extra_info": {}},
+            "node_errors": {"52": {"errors": [{"type": "custom_validation_failed",
+                "message": "Custom validation failed for node", "details": "image - Invalid image file: a.png",
+                "extra_info": {}}], "dependent_outputs": ["60"], "class_type": "LoadImage"}},
+        });
+        assert_eq!(
+            refusal(&body.to_string()),
+            "This model could not start on the render backend. LoadImage: image - Invalid image file: a.png"
+        );
+        let missing = json!({"error": {"type": "invalid_prompt", "message": "Cannot execute because node X does not exist.",
+            "details": "Node ID '#1'", "extra_info": {}}, "node_errors": {}});
+        assert!(refusal(&missing.to_string()).ends_with("node X does not exist."));
+        assert_eq!(refusal("<html>"), "This model could not start on the render backend.");
     }
 }

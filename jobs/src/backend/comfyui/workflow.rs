@@ -20,7 +20,12 @@ pub const PLACEHOLDERS: &[(&str, Kind)] = &[
     ("fps", Kind::Integer),
     ("duration_seconds", Kind::Integer),
     ("filename_prefix", Kind::Text),
+    ("image", Kind::Text),
 ];
+
+/// The placeholder of the request's input image: the name ComfyUI gave
+/// the file Mage uploaded, as a `LoadImage` node takes it.
+pub const IMAGE: &str = "image";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -48,6 +53,9 @@ pub struct Values {
     pub fps: u32,
     pub duration_seconds: u32,
     pub filename_prefix: String,
+    /// Names of the uploaded inputs on the ComfyUI server, in the model's
+    /// order; `{{image}}` is the first.
+    pub images: Vec<String>,
 }
 
 impl Values {
@@ -62,6 +70,7 @@ impl Values {
             "fps" => Value::from(self.fps),
             "duration_seconds" => Value::from(self.duration_seconds),
             "filename_prefix" => Value::from(self.filename_prefix.as_str()),
+            IMAGE => Value::from(self.images.first()?.as_str()),
             _ => return None,
         })
     }
@@ -71,6 +80,8 @@ impl Values {
 pub struct Template {
     pub name: String,
     graph: Map<String, Value>,
+    /// How many input images a render of it needs.
+    inputs: usize,
 }
 
 impl Template {
@@ -108,7 +119,14 @@ impl Template {
         if !used.iter().any(|p| p == "prompt") {
             return Err(invalid("does not use {{prompt}}".into()));
         }
-        Ok(Self { name: name.to_owned(), graph })
+        let inputs = usize::from(used.iter().any(|p| p == IMAGE));
+        Ok(Self { name: name.to_owned(), graph, inputs })
+    }
+
+    /// How many input images a render of this template needs: one when it
+    /// uses `{{image}}`.
+    pub fn inputs(&self) -> usize {
+        self.inputs
     }
 
     /// The graph with every placeholder replaced by its value.
@@ -205,6 +223,7 @@ mod tests {
             fps: 16,
             duration_seconds: 5,
             filename_prefix: "mage_x".into(),
+            images: vec!["mage-1-0.png".into()],
         }
     }
 
@@ -225,6 +244,21 @@ mod tests {
         assert_eq!(g["3"]["inputs"]["seed"], Value::from(7u64));
         assert_eq!(g["4"]["inputs"]["width"], Value::from(832));
         assert!(g.get("9").is_none());
+        assert_eq!(t.inputs(), 0);
+    }
+
+    #[test]
+    fn fills_the_uploaded_image_name() {
+        let t = Template::parse(
+            "t",
+            Path::new("t.json"),
+            r#"{"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "{{prompt}}"}},
+                "2": {"class_type": "LoadImage", "inputs": {"image": "{{image}}", "upload": "image"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.inputs(), 1);
+        let g = t.fill(&values("x"));
+        assert_eq!(g["2"]["inputs"]["image"], Value::from("mage-1-0.png"));
     }
 
     #[test]
@@ -244,5 +278,8 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workflows/comfyui");
         let t = Templates::load(&dir).unwrap();
         assert!(t.get("text-to-video").is_some() && t.get("text-to-image").is_some(), "{:?}", t.names());
+        for name in ["image-edit", "image-to-video"] {
+            assert_eq!(t.get(name).map(Template::inputs), Some(1), "{name}: {:?}", t.names());
+        }
     }
 }

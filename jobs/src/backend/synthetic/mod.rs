@@ -9,6 +9,12 @@
 //! - `text-to-video`: H.264 `render.mp4` of the requested size, frame rate
 //!   and duration;
 //! - `text-to-image`: one frame, `render.png`;
+//! - `image-edit`: the user's photo, cropped to the requested size,
+//!   transformed by filters the prompt and seed choose, with the prompt
+//!   drawn on it: `render.png`;
+//! - `image-to-video`: the user's photo panned and zoomed (a path the
+//!   prompt and seed choose) for the requested size, frame rate and
+//!   duration, starting from the whole photo: `render.mp4`;
 //! - `synthetic-broken`: ffmpeg is run with a filter that does not exist,
 //!   so a render fails for real (tests and demos of the failure path).
 //!
@@ -16,6 +22,7 @@
 //! job is cancelled, when the backend is dropped, and when the task
 //! supervising it is dropped.
 
+mod photo;
 mod plan;
 use plan::*;
 
@@ -37,6 +44,8 @@ use crate::media::{self, Exit};
 pub const WORKFLOW_VIDEO: &str = "text-to-video";
 pub const WORKFLOW_IMAGE: &str = "text-to-image";
 pub const WORKFLOW_BROKEN: &str = "synthetic-broken";
+pub const WORKFLOW_EDIT: &str = "image-edit";
+pub const WORKFLOW_ANIMATE: &str = "image-to-video";
 
 /// Environment variable read by [`SyntheticBackend::from_env`].
 pub const SLOWDOWN_ENV: &str = "MAGE_SYNTHETIC_SLOWDOWN";
@@ -195,6 +204,14 @@ impl RenderBackend for SyntheticBackend {
 
     async fn submit(&self, req: RenderRequest) -> Result<RenderJob, RenderError> {
         let plan = Plan::new(&req, self.slowdown)?;
+        for input in &req.inputs {
+            if !tokio::fs::metadata(input).await.is_ok_and(|m| m.is_file()) {
+                return Err(RenderError::Failed {
+                    user_message: "The input image is no longer available.".into(),
+                    detail: format!("input {} is not a readable file", input.display()),
+                });
+            }
+        }
         tokio::fs::create_dir_all(&req.work_dir).await?;
         if let Some(text) = &plan.text {
             tokio::fs::write(req.work_dir.join(TEXT_FILE), text).await?;

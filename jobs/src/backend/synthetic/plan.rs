@@ -1,5 +1,6 @@
 //! What one synthetic render draws: the workflow, the lavfi filter graph
 //! picked from the prompt and seed, the prompt text overlay and its font.
+//! The workflows that start from the user's photo are drawn in `photo`.
 
 use super::*;
 
@@ -8,6 +9,20 @@ pub(super) enum Workflow {
     Video,
     Image,
     Broken,
+    /// The input photo, filtered, as an image.
+    Edit,
+    /// The input photo panned and zoomed, as a video.
+    Animate,
+}
+
+impl Workflow {
+    /// How many input images the workflow draws from.
+    fn inputs(self) -> usize {
+        match self {
+            Workflow::Edit | Workflow::Animate => 1,
+            Workflow::Video | Workflow::Image | Workflow::Broken => 0,
+        }
+    }
 }
 
 /// A validated request turned into an ffmpeg run.
@@ -26,6 +41,10 @@ pub(super) struct Plan {
     pub(super) font: Option<&'static Path>,
     pub(super) primary: PathBuf,
     pub(super) duration_us: Option<u64>,
+    /// The user's photo as ffmpeg's `file:` input, for the workflows that
+    /// take one.
+    pub(super) input: Option<std::ffi::OsString>,
+    pub(super) prompt: String,
 }
 
 impl Plan {
@@ -37,6 +56,8 @@ impl Plan {
             WORKFLOW_VIDEO => Workflow::Video,
             WORKFLOW_IMAGE => Workflow::Image,
             WORKFLOW_BROKEN => Workflow::Broken,
+            WORKFLOW_EDIT => Workflow::Edit,
+            WORKFLOW_ANIMATE => Workflow::Animate,
             other => {
                 return unsupported(
                     "This model is not available right now.",
@@ -48,14 +69,29 @@ impl Plan {
             }
         };
         let fits = match workflow {
-            Workflow::Video => req.kind == MediaKind::Video,
-            Workflow::Image => req.kind == MediaKind::Image,
+            Workflow::Video | Workflow::Animate => req.kind == MediaKind::Video,
+            Workflow::Image | Workflow::Edit => req.kind == MediaKind::Image,
             Workflow::Broken => true,
         };
         if !fits {
             return unsupported(
                 "This model cannot make that kind of media.",
                 format!("workflow {} cannot render {:?}", req.workflow, req.kind),
+            );
+        }
+        if req.inputs.len() != workflow.inputs() {
+            return unsupported(
+                &match workflow.inputs() {
+                    0 => "This model does not take input images.".to_owned(),
+                    1 => "This model needs exactly one input image.".to_owned(),
+                    n => format!("This model needs exactly {n} input images."),
+                },
+                format!(
+                    "workflow {} takes {} input image(s), the request has {}",
+                    req.workflow,
+                    workflow.inputs(),
+                    req.inputs.len()
+                ),
             );
         }
         let side_ok = |s: u32| (16..=MAX_SIDE).contains(&s) && s.is_multiple_of(2);
@@ -82,7 +118,10 @@ impl Plan {
             }
         };
         let font = font();
-        let text = font.and_then(|_| wrap_prompt(&req.prompt, req.width, req.height));
+        // A moving photo is left as it is: the prompt only steers the motion.
+        let text = font
+            .filter(|_| workflow != Workflow::Animate)
+            .and_then(|_| wrap_prompt(&req.prompt, req.width, req.height));
         let primary = PathBuf::from(if req.kind == MediaKind::Video { VIDEO_FILE } else { IMAGE_FILE });
         let duration_us = (req.kind == MediaKind::Video).then_some(u64::from(seconds) * 1_000_000);
         Ok(Self {
@@ -98,6 +137,8 @@ impl Plan {
             font,
             primary,
             duration_us,
+            input: req.inputs.first().map(|p| media::ffmpeg_input(p)).transpose()?,
+            prompt: req.prompt.clone(),
         })
     }
 
@@ -108,22 +149,29 @@ impl Plan {
         let hue = rng.below(360);
         let turn = 10 + rng.below(50);
         chain.push(format!("hue=H={hue}*PI/180+t*{turn}*PI/180"));
-        if self.slowdown > 1.0 {
-            chain.push(format!("realtime=speed={:.4}", 1.0 / self.slowdown));
-        }
-        if let (Some(font), Some(_)) = (self.font, &self.text) {
-            let size = (self.height / 24).max(12);
-            let margin = (self.height / 24).max(8);
-            chain.push(format!(
-                "drawtext=fontfile={}:textfile={TEXT_FILE}:expansion=none:fontsize={size}:fontcolor=white\
-                 :line_spacing={}:box=1:boxcolor=black@0.55:boxborderw={}:x={margin}:y=h-th-{margin}",
-                escape_option(&font.to_string_lossy()),
-                size / 4,
-                size / 3,
-            ));
-        }
+        chain.extend(self.pacing());
+        chain.extend(self.drawtext());
         chain.push("format=yuv420p".to_owned());
         chain.join(",")
+    }
+
+    /// `realtime` when renders are slowed down.
+    pub(super) fn pacing(&self) -> Option<String> {
+        (self.slowdown > 1.0).then(|| format!("realtime=speed={:.4}", 1.0 / self.slowdown))
+    }
+
+    /// The prompt in a box at the bottom left, read from [`TEXT_FILE`].
+    pub(super) fn drawtext(&self) -> Option<String> {
+        let (font, _) = (self.font?, self.text.as_ref()?);
+        let size = (self.height / 24).max(12);
+        let margin = (self.height / 24).max(8);
+        Some(format!(
+            "drawtext=fontfile={}:textfile={TEXT_FILE}:expansion=none:fontsize={size}:fontcolor=white\
+             :line_spacing={}:box=1:boxcolor=black@0.55:boxborderw={}:x={margin}:y=h-th-{margin}",
+            escape_option(&font.to_string_lossy()),
+            size / 4,
+            size / 3,
+        ))
     }
 
     /// The lavfi source, and the filters that make it presentable (upscale
@@ -218,6 +266,9 @@ impl Plan {
             cmd.args(["-vf", "mage_no_such_filter", "-frames:v", "1"]);
             cmd.arg(&self.primary);
             return cmd;
+        }
+        if let Some(input) = &self.input {
+            return self.photo_command(cmd, input);
         }
         let (source, prepare) = self.source();
         let mut filters = prepare;
@@ -375,7 +426,7 @@ pub(super) fn prompt_hash(prompt: &str, negative: Option<&str>, seed: i64) -> u6
 }
 
 /// splitmix64, for drawing the source's parameters from the hash.
-pub(super) struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     pub(super) fn next(&mut self) -> u64 {

@@ -1,0 +1,118 @@
+//! The request's input images, sent to ComfyUI's input folder with
+//! `POST /upload/image` before the prompt whose `LoadImage` names them.
+//!
+//! Each file is named after the generation and its place among the inputs
+//! (`mage-<generation>-<n>.<ext>`), never after the user's file, and is
+//! uploaded with `overwrite=true`: two generations never share a name, and
+//! the next attempt of the same generation replaces its own file instead
+//! of piling up `name (1).png` copies. The extension comes from the
+//! content, because ComfyUI lists (and so validates) only files whose
+//! extension says image.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+use super::{ComfyBackend, RenderError, RenderRequest, unavailable};
+
+/// An input may be a few tens of megabytes on a slow link to the GPU host.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl ComfyBackend {
+    /// Uploads every input of `req`, in order, and returns the names the
+    /// prompt must give ComfyUI for them.
+    pub(super) async fn upload_inputs(&self, req: &RenderRequest) -> Result<Vec<String>, RenderError> {
+        let mut names = Vec::with_capacity(req.inputs.len());
+        for (n, path) in req.inputs.iter().enumerate() {
+            names.push(self.upload(req, n, path).await?);
+        }
+        Ok(names)
+    }
+
+    async fn upload(&self, req: &RenderRequest, n: usize, path: &Path) -> Result<String, RenderError> {
+        // Inputs are images ingest already bounded in size.
+        let bytes = match tokio::fs::read(path).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RenderError::Failed {
+                    user_message: "The input image is no longer available.".into(),
+                    detail: format!("input {} is missing", path.display()),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some((ext, mime)) = image_type(&bytes) else {
+            return Err(RenderError::Failed {
+                user_message: "The input image is not a JPEG, PNG or WebP image.".into(),
+                detail: format!("input {} is not a JPEG, PNG or WebP file", path.display()),
+            });
+        };
+        let filename = format!("mage-{}-{n}.{ext}", req.generation_id);
+        let part = Part::bytes(bytes)
+            .file_name(filename.clone())
+            .mime_str(mime)
+            .map_err(|e| RenderError::Unavailable(format!("multipart: {e}")))?;
+        let form = Form::new().part("image", part).text("type", "input").text("overwrite", "true");
+        let what = "POST /upload/image";
+        let resp = self
+            .http
+            .post(format!("{}/upload/image", self.base))
+            .timeout(UPLOAD_TIMEOUT)
+            .multipart(form)
+            .send()
+            .await
+            .map_err(|e| unavailable(&self.base, what, e))?;
+        let status = resp.status();
+        if status.is_client_error() {
+            // Too large for the server, or not an upload it accepts: the
+            // same bytes are refused again.
+            let text = resp.text().await.unwrap_or_default();
+            return Err(RenderError::Failed {
+                user_message: "The input image could not be sent to the render backend.".into(),
+                detail: format!("{}: {what} refused {filename}: {status}: {text}", self.base),
+            });
+        }
+        if !status.is_success() {
+            return Err(unavailable(&self.base, what, status));
+        }
+        let answer: Value = resp.json().await.map_err(|e| unavailable(&self.base, what, e))?;
+        let name = answer["name"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| unavailable(&self.base, what, format!("no name in {answer}")))?;
+        tracing::debug!(generation_id = %req.generation_id, name, backend = %self.base, "input uploaded to ComfyUI");
+        Ok(match answer["subfolder"].as_str().filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{sub}/{name}"),
+            None => name.to_owned(),
+        })
+    }
+}
+
+/// The extension and MIME type of an image, from its first bytes.
+fn image_type(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("png", "image/png"))
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some(("jpg", "image/jpeg"))
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some(("webp", "image/webp"))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_names_the_type() {
+        assert_eq!(image_type(b"\x89PNG\r\n\x1a\n...."), Some(("png", "image/png")));
+        assert_eq!(image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]), Some(("jpg", "image/jpeg")));
+        assert_eq!(image_type(b"RIFF\x10\0\0\0WEBPVP8 "), Some(("webp", "image/webp")));
+        assert_eq!(image_type(b"#EXTM3U\nfile:///etc/passwd"), None);
+        assert_eq!(image_type(b""), None);
+    }
+}
