@@ -331,3 +331,57 @@ async fn asset_updated_follows_an_upload_to_ready_then_completes() {
     let refused = recv(&mut ws).await.expect("error");
     assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweeper_expires_unfinished_uploads_and_applies_retention() {
+    let app = TestApp::start().await;
+    let (token, _) = app.register("sweep@example.com").await;
+    let core = mage_domain::core::Core::new(
+        app.pool.clone(),
+        app.redis.redis(),
+        app.queues.clone(),
+        app.storage.clone(),
+    );
+    let used = || async {
+        let mut conn = app.conn().await;
+        crate::support::scalar_i64(&mut conn, "SELECT storage_used_bytes AS n FROM users").await
+    };
+
+    // Bytes sent but never completed: after the hour they go.
+    let res = app
+        .gql(
+            CREATE_UPLOAD,
+            json!({ "i": { "filename": "a.png", "contentType": "image/png", "byteSize": 4 } }),
+            Some(&token),
+        )
+        .await;
+    let stale = res["data"]["createUpload"]["asset"]["id"].as_str().expect("id").to_owned();
+    let url = res["data"]["createUpload"]["url"].as_str().expect("url").to_owned();
+    reqwest::Client::new().put(&url).body(vec![1u8; 4]).send().await.expect("PUT");
+    // A READY one, for retention.
+    let workers = app.start_workers().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let png = dir.path().join("p.png");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc2=s=320x240", "-frames:v", "1"], &png).await;
+    let kept = upload(&app, &token, "p.png", "image/png", std::fs::read(&png).expect("png")).await;
+    assert_eq!(settled(&app, &token, &kept).await["status"], "READY");
+    drop(workers);
+    assert!(used().await > 4);
+
+    let mut conn = app.conn().await;
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(61);
+    mage_domain::assets::sweep(&core, &mut conn, soon, Some(30)).await.expect("sweep");
+    let asset = app.gql(ASSET, json!({ "id": stale }), Some(&token)).await;
+    assert_eq!(asset["data"]["asset"]["status"], "REJECTED", "{asset}");
+    assert!(asset["data"]["asset"]["error"].as_str().expect("error").contains("within an hour"));
+    assert_eq!(stored_under(&app, "uploads"), 0);
+    let ready = app.gql(ASSET, json!({ "id": kept }), Some(&token)).await;
+    assert!(ready["data"]["asset"]["url"].is_string(), "within retention: kept");
+
+    let later = chrono::Utc::now() + chrono::Duration::days(31);
+    mage_domain::assets::sweep(&core, &mut conn, later, Some(30)).await.expect("sweep");
+    let ready = app.gql(ASSET, json!({ "id": kept }), Some(&token)).await;
+    assert_eq!(ready["data"]["asset"]["url"], Value::Null, "past retention: the bytes are gone");
+    assert_eq!(stored_under(&app, "assets"), 0);
+    assert_eq!(used().await, 0, "and the quota is free again");
+}
