@@ -58,27 +58,59 @@ pub async fn mark_ready(core: &Core, conn: &mut Connection, id: Uuid, ready: Rea
     Ok(asset)
 }
 
-/// → REJECTED with `reason` (shown to the user), and its bytes purged.
-/// An asset already READY or REJECTED is returned unchanged.
+/// → REJECTED with `reason` (shown to the user), its bytes deleted and its
+/// quota given back. The bytes go first; the status, the purge mark and the
+/// quota then change in one transaction, so whoever sees REJECTED also sees
+/// the quota free. An asset already READY or REJECTED is returned unchanged.
 pub async fn reject(core: &Core, conn: &mut Connection, asset: &Asset, reason: &str) -> Result<Asset> {
-    let moved: Option<Asset> = diesel::update(assets::table.find(asset.id))
-        .filter(assets::status.eq_any([Status::AwaitingUpload, Status::Processing]))
-        .set((
-            assets::status.eq(Status::Rejected),
-            assets::error.eq(reason),
-            assets::updated_at.eq(Utc::now()),
-        ))
-        .returning(Asset::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    let Some(rejected) = moved else {
-        return super::find(conn, asset.id).await?.ok_or(Error::NotFound("asset"));
+    if !matches!(asset.status, Status::AwaitingUpload | Status::Processing) {
+        return Ok(asset.clone());
+    }
+    delete_bytes(core, asset.id).await?;
+    let id = asset.id;
+    let rejected = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let now: Asset =
+                assets::table.find(id).select(Asset::as_select()).for_update().first(conn).await?;
+            if !matches!(now.status, Status::AwaitingUpload | Status::Processing) {
+                return Ok(None);
+            }
+            let rejected: Asset = diesel::update(assets::table.find(id))
+                .set((
+                    assets::status.eq(Status::Rejected),
+                    assets::error.eq(reason),
+                    assets::updated_at.eq(Utc::now()),
+                    assets::purged_at.eq(now.purged_at.unwrap_or_else(Utc::now)),
+                ))
+                .returning(Asset::as_returning())
+                .get_result(conn)
+                .await?;
+            if now.purged_at.is_none() {
+                release_quota(conn, now.user_id, now.byte_size).await?;
+            }
+            Ok(Some(rejected))
+        })
+        .await?;
+    let Some(rejected) = rejected else {
+        return super::find(conn, id).await?.ok_or(Error::NotFound("asset"));
     };
-    tracing::info!(asset_id = %asset.id, reason, "upload rejected");
-    purge(core, conn, &rejected).await?;
+    tracing::info!(asset_id = %id, reason, "upload rejected");
     events::publish_asset_logged(&core.redis, &rejected).await;
     Ok(rejected)
+}
+
+async fn delete_bytes(core: &Core, id: Uuid) -> Result<()> {
+    core.storage.delete(&upload_key(id)).await?;
+    core.storage.delete_prefix(&files_prefix(id)).await?;
+    Ok(())
+}
+
+async fn release_quota(conn: &mut Connection, user_id: Uuid, size: i64) -> Result<()> {
+    diesel::update(users::table.find(user_id))
+        .set(users::storage_used_bytes.eq(users::storage_used_bytes - size))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether a generation that has not finished renders from the asset.
@@ -101,8 +133,7 @@ pub async fn purge(core: &Core, conn: &mut Connection, asset: &Asset) -> Result<
     if asset.purged_at.is_some() {
         return Ok(());
     }
-    core.storage.delete(&upload_key(asset.id)).await?;
-    core.storage.delete_prefix(&files_prefix(asset.id)).await?;
+    delete_bytes(core, asset.id).await?;
     let (id, user_id) = (asset.id, asset.user_id);
     conn.transaction::<_, Error, _>(async |conn| {
         let size: Option<i64> = diesel::update(assets::table.find(id))
