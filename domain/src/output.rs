@@ -3,13 +3,10 @@
 //! stored as `generations.output` (JSONB); a stored value of another shape
 //! is a read error, not an empty output.
 
-use diesel::deserialize::{FromSql, FromSqlRow};
+use diesel::deserialize::FromSqlRow;
 use diesel::expression::AsExpression;
-use diesel::pg::{Pg, PgValue};
-use diesel::serialize::{Output as SqlOutput, ToSql};
 use diesel::sql_types::Jsonb;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 
 use crate::enums::MediaKind;
 
@@ -49,21 +46,37 @@ pub struct Rendition {
     pub playlist: String,
 }
 
-impl ToSql<Jsonb, Pg> for Output {
-    fn to_sql<'b>(&'b self, out: &mut SqlOutput<'b, '_, Pg>) -> diesel::serialize::Result {
-        // JSONB's binary form: a version byte, then the text.
-        out.write_all(&[1])?;
-        serde_json::to_writer(out, self)?;
-        Ok(diesel::serialize::IsNull::No)
-    }
-}
+/// A serde type stored as one JSONB column: written as JSONB's binary form
+/// (a version byte, then the text), read through `serde_json::Value`, so a
+/// stored value of another shape is a read error.
+macro_rules! jsonb_column {
+    ($t:ty) => {
+        impl diesel::serialize::ToSql<diesel::sql_types::Jsonb, diesel::pg::Pg> for $t {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+            ) -> diesel::serialize::Result {
+                use std::io::Write;
+                out.write_all(&[1])?;
+                serde_json::to_writer(out, self)?;
+                Ok(diesel::serialize::IsNull::No)
+            }
+        }
 
-impl FromSql<Jsonb, Pg> for Output {
-    fn from_sql(bytes: PgValue<'_>) -> diesel::deserialize::Result<Self> {
-        let value = <serde_json::Value as FromSql<Jsonb, Pg>>::from_sql(bytes)?;
-        Ok(serde_json::from_value(value)?)
-    }
+        impl diesel::deserialize::FromSql<diesel::sql_types::Jsonb, diesel::pg::Pg> for $t {
+            fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                let value = <serde_json::Value as diesel::deserialize::FromSql<
+                    diesel::sql_types::Jsonb,
+                    diesel::pg::Pg,
+                >>::from_sql(bytes)?;
+                Ok(serde_json::from_value(value)?)
+            }
+        }
+    };
 }
+pub(crate) use jsonb_column;
+
+jsonb_column!(Output);
 
 #[cfg(test)]
 mod tests {
