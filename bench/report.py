@@ -8,7 +8,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ["queue", "holds", "queries", "subscriptions", "transcode", "webhooks"]
+PARTS = ["queue", "holds", "queries", "subscriptions", "transcode", "upload", "webhooks"]
 
 
 def load(name):
@@ -99,6 +99,17 @@ def main(selected):
     r = ratio(m, p)
     row("transcode", "HLS ladder, 10 s 1080p", m, "ffmpeg per rendition", p, "≤ 0.6×",
         None if r is None else r <= 0.6, " s")
+
+    u = results.get("upload", {})
+    m, d = get(u, "put_mb_per_s", "mage"), get(u, "put_mb_per_s", "disk_ceiling")
+    r = ratio(m, d)
+    mb = get(u, "put_bytes")
+    label = f"PUT {mb / 1e6:,.0f} MB" if mb else "PUT"
+    row("upload", label, m, "same bytes to disk", d, "≥ 0.7×", None if r is None else r >= 0.7, " MB/s")
+    m, t = get(u, "ingest_seconds", "mage"), get(u, "ingest_seconds", "transcode_alone")
+    r = ratio(m, t)
+    row("upload", "completeUpload→READY, 10 s 1080p", m, "transcode alone", t, "≤ 1.10×",
+        None if r is None else r <= 1.10, " s")
 
     w = results.get("webhooks", {})
     m, f = get(w, "per_s", "mage"), get(w, "per_s", "healthz_floor")
