@@ -81,7 +81,7 @@ async fn a_photo_is_edited_and_animated_and_charged_what_was_quoted() {
 
     let before = balance(&app, &token).await;
     let edit = json!({ "model": "synth-edit", "prompt": "black and white", "resolution": "R480P",
-                       "inputs": [asset] });
+                       "inputs": [asset], "idempotencyKey": "edit-1" });
     let animate = json!({ "model": "synth-i2v", "prompt": "slow zoom", "resolution": "R480P",
                           "durationSeconds": 3, "inputs": [asset] });
     let mut quoted = 0;
@@ -96,6 +96,15 @@ async fn a_photo_is_edited_and_animated_and_charged_what_was_quoted() {
         quoted += price;
         ids.push(g["id"].as_str().expect("id").to_owned());
     }
+
+    // The same request again is the same generation; the same key with
+    // other inputs is refused.
+    let again = app.gql(CREATE, json!({ "i": edit }), Some(&token)).await;
+    assert_eq!(again["data"]["createGeneration"]["id"], ids[0].as_str(), "{again}");
+    let mut other = edit.clone();
+    other["inputs"] = json!([]);
+    let refused = app.gql(CREATE, json!({ "i": other }), Some(&token)).await;
+    assert_eq!(crate::support::code(&refused), "CONFLICT", "{refused}");
 
     let edited = finished(&app, &token, &ids[0]).await;
     assert_eq!(edited["status"], "SUCCEEDED", "{edited}");

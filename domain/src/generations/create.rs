@@ -50,7 +50,7 @@ pub async fn create(
     if let Some(k) = key
         && let Some(first) = by_key(&mut conn, user_id, k).await?
     {
-        return same_request(first, &quote);
+        return replayed(&mut conn, first, &quote, &input.inputs).await;
     }
 
     let id = Uuid::now_v7();
@@ -87,7 +87,7 @@ pub async fn create(
             return match replay {
                 // A concurrent request with the same key won the insert; its
                 // transaction rolled ours back whole, hold included.
-                Some(first) => same_request(first, &quote),
+                Some(first) => replayed(&mut conn, first, &quote, &input.inputs).await,
                 None => Err(e),
             };
         }
@@ -113,6 +113,21 @@ pub(super) async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generat
     crate::metrics::generation_created(&g.model);
     events::publish_created_logged(&svc.redis, &g).await;
     Ok(g)
+}
+
+/// The first generation of an idempotency key, if this request is the same
+/// one again (its inputs included).
+async fn replayed(
+    conn: &mut Connection,
+    first: Generation,
+    quote: &Quote,
+    inputs: &[Uuid],
+) -> Result<Generation> {
+    let had: Vec<Uuid> = assets::inputs_of(conn, &[first.id]).await?.into_iter().map(|(_, a)| a.id).collect();
+    if had != inputs {
+        return Err(Error::Conflict("idempotencyKey was already used for a different generation".into()));
+    }
+    same_request(first, quote)
 }
 
 fn same_request(first: Generation, quote: &Quote) -> Result<Generation> {
