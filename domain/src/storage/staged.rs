@@ -37,6 +37,24 @@ impl Storage {
         Ok(Some(url.to_string()))
     }
 
+    /// A bucket acknowledges a PUT once the object is durable; on local
+    /// storage the client's 200 waits for the same (object_store's local
+    /// store never fsyncs): the file, then its folder's entry.
+    async fn sync_local(&self, key: &str) -> Result<()> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let path = root.join(key);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&path)?.sync_all()?;
+            match path.parent() {
+                Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| crate::Error::Storage(format!("fsync task: {e}")))?
+        .map_err(|e| crate::Error::Storage(format!("fsync of an upload: {e}")))
+    }
+
     /// The size of the object at `key`, or `None` when there is none.
     pub async fn head(&self, key: &str) -> Result<Option<u64>> {
         match self.store.head(&object_key(key)?).await {
@@ -86,7 +104,11 @@ impl Storage {
         };
         match ended {
             // `finish` aborts the upload itself when completing it fails.
-            None => writer.finish().await.map(|_| Streamed::Stored(written)).map_err(store_error),
+            None => {
+                writer.finish().await.map_err(store_error)?;
+                self.sync_local(key).await?;
+                Ok(Streamed::Stored(written))
+            }
             Some(outcome) => {
                 if let Err(abort) = writer.abort().await {
                     tracing::warn!(key, error = %abort, "could not abort an unfinished upload");
