@@ -116,7 +116,12 @@ pub async fn publish_cancel(redis: &Redis, id: Uuid) -> Result<()> {
 
 /// Every change of an asset's state, as the JSON of its row.
 pub fn asset_channel(redis: &Redis, id: Uuid) -> String {
-    redis.key(&format!("events:asset:{id}"))
+    format!("{}{id}", asset_channel_prefix(redis))
+}
+
+/// What every asset channel starts with: how a subscriber tells them apart.
+pub fn asset_channel_prefix(redis: &Redis) -> String {
+    redis.key("events:asset:")
 }
 
 pub async fn publish_asset(redis: &Redis, asset: &Asset) -> Result<()> {

@@ -3,4 +3,5 @@
 //! end. Nothing here mocks Mage's code.
 
 pub mod comfyui;
+pub mod fixtures;
 pub mod stripe;

@@ -78,43 +78,6 @@ fn dimensions(path: &Path) -> (u32, u32) {
         .expect("fixture")
 }
 
-/// An EXIF APP1 segment (big-endian TIFF) with Orientation = 6 (rotate
-/// 90° clockwise to display) and a GPS IFD: latitude 48°51'24.05" N and a
-/// processing method holding `marker`.
-fn exif_app1(marker: &[u8]) -> Vec<u8> {
-    let mut tiff: Vec<u8> = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
-    let entry = |tiff: &mut Vec<u8>, tag: u16, kind: u16, count: u32, value: [u8; 4]| {
-        tiff.extend(tag.to_be_bytes());
-        tiff.extend(kind.to_be_bytes());
-        tiff.extend(count.to_be_bytes());
-        tiff.extend(value);
-    };
-    // IFD0 at 8: two entries, then the GPS IFD at 8 + 2 + 24 + 4 = 38.
-    tiff.extend(2u16.to_be_bytes());
-    entry(&mut tiff, 0x0112, 3, 1, [0, 6, 0, 0]);
-    entry(&mut tiff, 0x8825, 4, 1, 38u32.to_be_bytes());
-    tiff.extend(0u32.to_be_bytes());
-    // GPS IFD: three entries; its data follows at 38 + 2 + 36 + 4 = 80.
-    assert_eq!(tiff.len(), 38);
-    tiff.extend(3u16.to_be_bytes());
-    entry(&mut tiff, 0x0001, 2, 2, *b"N\0\0\0");
-    entry(&mut tiff, 0x0002, 5, 3, 80u32.to_be_bytes());
-    let method = [b"ASCII\0\0\0".as_slice(), marker].concat();
-    entry(&mut tiff, 0x001b, 7, method.len() as u32, 104u32.to_be_bytes());
-    tiff.extend(0u32.to_be_bytes());
-    assert_eq!(tiff.len(), 80);
-    for (num, den) in [(48u32, 1u32), (51, 1), (2405, 100)] {
-        tiff.extend(num.to_be_bytes());
-        tiff.extend(den.to_be_bytes());
-    }
-    tiff.extend(&method);
-    let mut app1 = vec![0xff, 0xe1];
-    app1.extend(u16::try_from(2 + 6 + tiff.len()).expect("fixture").to_be_bytes());
-    app1.extend(b"Exif\0\0");
-    app1.extend(tiff);
-    app1
-}
-
 /// Left half red, right half blue.
 fn halves(width: u32, height: u32) -> RgbImage {
     RgbImage::from_fn(
@@ -130,7 +93,7 @@ async fn a_jpeg_loses_its_exif_and_gps_and_is_turned_upright() {
     let marker = b"MAGE-SECRET-GPS-TRAIL";
     let mut plain = Vec::new();
     JpegEncoder::new_with_quality(&mut plain, 95).encode_image(&halves(800, 400)).unwrap();
-    let app1 = exif_app1(marker);
+    let app1 = mage_fakes::fixtures::exif_app1(marker);
     let photo = [&plain[..2], &app1, &plain[2..]].concat();
     let src = dir.path().join("photo.jpg");
     std::fs::write(&src, &photo).unwrap();

@@ -65,31 +65,6 @@ async fn ffmpeg(args: &[&str], dest: &Path) {
     assert!(out.status.success(), "ffmpeg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// An APP1 segment with EXIF orientation 6 and a GPS block carrying
-/// `marker` (big-endian TIFF, offsets from its start).
-fn exif_app1(marker: &[u8]) -> Vec<u8> {
-    let mut tiff: Vec<u8> = b"MM\x00\x2a\x00\x00\x00\x08".to_vec();
-    let entry = |tiff: &mut Vec<u8>, tag: u16, kind: u16, count: u32, value: [u8; 4]| {
-        tiff.extend(tag.to_be_bytes());
-        tiff.extend(kind.to_be_bytes());
-        tiff.extend(count.to_be_bytes());
-        tiff.extend(value);
-    };
-    tiff.extend(2u16.to_be_bytes());
-    entry(&mut tiff, 0x0112, 3, 1, [0, 6, 0, 0]);
-    entry(&mut tiff, 0x8825, 4, 1, 38u32.to_be_bytes());
-    tiff.extend(0u32.to_be_bytes());
-    tiff.extend(1u16.to_be_bytes());
-    entry(&mut tiff, 0x001b, 7, marker.len() as u32, 56u32.to_be_bytes());
-    tiff.extend(0u32.to_be_bytes());
-    tiff.extend(marker);
-    let mut app1 = vec![0xff, 0xe1];
-    app1.extend(u16::try_from(2 + 6 + tiff.len()).expect("small").to_be_bytes());
-    app1.extend(b"Exif\0\0");
-    app1.extend(tiff);
-    app1
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -125,7 +100,7 @@ async fn a_photo_with_gps_tags_becomes_a_clean_upright_image() {
     .await;
     let plain = std::fs::read(plain).expect("jpeg");
     let marker = b"MAGE-GPS-48.51N-2.24E";
-    let photo = [&plain[..2], &exif_app1(marker), &plain[2..]].concat();
+    let photo = [&plain[..2], &mage_fakes::fixtures::exif_app1(marker), &plain[2..]].concat();
     assert!(photo.len() > 1_500_000, "{} bytes", photo.len());
 
     let id = upload(&app, &token, "IMG_0001.JPG", "image/jpeg", photo).await;

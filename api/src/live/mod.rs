@@ -54,6 +54,8 @@ struct Inner {
     redis: Redis,
     /// `events::queue_advanced_channel`, named once.
     queue_channel: String,
+    /// What every asset channel starts with (`events::asset_channel`).
+    asset_prefix: String,
     pool: DbPool,
     state: Mutex<State>,
     commands: mpsc::UnboundedSender<Command>,
@@ -82,6 +84,7 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             queue_channel: events::queue_advanced_channel(&redis),
+            asset_prefix: events::asset_channel_prefix(&redis),
             redis,
             pool,
             state: Mutex::new(State::default()),
@@ -276,7 +279,7 @@ impl Inner {
             self.read_credits(channel);
             return;
         }
-        if channel.contains(":events:asset:") || channel.starts_with("events:asset:") {
+        if channel.starts_with(&self.asset_prefix) {
             match serde_json::from_slice::<mage_domain::rows::Asset>(payload) {
                 Ok(asset) => {
                     let event = Event::Asset(Arc::new(asset));

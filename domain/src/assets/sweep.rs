@@ -38,22 +38,20 @@ pub async fn sweep(
         lifecycle::reject(core, conn, a, "The upload was not completed within an hour.").await?;
         n += 1;
     }
-    let mut done = assets::table
-        .filter(assets::purged_at.is_null())
-        .filter(assets::status.eq(Status::Rejected).or(assets::deleted_at.is_not_null()))
-        .into_boxed();
-    if let Some(days) = retention_days {
-        let before = now - chrono::Duration::days(i64::from(days));
-        done = assets::table
-            .filter(assets::purged_at.is_null())
-            .filter(
+    // Rejected or deleted ones, and READY ones past retention.
+    let mut done = assets::table.filter(assets::purged_at.is_null()).into_boxed();
+    done = match retention_days {
+        None => done.filter(assets::status.eq(Status::Rejected).or(assets::deleted_at.is_not_null())),
+        Some(days) => {
+            let before = now - chrono::Duration::days(i64::from(days));
+            done.filter(
                 assets::status
                     .eq(Status::Rejected)
                     .or(assets::deleted_at.is_not_null())
                     .or(assets::status.eq(Status::Ready).and(assets::ready_at.le(before))),
             )
-            .into_boxed();
-    }
+        }
+    };
     let done: Vec<Asset> = done.select(Asset::as_select()).limit(BATCH).load(conn).await?;
     for a in &done {
         if a.status == Status::Rejected || !lifecycle::in_use(conn, a.id).await? {

@@ -24,13 +24,15 @@ pub struct NewUpload {
     pub byte_size: i64,
 }
 
-/// The kind a declared content type promises; ingest later checks the
-/// bytes agree.
-pub fn declared_kind(content_type: &str) -> Result<MediaKind> {
+/// The kind a declared content type promises (ingest later checks the
+/// bytes agree), and the type as stored: lowercase, without parameters.
+pub fn declared_kind(content_type: &str) -> Result<(MediaKind, String)> {
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
-        "image/jpeg" | "image/png" | "image/webp" => Ok(MediaKind::Image),
-        "video/mp4" | "video/quicktime" | "video/webm" | "video/x-matroska" => Ok(MediaKind::Video),
+        "image/jpeg" | "image/png" | "image/webp" => Ok((MediaKind::Image, essence)),
+        "video/mp4" | "video/quicktime" | "video/webm" | "video/x-matroska" => {
+            Ok((MediaKind::Video, essence))
+        }
         _ => Err(Error::invalid(
             "contentType",
             "must be one of image/jpeg, image/png, image/webp, video/mp4, video/quicktime, video/webm, \
@@ -64,7 +66,7 @@ pub async fn create_upload(
     limits: &AssetLimits,
     now: DateTime<Utc>,
 ) -> Result<Asset> {
-    let kind = declared_kind(&input.content_type)?;
+    let (kind, content_type) = declared_kind(&input.content_type)?;
     let filename = clean_filename(&input.filename)?;
     let max = limits.max_bytes(kind);
     if input.byte_size <= 0 || input.byte_size > max {
@@ -76,7 +78,6 @@ pub async fn create_upload(
     }
     let size = input.byte_size;
     let quota = limits.quota_bytes;
-    let content_type = input.content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let expires = now + chrono::Duration::from_std(UPLOAD_TTL).unwrap_or_default();
     conn.transaction::<_, Error, _>(async |conn| {
         // One conditional UPDATE: the row lock orders concurrent
