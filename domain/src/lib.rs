@@ -2,6 +2,7 @@
 //! lives here and nowhere else, so `diesel_async::RunQueryDsl` never meets
 //! GraphQL code.
 
+pub mod api_keys;
 pub mod assets;
 pub mod catalog;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod products;
 pub mod queue;
 pub mod rows;
 pub mod schema;
+pub mod sessions;
 pub mod stats;
 pub mod storage;
 pub mod subscriptions;

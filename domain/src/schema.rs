@@ -1,6 +1,20 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Text,
+        prefix -> Text,
+        secret_hash -> Bytea,
+        scopes -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     assets (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -109,6 +123,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    email_tokens (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Uuid,
+        purpose -> Text,
+        email -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     generation_inputs (generation_id, position) {
         generation_id -> Uuid,
         position -> Int2,
@@ -148,6 +174,22 @@ diesel::table! {
         backend_url -> Nullable<Text>,
         backend_job_id -> Nullable<Text>,
         media_expired_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    mails (id) {
+        id -> Uuid,
+        user_id -> Nullable<Uuid>,
+        to_address -> Text,
+        subject -> Text,
+        body_text -> Nullable<Text>,
+        idempotency_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+        sent_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_error -> Nullable<Text>,
     }
 }
 
@@ -204,6 +246,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Bytea,
+        session_id -> Uuid,
+        created_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     render_model_prices (model_id, resolution) {
         model_id -> Text,
         resolution -> Text,
@@ -227,6 +278,19 @@ diesel::table! {
         render_timeout_seconds -> Nullable<Int4>,
         max_attempts -> Nullable<Int4>,
         inputs -> Array<Nullable<Text>>,
+    }
+}
+
+diesel::table! {
+    sessions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        last_used_at -> Timestamptz,
+        user_agent -> Nullable<Text>,
+        ip_address -> Nullable<Text>,
+        revoked_at -> Nullable<Timestamptz>,
+        revoked_reason -> Nullable<Text>,
     }
 }
 
@@ -272,9 +336,12 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         storage_used_bytes -> Int8,
+        email_verified_at -> Nullable<Timestamptz>,
+        deleted_at -> Nullable<Timestamptz>,
     }
 }
 
+diesel::joinable!(api_keys -> users (user_id));
 diesel::joinable!(assets -> users (user_id));
 diesel::joinable!(credit_accounts -> users (user_id));
 diesel::joinable!(credit_entries -> credit_accounts (user_id));
@@ -286,13 +353,17 @@ diesel::joinable!(credit_grants -> credit_accounts (user_id));
 diesel::joinable!(credit_grants -> orders (order_id));
 diesel::joinable!(credit_holds -> credit_accounts (user_id));
 diesel::joinable!(credit_holds -> generations (generation_id));
+diesel::joinable!(email_tokens -> users (user_id));
 diesel::joinable!(generation_inputs -> assets (asset_id));
 diesel::joinable!(generation_inputs -> generations (generation_id));
 diesel::joinable!(generations -> users (user_id));
+diesel::joinable!(mails -> users (user_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> products (product_id));
 diesel::joinable!(orders -> users (user_id));
+diesel::joinable!(refresh_tokens -> sessions (session_id));
 diesel::joinable!(render_model_prices -> render_models (model_id));
+diesel::joinable!(sessions -> users (user_id));
 diesel::joinable!(stripe_events -> orders (order_id));
 diesel::joinable!(stripe_events -> users (user_id));
 diesel::joinable!(subscriptions -> credit_grants (grant_id));
@@ -301,19 +372,24 @@ diesel::joinable!(subscriptions -> products (product_id));
 diesel::joinable!(subscriptions -> users (user_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
     assets,
     credit_accounts,
     credit_entries,
     credit_grants,
     credit_holds,
     daily_stats,
+    email_tokens,
     generation_inputs,
     generations,
+    mails,
     order_items,
     orders,
     products,
+    refresh_tokens,
     render_model_prices,
     render_models,
+    sessions,
     stripe_events,
     subscriptions,
     users,
