@@ -14,6 +14,22 @@ use axum::extract::ConnectInfo;
 use axum::http::{Extensions, HeaderMap};
 use ipnet::IpNet;
 
+/// The client's `User-Agent`, in every GraphQL request's data: a new
+/// session records it so its owner can tell their devices apart.
+#[derive(Debug, Clone, Default)]
+pub struct UserAgent(pub Option<String>);
+
+impl UserAgent {
+    pub fn of(headers: &HeaderMap) -> Self {
+        Self(
+            headers
+                .get(axum::http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(256).collect()),
+        )
+    }
+}
+
 /// The client's address, in every GraphQL request's data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);

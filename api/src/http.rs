@@ -257,8 +257,9 @@ fn client_of(state: &AppState, parts: &Parts) -> ClientIp {
 /// answers in the media type the client asked for.
 async fn execute(state: &AppState, parts: &Parts, req: async_graphql::Request, wants: Wants) -> Response {
     let credential = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let (viewer, _) = viewer_from(state, credential).await;
-    let req = request_data(req, viewer, client_of(state, parts), &state.pool);
+    let viewer = viewer_from(state, credential).await;
+    let user_agent = crate::client::UserAgent::of(&parts.headers);
+    let req = request_data(req, viewer, client_of(state, parts), &state.pool).data(user_agent);
     wants.response(state.schema.execute_http(req).await)
 }
 

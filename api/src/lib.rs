@@ -46,8 +46,10 @@ pub struct AppStateInner {
     pub tokens: auth::Tokens,
     pub schema: Operations,
     pub live: live::Hub,
-    /// Accounts seen to exist lately (a deleted one's token is refused).
-    pub known_users: auth::KnownUsers,
+    /// Ended sessions and revoked keys, polled from the database.
+    pub revocations: Arc<auth::Revocations>,
+    /// API keys checked lately.
+    pub keys: auth::KeyCache,
     /// Cancelled when the server begins to stop: open WebSockets are closed
     /// (clients reconnect to another instance) so the stop does not wait on
     /// them.
@@ -66,6 +68,13 @@ impl AppState {
     pub fn new(core: Core, settings: ServerSettings) -> Self {
         let tokens = auth::Tokens::new(&settings.jwt_secret, settings.token_ttl);
         metrics::init();
+        // Remembered while a credential naming them can still be good: an
+        // access token's lifetime with its validation leeway, a cached key.
+        let revocations = Arc::new(auth::Revocations::new(
+            settings.token_ttl.max(auth::keys::RECHECK) + std::time::Duration::from_secs(60),
+        ));
+        let stopping = tokio_util::sync::CancellationToken::new();
+        revocations.start(core.pool.clone(), stopping.clone());
         let live = live::Hub::start(core.redis.clone(), core.pool.clone());
         let services = Arc::new(graphql::Services {
             tokens: tokens.clone(),
@@ -84,6 +93,8 @@ impl AppState {
             },
             auth_limits: settings.auth_limits,
             assets: settings.assets,
+            revocations: revocations.clone(),
+            session_idle_days: settings.session_idle_days,
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self(Arc::new(AppStateInner {
@@ -92,8 +103,9 @@ impl AppState {
             tokens,
             schema,
             live,
-            known_users: Default::default(),
-            stopping: tokio_util::sync::CancellationToken::new(),
+            revocations,
+            keys: Default::default(),
+            stopping,
         }))
     }
 }

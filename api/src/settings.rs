@@ -21,14 +21,23 @@ pub struct ServerArgs {
     /// falls back to a development secret with a warning
     #[arg(long, env = "MAGE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Lifetime of an access token, in seconds
+    /// Lifetime of an access token, in seconds; a client refreshes its
+    /// session (`refreshSession`) for a new one
     #[arg(
         long,
-        env = "MAGE_TOKEN_TTL_SECONDS",
+        env = "MAGE_ACCESS_TOKEN_TTL_SECONDS",
         value_parser = clap::value_parser!(u64).range(1..),
-        default_value_t = 7 * 24 * 3600,
+        default_value_t = 900,
     )]
     pub token_ttl_seconds: u64,
+    /// Days a session may go without a refresh before it ends
+    #[arg(
+        long,
+        env = "MAGE_SESSION_IDLE_DAYS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        default_value_t = 30,
+    )]
+    pub session_idle_days: u32,
     /// Credits granted to every new account
     #[arg(long, env = "MAGE_SIGNUP_CREDITS", default_value_t = 100)]
     pub signup_credits: u32,
@@ -265,6 +274,7 @@ pub struct ServerSettings {
     pub public_url: String,
     pub jwt_secret: String,
     pub token_ttl: Duration,
+    pub session_idle_days: u32,
     pub signup_credits: i64,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
@@ -383,6 +393,7 @@ impl ServerArgs {
             public_url,
             jwt_secret,
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
+            session_idle_days: self.session_idle_days,
             signup_credits: i64::from(self.signup_credits),
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_body_bytes: self.max_body_bytes,

@@ -3,13 +3,17 @@
 //! server's own keep-alive (`ping` on graphql-transport-ws, `ka` on the
 //! legacy graphql-ws, plus a WebSocket ping frame that every client answers)
 //! so idle sockets survive mobile networks and proxies, a deadline for
-//! `connection_init`, closing sockets whose peer went silent, and closing
-//! every socket when the server stops.
+//! `connection_init`, closing sockets whose peer went silent, closing a
+//! socket whose session ends or whose API key is revoked (4403), and
+//! closing every socket when the server stops.
+//!
+//! A socket is bound to its session, not to the access token it opened
+//! with: a short token expiring does not close it, only the session ending.
 
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use async_graphql::Data;
@@ -20,7 +24,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 
 use crate::AppState;
-use crate::auth::{Viewer, viewer_from};
+use crate::auth::{Principal, Viewer, viewer_from};
 use crate::client::ClientIp;
 
 /// Largest message a client may send (an operation with its variables).
@@ -116,11 +120,8 @@ struct Shared {
     started: Instant,
     /// Milliseconds after `started` when the peer last sent anything.
     heard_ms: AtomicU64,
-    /// When the credential of `connection_init` expires (Unix seconds; 0:
-    /// none).
-    expires_at: AtomicI64,
-    /// The account `connection_init` signed in as.
-    user: OnceLock<uuid::Uuid>,
+    /// Who `connection_init` signed in as, and with which session or key.
+    principal: OnceLock<Principal>,
     guard: Mutex<Guard>,
     wake: tokio::sync::Notify,
 }
@@ -176,8 +177,6 @@ impl Shared {
 enum Deadline {
     /// `connection_init` (4408 when it passes).
     Init,
-    /// The credential's expiry (4401).
-    Expiry,
     None,
 }
 
@@ -195,8 +194,7 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared {
         started,
         heard_ms: AtomicU64::new(0),
-        expires_at: AtomicI64::new(0),
-        user: OnceLock::new(),
+        principal: OnceLock::new(),
         guard: Mutex::default(),
         wake: tokio::sync::Notify::new(),
     });
@@ -232,6 +230,11 @@ pub(crate) async fn serve(
     futures_util::pin_mut!(deadline);
     let mut waiting_for = Deadline::Init;
     let mut acknowledged = false;
+    // Taken before `connection_init` is read: a revocation between its
+    // check and the acknowledgement still wakes this socket.
+    let mut revocations = state.revocations.subscribe();
+    let ended = |shared: &Shared| shared.principal.get().is_some_and(|p| state.revocations.is_revoked(p.credential_id()));
+    const ENDED: &str = "Forbidden: the session has ended or the API key was revoked";
     let close = |code: u16, reason: &str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
 
     loop {
@@ -241,17 +244,11 @@ pub(crate) async fn serve(
                 Some(WsMessage::Text(text)) => {
                     if !acknowledged && text.starts_with(r#"{"type":"connection_ack""#) {
                         acknowledged = true;
-                        // The socket never outlives its credential: the
-                        // client reconnects with a fresh token (graphql-ws
-                        // calls a lazy `connectionParams` again then).
-                        waiting_for = match shared.expires_at.load(Ordering::Relaxed) {
-                            0 => Deadline::None,
-                            at => {
-                                let left = (at - chrono::Utc::now().timestamp()).max(0) as u64;
-                                deadline.as_mut().reset(Instant::now() + std::time::Duration::from_secs(left));
-                                Deadline::Expiry
-                            }
-                        };
+                        waiting_for = Deadline::None;
+                        if ended(&shared) {
+                            let _ = sink.send(close(4403, ENDED)).await;
+                            break;
+                        }
                     }
                     if let Some(id) = completed_id(&text) {
                         shared.guard().running.remove(&id);
@@ -288,14 +285,16 @@ pub(crate) async fn serve(
                 }
             }
             _ = &mut deadline, if waiting_for != Deadline::None => {
-                let (code, reason) = match waiting_for {
-                    // The graphql-transport-ws code for this; legacy
-                    // clients just see the socket close.
-                    Deadline::Init => (4408, "Connection initialisation timeout"),
-                    _ => (4401, "Unauthorized: the access token has expired"),
-                };
-                let _ = sink.send(close(code, reason)).await;
+                // The graphql-transport-ws code for this; legacy clients
+                // just see the socket close.
+                let _ = sink.send(close(4408, "Connection initialisation timeout")).await;
                 break;
+            }
+            Ok(()) = revocations.changed() => {
+                if ended(&shared) {
+                    let _ = sink.send(close(4403, ENDED)).await;
+                    break;
+                }
             }
             _ = keepalive.tick() => {
                 let silent = started.elapsed().as_millis() as u64 - shared.heard_ms.load(Ordering::Relaxed);
@@ -304,15 +303,16 @@ pub(crate) async fn serve(
                     let _ = sink.send(close(1001, "no answer to keep-alive pings")).await;
                     break;
                 }
-                // An account deleted while its socket is open: signed out
-                // within a keep-alive period (from memory, mostly: see
-                // `KnownUsers`).
-                // Boxed: inline, the database query's future would sit in
-                // every idle socket's state (~2 KiB at 10,000 sockets).
-                if let Some(id) = shared.user.get()
-                    && let Ok(false) = Box::pin(state.known_users.exists(&state.pool, *id)).await
+                // While the revocation poll is failing, the database is
+                // asked instead, once a keep-alive period. Boxed: inline,
+                // the query's future would sit in every idle socket's state
+                // (~2 KiB at 10,000 sockets).
+                if let Some(p) = shared.principal.get()
+                    && let crate::auth::Credential::Session(session) = p.credential
+                    && !state.revocations.is_fresh()
+                    && !Box::pin(crate::auth::session_live(&state, session)).await
                 {
-                    let _ = sink.send(close(4401, "Unauthorized: this account no longer exists")).await;
+                    let _ = sink.send(close(4403, ENDED)).await;
                     break;
                 }
                 if acknowledged {
@@ -355,8 +355,8 @@ fn operation_limit_error(protocol: WebSocketProtocols, id: &str, max: usize) -> 
 /// `{"Authorization": "Bearer <token>"}` (also `authorization` or `token`).
 /// Bad credentials do not refuse the socket: every operation that needs the
 /// caller then fails with `UNAUTHENTICATED` and the reason, on its own, as
-/// over HTTP; public operations still run. A good one's expiry is left in
-/// `shared` for the socket, which closes then.
+/// over HTTP; public operations still run. A good one's session or key is
+/// left in `shared` for the socket, which closes when it is revoked.
 async fn connection_init(
     state: &AppState,
     client: ClientIp,
@@ -366,12 +366,9 @@ async fn connection_init(
     let credential = ["Authorization", "authorization", "token"]
         .iter()
         .find_map(|k| payload.get(*k).and_then(|v| v.as_str()));
-    let (viewer, expires): (Viewer, Option<i64>) = viewer_from(state, credential).await;
-    if let Some(at) = expires {
-        shared.expires_at.store(at.max(1), Ordering::Relaxed);
-    }
-    if let Viewer::User(id) = viewer {
-        let _ = shared.user.set(id);
+    let viewer = viewer_from(state, credential).await;
+    if let Viewer::User(p) = viewer {
+        let _ = shared.principal.set(p);
     }
     let mut data = Data::default();
     data.insert(viewer);

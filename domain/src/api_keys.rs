@@ -174,7 +174,7 @@ pub async fn list(conn: &mut Connection, user_id: Uuid) -> Result<Vec<ApiKey>> {
 /// not theirs.
 pub async fn revoke(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<ApiKey> {
     diesel::update(api_keys::table.find(id).filter(api_keys::user_id.eq(user_id)))
-        .set(api_keys::revoked_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+        .set(api_keys::revoked_at.eq(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>>(
             "coalesce(revoked_at, now())",
         )))
         .returning(ApiKey::as_returning())

@@ -212,6 +212,30 @@ pub async fn reissue(conn: &mut Connection, id: Uuid) -> Result<Option<String>> 
     Ok(Some(issue_refresh(conn, id).await?))
 }
 
+/// Sets a new password hash and ends every session of `user_id` but
+/// `keep`, which gets a fresh refresh token (earlier ones stop working), in
+/// one transaction; returns the ended sessions and `keep`'s new token
+/// (`None` if it had ended meanwhile).
+pub async fn new_password(
+    pool: &DbPool,
+    user_id: Uuid,
+    hash: &str,
+    keep: Option<Uuid>,
+    why: Ended,
+) -> Result<(Vec<Uuid>, Option<String>)> {
+    let mut conn = pool.get().await?;
+    conn.transaction::<_, Error, _>(async |conn| {
+        crate::users::set_password(conn, user_id, hash).await?;
+        let ended = end_all(conn, user_id, keep, why).await?;
+        let refresh = match keep {
+            Some(id) => reissue(conn, id).await?,
+            None => None,
+        };
+        Ok((ended, refresh))
+    })
+    .await
+}
+
 /// `user_id`'s live sessions, newest first; those idle for `idle_days` are
 /// over and not shown.
 pub async fn list(conn: &mut Connection, user_id: Uuid, idle_days: u32) -> Result<Vec<Session>> {

@@ -189,6 +189,30 @@ pub async fn authenticate(pool: &DbPool, email: &str, password: &str) -> Result<
     }
 }
 
+/// The user `id` if `password` is theirs (`InvalidCredentials` otherwise):
+/// what changing the password or deleting the account asks first.
+pub async fn confirm_password(pool: &DbPool, id: Uuid, password: &str) -> Result<User> {
+    if password.chars().count() > MAX_PASSWORD_CHARS {
+        return Err(Error::InvalidCredentials);
+    }
+    let user = find(&mut *pool.get().await?, id).await?.filter(|u| u.deleted_at.is_none());
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    match (verify_password(password.to_owned(), hash).await?, user) {
+        (true, Some(u)) => Ok(u),
+        _ => Err(Error::InvalidCredentials),
+    }
+}
+
+/// Sets a new password (checked, then hashed off the pool); the caller
+/// ends whichever sessions the change should end.
+pub async fn set_password(conn: &mut Connection, id: Uuid, hash: &str) -> Result<()> {
+    diesel::update(users::table.find(id))
+        .set((users::password_hash.eq(hash), users::updated_at.eq(chrono::Utc::now())))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 fn dummy_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HASH.get_or_init(|| {

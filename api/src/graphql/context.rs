@@ -22,6 +22,9 @@ pub(crate) trait ContextExt<'a> {
 
     fn client(&self) -> ClientIp;
 
+    /// Where a session started now comes from (user agent, address).
+    fn origin(&self) -> mage_domain::sessions::Origin;
+
     fn loaders(&self) -> &'a Loaders;
 
     /// A pooled database connection; a pool failure is `INTERNAL`.
@@ -43,6 +46,13 @@ impl<'a> ContextExt<'a> for Context<'a> {
 
     fn client(&self) -> ClientIp {
         self.data_opt::<ClientIp>().copied().unwrap_or(ClientIp::UNKNOWN)
+    }
+
+    fn origin(&self) -> mage_domain::sessions::Origin {
+        mage_domain::sessions::Origin {
+            user_agent: self.data_opt::<crate::client::UserAgent>().and_then(|ua| ua.0.clone()),
+            ip_address: Some(self.client().0.to_canonical().to_string()).filter(|_| self.client() != ClientIp::UNKNOWN),
+        }
     }
 
     fn loaders(&self) -> &'a Loaders {
@@ -69,6 +79,9 @@ pub(crate) struct AdminOnly;
 
 impl Guard for AdminOnly {
     async fn check(&self, ctx: &Context<'_>) -> async_graphql::Result<()> {
+        // An admin's API key is still only a key: admin work needs the
+        // admin in person.
+        ctx.viewer().require_session()?;
         if !ctx.current_user().await?.is_admin() {
             return Err(ApiError::Forbidden("this operation is for admins".into()).into());
         }

@@ -1,6 +1,7 @@
 //! The GraphQL schema, one module per domain area, merged here.
 
 mod admin;
+mod api_keys;
 mod assets;
 mod budget;
 mod catalog;
@@ -13,6 +14,7 @@ mod orders;
 mod pagination;
 mod products;
 mod queue;
+mod sessions;
 mod stats;
 mod users;
 
@@ -33,6 +35,8 @@ pub use loaders::Loaders;
 #[derive(MergedObject, Default)]
 pub struct Query(
     users::UsersQuery,
+    sessions::SessionsQuery,
+    api_keys::ApiKeysQuery,
     credits::CreditsQuery,
     products::ProductsQuery,
     orders::OrdersQuery,
@@ -47,6 +51,8 @@ pub struct Query(
 #[derive(MergedObject, Default)]
 pub struct Mutation(
     users::UsersMutation,
+    sessions::SessionsMutation,
+    api_keys::ApiKeysMutation,
     orders::OrdersMutation,
     generations::GenerationsMutation,
     assets::AssetsMutation,
@@ -74,6 +80,10 @@ pub struct Services {
     pub payments: mage_domain::payments::checkout::PaymentServices,
     pub auth_limits: mage_domain::limits::AuthLimits,
     pub assets: mage_domain::assets::AssetLimits,
+    /// Sessions and keys revoked: a revoking mutation tells this instance
+    /// at once (the others poll).
+    pub revocations: Arc<crate::auth::Revocations>,
+    pub session_idle_days: u32,
 }
 
 /// Resolvers read the shared handles as `svc.pool`, `svc.redis`: the
@@ -184,6 +194,26 @@ impl Operations {
         Some(Response::from_errors(vec![error]))
     }
 
+    /// The refusal of an operation an API key's scopes do not cover (see
+    /// `auth::scopes`), found before anything runs; `None` for any other
+    /// caller. The caller is in the request (HTTP) or the socket's data.
+    fn out_of_scope(request: &mut async_graphql::Request, socket: Option<&Data>) -> Option<Response> {
+        use crate::auth::{Credential, Principal};
+        let viewer = |data: &Data| {
+            data.get(&std::any::TypeId::of::<Viewer>()).and_then(|v| v.downcast_ref::<Viewer>()).cloned()
+        };
+        let Some(Viewer::User(Principal { credential: Credential::Key { scopes, .. }, .. })) =
+            viewer(&request.data).or_else(|| socket.and_then(viewer))
+        else {
+            return None;
+        };
+        let name = request.operation_name.clone();
+        let why = crate::auth::scopes::refusal(request.parsed_query().ok()?, name.as_deref(), scopes)?;
+        let mut error = async_graphql::ServerError::new(why, None);
+        error.extensions.get_or_insert_with(Default::default).set("code", "FORBIDDEN");
+        Some(Response::from_errors(vec![error]))
+    }
+
     /// Runs an operation that came over HTTP. A mutation runs on a task of
     /// its own: if the client goes away or the request times out it still
     /// runs to its end, so no transaction is cut off half-way (cancelling
@@ -203,7 +233,9 @@ impl Operations {
     async fn run(&self, mut request: async_graphql::Request, detach_mutations: bool) -> Response {
         self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
-        let response = if let Some(refused) = self.over_budget(&mut request) {
+        let response = if let Some(refused) =
+            self.over_budget(&mut request).or_else(|| Self::out_of_scope(&mut request, None))
+        {
             refused
         } else if detach_mutations && operation.operation_type() == Some(OperationType::Mutation) {
             let schema = self.schema.clone();
@@ -237,7 +269,10 @@ impl async_graphql::Executor for Operations {
     ) -> BoxStream<'static, Response> {
         self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
-        if let Some(refused) = self.over_budget(&mut request) {
+        let refused = self
+            .over_budget(&mut request)
+            .or_else(|| Self::out_of_scope(&mut request, session_data.as_deref()));
+        if let Some(refused) = refused {
             operation.finished(&refused);
             return futures_util::stream::once(async move { refused }).boxed();
         }

@@ -50,17 +50,37 @@ impl User {
     }
 }
 
+/// A signed-in session's credentials.
 #[derive(SimpleObject)]
 pub struct AuthPayload {
-    /// Send as `Authorization: Bearer <token>`.
+    /// The access token: send as `Authorization: Bearer <token>`. Short
+    /// lived (MAGE_ACCESS_TOKEN_TTL_SECONDS); get the next one with
+    /// `refreshSession` before `expiresAt`.
     token: String,
     expires_at: DateTime<Utc>,
+    /// Opaque and single use: `refreshSession` trades it for a new one.
+    /// Presenting one a second time ends the session. Keep it only in
+    /// secure storage.
+    refresh_token: String,
     user: User,
 }
 
-fn auth_payload(ctx: &Context<'_>, user: rows::User) -> ApiResult<AuthPayload> {
-    let (token, expires_at) = ctx.services().tokens.issue(user.id)?;
-    Ok(AuthPayload { token, expires_at, user: user.into() })
+/// Signs `user` in on a new session (this device).
+pub(crate) async fn auth_payload(ctx: &Context<'_>, user: rows::User) -> ApiResult<AuthPayload> {
+    let mut conn = ctx.conn().await?;
+    let (session, refresh_token) = mage_domain::sessions::start(&mut conn, user.id, &ctx.origin()).await?;
+    session_payload(ctx, user, session.id, refresh_token)
+}
+
+/// The credentials of session `session_id`, just given `refresh_token`.
+pub(crate) fn session_payload(
+    ctx: &Context<'_>,
+    user: rows::User,
+    session_id: uuid::Uuid,
+    refresh_token: String,
+) -> ApiResult<AuthPayload> {
+    let (token, expires_at) = ctx.services().tokens.issue(user.id, session_id)?;
+    Ok(AuthPayload { token, expires_at, refresh_token, user: user.into() })
 }
 
 #[derive(Default)]
@@ -100,7 +120,7 @@ impl UsersMutation {
             }
         };
         tracing::info!(user_id = %user.id, "user registered");
-        auth_payload(ctx, user)
+        auth_payload(ctx, user).await
     }
 
     /// Signs in. Failed attempts are limited per email
@@ -115,7 +135,7 @@ impl UsersMutation {
         match domain::authenticate(&s.pool, &email, &password).await {
             Ok(user) => {
                 attempt.give_back(&s.redis).await;
-                auth_payload(ctx, user)
+                auth_payload(ctx, user).await
             }
             Err(e @ mage_domain::Error::InvalidCredentials) => Err(e.into()),
             // A password over the length limit (refused before hashing) or

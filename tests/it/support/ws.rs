@@ -62,3 +62,16 @@ pub async fn recv_within(ws: &mut Ws, limit: Duration) -> Option<Value> {
         }
     }
 }
+
+/// The close code of a socket, reading past other messages.
+pub async fn close_code(ws: &mut Ws, limit: Duration) -> u16 {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("no close in time") {
+            Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return 1005,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
