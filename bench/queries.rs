@@ -334,7 +334,7 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
     psql(&db, SEED_SQL)?;
     let tokens = mage_api::auth::Tokens::new(JWT_SECRET, Duration::from_secs(3600));
     let user = USER.parse().map_err(|e| format!("user id: {e}"))?;
-    let (token, _) = tokens.issue(user).map_err(|e| format!("token: {e:?}"))?;
+    let (token, _) = tokens.issue(user, uuid::Uuid::new_v4()).map_err(|e| format!("token: {e:?}"))?;
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let script = dir.path().join("check.lua");

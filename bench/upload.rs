@@ -257,7 +257,7 @@ async fn bench(args: Args, cores: Cores) -> Result<bool, String> {
     psql(&db, SEED_SQL)?;
     let tokens = mage_api::auth::Tokens::new(JWT_SECRET, Duration::from_secs(3600));
     let (token, _) = tokens
-        .issue(USER.parse().map_err(|e| format!("user id: {e}"))?)
+        .issue(USER.parse().map_err(|e| format!("user id: {e}"))?, uuid::Uuid::new_v4())
         .map_err(|e| format!("token: {e:?}"))?;
 
     // On the disk, not a tmpfs: the folder this is run from.

@@ -37,7 +37,7 @@ async fn me_is_null_when_signed_out_and_a_bad_token_is_unauthenticated() {
         "another-secret-another-secret-another",
         std::time::Duration::from_secs(60),
     );
-    let (forged, _) = other.issue(uuid::Uuid::new_v4()).expect("token");
+    let (forged, _) = other.issue(uuid::Uuid::new_v4(), uuid::Uuid::new_v4()).expect("token");
     assert_eq!(code(&app.gql(ME, json!({}), Some(&forged)).await), "UNAUTHENTICATED");
     let res = app.gql("{ creditEntries { edges { cursor } } }", json!({}), None).await;
     assert_eq!(code(&res), "UNAUTHENTICATED");

@@ -18,6 +18,7 @@ mod playground;
 mod recovery;
 mod s3;
 mod schema;
+mod sessions;
 mod stats;
 mod subscriptions;
 mod support;

@@ -262,6 +262,7 @@ mod tests {
             backend_url: None,
             backend_job_id: None,
             media_expired_at: None,
+            deleted_at: None,
         }
     }
 

@@ -43,6 +43,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         public_url: format!("http://{addr}"),
         jwt_secret: "test-secret-test-secret-test-secret-000".into(),
         token_ttl: Duration::from_secs(3600),
+        session_idle_days: 30,
         signup_credits: 100,
         request_timeout: Duration::from_secs(30),
         max_body_bytes: 1024 * 1024,
