@@ -352,7 +352,9 @@ async fn bench(seconds: f64, connections: usize, clients: &[usize], cores: Cores
     let url = format!("{base}/graphql");
 
     let tokens = mage_api::auth::Tokens::new(JWT_SECRET, Duration::from_secs(3600));
-    let sign = |n: u32| tokens.issue(user_id(n), uuid::Uuid::new_v4()).map(|(t, _)| t).map_err(|e| format!("token: {e:?}"));
+    let sign = |n: u32| {
+        tokens.issue(user_id(n), uuid::Uuid::new_v4()).map(|(t, _)| t).map_err(|e| format!("token: {e:?}"))
+    };
     let one: Arc<Vec<String>> = Arc::new(vec![sign(ONE_USER)?]);
     let many: Arc<Vec<String>> =
         Arc::new((MANY_FIRST..MANY_FIRST + MANY_USERS).map(sign).collect::<Result<_, _>>()?);

@@ -233,7 +233,9 @@ pub(crate) async fn serve(
     // Taken before `connection_init` is read: a revocation between its
     // check and the acknowledgement still wakes this socket.
     let mut revocations = state.revocations.subscribe();
-    let ended = |shared: &Shared| shared.principal.get().is_some_and(|p| state.revocations.is_revoked(p.credential_id()));
+    let ended = |shared: &Shared| {
+        shared.principal.get().is_some_and(|p| state.revocations.is_revoked(p.credential_id()))
+    };
     const ENDED: &str = "Forbidden: the session has ended or the API key was revoked";
     let close = |code: u16, reason: &str| Message::Close(Some(CloseFrame { code, reason: reason.into() }));
 

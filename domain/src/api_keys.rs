@@ -93,7 +93,12 @@ fn new_secret() -> String {
 }
 
 /// Creates a key; returns it with its secret, which exists nowhere else.
-pub async fn create(conn: &mut Connection, user_id: Uuid, name: &str, scopes: &[Scope]) -> Result<(ApiKey, String)> {
+pub async fn create(
+    conn: &mut Connection,
+    user_id: Uuid,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(ApiKey, String)> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(Error::invalid("name", "must be 1 to 100 characters"));
@@ -108,7 +113,9 @@ pub async fn create(conn: &mut Connection, user_id: Uuid, name: &str, scopes: &[
         .get_result(conn)
         .await?;
     if live >= MAX_PER_USER {
-        return Err(Error::Conflict(format!("at most {MAX_PER_USER} API keys per account: revoke one first")));
+        return Err(Error::Conflict(format!(
+            "at most {MAX_PER_USER} API keys per account: revoke one first"
+        )));
     }
     let mut scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
     scopes.sort_unstable();
@@ -174,9 +181,9 @@ pub async fn list(conn: &mut Connection, user_id: Uuid) -> Result<Vec<ApiKey>> {
 /// not theirs.
 pub async fn revoke(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<ApiKey> {
     diesel::update(api_keys::table.find(id).filter(api_keys::user_id.eq(user_id)))
-        .set(api_keys::revoked_at.eq(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>>(
-            "coalesce(revoked_at, now())",
-        )))
+        .set(api_keys::revoked_at.eq(diesel::dsl::sql::<
+            diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+        >("coalesce(revoked_at, now())")))
         .returning(ApiKey::as_returning())
         .get_result(conn)
         .await
@@ -186,9 +193,11 @@ pub async fn revoke(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Ap
 
 /// Revokes every key of `user_id` (account deletion); returns their ids.
 pub async fn revoke_all(conn: &mut Connection, user_id: Uuid) -> Result<Vec<Uuid>> {
-    Ok(diesel::update(api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()))
-        .set(api_keys::revoked_at.eq(diesel::dsl::now))
-        .returning(api_keys::id)
-        .get_results(conn)
-        .await?)
+    Ok(diesel::update(
+        api_keys::table.filter(api_keys::user_id.eq(user_id)).filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(diesel::dsl::now))
+    .returning(api_keys::id)
+    .get_results(conn)
+    .await?)
 }

@@ -181,7 +181,12 @@ pub async fn end_own(conn: &mut Connection, user_id: Uuid, id: Uuid, why: Ended)
 }
 
 /// Ends every session of `user_id` but `keep`; returns the ended ones.
-pub async fn end_all(conn: &mut Connection, user_id: Uuid, keep: Option<Uuid>, why: Ended) -> Result<Vec<Uuid>> {
+pub async fn end_all(
+    conn: &mut Connection,
+    user_id: Uuid,
+    keep: Option<Uuid>,
+    why: Ended,
+) -> Result<Vec<Uuid>> {
     Ok(diesel::update(
         sessions::table
             .filter(sessions::user_id.eq(user_id))
@@ -198,9 +203,10 @@ pub async fn end_all(conn: &mut Connection, user_id: Uuid, keep: Option<Uuid>, w
 /// device that changed it stays signed in with fresh credentials); the
 /// earlier ones stop working.
 pub async fn reissue(conn: &mut Connection, id: Uuid) -> Result<Option<String>> {
-    let live: bool = diesel::select(diesel::dsl::exists(sessions::table.find(id).filter(sessions::revoked_at.is_null())))
-        .get_result(conn)
-        .await?;
+    let live: bool =
+        diesel::select(diesel::dsl::exists(sessions::table.find(id).filter(sessions::revoked_at.is_null())))
+            .get_result(conn)
+            .await?;
     if !live {
         return Ok(None);
     }
@@ -252,26 +258,31 @@ pub async fn list(conn: &mut Connection, user_id: Uuid, idle_days: u32) -> Resul
 
 /// Whether session `id` has ended (revoked, or not found at all).
 pub async fn ended(conn: &mut Connection, id: Uuid) -> Result<bool> {
-    let live: bool = diesel::select(diesel::dsl::exists(sessions::table.find(id).filter(sessions::revoked_at.is_null())))
-        .get_result(conn)
-        .await?;
+    let live: bool =
+        diesel::select(diesel::dsl::exists(sessions::table.find(id).filter(sessions::revoked_at.is_null())))
+            .get_result(conn)
+            .await?;
     Ok(!live)
 }
 
 /// Sessions and API keys revoked after `since` (by the database's clock),
 /// with the database's time now: what every API instance polls to refuse
 /// their credentials without a query per request.
-pub async fn revoked_since(conn: &mut Connection, since: DateTime<Utc>) -> Result<(Vec<Uuid>, DateTime<Utc>)> {
+pub async fn revoked_since(
+    conn: &mut Connection,
+    since: DateTime<Utc>,
+) -> Result<(Vec<Uuid>, DateTime<Utc>)> {
     use crate::schema::api_keys;
     let now: DateTime<Utc> =
         diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>("now()")).get_result(conn).await?;
-    let mut ids: Vec<Uuid> = sessions::table
-        .filter(sessions::revoked_at.gt(since))
-        .select(sessions::id)
-        .load(conn)
-        .await?;
+    let mut ids: Vec<Uuid> =
+        sessions::table.filter(sessions::revoked_at.gt(since)).select(sessions::id).load(conn).await?;
     ids.extend(
-        api_keys::table.filter(api_keys::revoked_at.gt(since)).select(api_keys::id).load::<Uuid>(conn).await?,
+        api_keys::table
+            .filter(api_keys::revoked_at.gt(since))
+            .select(api_keys::id)
+            .load::<Uuid>(conn)
+            .await?,
     );
     Ok((ids, now))
 }

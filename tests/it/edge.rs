@@ -388,6 +388,7 @@ async fn websockets_cap_operations_refuse_duplicate_ids_and_outlive_their_short_
     // The token expires 3 s after it was issued; the socket is bound to the
     // session, not the token, so it stays open and keeps answering.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    ws::send(&mut ws, json!({ "id": "2", "type": "complete" })).await;
     ws::subscribe(&mut ws, "5", "subscription { creditsChanged { balance } }", json!({})).await;
     loop {
         let msg = ws::recv(&mut ws).await.expect("the socket outlives its access token");

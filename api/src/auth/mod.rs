@@ -79,9 +79,9 @@ impl Viewer {
         let p = self.principal()?.ok_or_else(ApiError::unauthenticated)?;
         match p.credential {
             Credential::Session(session) => Ok((p.user_id, session)),
-            Credential::Key { .. } => Err(ApiError::Forbidden(
-                "an API key cannot do this: sign in as the account holder".into(),
-            )),
+            Credential::Key { .. } => {
+                Err(ApiError::Forbidden("an API key cannot do this: sign in as the account holder".into()))
+            }
         }
     }
 
@@ -97,7 +97,9 @@ fn bearer(value: &str) -> Result<&str, ApiError> {
     let value = value.trim();
     match value.split_once(' ') {
         Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Ok(rest.trim()),
-        Some(_) => Err(ApiError::Unauthenticated("unsupported Authorization scheme: use Bearer <token>".into())),
+        Some(_) => {
+            Err(ApiError::Unauthenticated("unsupported Authorization scheme: use Bearer <token>".into()))
+        }
         None => Ok(value),
     }
 }

@@ -78,7 +78,8 @@ impl Revocations {
                 match polled.await {
                     Ok((ids, now)) => {
                         this.add(&ids);
-                        this.polled_ms.store(this.started.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
+                        this.polled_ms
+                            .store(this.started.elapsed().as_millis().max(1) as u64, Ordering::Relaxed);
                         since = Some(now);
                     }
                     Err(e) => tracing::warn!(error = %e, "could not poll revoked sessions and keys"),

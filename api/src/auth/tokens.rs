@@ -102,7 +102,9 @@ impl Tokens {
             .map(|data| Access { user_id: data.claims.sub, session_id: data.claims.sid })
             .map_err(|e| {
                 let why = match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired: refresh the session (refreshSession)",
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                        "the access token has expired: refresh the session (refreshSession)"
+                    }
                     _ => "the access token is not valid: sign in again",
                 };
                 ApiError::Unauthenticated(why.to_owned())

@@ -51,7 +51,8 @@ impl<'a> ContextExt<'a> for Context<'a> {
     fn origin(&self) -> mage_domain::sessions::Origin {
         mage_domain::sessions::Origin {
             user_agent: self.data_opt::<crate::client::UserAgent>().and_then(|ua| ua.0.clone()),
-            ip_address: Some(self.client().0.to_canonical().to_string()).filter(|_| self.client() != ClientIp::UNKNOWN),
+            ip_address: Some(self.client().0.to_canonical().to_string())
+                .filter(|_| self.client() != ClientIp::UNKNOWN),
         }
     }
 

@@ -132,11 +132,14 @@ impl SessionsMutation {
         users::check_password(&new_password)
             .map_err(|_| mage_domain::Error::invalid("newPassword", password_rule()))?;
         let email = ctx.current_user().await?.email;
-        let attempt = limits::login_attempt(&s.redis, s.auth_limits, &email, &ctx.client().limit_key()).await?;
+        let attempt =
+            limits::login_attempt(&s.redis, s.auth_limits, &email, &ctx.client().limit_key()).await?;
         let user = match users::confirm_password(&s.pool, user_id, &current_password).await {
             Ok(user) => user,
             Err(mage_domain::Error::InvalidCredentials) => {
-                return Err(mage_domain::Error::invalid("currentPassword", "is not this account's password").into());
+                return Err(
+                    mage_domain::Error::invalid("currentPassword", "is not this account's password").into()
+                );
             }
             Err(e) => {
                 attempt.give_back(&s.redis).await;
@@ -148,7 +151,8 @@ impl SessionsMutation {
         let (ended, refresh_token) =
             domain::new_password(&s.pool, user_id, &hash, Some(session_id), Ended::PasswordChanged).await?;
         s.revocations.add(&ended);
-        let refresh_token = refresh_token.ok_or_else(|| ApiError::Unauthenticated("this session has ended".into()))?;
+        let refresh_token =
+            refresh_token.ok_or_else(|| ApiError::Unauthenticated("this session has ended".into()))?;
         session_payload(ctx, user, session_id, refresh_token)
     }
 }

@@ -15,8 +15,7 @@ use mage_jobs::settings::WorkerSettings;
 use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery";
-pub const REGISTER: &str =
-    "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token refreshToken user { id email } } }";
+pub const REGISTER: &str = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { token refreshToken user { id email } } }";
 pub const LOGIN: &str = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
 /// Opens `/metrics` of a test server (`MAGE_METRICS_TOKEN`).
 pub const METRICS_TOKEN: &str = "metrics-token-of-the-tests";

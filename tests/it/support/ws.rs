@@ -74,4 +74,3 @@ pub async fn close_code(ws: &mut Ws, limit: Duration) -> u16 {
         }
     }
 }
-
