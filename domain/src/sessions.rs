@@ -265,6 +265,26 @@ pub async fn ended(conn: &mut Connection, id: Uuid) -> Result<bool> {
     Ok(!live)
 }
 
+/// How long a spent refresh token is kept to recognise a replay: as long as
+/// the longest idle period a session may have (past it, a replay is just
+/// an unknown token).
+const SPENT_KEPT_DAYS: i64 = 90;
+
+/// Deletes up to `batch` refresh tokens nothing needs any more: spent ones
+/// past [`SPENT_KEPT_DAYS`], and any of a session ended that long ago.
+pub async fn prune(conn: &mut Connection, batch: i64) -> Result<usize> {
+    let before = Utc::now() - chrono::Duration::days(SPENT_KEPT_DAYS);
+    Ok(diesel::sql_query(
+        "DELETE FROM refresh_tokens WHERE token_hash IN (
+           SELECT t.token_hash FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id
+           WHERE t.used_at < $1 OR s.revoked_at < $1 LIMIT $2)",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(before)
+    .bind::<diesel::sql_types::BigInt, _>(batch)
+    .execute(conn)
+    .await?)
+}
+
 /// Sessions and API keys revoked after `since` (by the database's clock),
 /// with the database's time now: what every API instance polls to refuse
 /// their credentials without a query per request.

@@ -171,6 +171,10 @@ async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
     if assets > 0 {
         tracing::info!(assets, "sweeper: assets expired, purged or re-queued");
     }
+    let pruned = mage_domain::sessions::prune(&mut conn, BATCH).await?;
+    if pruned > 0 {
+        tracing::debug!(pruned, "sweeper: spent refresh tokens of a past period deleted");
+    }
     Ok(report)
 }
 

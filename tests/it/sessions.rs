@@ -336,3 +336,19 @@ async fn api_keys_are_scoped_revocable_shown_once_and_never_logged() {
         assert!(!logged.contains(&secret[8..]), "a key's secret is in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spent_refresh_tokens_are_pruned_after_their_keeping_period_only() {
+    let app = TestApp::start().await;
+    let auth = register(&app, "prune@example.com").await;
+    let res = app.gql(REFRESH, json!({ "t": auth["refreshToken"] }), None).await;
+    assert!(res.get("errors").is_none(), "{res}");
+    let mut conn = app.conn().await;
+    // One spent, one live: nothing is old enough yet.
+    assert_eq!(mage_domain::sessions::prune(&mut conn, 100).await.expect("prune"), 0);
+    app.sql("UPDATE refresh_tokens SET used_at = now() - interval '91 days' WHERE used_at IS NOT NULL").await;
+    assert_eq!(mage_domain::sessions::prune(&mut conn, 100).await.expect("prune"), 1);
+    // The live one still works.
+    let res = app.gql(REFRESH, json!({ "t": res["data"]["refreshSession"]["refreshToken"] }), None).await;
+    assert!(res.get("errors").is_none(), "{res}");
+}
