@@ -127,3 +127,26 @@ impl Revocations {
         self.changed.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_is_untrusted_until_a_poll_succeeds_and_forgets_after_keep() {
+        let r = Revocations::new(Duration::from_millis(200));
+        assert!(!r.is_fresh(), "no poll yet: the database must be asked");
+        let mut changed = r.subscribe();
+        let id = Uuid::new_v4();
+        r.add(&[id]);
+        assert!(r.is_revoked(id));
+        assert!(changed.has_changed().unwrap_or(false), "sockets are woken");
+        changed.mark_unchanged();
+        // Seen again (the poll's overlap): no new wake-up.
+        r.add(&[id]);
+        assert!(!changed.has_changed().unwrap_or(true));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        r.add(&[Uuid::new_v4()]);
+        assert!(!r.is_revoked(id), "kept past every credential naming it");
+    }
+}
