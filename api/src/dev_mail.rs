@@ -85,8 +85,8 @@ pre {{ white-space: pre-wrap; word-break: break-all; background: #f6f6f8; paddin
 .gone {{ color: #777; font-style: italic; }}
 </style></head>
 <body><h1>Development mailbox</h1>
-<p>Under <code>mage dev</code> with no <code>MAGE_SMTP_URL</code>, mails are kept here instead of sent.
-The newest {SHOWN} are shown, newest first.</p>
+<p>The outbox's newest {SHOWN} mails, newest first. Under <code>mage dev</code> with no
+<code>MAGE_SMTP_URL</code> they are kept here instead of sent.</p>
 {items}</body></html>"#
     ))
     .into_response()

@@ -52,7 +52,8 @@ impl Queue {
     /// The queues whose jobs are generations' (listed for admins).
     pub const JOBS: [Queue; 2] = [Queue::Render, Queue::Transcode];
     /// The queues whose jobs wait in Redis (counted for admins and metrics).
-    pub const STORED: [Queue; 5] = [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle, Queue::Mail];
+    pub const STORED: [Queue; 5] =
+        [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle, Queue::Mail];
 
     pub const fn name(self) -> &'static str {
         match self {

@@ -365,8 +365,11 @@ pub fn smtp_python() -> String {
 
 impl TestSmtp {
     pub async fn start() -> Self {
-        let dir = std::env::temp_dir()
-            .join(format!("mage-smtp-{}-{}", std::process::id(), Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "mage-smtp-{}-{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).expect("a folder for the test mailbox");
         let python = smtp_python();
         for _ in 0..5 {

@@ -153,7 +153,12 @@ pub struct Registered {
 /// [`register`], with the verification mail written in the same
 /// transaction as the user (the outbox), and the bonus granted now or at
 /// verification.
-pub async fn register_with(pool: &DbPool, email: &str, password: &str, signup: &Signup) -> Result<Registered> {
+pub async fn register_with(
+    pool: &DbPool,
+    email: &str,
+    password: &str,
+    signup: &Signup,
+) -> Result<Registered> {
     let signup_credits = if signup.bonus_at_verification { 0 } else { signup.credits };
     let email = normalize_email(email)?;
     check_password(password)?;

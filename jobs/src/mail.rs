@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apalis::prelude::{AbortError, BoxDynError};
-use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
+use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use mage_domain::config::ConfigError;
@@ -177,7 +177,9 @@ impl Mailer {
                 tracing::info!(host = %s.host, port = s.port, security = ?s.security, "mail worker: sending over SMTP")
             }
             (Self::DevMailbox, _) => {
-                tracing::info!("mail worker: no MAGE_SMTP_URL; mails are kept in the development mailbox (/dev/mail)")
+                tracing::info!(
+                    "mail worker: no MAGE_SMTP_URL; mails are kept in the development mailbox (/dev/mail)"
+                )
             }
             _ => tracing::warn!(
                 "mail worker: MAGE_SMTP_URL is not set: no mail (password resets, email verification) \

@@ -321,7 +321,8 @@ impl Workers {
 
         let backends = render_backends(&self.settings)?;
         let mailer = Arc::new(
-            mail::Mailer::new(&self.settings.mail).map_err(|e| WorkError::Stopped(format!("MAGE_SMTP_URL: {e}")))?,
+            mail::Mailer::new(&self.settings.mail)
+                .map_err(|e| WorkError::Stopped(format!("MAGE_SMTP_URL: {e}")))?,
         );
         if selected.contains(&Queue::Mail) {
             mailer.announce(&self.settings.mail);

@@ -11,7 +11,8 @@ use crate::support::{LOGIN, PASSWORD, TestApp, Workers, code, scalar_i64};
 
 const REQUEST_RESET: &str = "mutation($e: String!) { requestPasswordReset(email: $e) }";
 const RESET: &str = "mutation($t: String!, $p: String!) { resetPassword(token: $t, newPassword: $p) { token user { email } } }";
-const VERIFY: &str = "mutation($t: String!) { verifyEmail(token: $t) { email emailVerified credits { balance } } }";
+const VERIFY: &str =
+    "mutation($t: String!) { verifyEmail(token: $t) { email emailVerified credits { balance } } }";
 const RESEND: &str = "mutation { resendVerification }";
 const ME: &str = "{ me { email emailVerified credits { balance } } }";
 const NEW_PASSWORD: &str = "a brand new passphrase";
@@ -119,10 +120,9 @@ async fn a_password_reset_goes_through_smtp_and_its_link_works_once() {
     assert!(new["data"]["login"]["token"].is_string(), "{new}");
 }
 
-/// Needs the sessions of the accounts work (access tokens that name a
-/// session, `Services::revocations`), which this branch's base predates.
+/// Every device is signed out: the old sessions' tokens are refused at once
+/// here and, through the revocation poll, on every instance.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs session tokens and revocations: un-ignore once merged with the sessions work"]
 async fn a_password_reset_ends_every_session() {
     let smtp = TestSmtp::start().await;
     let app = TestApp::start().await;
@@ -358,7 +358,8 @@ async fn the_sweeper_sends_a_mail_whose_job_was_lost() {
                 ('fresh@example.com', 'A fresh mail', 'Hello', now())",
     )
     .await;
-    let sweep = || mage_jobs::sweep_once(&app.pool, &app.redis.redis(), &app.queues, Duration::from_secs(900));
+    let redis = app.redis.redis();
+    let sweep = || mage_jobs::sweep_once(&app.pool, &redis, &app.queues, Duration::from_secs(900));
     let report = sweep().await.expect("sweep");
     assert_eq!(report.mails_requeued, 1, "only the old one: the fresh one may still be on its way");
     let _workers = workers_sending_to(&app, &smtp).await;
@@ -432,9 +433,9 @@ async fn the_dev_mailbox_shows_mails_under_dev_only() {
 /// saved as a screenshot (`dev-mail.png` in the test's temporary folder).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dev_mailbox_in_headless_chromium() {
-    use base64::Engine;
     use crate::playground::{Page, chromium_or_skip, launch};
     use crate::support::{post_graphql, process, register_at};
+    use base64::Engine;
     let Some(binary) = chromium_or_skip() else { return };
     let db = mage_domain::testing::TestDb::new().await;
     let redis = mage_domain::testing::TestRedis::new();
@@ -446,7 +447,8 @@ async fn the_dev_mailbox_in_headless_chromium() {
     let base = format!("http://127.0.0.1:{port}");
     let gql = format!("{base}/graphql");
     register_at(&http, &gql, "browser-mail@example.com").await;
-    let res = post_graphql(&http, &gql, REQUEST_RESET, json!({ "e": "browser-mail@example.com" }), None).await;
+    let res =
+        post_graphql(&http, &gql, REQUEST_RESET, json!({ "e": "browser-mail@example.com" }), None).await;
     ok(&res);
 
     let (browser, devtools) = launch(&binary);
@@ -462,9 +464,8 @@ async fn the_dev_mailbox_in_headless_chromium() {
         assert!(Instant::now() < deadline, "the mails never showed: {text}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let links = page
-        .eval("Array.from(document.querySelectorAll('article.mail a')).map(a => a.href).join(' ')")
-        .await;
+    let links =
+        page.eval("Array.from(document.querySelectorAll('article.mail a')).map(a => a.href).join(' ')").await;
     let links = links.as_str().unwrap_or_default().to_owned();
     assert!(links.contains(&format!("{base}/reset-password?token=mage_et_")), "{links}");
     assert!(links.contains(&format!("{base}/verify-email?token=mage_et_")), "{links}");

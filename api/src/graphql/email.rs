@@ -16,7 +16,11 @@ use crate::error::ApiResult;
 /// is written with the account (one transaction) and enqueued once it is
 /// committed; the signup bonus waits for verification when
 /// MAGE_SIGNUP_BONUS_REQUIRES_VERIFIED_EMAIL says so.
-pub(crate) async fn register(ctx: &Context<'_>, email: &str, password: &str) -> mage_domain::Result<rows::User> {
+pub(crate) async fn register(
+    ctx: &Context<'_>,
+    email: &str,
+    password: &str,
+) -> mage_domain::Result<rows::User> {
     let s = ctx.services();
     let signup = users::Signup {
         credits: s.signup_credits,
