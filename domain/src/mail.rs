@@ -136,7 +136,7 @@ pub fn link(public_url: &str, page: &str, token: &str) -> String {
     format!("{}/{page}?token={token}", public_url.trim_end_matches('/'))
 }
 
-fn hours(d: chrono::Duration) -> String {
+fn spoken(d: chrono::Duration) -> String {
     match d.num_hours() {
         h if h >= 48 => format!("{} days", h / 24),
         h if h >= 1 => format!("{h} hours"),
@@ -153,7 +153,7 @@ pub async fn write_verification(conn: &mut Connection, user: &User, public_url: 
          The link works once, for {ttl}. If you did not create an account, ignore this mail.\n",
         email = user.email,
         link = link(public_url, "verify-email", &token),
-        ttl = hours(VERIFY_TTL),
+        ttl = spoken(VERIFY_TTL),
     );
     write(
         conn,
@@ -199,7 +199,7 @@ pub async fn queue_reset(
              If you did not ask for this, ignore this mail: your password stays as it is.\n",
             email = user.email,
             link = link(public_url, "reset-password", &token),
-            ttl = hours(RESET_TTL),
+            ttl = spoken(RESET_TTL),
         );
         let mail = write(
             conn,

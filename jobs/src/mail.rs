@@ -201,15 +201,18 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: MailJob, attempt: usize) -> Result<(
                 match mail::queue_reset(&ctx.core.pool, &email, request_id, &public_url).await {
                     // Nothing is said anywhere about an address with no
                     // account: not even a log line naming it.
-                    Ok(None) => Ok(()),
-                    Ok(Some(m)) if m.sent_at.is_some() => Ok(()),
+                    Ok(None) => Ok(Done::Done),
+                    Ok(Some(m)) if m.sent_at.is_some() => Ok(Done::Done),
                     Ok(Some(m)) => send(&ctx, m.id).await,
                     Err(e) => Err(e),
                 }
             }
         };
         match result {
-            Ok(()) => Ok(()),
+            Ok(Done::Done) => Ok(()),
+            // Its attempts are counted on the mail: the task is dead now,
+            // not retried in place.
+            Ok(Done::GaveUp(why)) => Err(AbortError::new(why).into()),
             // The database or the queue failed (not the SMTP server):
             // apalis-redis tries the task again shortly.
             Err(e) if attempt + 1 >= ATTEMPTS as usize => {
@@ -226,14 +229,22 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: MailJob, attempt: usize) -> Result<(
     .await
 }
 
+/// How a mail job ended, when nothing failed on our side.
+enum Done {
+    /// Sent, skipped, waiting for SMTP, or scheduled for another try.
+    Done,
+    /// The SMTP server refused it [`ATTEMPTS`] times.
+    GaveUp(String),
+}
+
 /// Sends one mail; a failed send is scheduled again after its backoff, or
 /// given up after [`ATTEMPTS`].
-async fn send(ctx: &Ctx, mail_id: Uuid) -> Result<(), mage_domain::Error> {
+async fn send(ctx: &Ctx, mail_id: Uuid) -> Result<Done, mage_domain::Error> {
     let from = ctx.settings.mail.from.clone();
     let sent = match &*ctx.mailer {
         Mailer::Off => {
             tracing::warn!("MAGE_SMTP_URL is not set: the mail waits in the outbox");
-            return Ok(());
+            return Ok(Done::Done);
         }
         Mailer::DevMailbox => mail::send_with(&ctx.core.pool, mail_id, async |_| Ok(Delivery::Kept)).await?,
         Mailer::Smtp(transport) => {
@@ -253,7 +264,7 @@ async fn send(ctx: &Ctx, mail_id: Uuid) -> Result<(), mage_domain::Error> {
         Sent::Skipped => tracing::debug!("mail already sent, or being sent by another worker"),
         Sent::Failed { attempts, error } if attempts >= ATTEMPTS => {
             tracing::error!(attempts, %error, "mail could not be sent; giving up");
-            return Err(mage_domain::Error::Internal(format!("mail {mail_id} not sent: {error}")));
+            return Ok(Done::GaveUp(format!("mail {mail_id} not sent after {attempts} attempts: {error}")));
         }
         Sent::Failed { attempts, error } => {
             let delay = BACKOFF * 2u32.saturating_pow(attempts.saturating_sub(1).max(0) as u32);
@@ -261,7 +272,7 @@ async fn send(ctx: &Ctx, mail_id: Uuid) -> Result<(), mage_domain::Error> {
             ctx.core.queues.push_mail_after(&MailJob::Send { mail_id }, delay).await?;
         }
     }
-    Ok(())
+    Ok(Done::Done)
 }
 
 fn message(from: &str, m: &mage_domain::rows::Mail) -> Result<Message, String> {
