@@ -223,7 +223,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev { serve: ServeArgs { db, redis, server, migrate, storage }, worker } => {
             let mut settings = server.resolve(true)?;
-            let worker = worker.resolve()?;
+            let mut worker = worker.resolve()?;
+            // Without MAGE_SMTP_URL, mails are shown at /dev/mail.
+            worker.mail.dev_mailbox = true;
             settings.shutdown_grace = worker.shutdown_grace;
             let core = connect(&db, &redis, &migrate, &storage).await?;
             let workers = mage_jobs::Workers { core: core.clone(), settings: worker, run_queues: vec![] };

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+mod dev_mail;
 pub mod error;
 pub mod graphql;
 mod health;
@@ -79,6 +80,7 @@ impl AppState {
         let services = Arc::new(graphql::Services {
             tokens: tokens.clone(),
             signup_credits: settings.signup_credits,
+            signup_bonus_requires_verified_email: settings.signup_bonus_requires_verified_email,
             generations: mage_domain::generations::Services {
                 core: core.clone(),
                 limits: settings.generation_limits,

@@ -41,6 +41,10 @@ pub struct ServerArgs {
     /// Credits granted to every new account
     #[arg(long, env = "MAGE_SIGNUP_CREDITS", default_value_t = 100)]
     pub signup_credits: u32,
+    /// Grant the signup credits when the account's email address is
+    /// verified instead of at registration
+    #[arg(long, env = "MAGE_SIGNUP_BONUS_REQUIRES_VERIFIED_EMAIL")]
+    pub signup_bonus_requires_verified_email: bool,
     /// Longest a GraphQL HTTP request may take, in seconds
     #[arg(
         long,
@@ -276,6 +280,8 @@ pub struct ServerSettings {
     pub token_ttl: Duration,
     pub session_idle_days: u32,
     pub signup_credits: i64,
+    /// The signup credits wait for a verified email address.
+    pub signup_bonus_requires_verified_email: bool,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub graphql_max_depth: usize,
@@ -395,6 +401,7 @@ impl ServerArgs {
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
             session_idle_days: self.session_idle_days,
             signup_credits: i64::from(self.signup_credits),
+            signup_bonus_requires_verified_email: self.signup_bonus_requires_verified_email,
             request_timeout: Duration::from_secs(self.request_timeout_seconds),
             max_body_bytes: self.max_body_bytes,
             graphql_max_depth: self.graphql_max_depth,

@@ -15,6 +15,7 @@ pub mod events;
 pub mod generations;
 pub mod kv;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod orders;
 pub mod output;

@@ -269,3 +269,31 @@ pub async fn signup_attempt(redis: &Redis, limits: AuthLimits, client: &str) -> 
     )
     .await
 }
+
+/// A password-reset mail for `email` (normalised), at most
+/// [`crate::mail::MAILS_PER_EMAIL_PER_HOUR`] an hour whether or not an
+/// account has the address.
+pub async fn reset_mail_attempt(redis: &Redis, email: &str) -> Result<Attempt> {
+    email_mail_attempt(redis, "reset", email).await
+}
+
+/// A verification mail asked again for `email`, at most
+/// [`crate::mail::MAILS_PER_EMAIL_PER_HOUR`] an hour.
+pub async fn verification_mail_attempt(redis: &Redis, email: &str) -> Result<Attempt> {
+    email_mail_attempt(redis, "verify", email).await
+}
+
+async fn email_mail_attempt(redis: &Redis, kind: &str, email: &str) -> Result<Attempt> {
+    use sha2::Digest;
+    let email = hex::encode(sha2::Sha256::digest(email.trim().to_lowercase().as_bytes()));
+    Attempt::take(
+        redis,
+        &[(
+            redis.key(&format!("limits:mail-{kind}:{email}")),
+            crate::mail::MAILS_PER_EMAIL_PER_HOUR,
+            "at most {limit} such mails per address per hour: look for the last one, or try again later",
+        )],
+        SIGNUP_WINDOW_MS,
+    )
+    .await
+}

@@ -29,6 +29,8 @@ pub enum Queue {
     Ingest,
     /// Stripe events to apply to orders and credits.
     Settle,
+    /// Mails of the outbox to send (`MailJob`).
+    Mail,
     /// The daily statistics cron (apalis-cron; nothing is stored in Redis).
     Stats,
     /// Not an apalis queue: the sweeper's timer, selectable like one with
@@ -38,12 +40,20 @@ pub enum Queue {
 
 impl Queue {
     /// Every queue of this build, in the order `mage work` starts them.
-    pub const ALL: [Queue; 6] =
-        [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle, Queue::Stats, Queue::Sweep];
+    pub const ALL: [Queue; 7] = [
+        Queue::Render,
+        Queue::Transcode,
+        Queue::Ingest,
+        Queue::Settle,
+        Queue::Mail,
+        Queue::Stats,
+        Queue::Sweep,
+    ];
     /// The queues whose jobs are generations' (listed for admins).
     pub const JOBS: [Queue; 2] = [Queue::Render, Queue::Transcode];
     /// The queues whose jobs wait in Redis (counted for admins and metrics).
-    pub const STORED: [Queue; 4] = [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle];
+    pub const STORED: [Queue; 5] =
+        [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle, Queue::Mail];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -51,6 +61,7 @@ impl Queue {
             Queue::Transcode => "transcode",
             Queue::Ingest => "ingest",
             Queue::Settle => "settle",
+            Queue::Mail => "mail",
             Queue::Stats => "stats",
             Queue::Sweep => "sweep",
         }
@@ -132,6 +143,25 @@ pub struct TranscodeJob {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IngestJob {
     pub asset_id: Uuid,
+}
+
+/// A job of the `mail` queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MailJob {
+    /// Send one mail of the outbox (idempotent: a sent mail is skipped).
+    Send { mail_id: Uuid },
+    /// Someone asked to reset the password of `email` (normalised): the
+    /// worker looks the account up and, when there is one, writes the
+    /// reset link's mail (once per `request_id`) and sends it. The API
+    /// never looks, so its answer and its timing say nothing about the
+    /// account.
+    PasswordReset {
+        email: String,
+        request_id: Uuid,
+        /// Where the link points (the API's MAGE_PUBLIC_URL).
+        public_url: String,
+    },
 }
 
 /// Producer side of the queues.
@@ -218,6 +248,15 @@ impl Queues {
 
     pub async fn push_ingest(&self, job: &IngestJob) -> Result<()> {
         self.push(Queue::Ingest, job, Duration::ZERO).await.map(|_| ())
+    }
+
+    pub async fn push_mail(&self, job: &MailJob) -> Result<()> {
+        self.push(Queue::Mail, job, Duration::ZERO).await.map(|_| ())
+    }
+
+    /// Enqueues a mail job to run after `delay` (a send's backoff).
+    pub async fn push_mail_after(&self, job: &MailJob, delay: Duration) -> Result<()> {
+        self.push(Queue::Mail, job, delay).await.map(|_| ())
     }
 
     async fn push<T: Serialize>(&self, queue: Queue, job: &T, delay: Duration) -> Result<String> {

@@ -347,3 +347,107 @@ impl Drop for TestS3 {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// An SMTP server of the test's own: aiosmtpd (Python), delivering into a
+/// Maildir in a temporary folder the test reads. Killed when dropped.
+///
+/// `MAGE_TEST_SMTP_PYTHON` names a Python that has aiosmtpd
+/// (`scripts/test` makes a virtualenv with it); `python3` otherwise.
+pub struct TestSmtp {
+    dir: std::path::PathBuf,
+    port: u16,
+    server: std::process::Child,
+}
+
+pub fn smtp_python() -> String {
+    std::env::var("MAGE_TEST_SMTP_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+impl TestSmtp {
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "mage-smtp-{}-{}",
+            std::process::id(),
+            Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("a folder for the test mailbox");
+        let python = smtp_python();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            // The Maildir must not exist yet: aiosmtpd creates it with its
+            // tmp/new/cur folders only then.
+            let mut child = std::process::Command::new(&python)
+                .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+                .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                .arg(dir.join("maildir"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start the SMTP test server with {python:?} ({e}): run scripts/test, which installs aiosmtpd")
+                });
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return Self { dir, port, server: child };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "the SMTP test server did not start with {python:?}: is aiosmtpd installed (scripts/test sets MAGE_TEST_SMTP_PYTHON)?"
+        );
+    }
+
+    /// `smtp://127.0.0.1:<port>` (no TLS, no password: a local relay).
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// Every message delivered so far, raw (headers and body), oldest first.
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("maildir").join("new")) else {
+            return vec![];
+        };
+        let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| (e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), e.path()))
+            .collect();
+        files.sort();
+        files.into_iter().filter_map(|(_, p)| std::fs::read_to_string(p).ok()).collect()
+    }
+
+    /// The messages once there are at least `n` (panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: std::time::Duration) -> Vec<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let got = self.messages();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} mails expected within {timeout:?}, {} arrived",
+                got.len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestSmtp {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -125,6 +125,41 @@ async fn verify_password(password: String, hash: Option<String>) -> Result<bool>
 /// Creates a user, their credit account and the signup grant, all in one
 /// transaction: either the user exists with their bonus or nothing was written.
 pub async fn register(pool: &DbPool, email: &str, password: &str, signup_credits: i64) -> Result<User> {
+    let signup = Signup { credits: signup_credits, ..Signup::default() };
+    Ok(register_with(pool, email, password, &signup).await?.user)
+}
+
+/// What a sign-up grants and sends.
+#[derive(Debug, Clone, Default)]
+pub struct Signup {
+    /// The signup bonus.
+    pub credits: i64,
+    /// The bonus waits for the address to be verified
+    /// (MAGE_SIGNUP_BONUS_REQUIRES_VERIFIED_EMAIL; see `mail::verify_email`).
+    pub bonus_at_verification: bool,
+    /// The public URL the verification link starts with; `None` writes no
+    /// verification mail.
+    pub verification_url: Option<String>,
+}
+
+/// A new account, and its verification mail in the outbox (to enqueue
+/// once committed).
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub user: User,
+    pub verification_mail: Option<Uuid>,
+}
+
+/// [`register`], with the verification mail written in the same
+/// transaction as the user (the outbox), and the bonus granted now or at
+/// verification.
+pub async fn register_with(
+    pool: &DbPool,
+    email: &str,
+    password: &str,
+    signup: &Signup,
+) -> Result<Registered> {
+    let signup_credits = if signup.bonus_at_verification { 0 } else { signup.credits };
     let email = normalize_email(email)?;
     check_password(password)?;
     // Saves the hashing work for the common duplicate; the unique index below
@@ -159,7 +194,11 @@ pub async fn register(pool: &DbPool, email: &str, password: &str, signup_credits
                 )
                 .await?;
             }
-            Ok(user)
+            let verification_mail = match &signup.verification_url {
+                Some(url) => Some(crate::mail::write_verification(conn, &user, url).await?.id),
+                None => None,
+            };
+            Ok(Registered { user, verification_mail })
         })
         .await;
     match result {

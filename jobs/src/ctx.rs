@@ -59,6 +59,8 @@ pub(crate) struct Ctx {
     pub stopping: CancellationToken,
     /// The shutdown grace period is over: give running renders back.
     pub hand_back: CancellationToken,
+    /// Where the `mail` queue sends (SMTP, the development mailbox, nowhere).
+    pub mailer: Arc<crate::mail::Mailer>,
 }
 
 impl Ctx {

@@ -21,6 +21,7 @@
 pub mod backend;
 mod ctx;
 mod ingest;
+pub mod mail;
 pub mod media;
 mod outcome;
 mod progress;

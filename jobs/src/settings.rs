@@ -91,6 +91,15 @@ pub struct WorkerArgs {
     /// Time zone the statistics' days are cut in (IANA name)
     #[arg(long, env = "MAGE_STATS_TZ", default_value = "UTC")]
     pub stats_tz: String,
+    /// SMTP server mails go through: smtp://host:port (plain, a local
+    /// relay), smtp://user:pass@host:587 (STARTTLS required) or
+    /// smtps://user:pass@host:465 (implicit TLS). Unset: `mage dev` keeps
+    /// mails at /dev/mail; elsewhere they wait in the outbox
+    #[arg(long, env = "MAGE_SMTP_URL", hide_env_values = true)]
+    pub smtp_url: Option<String>,
+    /// Sender of Mage's mails (`Name <address>` or an address)
+    #[arg(long, env = "MAGE_MAIL_FROM", default_value = crate::mail::DEFAULT_FROM)]
+    pub mail_from: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +130,8 @@ pub struct WorkerSettings {
     pub media_retention: Option<Duration>,
     /// What uploads may be (MAGE_MAX_IMAGE_PIXELS, MAGE_MAX_UPLOAD_SECONDS).
     pub ingest: crate::media::IngestLimits,
+    /// How mails leave (MAGE_SMTP_URL, MAGE_MAIL_FROM).
+    pub mail: crate::mail::MailSettings,
 }
 
 impl WorkerSettings {
@@ -141,6 +152,7 @@ impl WorkerSettings {
             stats_tz: "UTC".to_owned(),
             media_retention: None,
             ingest: crate::media::IngestLimits::default(),
+            mail: crate::mail::MailSettings::default(),
         }
     }
 
@@ -222,6 +234,7 @@ impl WorkerArgs {
                 max_seconds: f64::from(self.max_upload_seconds),
                 ..crate::media::IngestLimits::default()
             },
+            mail: crate::mail::MailSettings::resolve(self.smtp_url.as_deref(), &self.mail_from)?,
         })
     }
 }

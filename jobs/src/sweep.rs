@@ -5,7 +5,9 @@
 //! TRANSCODING generations whose worker has been silent for
 //! `MAGE_STALE_AFTER_SECONDS` are failed and their holds released; holds
 //! left open by anything else are settled. Each action is logged with its
-//! generation id.
+//! generation id. Mails of the outbox unsent a minute after they were
+//! written lost their job (or wait for SMTP): they are enqueued again, each
+//! at most once per [`MAIL_REQUEUE_EVERY`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,13 @@ pub const ENQUEUE_GRACE: Duration = Duration::from_secs(10);
 /// takes milliseconds).
 const EVENT_GRACE: Duration = Duration::from_secs(120);
 const EVENT_REQUEUE_EVERY: Duration = Duration::from_secs(600);
+/// A mail unsent this long after it was written lost its job (a send
+/// takes a second or two; a retry waits in the queue, and a duplicate job
+/// sends nothing twice).
+pub const MAIL_GRACE: Duration = Duration::from_secs(60);
+/// An unsent mail is enqueued again at most this often: without SMTP it
+/// waits, and one job in the queue is enough.
+pub const MAIL_REQUEUE_EVERY: Duration = Duration::from_secs(600);
 /// Failed settlement attempts after which the sweeper leaves an event to
 /// admins (it stays FAILED-to-settle, visible with its error).
 const EVENT_ATTEMPTS: i32 = 25;
@@ -39,6 +48,8 @@ pub struct SweepReport {
     pub events_requeued: usize,
     /// Generations whose media the retention policy deleted.
     pub media_expired: usize,
+    /// Unsent mails of the outbox, enqueued again.
+    pub mails_requeued: usize,
 }
 
 pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
@@ -74,6 +85,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 failed_stale = r.failed_stale.len(),
                 holds_settled = r.holds_settled,
                 events_requeued = r.events_requeued,
+                mails_requeued = r.mails_requeued,
                 "sweep done"
             ),
             Ok(_) => tracing::debug!("sweep: nothing to do"),
@@ -149,6 +161,16 @@ pub async fn sweep_once(
         queues.push_settle(&mage_domain::queue::SettleJob { event_id: event_id.clone() }).await?;
         tracing::warn!(%event_id, "sweeper: a Stripe event was stored but never settled; enqueued it again");
         report.events_requeued += 1;
+    }
+
+    let before = now - chrono::Duration::from_std(MAIL_GRACE).unwrap_or_default();
+    for mail_id in mage_domain::mail::unsent(&mut conn, before, crate::mail::ATTEMPTS, BATCH).await? {
+        if !redis.claim(&redis.key(&format!("mail:requeued:{mail_id}")), "1", MAIL_REQUEUE_EVERY).await? {
+            continue;
+        }
+        queues.push_mail(&mage_domain::queue::MailJob::Send { mail_id }).await?;
+        tracing::warn!(%mail_id, "sweeper: a mail was written but not sent; enqueued it again");
+        report.mails_requeued += 1;
     }
 
     if !report.requeued.is_empty() {

@@ -15,7 +15,7 @@ use apalis::prelude::{
 use apalis_redis::RedisStorage;
 use mage_domain::core::Core;
 use mage_domain::kv::Redis;
-use mage_domain::queue::{IngestJob, Queue, Queues, RenderJob, SettleJob, TranscodeJob};
+use mage_domain::queue::{IngestJob, MailJob, Queue, Queues, RenderJob, SettleJob, TranscodeJob};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::outcome::{self, Retry};
 use crate::settings::{RenderBackendKind, WorkerSettings};
 use crate::slot::Slot;
 use crate::wake::{self, Cancels, Signal};
-use crate::{backend, ingest, render, settle, stats, sweep, transcode};
+use crate::{backend, ingest, mail, render, settle, stats, sweep, transcode};
 
 /// How often an idle worker looks for work that no push announced (retries
 /// apalis-redis scheduled for later). Announced pushes start at once.
@@ -163,6 +163,20 @@ impl Job for SettleJob {
         attempt: usize,
     ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static {
         settle::run(ctx, self, attempt)
+    }
+}
+
+impl Job for MailJob {
+    const QUEUE: Queue = Queue::Mail;
+    fn concurrency(_: &WorkerSettings) -> usize {
+        mail::CONCURRENCY
+    }
+    fn run(
+        self,
+        ctx: Arc<Ctx>,
+        attempt: usize,
+    ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static {
+        mail::run(ctx, self, attempt)
     }
 }
 
@@ -306,6 +320,13 @@ impl Workers {
         }
 
         let backends = render_backends(&self.settings)?;
+        let mailer = Arc::new(
+            mail::Mailer::new(&self.settings.mail)
+                .map_err(|e| WorkError::Stopped(format!("MAGE_SMTP_URL: {e}")))?,
+        );
+        if selected.contains(&Queue::Mail) {
+            mailer.announce(&self.settings.mail);
+        }
         let cancels = Cancels::default();
         let stopping = CancellationToken::new();
         let hand_back = CancellationToken::new();
@@ -319,6 +340,7 @@ impl Workers {
                 settings: self.settings.clone(),
                 stopping: stopping.clone(),
                 hand_back: hand_back.clone(),
+                mailer: mailer.clone(),
             })
         };
         let render_ctxs: Vec<Arc<Ctx>> = backends.iter().cloned().map(ctx_for).collect();
@@ -358,6 +380,9 @@ impl Workers {
                 }
                 Queue::Ingest => {
                     register::<IngestJob>(monitor, q, &mut signals, format!("{me}-ingest"), first.clone())
+                }
+                Queue::Mail => {
+                    register::<MailJob>(monitor, q, &mut signals, format!("{me}-mail"), first.clone())
                 }
                 Queue::Sweep => monitor,
             };

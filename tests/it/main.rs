@@ -11,6 +11,7 @@ mod generations;
 mod ingest;
 mod inputs;
 mod limits;
+mod mail;
 mod media;
 mod metrics;
 mod payments;

@@ -42,7 +42,7 @@ async fn the_page_and_its_assets_come_from_mage() {
 }
 
 /// Chromium, or None after saying why the browser test skips itself.
-fn chromium_or_skip() -> Option<String> {
+pub(crate) fn chromium_or_skip() -> Option<String> {
     let found = chromium();
     if found.is_none() {
         println!(
@@ -62,7 +62,7 @@ fn chromium() -> Option<String> {
         .map(str::to_owned)
 }
 
-struct Browser {
+pub(crate) struct Browser {
     child: Child,
     _profile: tempdir::Dir,
 }
@@ -92,7 +92,7 @@ mod tempdir {
 }
 
 /// Starts headless Chromium and returns it with the DevTools port.
-fn launch(binary: &str) -> (Browser, u16) {
+pub(crate) fn launch(binary: &str) -> (Browser, u16) {
     let profile = tempdir::Dir::new();
     let mut child = Command::new(binary)
         .args([
@@ -133,13 +133,13 @@ fn launch(binary: &str) -> (Browser, u16) {
 }
 
 /// A minimal Chrome DevTools Protocol client for one page.
-struct Page {
+pub(crate) struct Page {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     next_id: u64,
 }
 
 impl Page {
-    async fn open(port: u16) -> Self {
+    pub(crate) async fn open(port: u16) -> Self {
         let targets: Vec<Value> = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
             .await
             .expect("targets")
@@ -155,7 +155,7 @@ impl Page {
         Self { ws, next_id: 0 }
     }
 
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         self.ws
@@ -177,13 +177,13 @@ impl Page {
         }
     }
 
-    async fn eval(&mut self, js: &str) -> Value {
+    pub(crate) async fn eval(&mut self, js: &str) -> Value {
         let v = self.call("Runtime.evaluate", json!({ "expression": js, "returnByValue": true })).await;
         v["result"]["result"]["value"].clone()
     }
 
     /// Polls `js` until it returns a string containing `needle`.
-    async fn wait_for_text(&mut self, js: &str, needle: &str) -> String {
+    pub(crate) async fn wait_for_text(&mut self, js: &str, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = self.eval(js).await.as_str().unwrap_or_default().to_owned();

@@ -8,6 +8,7 @@ mod catalog;
 mod context;
 mod credits;
 mod documents;
+mod email;
 mod generations;
 mod loaders;
 mod orders;
@@ -57,6 +58,7 @@ pub struct Mutation(
     generations::GenerationsMutation,
     assets::AssetsMutation,
     admin::AdminMutation,
+    email::EmailMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -72,6 +74,8 @@ pub type MageSchema = Schema<Query, Mutation, Subscription>;
 pub struct Services {
     pub tokens: Tokens,
     pub signup_credits: i64,
+    /// The signup credits wait for a verified email address.
+    pub signup_bonus_requires_verified_email: bool,
     pub generations: mage_domain::generations::Services,
     /// Base of the absolute URLs handed to clients.
     pub public_url: String,

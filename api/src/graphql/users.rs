@@ -48,6 +48,12 @@ impl User {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+
+    /// Whether the account's address was confirmed with the link of a
+    /// verification mail (`verifyEmail`).
+    async fn email_verified(&self) -> bool {
+        self.0.email_verified_at.is_some()
+    }
 }
 
 /// A signed-in session's credentials.
@@ -103,12 +109,14 @@ pub struct UsersMutation;
 
 #[Object]
 impl UsersMutation {
-    /// Creates an account, grants the signup bonus and signs in. At most
+    /// Creates an account, grants the signup bonus (or, with
+    /// MAGE_SIGNUP_BONUS_REQUIRES_VERIFIED_EMAIL, at verification), sends
+    /// a verification mail and signs in. At most
     /// MAGE_SIGNUPS_PER_IP_PER_HOUR per client address (`RATE_LIMITED`).
     async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> ApiResult<AuthPayload> {
         let s = ctx.services();
         let attempt = limits::signup_attempt(&s.redis, s.auth_limits, &ctx.client().limit_key()).await?;
-        let user = match domain::register(&s.pool, &email, &password, s.signup_credits).await {
+        let user = match super::email::register(ctx, &email, &password).await {
             Ok(user) => user,
             Err(e) => {
                 // Input a sign-up refuses (checked before any hashing)

@@ -44,6 +44,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         token_ttl: Duration::from_secs(3600),
         session_idle_days: 30,
         signup_credits: 100,
+        signup_bonus_requires_verified_email: false,
         request_timeout: Duration::from_secs(30),
         max_body_bytes: 1024 * 1024,
         graphql_max_depth: 16,
