@@ -1,5 +1,6 @@
 //! The GraphQL schema, one module per domain area, merged here.
 
+mod account;
 mod admin;
 mod api_keys;
 mod assets;
@@ -57,6 +58,7 @@ pub struct Mutation(
     generations::GenerationsMutation,
     assets::AssetsMutation,
     admin::AdminMutation,
+    account::AccountMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -48,6 +48,16 @@ impl User {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
+
+    /// When the account was deleted (`deleteAccount`); its email is then
+    /// `deleted+<id>@deleted.invalid`.
+    async fn deleted_at(&self) -> Option<DateTime<Utc>> {
+        self.0.deleted_at
+    }
+
+    async fn deleted(&self) -> bool {
+        self.0.deleted_at.is_some()
+    }
 }
 
 /// A signed-in session's credentials.

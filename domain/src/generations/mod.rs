@@ -17,6 +17,7 @@
 //! Lock order (see `credits`): the generation row first, then the account.
 
 mod create;
+mod delete;
 mod lifecycle;
 mod queries;
 mod retry;
@@ -25,8 +26,10 @@ mod upkeep;
 
 pub use crate::output::{Output, Rendition};
 pub use create::{IDEMPOTENCY_KEY_MAX, create, quote};
+pub use delete::{delete, deleted_media_due, media_prefix, purge_media};
+pub(crate) use delete::purge_logged;
 pub use lifecycle::{
-    Canceled, NotStarted, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,
+    Canceled, NotStarted, after_cancel, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,
     record_backend_job, record_progress, requeue, start_render, start_transcode, succeed, why_not_started,
 };
 pub use queries::{
