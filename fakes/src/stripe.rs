@@ -1032,7 +1032,7 @@ mod tests {
         assert_eq!(fake.subscription("sub_1").unwrap(), sub);
         assert_eq!(fake.requests()[0].path, "/v1/subscriptions/sub_1");
         // The same key on another endpoint is refused.
-        let (status, body) = post(&fake, Some("k1"), &payment_form("ord_20")).await;
+        let (status, _, body) = post(&fake, Some("k1"), &payment_form("ord_20")).await;
         assert_eq!((status, body["error"]["type"].clone()), (StatusCode::BAD_REQUEST, json!("idempotency_error")));
     }
 

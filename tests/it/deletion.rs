@@ -82,7 +82,7 @@ async fn until_empty(app: &TestApp, dir: &str) {
 }
 
 async fn n(app: &TestApp, sql: &str) -> i64 {
-    scalar_i64(&mut app.conn().await, sql).await
+    scalar_i64(&mut *app.conn().await, sql).await
 }
 
 fn core(app: &TestApp) -> mage_domain::core::Core {
@@ -91,7 +91,7 @@ fn core(app: &TestApp) -> mage_domain::core::Core {
 
 async fn today(app: &TestApp) -> mage_domain::stats::DailyStats {
     let day = chrono::Utc::now().date_naive();
-    mage_domain::stats::compute_day(&mut app.conn().await, day, "UTC").await.expect("stats")
+    mage_domain::stats::compute_day(&mut *app.conn().await, day, "UTC").await.expect("stats")
 }
 
 /// A small PNG made by ffmpeg.
