@@ -83,9 +83,7 @@ pub async fn delete(
     let unusable = crate::users::hash_password(crate::sessions::random_secret("deleted_")).await?;
     let mut conn = core.pool.get().await?;
     let committed = conn
-        .transaction::<_, Error, _>(async |conn| {
-            delete_in_transaction(conn, &user, &unusable).await
-        })
+        .transaction::<_, Error, _>(async |conn| delete_in_transaction(conn, &user, &unusable).await)
         .await?;
     let Some(c) = committed else {
         return Ok(Deleted { already: true, ..Deleted::default() });
@@ -114,7 +112,11 @@ pub async fn delete(
     Ok(Deleted { sessions: c.sessions, api_keys: c.api_keys, already: false })
 }
 
-async fn delete_in_transaction(conn: &mut Connection, seen: &User, unusable: &str) -> Result<Option<Committed>> {
+async fn delete_in_transaction(
+    conn: &mut Connection,
+    seen: &User,
+    unusable: &str,
+) -> Result<Option<Committed>> {
     let user_id = seen.id;
     // Deletions of one account take turns; everything else locks rows in
     // its usual order (generation, then account; assets, then user).
@@ -148,7 +150,9 @@ async fn delete_in_transaction(conn: &mut Connection, seen: &User, unusable: &st
     }
     let at = Utc::now();
     let marked: Vec<(Uuid, Option<chrono::DateTime<Utc>>)> = diesel::update(
-        generations_t::table.filter(generations_t::user_id.eq(user_id)).filter(generations_t::deleted_at.is_null()),
+        generations_t::table
+            .filter(generations_t::user_id.eq(user_id))
+            .filter(generations_t::deleted_at.is_null()),
     )
     .set((generations_t::deleted_at.eq(at), generations_t::updated_at.eq(at)))
     .returning((generations_t::id, generations_t::media_expired_at))
@@ -224,13 +228,20 @@ pub async fn finish_deletions(core: &Core, conn: &mut Connection, limit: i64) ->
     .execute(conn)
     .await?;
     n += diesel::update(
-        sessions::table.filter(sessions::revoked_at.is_null()).filter(sessions::user_id.eq_any(deleted_users)),
+        sessions::table
+            .filter(sessions::revoked_at.is_null())
+            .filter(sessions::user_id.eq_any(deleted_users)),
     )
-    .set((sessions::revoked_at.eq(diesel::dsl::now), sessions::revoked_reason.eq(Ended::AccountDeleted.as_str())))
+    .set((
+        sessions::revoked_at.eq(diesel::dsl::now),
+        sessions::revoked_reason.eq(Ended::AccountDeleted.as_str()),
+    ))
     .execute(conn)
     .await?;
     n += diesel::update(
-        api_keys::table.filter(api_keys::revoked_at.is_null()).filter(api_keys::user_id.eq_any(deleted_users)),
+        api_keys::table
+            .filter(api_keys::revoked_at.is_null())
+            .filter(api_keys::user_id.eq_any(deleted_users)),
     )
     .set(api_keys::revoked_at.eq(diesel::dsl::now))
     .execute(conn)

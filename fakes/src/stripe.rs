@@ -1005,7 +1005,12 @@ mod tests {
         assert!(fake.sessions().is_empty());
     }
 
-    async fn update_subscription(fake: &FakeStripe, id: &str, key: Option<&str>, form: &[(&str, &str)]) -> (u16, Value) {
+    async fn update_subscription(
+        fake: &FakeStripe,
+        id: &str,
+        key: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut req = reqwest::Client::new()
             .post(format!("{}/v1/subscriptions/{id}", fake.url()))
             .header("authorization", KEY)
@@ -1021,7 +1026,10 @@ mod tests {
     async fn a_subscription_is_set_to_end_with_its_period() {
         let fake = FakeStripe::start().await;
         let created = fake.add_subscription("sub_1", "price_mage_basic_monthly");
-        assert_eq!((created["status"].clone(), created["cancel_at_period_end"].clone()), (json!("active"), json!(false)));
+        assert_eq!(
+            (created["status"].clone(), created["cancel_at_period_end"].clone()),
+            (json!("active"), json!(false))
+        );
         let (status, sub) =
             update_subscription(&fake, "sub_1", Some("k1"), &[("cancel_at_period_end", "true")]).await;
         assert_eq!(status, 200, "{sub}");
@@ -1033,18 +1041,23 @@ mod tests {
         assert_eq!(fake.requests()[0].path, "/v1/subscriptions/sub_1");
         // The same key on another endpoint is refused.
         let (status, _, body) = post(&fake, Some("k1"), &payment_form("ord_20")).await;
-        assert_eq!((status, body["error"]["type"].clone()), (StatusCode::BAD_REQUEST, json!("idempotency_error")));
+        assert_eq!(
+            (status, body["error"]["type"].clone()),
+            (StatusCode::BAD_REQUEST, json!("idempotency_error"))
+        );
     }
 
     #[tokio::test]
     async fn unknown_subscriptions_and_parameters_are_refused_as_stripe_does() {
         let fake = FakeStripe::start().await;
-        let (status, body) = update_subscription(&fake, "sub_nope", None, &[("cancel_at_period_end", "true")]).await;
+        let (status, body) =
+            update_subscription(&fake, "sub_nope", None, &[("cancel_at_period_end", "true")]).await;
         assert_eq!(status, 404);
         assert_eq!(body["error"]["code"], "resource_missing");
         assert_eq!(body["error"]["message"], "No such subscription: 'sub_nope'");
         fake.add_subscription("sub_2", "price_mage_basic_monthly");
-        let (status, body) = update_subscription(&fake, "sub_2", None, &[("cancel_at_period_end", "yes")]).await;
+        let (status, body) =
+            update_subscription(&fake, "sub_2", None, &[("cancel_at_period_end", "yes")]).await;
         assert_eq!((status, body["error"]["code"].clone()), (400, json!("parameter_invalid_boolean")));
         let (status, body) = update_subscription(&fake, "sub_2", None, &[("colour", "blue")]).await;
         assert_eq!((status, body["error"]["code"].clone()), (400, json!("parameter_unknown")));

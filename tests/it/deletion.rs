@@ -34,7 +34,10 @@ fn slow_renders() {
 
 async fn create(app: &TestApp, token: &str, input: Value) -> String {
     let res = app.gql(CREATE, json!({ "i": input }), Some(token)).await;
-    res["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("create failed: {res}")).to_owned()
+    res["data"]["createGeneration"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("create failed: {res}"))
+        .to_owned()
 }
 
 async fn credits(app: &TestApp, token: &str) -> (i64, i64) {
@@ -76,7 +79,11 @@ fn walk(dir: &Path) -> usize {
 async fn until_empty(app: &TestApp, dir: &str) {
     let start = Instant::now();
     while files_under(app, dir) > 0 {
-        assert!(start.elapsed() < Duration::from_secs(15), "{dir} still holds {} files", files_under(app, dir));
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{dir} still holds {} files",
+            files_under(app, dir)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -143,11 +150,17 @@ async fn a_deleted_finished_generation_loses_its_media_and_leaves_every_query_bu
     assert_eq!(list["data"]["generations"]["edges"], json!([{ "node": { "id": kept } }]), "{list}");
     let again = app.gql(DELETE_GENERATION, json!({ "id": id }), Some(&token)).await;
     assert_eq!(code(&again), "NOT_FOUND", "{again}");
-    let retry = app.gql("mutation($id: ID!) { retryGeneration(id: $id) { id } }", json!({ "id": id }), Some(&token));
+    let retry =
+        app.gql("mutation($id: ID!) { retryGeneration(id: $id) { id } }", json!({ "id": id }), Some(&token));
     assert_eq!(code(&retry.await), "NOT_FOUND");
     let mut socket = ws::connect_signed_in(app.addr, Some(&token)).await;
-    ws::subscribe(&mut socket, "g", "subscription($id: ID!) { generationUpdated(id: $id) { id } }", json!({ "id": id }))
-        .await;
+    ws::subscribe(
+        &mut socket,
+        "g",
+        "subscription($id: ID!) { generationUpdated(id: $id) { id } }",
+        json!({ "id": id }),
+    )
+    .await;
     let refused = ws::recv(&mut socket).await.expect("an answer");
     assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND", "{refused}");
 
@@ -275,17 +288,21 @@ async fn deleting_an_account_releases_holds_empties_storage_ends_renewals_and_fr
     // Stripe will not renew the subscription.
     let sub = stripe.subscription("sub_leaving").expect("subscription");
     assert_eq!(sub["cancel_at_period_end"], true, "{sub}");
-    let sent: Vec<_> = stripe.requests().into_iter().filter(|r| r.path == "/v1/subscriptions/sub_leaving").collect();
+    let sent: Vec<_> =
+        stripe.requests().into_iter().filter(|r| r.path == "/v1/subscriptions/sub_leaving").collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].params.get("cancel_at_period_end").map(String::as_str), Some("true"));
     assert!(sent[0].idempotency_key.is_some());
 
     // Every session and API key ended; the email is scrubbed and free.
-    let live = format!("SELECT count(*) AS n FROM sessions WHERE user_id = '{user_id}' AND revoked_at IS NULL");
+    let live =
+        format!("SELECT count(*) AS n FROM sessions WHERE user_id = '{user_id}' AND revoked_at IS NULL");
     assert_eq!(n(&app, &live).await, 0);
-    let keys = format!("SELECT count(*) AS n FROM api_keys WHERE user_id = '{user_id}' AND revoked_at IS NULL");
+    let keys =
+        format!("SELECT count(*) AS n FROM api_keys WHERE user_id = '{user_id}' AND revoked_at IS NULL");
     assert_eq!(n(&app, &keys).await, 0);
-    let login = app.gql(crate::support::LOGIN, json!({ "e": "leaving@example.com", "p": PASSWORD }), None).await;
+    let login =
+        app.gql(crate::support::LOGIN, json!({ "e": "leaving@example.com", "p": PASSWORD }), None).await;
     assert_eq!(code(&login), "UNAUTHENTICATED", "{login}");
     let (again, new_id) = app.register("leaving@example.com").await;
     assert_ne!(new_id, user_id);
@@ -316,22 +333,37 @@ async fn deleting_an_account_releases_holds_empties_storage_ends_renewals_and_fr
     assert_eq!(mage_jobs::finish_deletions_once(&core(&app), Duration::ZERO).await.expect("sweep"), 0);
 }
 
-/// Ended sessions reach every instance through its poll of revocations;
-/// the instance that deleted the account knows at once.
+/// An API key can never delete the account; once the account holder does,
+/// their session and every key stop working (this instance knows at once,
+/// the others through their poll of revocations).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_deleted_accounts_token_stops_working() {
+async fn only_a_session_deletes_an_account_and_then_its_tokens_and_keys_stop_working() {
     let app = TestApp::start().await;
     let (token, _) = app.register("token@example.com").await;
+    let res = app
+        .gql(
+            "mutation($s: [ApiKeyScope!]!) { createApiKey(name: \"ci\", scopes: $s) { secret } }",
+            json!({ "s": ["READ", "GENERATE", "BILLING"] }),
+            Some(&token),
+        )
+        .await;
+    let key = res["data"]["createApiKey"]["secret"].as_str().unwrap_or_else(|| panic!("{res}")).to_owned();
+    let refused = app.gql(DELETE_ACCOUNT, json!({ "p": PASSWORD }), Some(&key)).await;
+    assert_eq!(code(&refused), "FORBIDDEN", "{refused}");
+    assert_eq!(n(&app, "SELECT count(*) AS n FROM users WHERE deleted_at IS NOT NULL").await, 0);
+
     let res = app.gql(DELETE_ACCOUNT, json!({ "p": PASSWORD }), Some(&token)).await;
     assert_eq!(res["data"]["deleteAccount"], true, "{res}");
     let start = Instant::now();
-    loop {
-        let me = app.gql("{ me { id } }", json!({}), Some(&token)).await;
-        if me.get("errors").is_some() && code(&me) == "UNAUTHENTICATED" {
-            break;
+    for credential in [&token, &key] {
+        loop {
+            let me = app.gql("{ me { id } }", json!({}), Some(credential)).await;
+            if me.get("errors").is_some() && code(&me) == "UNAUTHENTICATED" {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "the credential still works: {me}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(start.elapsed() < Duration::from_secs(2), "the token still works: {me}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -358,7 +390,8 @@ async fn two_concurrent_deletions_of_one_account_leave_one_consistent_result() {
         "SELECT count(*) AS n FROM generations WHERE id = '{queued}' AND status = 'canceled' AND deleted_at IS NOT NULL"
     );
     assert_eq!(n(&app, &g).await, 1);
-    let releases = format!("SELECT count(*) AS n FROM credit_entries WHERE user_id = '{user_id}' AND kind = 'release'");
+    let releases =
+        format!("SELECT count(*) AS n FROM credit_entries WHERE user_id = '{user_id}' AND kind = 'release'");
     assert_eq!(n(&app, &releases).await, 1, "the hold was released once");
     let held = format!("SELECT held AS n FROM credit_accounts WHERE user_id = '{user_id}'");
     assert_eq!(n(&app, &held).await, 0);

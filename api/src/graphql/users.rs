@@ -55,6 +55,7 @@ impl User {
         self.0.deleted_at
     }
 
+    /// Whether the account was deleted (see `deletedAt`).
     async fn deleted(&self) -> bool {
         self.0.deleted_at.is_some()
     }

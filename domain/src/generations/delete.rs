@@ -127,9 +127,10 @@ pub async fn deleted_media_due(
         .filter(generations::deleted_at.is_not_null())
         .filter(generations::media_expired_at.is_null())
         .filter(generations::finished_at.lt(before).or(generations::finished_at.is_null()))
-        .filter(generations::status.eq_any(
-            [Status::Succeeded, Status::Failed, Status::Canceled].map(Status::as_str),
-        ))
+        .filter(
+            generations::status
+                .eq_any([Status::Succeeded, Status::Failed, Status::Canceled].map(Status::as_str)),
+        )
         .order(generations::deleted_at.asc())
         .limit(limit)
         .select(generations::id)

@@ -26,8 +26,8 @@ mod upkeep;
 
 pub use crate::output::{Output, Rendition};
 pub use create::{IDEMPOTENCY_KEY_MAX, create, quote};
-pub use delete::{delete, deleted_media_due, media_prefix, purge_media};
 pub(crate) use delete::purge_logged;
+pub use delete::{delete, deleted_media_due, media_prefix, purge_media};
 pub use lifecycle::{
     Canceled, NotStarted, after_cancel, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,
     record_backend_job, record_progress, requeue, start_render, start_transcode, succeed, why_not_started,

@@ -66,7 +66,9 @@ pub async fn cancel_at_period_end(settings: &PaymentSettings, id: &str) -> Resul
             "Stripe did not set subscription {} to end with its period",
             u.id
         ))),
-        Err(StripeError::Stripe(e, 404)) if matches!(e.code, Some(stripe::ApiErrorsCode::ResourceMissing)) => {
+        Err(StripeError::Stripe(e, 404))
+            if matches!(e.code, Some(stripe::ApiErrorsCode::ResourceMissing)) =>
+        {
             tracing::warn!(subscription_id = id, "Stripe does not know this subscription; nothing to cancel");
             Ok(Ended::Unknown)
         }
