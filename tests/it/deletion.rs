@@ -435,3 +435,23 @@ async fn the_sweeper_finishes_deletions_a_crash_or_a_racing_request_left() {
     let held = format!("SELECT held AS n FROM credit_accounts WHERE user_id = '{late_user}'");
     assert_eq!(n(&app, &held).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_stripe_cannot_be_reached_nothing_is_deleted_and_a_retry_completes() {
+    let (app, stripe) = app_with_stripe().await;
+    let (token, user_id) = app.register("outage@example.com").await;
+    subscribe_to_basic(&app, &stripe, &user_id, "sub_outage").await;
+    let queued = create(&app, &token, video(5)).await;
+    stripe.set_mode(mage_fakes::stripe::Mode::Down);
+    let res = app.gql(DELETE_ACCOUNT, json!({ "p": PASSWORD }), Some(&token)).await;
+    assert_eq!(code(&res), "PAYMENT_PROVIDER_ERROR", "{res}");
+    assert_eq!(n(&app, "SELECT count(*) AS n FROM users WHERE deleted_at IS NOT NULL").await, 0);
+    let g = app.gql(GET, json!({ "id": queued }), Some(&token)).await;
+    assert_eq!(g["data"]["generation"]["status"], "QUEUED", "untouched: {g}");
+    assert_eq!(credits(&app, &token).await.1, 10, "still held");
+
+    stripe.set_mode(mage_fakes::stripe::Mode::Normal);
+    let res = app.gql(DELETE_ACCOUNT, json!({ "p": PASSWORD }), Some(&token)).await;
+    assert_eq!(res["data"]["deleteAccount"], true, "{res}");
+    assert_eq!(stripe.subscription("sub_outage").expect("sub")["cancel_at_period_end"], true);
+}

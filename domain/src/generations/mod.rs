@@ -1,5 +1,6 @@
-//! Generations: creation (price, hold, queue), the lifecycle state machine
-//! and the queries the API serves.
+//! Generations: creation (price, hold, queue), the lifecycle state machine,
+//! deletion (`delete`: cancelled if active, hidden, media purged) and the
+//! queries the API serves.
 //!
 //! ```text
 //! QUEUED ──▶ RENDERING ──▶ TRANSCODING ──▶ SUCCEEDED (capture)
