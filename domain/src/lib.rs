@@ -2,6 +2,7 @@
 //! lives here and nowhere else, so `diesel_async::RunQueryDsl` never meets
 //! GraphQL code.
 
+pub mod accounts;
 pub mod api_keys;
 pub mod assets;
 pub mod catalog;

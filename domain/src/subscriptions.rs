@@ -22,6 +22,18 @@ pub async fn order_of(conn: &mut Connection, id: &str) -> Result<Option<Option<U
     Ok(subscriptions::table.find(id).select(subscriptions::order_id).first(conn).await.optional()?)
 }
 
+/// The ids of the user's subscriptions Stripe may still renew (every one
+/// not ended): what deleting the account cancels.
+pub async fn renewing_of(conn: &mut Connection, user_id: Uuid) -> Result<Vec<String>> {
+    Ok(subscriptions::table
+        .filter(subscriptions::user_id.eq(user_id))
+        .filter(subscriptions::status.ne_all([CANCELED, "incomplete_expired"]))
+        .order(subscriptions::created_at.asc())
+        .select(subscriptions::id)
+        .load(conn)
+        .await?)
+}
+
 /// The subscription row, locked for the rest of the transaction.
 pub async fn lock(conn: &mut Connection, id: &str) -> Result<Option<Subscription>> {
     Ok(subscriptions::table

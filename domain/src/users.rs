@@ -223,7 +223,9 @@ pub async fn authenticate(pool: &DbPool, email: &str, password: &str) -> Result<
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let ok = verify_password(password.to_owned(), hash).await?;
     match user {
-        Some(u) if ok => Ok(u),
+        // A deleted account's email is scrubbed, so this only guards the
+        // scrubbed address itself.
+        Some(u) if ok && u.deleted_at.is_none() => Ok(u),
         _ => Err(Error::InvalidCredentials),
     }
 }

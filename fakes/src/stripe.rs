@@ -1,4 +1,6 @@
-//! A fake Stripe API serving `POST /v1/checkout/sessions` with Stripe's wire
+//! A fake Stripe API serving `POST /v1/checkout/sessions` and
+//! `POST /v1/subscriptions/{id}` (updating `cancel_at_period_end` and
+//! `metadata` of subscriptions a test registered) with Stripe's wire
 //! protocol: form-encoded bracket parameters, `Authorization: Bearer sk_...`,
 //! `Idempotency-Key`, and the `{"error": {...}}` envelope, with session
 //! objects complete enough for async-stripe's `CheckoutSession` to parse.
@@ -22,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -52,9 +54,11 @@ pub enum Mode {
     Hang,
 }
 
-/// One request to `POST /v1/checkout/sessions`, whatever its outcome.
+/// One request, whatever its outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// E.g. `/v1/checkout/sessions`.
+    pub path: String,
     pub idempotency_key: Option<String>,
     /// The raw header, e.g. `Bearer sk_test_...`.
     pub authorization: Option<String>,
@@ -66,6 +70,8 @@ pub struct Request {
 }
 
 struct Stored {
+    /// Stripe refuses a key reused on another endpoint too.
+    path: String,
     params: BTreeMap<String, String>,
     status: StatusCode,
     body: Value,
@@ -77,6 +83,8 @@ struct Inner {
     prices: HashMap<String, (i64, String)>,
     requests: Vec<Request>,
     sessions: Vec<Value>,
+    /// By id, as registered by tests and updated by requests.
+    subscriptions: HashMap<String, Value>,
     /// By (secret key, idempotency key).
     idempotent: HashMap<(String, String), Stored>,
 }
@@ -118,6 +126,7 @@ impl FakeStripe {
                 prices: HashMap::new(),
                 requests: Vec::new(),
                 sessions: Vec::new(),
+                subscriptions: HashMap::new(),
                 idempotent: HashMap::new(),
             }),
             stop: CancellationToken::new(),
@@ -126,6 +135,7 @@ impl FakeStripe {
         let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/v1/checkout/sessions", post(create_session))
+            .route("/v1/subscriptions/{id}", post(update_subscription))
             .fallback(unrecognized)
             .method_not_allowed_fallback(unrecognized)
             .with_state(shared.clone());
@@ -159,6 +169,20 @@ impl FakeStripe {
     /// Distinct sessions created, in order.
     pub fn sessions(&self) -> Vec<Value> {
         self.shared.lock().sessions.clone()
+    }
+
+    /// Registers an active subscription to `price_id` (what a completed
+    /// subscription checkout makes on Stripe), renewing monthly from now;
+    /// returns it.
+    pub fn add_subscription(&self, id: &str, price_id: &str) -> Value {
+        let sub = subscription_object(id, price_id);
+        self.shared.lock().subscriptions.insert(id.to_owned(), sub.clone());
+        sub
+    }
+
+    /// The subscription as Stripe has it now.
+    pub fn subscription(&self, id: &str) -> Option<Value> {
+        self.shared.lock().subscriptions.get(id).cloned()
     }
 }
 
@@ -535,9 +559,128 @@ fn session(params: &BTreeMap<String, String>, checked: &Checked, livemode: bool)
 }
 
 async fn create_session(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    handle(&shared, "/v1/checkout/sessions".to_owned(), &headers, &body, |inner, params, secret, refuse| {
+        let checked = validate(params, &inner.prices).map_err(Stop::Unstored)?;
+        if refuse {
+            return Err(Stop::Stored(refusal()));
+        }
+        let session = session(params, &checked, secret.starts_with("sk_live_"));
+        inner.sessions.push(session.clone());
+        Ok(session)
+    })
+    .await
+}
+
+async fn update_subscription(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    handle(&shared, format!("/v1/subscriptions/{id}"), &headers, &body, |inner, params, _, refuse| {
+        let Some(sub) = inner.subscriptions.get_mut(&id) else {
+            // Executed (and so stored under the key), as on Stripe.
+            return Err(Stop::Stored(error(
+                StatusCode::NOT_FOUND,
+                json!({
+                    "type": "invalid_request_error",
+                    "code": "resource_missing",
+                    "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
+                    "param": "id",
+                    "message": format!("No such subscription: '{id}'"),
+                }),
+            )));
+        };
+        let mut cancel_at_period_end = None;
+        let mut metadata = Map::new();
+        for (key, value) in params {
+            if key == "cancel_at_period_end" {
+                cancel_at_period_end = Some(match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(Stop::Unstored(invalid(
+                            key,
+                            Some("parameter_invalid_boolean"),
+                            format!("Invalid boolean: {value}"),
+                        )));
+                    }
+                });
+            } else if let Some(name) = key.strip_prefix("metadata[").and_then(|k| k.strip_suffix(']')) {
+                metadata.insert(name.to_owned(), json!(value));
+            } else if key != "expand[]" && !key.starts_with("expand[") {
+                return Err(Stop::Unstored(invalid(
+                    key,
+                    Some("parameter_unknown"),
+                    format!("Received unknown parameter: {key}"),
+                )));
+            }
+        }
+        if refuse {
+            return Err(Stop::Stored(refusal()));
+        }
+        if sub["status"] == "canceled" && cancel_at_period_end.is_some() {
+            return Err(Stop::Stored(invalid(
+                "cancel_at_period_end",
+                None,
+                "A canceled subscription can only update its cancellation_details and metadata.".to_owned(),
+            )));
+        }
+        if let Some(cancel) = cancel_at_period_end {
+            sub["cancel_at_period_end"] = json!(cancel);
+            sub["cancel_at"] = if cancel { sub["current_period_end"].clone() } else { Value::Null };
+            sub["canceled_at"] = if cancel { json!(now_secs()) } else { Value::Null };
+            sub["cancellation_details"] = json!({
+                "comment": null,
+                "feedback": null,
+                "reason": if cancel { json!("cancellation_requested") } else { Value::Null },
+            });
+        }
+        if let Value::Object(m) = &mut sub["metadata"] {
+            m.extend(metadata);
+        }
+        Ok(sub.clone())
+    })
+    .await
+}
+
+/// What `Mode::Refuse` answers a valid request.
+fn refusal() -> (StatusCode, Value) {
+    error(
+        StatusCode::BAD_REQUEST,
+        json!({
+            "type": "invalid_request_error",
+            "message": "Your account cannot currently make charges. To find out why charge creation is \
+                        currently disabled, look at the `requirements.disabled_reason` property on this \
+                        account.",
+        }),
+    )
+}
+
+/// Why an endpoint did not succeed.
+enum Stop {
+    /// Refused before running (bad parameters): a retry with the same key
+    /// runs afresh.
+    Unstored((StatusCode, Value)),
+    /// Ran and failed: replayed like a success.
+    Stored((StatusCode, Value)),
+}
+
+/// What every endpoint shares: the fault modes, authentication, and
+/// idempotency keys (scoped to the secret key, replayed only for the same
+/// endpoint and parameters).
+async fn handle(
+    shared: &Shared,
+    path: String,
+    headers: &HeaderMap,
+    body: &[u8],
+    // With `refuse` (Mode::Refuse), a valid request is refused.
+    run: impl FnOnce(&mut Inner, &BTreeMap<String, String>, &str, bool) -> Result<Value, Stop>,
+) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let params = parse_form(&body);
+    let params = parse_form(body);
     let request = Request {
+        path,
         idempotency_key: header("idempotency-key"),
         authorization: header("authorization"),
         stripe_version: header("stripe-version"),
@@ -570,7 +713,7 @@ async fn create_session(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
     if let Some(slot) = &slot
         && let Some(stored) = inner.idempotent.get(slot)
     {
-        if stored.params != request.params {
+        if stored.params != request.params || stored.path != request.path {
             return reply(error(
                 StatusCode::BAD_REQUEST,
                 json!({
@@ -592,27 +735,14 @@ async fn create_session(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
         }
         return response;
     }
-    let checked = match validate(&request.params, &inner.prices) {
-        Ok(checked) => checked,
-        Err(e) => return reply(e),
-    };
-    let result = if mode == Mode::Refuse {
-        error(
-            StatusCode::BAD_REQUEST,
-            json!({
-                "type": "invalid_request_error",
-                "message": "Your account cannot currently make charges. To find out why charge creation is \
-                            currently disabled, look at the `requirements.disabled_reason` property on this \
-                            account.",
-            }),
-        )
-    } else {
-        let session = session(&request.params, &checked, secret.starts_with("sk_live_"));
-        inner.sessions.push(session.clone());
-        (StatusCode::OK, session)
+    let result = match run(&mut inner, &request.params, &secret, mode == Mode::Refuse) {
+        Ok(object) => (StatusCode::OK, object),
+        Err(Stop::Unstored(e)) => return reply(e),
+        Err(Stop::Stored(e)) => e,
     };
     if let Some(slot) = slot {
         let stored = Stored {
+            path: request.path.clone(),
             params: request.params.clone(),
             status: result.0,
             body: result.1.clone(),
@@ -622,6 +752,47 @@ async fn create_session(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
     }
     drop(inner);
     reply(result)
+}
+
+/// A subscription object as Stripe returns it (the fields Mage or a client
+/// library would read), active for a month from now.
+fn subscription_object(id: &str, price_id: &str) -> Value {
+    let start = now_secs();
+    let end = start + 30 * 24 * 60 * 60;
+    json!({
+        "id": id,
+        "object": "subscription",
+        "billing_cycle_anchor": start,
+        "cancel_at": null,
+        "cancel_at_period_end": false,
+        "canceled_at": null,
+        "cancellation_details": {"comment": null, "feedback": null, "reason": null},
+        "collection_method": "charge_automatically",
+        "created": start,
+        "currency": "usd",
+        "current_period_end": end,
+        "current_period_start": start,
+        "customer": format!("cus_{}", random_alphanumeric(14)),
+        "ended_at": null,
+        "items": {
+            "object": "list",
+            "data": [{
+                "id": format!("si_{}", random_alphanumeric(14)),
+                "object": "subscription_item",
+                "current_period_end": end,
+                "current_period_start": start,
+                "price": {"id": price_id, "object": "price", "recurring": {"interval": "month"}},
+                "quantity": 1,
+                "subscription": id,
+            }],
+            "has_more": false,
+            "url": format!("/v1/subscription_items?subscription={id}"),
+        },
+        "livemode": false,
+        "metadata": {},
+        "start_date": start,
+        "status": "active",
+    })
 }
 
 async fn unrecognized(method: Method, uri: Uri) -> Response {
@@ -832,6 +1003,65 @@ mod tests {
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["message"], "Invalid API Key provided: pk_test_************mnop");
         assert!(fake.sessions().is_empty());
+    }
+
+    async fn update_subscription(
+        fake: &FakeStripe,
+        id: &str,
+        key: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/v1/subscriptions/{id}", fake.url()))
+            .header("authorization", KEY)
+            .form(form);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_subscription_is_set_to_end_with_its_period() {
+        let fake = FakeStripe::start().await;
+        let created = fake.add_subscription("sub_1", "price_mage_basic_monthly");
+        assert_eq!(
+            (created["status"].clone(), created["cancel_at_period_end"].clone()),
+            (json!("active"), json!(false))
+        );
+        let (status, sub) =
+            update_subscription(&fake, "sub_1", Some("k1"), &[("cancel_at_period_end", "true")]).await;
+        assert_eq!(status, 200, "{sub}");
+        assert_eq!(sub["object"], "subscription");
+        assert_eq!(sub["cancel_at_period_end"], true);
+        assert_eq!(sub["cancel_at"], sub["current_period_end"]);
+        assert_eq!(sub["status"], "active", "it runs to the end of the period");
+        assert_eq!(fake.subscription("sub_1").unwrap(), sub);
+        assert_eq!(fake.requests()[0].path, "/v1/subscriptions/sub_1");
+        // The same key on another endpoint is refused.
+        let (status, _, body) = post(&fake, Some("k1"), &payment_form("ord_20")).await;
+        assert_eq!(
+            (status, body["error"]["type"].clone()),
+            (StatusCode::BAD_REQUEST, json!("idempotency_error"))
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_subscriptions_and_parameters_are_refused_as_stripe_does() {
+        let fake = FakeStripe::start().await;
+        let (status, body) =
+            update_subscription(&fake, "sub_nope", None, &[("cancel_at_period_end", "true")]).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["error"]["code"], "resource_missing");
+        assert_eq!(body["error"]["message"], "No such subscription: 'sub_nope'");
+        fake.add_subscription("sub_2", "price_mage_basic_monthly");
+        let (status, body) =
+            update_subscription(&fake, "sub_2", None, &[("cancel_at_period_end", "yes")]).await;
+        assert_eq!((status, body["error"]["code"].clone()), (400, json!("parameter_invalid_boolean")));
+        let (status, body) = update_subscription(&fake, "sub_2", None, &[("colour", "blue")]).await;
+        assert_eq!((status, body["error"]["code"].clone()), (400, json!("parameter_unknown")));
+        assert_eq!(fake.subscription("sub_2").unwrap()["cancel_at_period_end"], false);
     }
 
     #[test]

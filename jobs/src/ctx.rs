@@ -82,7 +82,7 @@ pub(crate) fn source_key(id: Uuid, ext: &str) -> String {
 
 /// Storage prefix of everything a generation owns.
 pub(crate) fn output_prefix(id: Uuid) -> String {
-    format!("generations/{id}/")
+    generations::media_prefix(id)
 }
 
 /// One failed attempt of a `queue` job, for metrics and the admin count.

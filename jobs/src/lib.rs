@@ -36,7 +36,7 @@ pub mod wake;
 mod worker;
 
 pub use crate::stats::expire_once;
-pub use crate::sweep::{STALE_MESSAGE, SweepReport, expire_media_once, sweep_once};
+pub use crate::sweep::{STALE_MESSAGE, SweepReport, expire_media_once, finish_deletions_once, sweep_once};
 pub use crate::worker::{
     IDLE_POLL, RESTART_WINDOW, RESTARTS_PER_WINDOW, WorkError, Workers, render_backends, woken_storage,
 };

@@ -4,14 +4,17 @@
 //! the enqueue after the commit failed) are enqueued again; RENDERING or
 //! TRANSCODING generations whose worker has been silent for
 //! `MAGE_STALE_AFTER_SECONDS` are failed and their holds released; holds
-//! left open by anything else are settled. Each action is logged with its
-//! generation id. Mails of the outbox unsent a minute after they were
-//! written lost their job (or wait for SMTP): they are enqueued again, each
-//! at most once per [`MAIL_REQUEUE_EVERY`].
+//! left open by anything else are settled; deletions a crash left half
+//! done are finished (media of deleted generations, what a racing request
+//! made for a deleted account). Each action is logged with its generation
+//! id. Mails of the outbox unsent a minute after they were written lost
+//! their job (or wait for SMTP): they are enqueued again, each at most once
+//! per [`MAIL_REQUEUE_EVERY`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mage_domain::core::Core;
 use mage_domain::generations;
 use mage_domain::queue::RenderJob;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +53,9 @@ pub struct SweepReport {
     pub media_expired: usize,
     /// Unsent mails of the outbox, enqueued again.
     pub mails_requeued: usize,
+    /// Deleted generations whose media it purged, and things of deleted
+    /// accounts it deleted or ended.
+    pub deletions_finished: usize,
 }
 
 pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
@@ -86,6 +92,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 holds_settled = r.holds_settled,
                 events_requeued = r.events_requeued,
                 mails_requeued = r.mails_requeued,
+                deletions_finished = r.deletions_finished,
                 "sweep done"
             ),
             Ok(_) => tracing::debug!("sweep: nothing to do"),
@@ -185,6 +192,8 @@ async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
     if let Some(keep) = ctx.settings.media_retention {
         report.media_expired = expire_media_once(&ctx.core.pool, &ctx.core.storage, keep).await?;
     }
+    // Before the assets: it marks those of deleted accounts deleted.
+    report.deletions_finished = finish_deletions_once(&ctx.core, ctx.settings.stale_after).await?;
     // Uploads never completed, bytes nothing needs any more, retention of
     // assets, ingest jobs Redis lost.
     let retention_days = ctx.settings.media_retention.map(|keep| (keep.as_secs() / 86_400).max(1) as u32);
@@ -219,4 +228,23 @@ pub async fn expire_media_once(
         tracing::info!(generation_id = %id, files, "media retention: outputs deleted");
     }
     Ok(due.len())
+}
+
+/// Finishes deletions: the media of deleted generations that finished more
+/// than `grace` ago and are not yet marked purged (a crash after the
+/// deletion's commit, or a worker that was writing when it was cancelled),
+/// and whatever a request racing an account deletion created for it.
+/// Returns how many things it acted on.
+pub async fn finish_deletions_once(core: &Core, grace: Duration) -> Result<usize, mage_domain::Error> {
+    let mut conn = core.pool.get().await?;
+    let mut n = mage_domain::accounts::finish_deletions(core, &mut conn, BATCH).await?;
+    let before = chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    for id in generations::deleted_media_due(&mut conn, before, BATCH).await? {
+        let files = generations::purge_media(core, &mut conn, id, true).await?;
+        if files > 0 {
+            tracing::warn!(generation_id = %id, files, "sweeper: deleted the media a deleted generation left");
+        }
+        n += 1;
+    }
+    Ok(n)
 }

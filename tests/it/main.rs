@@ -6,6 +6,7 @@ mod accounts;
 mod admin;
 mod assets;
 mod cli;
+mod deletion;
 mod edge;
 mod generations;
 mod ingest;

@@ -1,4 +1,4 @@
-//! Quotes and generations: create, cancel, retry, list, and their
+//! Quotes and generations: create, cancel, retry, delete, list, and their
 //! subscriptions (render models are in `catalog`, the queue in `queue`).
 
 use async_graphql::connection::{Connection, Edge};
@@ -336,6 +336,17 @@ impl GenerationsMutation {
         let user_id = ctx.viewer().require()?;
         let id = parse_id(&id)?;
         Ok(domain::cancel_and_signal(&ctx.services().generations, user_id, id).await?.into())
+    }
+
+    /// Deletes one of your generations: cancelled first if still active
+    /// (its credits given back, as `cancelGeneration` does), its media
+    /// deleted from storage, and from then on it is in no query or
+    /// subscription (`NOT_FOUND`, also when deleted twice). Credits it was
+    /// charged stay charged; usage statistics still count it.
+    async fn delete_generation(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Generation> {
+        let user_id = ctx.viewer().require()?;
+        let id = parse_id(&id)?;
+        Ok(domain::delete(&ctx.services().generations, user_id, id).await?.into())
     }
 
     /// Runs a failed generation again, holding its price again.

@@ -1,5 +1,6 @@
 //! The GraphQL schema, one module per domain area, merged here.
 
+mod account;
 mod admin;
 mod api_keys;
 mod assets;
@@ -59,6 +60,7 @@ pub struct Mutation(
     assets::AssetsMutation,
     admin::AdminMutation,
     email::EmailMutation,
+    account::AccountMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -54,6 +54,17 @@ impl User {
     async fn email_verified(&self) -> bool {
         self.0.email_verified_at.is_some()
     }
+
+    /// When the account was deleted (`deleteAccount`); its email is then
+    /// `deleted+<id>@deleted.invalid`.
+    async fn deleted_at(&self) -> Option<DateTime<Utc>> {
+        self.0.deleted_at
+    }
+
+    /// Whether the account was deleted (see `deletedAt`).
+    async fn deleted(&self) -> bool {
+        self.0.deleted_at.is_some()
+    }
 }
 
 /// A signed-in session's credentials.

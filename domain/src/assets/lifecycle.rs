@@ -171,3 +171,14 @@ pub async fn delete(core: &Core, conn: &mut Connection, user_id: Uuid, id: Uuid)
     }
     Ok(asset)
 }
+
+/// Purges a deleted asset's bytes unless an unfinished generation still
+/// renders from it (the sweeper purges it once that one is done); whether
+/// they went.
+pub async fn purge_if_unused(core: &Core, conn: &mut Connection, asset: &Asset) -> Result<bool> {
+    if asset.purged_at.is_some() || in_use(conn, asset.id).await? {
+        return Ok(false);
+    }
+    purge(core, conn, asset).await?;
+    Ok(true)
+}

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 pub use files::AssetFiles;
 pub use inputs::{check_inputs, inputs_of, record_inputs};
-pub use lifecycle::{Ready, delete, mark_ready, purge, reject};
+pub use lifecycle::{Ready, delete, mark_ready, purge, purge_if_unused, reject};
 pub use queries::{find, find_own, list_own};
 pub use sweep::sweep;
 pub use upload::{NewUpload, complete, create_upload, declared_kind};

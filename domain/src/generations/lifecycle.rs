@@ -8,6 +8,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::{Services, Status, find, find_own, sources};
+use crate::core::Core;
 use crate::db::Connection;
 use crate::kv::Redis;
 use crate::output::Output;
@@ -289,23 +290,32 @@ pub async fn cancel(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Ca
     }
 }
 
-/// Cancels and tells a running generation's worker to stop.
-pub async fn cancel_and_signal(svc: &Services, user_id: Uuid, id: Uuid) -> Result<Generation> {
-    let mut conn = svc.pool.get().await?;
+/// Cancels and tells a running generation's worker to stop. Takes the
+/// `Core` (a `&Services` coerces to it), so the sweeper can cancel too.
+pub async fn cancel_and_signal(core: &Core, user_id: Uuid, id: Uuid) -> Result<Generation> {
+    let mut conn = core.pool.get().await?;
     let c = cancel(&mut conn, user_id, id).await?;
+    drop(conn);
+    after_cancel(core, &c).await;
+    Ok(c.generation)
+}
+
+/// What follows a committed [`cancel`]: the running generation's worker is
+/// told to stop, its slot freed and the change published.
+pub async fn after_cancel(core: &Core, c: &Canceled) {
+    let id = c.generation.id;
     if c.was_running
-        && let Err(e) = events::publish_cancel(&svc.redis, id).await
+        && let Err(e) = events::publish_cancel(&core.redis, id).await
     {
         // The worker also notices on its next progress write.
         tracing::warn!(generation_id = %id, error = %e, "could not signal the cancel to the worker");
     }
     tracing::info!(generation_id = %id, "generation cancelled");
-    finished(svc, &c.generation).await;
+    finished_with(&core.redis, &c.generation).await;
     if !c.was_running {
         // Everything queued behind it moved up one place.
-        events::publish_queue_advanced_logged(&svc.redis).await;
+        events::publish_queue_advanced_logged(&core.redis).await;
     }
-    Ok(c.generation)
 }
 
 /// After a generation reaches a final state: free its active slot and

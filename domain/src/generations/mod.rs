@@ -1,5 +1,6 @@
-//! Generations: creation (price, hold, queue), the lifecycle state machine
-//! and the queries the API serves.
+//! Generations: creation (price, hold, queue), the lifecycle state machine,
+//! deletion (`delete`: cancelled if active, hidden, media purged) and the
+//! queries the API serves.
 //!
 //! ```text
 //! QUEUED ──▶ RENDERING ──▶ TRANSCODING ──▶ SUCCEEDED (capture)
@@ -17,6 +18,7 @@
 //! Lock order (see `credits`): the generation row first, then the account.
 
 mod create;
+mod delete;
 mod lifecycle;
 mod queries;
 mod retry;
@@ -25,8 +27,10 @@ mod upkeep;
 
 pub use crate::output::{Output, Rendition};
 pub use create::{IDEMPOTENCY_KEY_MAX, create, quote};
+pub(crate) use delete::purge_logged;
+pub use delete::{delete, deleted_media_due, media_prefix, purge_media};
 pub use lifecycle::{
-    Canceled, NotStarted, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,
+    Canceled, NotStarted, after_cancel, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,
     record_backend_job, record_progress, requeue, start_render, start_transcode, succeed, why_not_started,
 };
 pub use queries::{

@@ -17,12 +17,13 @@ pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<Generation>>
     Ok(generations::table.find(id).select(Generation::as_select()).first(conn).await.optional()?)
 }
 
-/// The caller's generation; another user's is reported as missing, so ids
-/// cannot be probed.
+/// The caller's generation; another user's, or a deleted one, is reported
+/// as missing, so ids cannot be probed.
 pub async fn find_own(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Generation> {
     generations::table
         .find(id)
         .filter(generations::user_id.eq(user_id))
+        .filter(generations::deleted_at.is_null())
         .select(Generation::as_select())
         .first(conn)
         .await
@@ -30,8 +31,8 @@ pub async fn find_own(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<
         .ok_or(Error::NotFound("generation"))
 }
 
-/// A page of the user's generations, newest first, after the `(created_at,
-/// id)` cursor.
+/// A page of the user's generations (deleted ones left out), newest first,
+/// after the `(created_at, id)` cursor.
 pub async fn list(
     conn: &mut Connection,
     user_id: Uuid,
@@ -41,6 +42,7 @@ pub async fn list(
 ) -> Result<Vec<Generation>> {
     let mut q = generations::table
         .filter(generations::user_id.eq(user_id))
+        .filter(generations::deleted_at.is_null())
         .select(Generation::as_select())
         .order((generations::created_at.desc(), generations::id.desc()))
         .limit(limit)

@@ -21,6 +21,8 @@ pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Gen
         let g: Generation = generations::table
             .find(id)
             .filter(generations::user_id.eq(user_id))
+            // Locked, so a deletion and a retry of one generation take turns.
+            .filter(generations::deleted_at.is_null())
             .for_update()
             .select(Generation::as_select())
             .first(conn)
