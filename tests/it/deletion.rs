@@ -255,7 +255,7 @@ async fn deleting_an_account_releases_holds_empties_storage_ends_renewals_and_fr
 
     // A wrong password changes nothing.
     let res = app.gql(DELETE_ACCOUNT, json!({ "p": "not my password" }), Some(&token)).await;
-    assert_eq!(code(&res), "UNAUTHENTICATED", "{res}");
+    assert_eq!(code(&res), "BAD_USER_INPUT", "{res}");
     assert_eq!(credits(&app, &token).await, (balance, held));
     assert_eq!(n(&app, "SELECT count(*) AS n FROM users WHERE email = 'leaving@example.com'").await, 1);
     assert_eq!(n(&app, "SELECT count(*) AS n FROM generations WHERE deleted_at IS NOT NULL").await, 0);

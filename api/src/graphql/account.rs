@@ -18,7 +18,7 @@ impl AccountMutation {
     /// subscription is not renewed after its current period, and the email
     /// address is freed (it can sign up again). Orders and the credit ledger
     /// are kept, tied to the anonymised account. A wrong password is
-    /// `UNAUTHENTICATED` and counts as a failed sign-in for the account's
+    /// `BAD_USER_INPUT` and counts as a failed sign-in for the account's
     /// email (`RATE_LIMITED` past MAGE_LOGIN_FAILURES_PER_EMAIL /
     /// MAGE_LOGIN_FAILURES_PER_IP). If the payment provider cannot be
     /// reached, nothing is deleted (`PAYMENT_PROVIDER_ERROR`). Deleting an
@@ -40,7 +40,11 @@ impl AccountMutation {
                 s.revocations.add(&deleted.api_keys);
                 Ok(true)
             }
-            Err(e @ mage_domain::Error::InvalidCredentials) => Err(e.into()),
+            // Not UNAUTHENTICATED: the caller is signed in, and a client
+            // must not take a mistyped password for a sign-out.
+            Err(mage_domain::Error::InvalidCredentials) => {
+                Err(mage_domain::Error::invalid("password", "is not this account's password").into())
+            }
             // Not a guess: Stripe unreachable, or a failure of ours.
             Err(e) => {
                 attempt.give_back(&s.redis).await;
