@@ -448,12 +448,8 @@ async fn the_dev_mailbox_in_headless_chromium() {
     use crate::support::{post_graphql, process, register_at};
     use base64::Engine;
     let Some(binary) = chromium_or_skip() else { return };
-    let db = mage_domain::testing::TestDb::new().await;
-    let redis = mage_domain::testing::TestRedis::new();
-    let media = tempfile::tempdir().expect("media");
-    let mut dev = process::mage_on("dev", &db, &redis);
-    dev.env("MAGE_MEDIA_DIR", media.path());
-    let (_dev, port) = process::start_listening(dev).await;
+    let dev = process::Dev::start().await;
+    let port = dev.port;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let gql = format!("{base}/graphql");

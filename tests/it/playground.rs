@@ -297,12 +297,8 @@ async fn a_subscription_runs_over_the_websocket_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dev_checkout_pay_button_turns_into_credits_under_mage_dev() {
     let Some(binary) = chromium_or_skip() else { return };
-    let db = mage_domain::testing::TestDb::new().await;
-    let redis = mage_domain::testing::TestRedis::new();
-    let media = tempfile::tempdir().expect("media");
-    let mut dev = process::mage_on("dev", &db, &redis);
-    dev.env("MAGE_MEDIA_DIR", media.path());
-    let (_dev, port) = process::start_listening(dev).await;
+    let dev = process::Dev::start().await;
+    let port = dev.port;
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let gql = format!("{base}/graphql");

@@ -66,16 +66,7 @@ pub async fn delete(core: &Core, user_id: Uuid, id: Uuid) -> Result<Generation> 
 /// it is active (again); `NotFound`: gone or already deleted.
 async fn mark_deleted(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Option<Generation>> {
     conn.transaction::<_, Error, _>(async |conn| {
-        let g: Generation = generations::table
-            .find(id)
-            .filter(generations::user_id.eq(user_id))
-            .filter(generations::deleted_at.is_null())
-            .for_update()
-            .select(Generation::as_select())
-            .first(conn)
-            .await
-            .optional()?
-            .ok_or(Error::NotFound("generation"))?;
+        let g = super::queries::lock_own(conn, user_id, id).await?;
         if !g.status().is_final() {
             return Ok(None);
         }

@@ -31,6 +31,21 @@ pub async fn find_own(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<
         .ok_or(Error::NotFound("generation"))
 }
 
+/// [`find_own`], its row locked for the caller's transaction: a deletion
+/// and a retry of one generation take turns.
+pub async fn lock_own(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Generation> {
+    generations::table
+        .find(id)
+        .filter(generations::user_id.eq(user_id))
+        .filter(generations::deleted_at.is_null())
+        .for_update()
+        .select(Generation::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound("generation"))
+}
+
 /// A page of the user's generations (deleted ones left out), newest first,
 /// after the `(created_at, id)` cursor.
 pub async fn list(

@@ -18,17 +18,7 @@ use crate::{Error, Result, credits, limits};
 /// counted afresh. The caller enqueues.
 pub async fn retry(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<Generation> {
     conn.transaction::<_, Error, _>(async |conn| {
-        let g: Generation = generations::table
-            .find(id)
-            .filter(generations::user_id.eq(user_id))
-            // Locked, so a deletion and a retry of one generation take turns.
-            .filter(generations::deleted_at.is_null())
-            .for_update()
-            .select(Generation::as_select())
-            .first(conn)
-            .await
-            .optional()?
-            .ok_or(Error::NotFound("generation"))?;
+        let g = super::queries::lock_own(conn, user_id, id).await?;
         if g.status() != Status::Failed {
             return Err(Error::Conflict(format!(
                 "only a failed generation can be retried, this one is {}",

@@ -98,3 +98,24 @@ pub async fn wait_ready(http: &reqwest::Client, port: u16, limit: Duration) {
     }
     panic!("mage serve on {port} never became ready");
 }
+
+/// A real `mage dev` (API, workers, dev checkout and mailbox) on a database,
+/// Redis prefix and media folder of its own, stopped when dropped.
+pub struct Dev {
+    pub port: u16,
+    _child: Child,
+    _media: tempfile::TempDir,
+    _db: TestDb,
+    _redis: TestRedis,
+}
+
+impl Dev {
+    pub async fn start() -> Self {
+        let (db, redis) = (TestDb::new().await, TestRedis::new());
+        let media = tempfile::tempdir().expect("media");
+        let mut cmd = mage_on("dev", &db, &redis);
+        cmd.env("MAGE_MEDIA_DIR", media.path());
+        let (child, port) = start_listening(cmd).await;
+        Self { port, _child: child, _media: media, _db: db, _redis: redis }
+    }
+}
