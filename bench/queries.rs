@@ -20,6 +20,11 @@
 //!
 //! Run through `bench/queries [seconds] [connections]`. Writes
 //! `bench/queries.json`.
+//!
+//! With `MAGE_BASELINE_BIN` (an older `mage`), only the authenticated
+//! `{ __typename }` and `me` run, on this build and on that one in
+//! alternating rounds, for the ratio of their `me` req/s (see
+//! [`against_baseline`]).
 
 #[path = "common.rs"]
 #[allow(dead_code)]
@@ -305,13 +310,75 @@ fn differ(a: &Value, b: &Value, path: &str) -> Option<String> {
     }
 }
 
+/// Inserts a live session `id` for the bench user, when the database has
+/// sessions (a build from before them has none); says whether it did.
+fn seed_session(db: &str, id: uuid::Uuid) -> Result<bool, String> {
+    if psql(db, "SELECT to_regclass('public.sessions') IS NOT NULL")? != "t" {
+        return Ok(false);
+    }
+    psql(
+        db,
+        &format!(
+            "INSERT INTO sessions (id, user_id, user_agent, ip_address) \
+             VALUES ('{id}', '{USER}', 'bench/queries', '127.0.0.1')"
+        ),
+    )?;
+    Ok(true)
+}
+
+/// The bench user's access token in `session`. A build from before sessions
+/// takes it too: it ignores the `sid` claim.
+fn sign(session: uuid::Uuid) -> Result<String, String> {
+    let tokens = mage_api::auth::Tokens::new(JWT_SECRET, Duration::from_secs(3600));
+    let user = USER.parse().map_err(|e| format!("user id: {e}"))?;
+    let (token, _) = tokens.issue(user, session).map_err(|e| format!("token: {e:?}"))?;
+    Ok(token)
+}
+
+/// A `mage` binary and the database it serves.
+struct Target<'a> {
+    bin: &'a str,
+    db: &'a str,
+    redis_url: &'a str,
+    prefix: &'a str,
+    pool_size: &'a str,
+}
+
+impl Target<'_> {
+    /// Starts `mage serve` on the server core and waits until it is ready;
+    /// returns it and its base URL.
+    async fn start(&self, cores: &Cores, http: &reqwest::Client) -> Result<(Server, String), String> {
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let public_url = format!("http://{addr}");
+        let mut cmd = cores.server_command(self.bin);
+        cmd.arg("serve")
+            .env("DATABASE_URL", self.db)
+            .env("REDIS_URL", self.redis_url)
+            .env("MAGE_REDIS_PREFIX", self.prefix)
+            .env("MAGE_ADDR", &addr)
+            .env("MAGE_PUBLIC_URL", &public_url)
+            .env("MAGE_JWT_SECRET", JWT_SECRET)
+            .env("MAGE_DB_POOL_SIZE", self.pool_size)
+            .env("MAGE_SKIP_MIGRATIONS", "true")
+            .env("MAGE_LOG", std::env::var("MAGE_LOG").unwrap_or_else(|_| "warn".into()));
+        let mut server = Server::spawn("mage serve", cmd);
+        server.wait_ready(http, &format!("{public_url}/readyz")).await?;
+        Ok((server, public_url))
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(6).max(1);
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64).max(1);
     let cores = Cores::pin_self();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    let code = match runtime.block_on(bench(seconds, connections, cores)) {
+    let baseline = std::env::var("MAGE_BASELINE_BIN").ok().filter(|b| !b.is_empty());
+    let outcome = match baseline {
+        Some(baseline) => runtime.block_on(against_baseline(seconds, connections, cores, baseline)),
+        None => runtime.block_on(bench(seconds, connections, cores)),
+    };
+    let code = match outcome {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
@@ -332,9 +399,11 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
     let load_before = common::load_average();
 
     psql(&db, SEED_SQL)?;
-    let tokens = mage_api::auth::Tokens::new(JWT_SECRET, Duration::from_secs(3600));
-    let user = USER.parse().map_err(|e| format!("user id: {e}"))?;
-    let (token, _) = tokens.issue(user, uuid::Uuid::new_v4()).map_err(|e| format!("token: {e:?}"))?;
+    let session = uuid::Uuid::new_v4();
+    if !seed_session(&db, session)? {
+        return Err("the database has no sessions table: is it migrated by this build?".into());
+    }
+    let token = sign(session)?;
 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let script = dir.path().join("check.lua");
@@ -356,21 +425,9 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
         .map_err(|e| format!("HTTP client: {e}"))?;
 
     // Mage: every query.
-    let mage_addr = format!("127.0.0.1:{}", common::free_port());
-    let public_url = format!("http://{mage_addr}");
-    let mut cmd = cores.server_command(&mage);
-    cmd.arg("serve")
-        .env("DATABASE_URL", &db)
-        .env("REDIS_URL", &redis_url)
-        .env("MAGE_REDIS_PREFIX", &prefix)
-        .env("MAGE_ADDR", &mage_addr)
-        .env("MAGE_PUBLIC_URL", &public_url)
-        .env("MAGE_JWT_SECRET", JWT_SECRET)
-        .env("MAGE_DB_POOL_SIZE", &pool_size)
-        .env("MAGE_SKIP_MIGRATIONS", "true")
-        .env("MAGE_LOG", std::env::var("MAGE_LOG").unwrap_or_else(|_| "warn".into()));
-    let mut server = Server::spawn("mage serve", cmd);
-    server.wait_ready(&http, &format!("{public_url}/readyz")).await?;
+    let target =
+        Target { bin: &mage, db: &db, redis_url: &redis_url, prefix: &prefix, pool_size: &pool_size };
+    let (server, public_url) = target.start(&cores, &http).await?;
     let url = format!("{public_url}/graphql");
     let mut mage_refs = Vec::new();
     let mut mage_runs = Vec::new();
@@ -528,4 +585,266 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
     common::write_json("bench/queries.json", &report);
     let all = [&floor, &floor_auth, &me, &gens, &y_floor, &y_me, &y_gens];
     Ok(differences.is_empty() && all.iter().all(|r| r.clean()))
+}
+
+/// The middle of `values` (the mean of the two middle ones for an even
+/// count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+/// One server's turn in the comparison with a baseline.
+struct Turn {
+    round: usize,
+    baseline: bool,
+    typename_auth: Run,
+    me: Run,
+}
+
+/// `MAGE_BASELINE_BIN` set: the same authenticated `{ __typename }` and
+/// `me { credits { balance } }` on this build and on the baseline binary
+/// (an older build), each on a database of its own (`DATABASE_URL`,
+/// `MAGE_BASELINE_DATABASE_URL`, both migrated by their own binary), in
+/// `MAGE_BASELINE_ROUNDS` rounds (3) whose order alternates (baseline
+/// first, then this build first, ...) so that drift in the machine's other
+/// load falls on both alike. One token serves both: it names a real,
+/// live session of the bench user. Prints the median `me` req/s of each,
+/// their ratio (issue 20: this build within 10% of before, i.e. >= 0.90),
+/// the spread; writes `bench/queries_baseline.json`. No graphql-yoga.
+async fn against_baseline(
+    seconds: u64,
+    connections: usize,
+    cores: Cores,
+    baseline_bin: String,
+) -> Result<bool, String> {
+    let db = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set")?;
+    let base_db = std::env::var("MAGE_BASELINE_DATABASE_URL")
+        .map_err(|_| "MAGE_BASELINE_DATABASE_URL is not set (a database migrated by the baseline binary)")?;
+    let redis_url = std::env::var("REDIS_URL").map_err(|_| "REDIS_URL is not set")?;
+    let prefix = std::env::var("MAGE_REDIS_PREFIX").map_err(|_| "MAGE_REDIS_PREFIX is not set")?;
+    let mage = std::env::var("MAGE_BIN").unwrap_or_else(|_| "target/release/mage".into());
+    let pool_size = std::env::var("MAGE_DB_POOL_SIZE").unwrap_or_else(|_| "16".into());
+    let rounds: usize =
+        std::env::var("MAGE_BASELINE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+    let warmup: u64 = 2;
+    let load_before = common::load_average();
+
+    psql(&db, SEED_SQL)?;
+    psql(&base_db, SEED_SQL)?;
+    let session = uuid::Uuid::new_v4();
+    if !seed_session(&db, session)? {
+        return Err("the database of this build has no sessions table".into());
+    }
+    let base_has_sessions = seed_session(&base_db, session)?;
+    let token = sign(session)?;
+
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let script = dir.path().join("check.lua");
+    std::fs::write(&script, WRK_LUA).map_err(|e| format!("{}: {e}", script.display()))?;
+    let wrk = Wrk { cores: &cores, dir: dir.path(), script, token: &token, connections };
+    let body = |query: &str| json!({ "query": query }).to_string();
+    let typename_auth = Query { name: "typename_auth", body: body(TYPENAME), auth: true };
+    let me = Query { name: "me", body: body(ME), auth: true };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let new = Target { bin: &mage, db: &db, redis_url: &redis_url, prefix: &prefix, pool_size: &pool_size };
+    let old = Target {
+        bin: &baseline_bin,
+        db: &base_db,
+        redis_url: &redis_url,
+        prefix: &prefix,
+        pool_size: &pool_size,
+    };
+
+    // The first answers seen: every server must give the same ones.
+    let mut first: Vec<Option<String>> = vec![None, None];
+    let mut differences = Vec::new();
+    let mut turns = Vec::new();
+    for round in 1..=rounds {
+        let order = if round % 2 == 1 { [true, false] } else { [false, true] };
+        for baseline in order {
+            let target = if baseline { &old } else { &new };
+            let (server, public_url) = target.start(&cores, &http).await?;
+            let url = format!("{public_url}/graphql");
+            let mut runs = Vec::new();
+            for (i, q) in [&typename_auth, &me].into_iter().enumerate() {
+                let expected = reference(&http, &url, q, &token).await?;
+                match &first[i] {
+                    Some(f) if *f != expected => differences.push(format!(
+                        "{} (round {round}, {}): {expected} vs {f}",
+                        q.name,
+                        if baseline { "baseline" } else { "this build" }
+                    )),
+                    Some(_) => {}
+                    None => first[i] = Some(expected.clone()),
+                }
+                // The warm-up also covers the new build's first revocation
+                // poll, before which it reads sessions from the database.
+                wrk.run(&url, q, &expected, warmup)?;
+                runs.push(wrk.run(&url, q, &expected, seconds)?);
+            }
+            server.stop();
+            common::clean_redis(&redis_url, &prefix).await.map_err(|e| format!("redis clean-up: {e}"))?;
+            let me_run = runs.pop().unwrap_or_default();
+            let typename_run = runs.pop().unwrap_or_default();
+            eprintln!(
+                "  round {round} {:<10} me {:>7.0} req/s, {{ __typename }} + token {:>7.0} req/s",
+                if baseline { "baseline" } else { "this build" },
+                me_run.per_s(),
+                typename_run.per_s()
+            );
+            turns.push(Turn { round, baseline, typename_auth: typename_run, me: me_run });
+        }
+    }
+    let load_after = common::load_average();
+
+    let of = |baseline: bool, f: fn(&Turn) -> f64| -> Vec<f64> {
+        turns.iter().filter(|t| t.baseline == baseline).map(f).collect()
+    };
+    let me_new = of(false, |t| t.me.per_s());
+    let me_old = of(true, |t| t.me.per_s());
+    let floor_new = of(false, |t| t.typename_auth.per_s());
+    let floor_old = of(true, |t| t.typename_auth.per_s());
+    // Each round's own ratio: the two turns of a round ran back to back.
+    let paired = |f: fn(&Turn) -> f64| -> Vec<f64> {
+        (1..=rounds)
+            .filter_map(|r| {
+                let n = turns.iter().find(|t| t.round == r && !t.baseline)?;
+                let o = turns.iter().find(|t| t.round == r && t.baseline)?;
+                Some(f(n) / f(o))
+            })
+            .collect()
+    };
+    let me_pairs = paired(|t| t.me.per_s());
+    let floor_pairs = paired(|t| t.typename_auth.per_s());
+    let me_ratio = median(&me_new) / median(&me_old);
+    let floor_ratio = median(&floor_new) / median(&floor_old);
+
+    let split = cores.describe("the server (mage serve)", "wrk");
+    println!(
+        "queries against a baseline: wrk -t1 -c{connections} -d{seconds}s (after {warmup} s of warm-up), \
+         POST /graphql (keep-alive), every answer checked; {rounds} rounds, order alternating; \
+         MAGE_DB_POOL_SIZE {pool_size}"
+    );
+    println!("  this build  {mage} (session {session} in its database)");
+    println!(
+        "  baseline    {baseline_bin} ({})",
+        if base_has_sessions { "with sessions: the same session seeded" } else { "no sessions table" }
+    );
+    println!("  cores  {}: {split}", cores.count);
+    println!("  load   {load_before} before, {load_after} after (1, 5, 15 min)");
+    println!(
+        "  {:<5} {:<10} {:<24} {:>9} {:>8} {:>8} {:>9} {:>7} {:>6} {:>6}",
+        "round", "binary", "query", "req/s", "p50 ms", "p99 ms", "ok", "non2xx", "wrong", "sock"
+    );
+    for t in &turns {
+        for (name, r) in [("{ __typename } + token", &t.typename_auth), ("me { credits { balance } }", &t.me)]
+        {
+            println!(
+                "  {:<5} {:<10} {:<24} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>7} {:>6} {:>6}",
+                t.round,
+                if t.baseline { "baseline" } else { "this" },
+                name,
+                r.per_s(),
+                r.p50_ms,
+                r.p99_ms,
+                r.ok,
+                r.non2xx,
+                r.wrong,
+                r.socket_errors
+            );
+            if let Some(s) = &r.sample {
+                println!("    first bad answer: {s}");
+            }
+        }
+    }
+    let spread = |v: &[f64]| {
+        let (lo, hi) = min_max(v);
+        format!("{lo:.0}–{hi:.0}")
+    };
+    let ratio_spread = |v: &[f64]| {
+        let (lo, hi) = min_max(v);
+        format!("{lo:.3}–{hi:.3}")
+    };
+    println!(
+        "  me:                    this build median {:.0} req/s ({}), baseline median {:.0} req/s ({})",
+        median(&me_new),
+        spread(&me_new),
+        median(&me_old),
+        spread(&me_old)
+    );
+    println!(
+        "  {{ __typename }} + token: this build median {:.0} req/s ({}), baseline median {:.0} req/s ({})",
+        median(&floor_new),
+        spread(&floor_new),
+        median(&floor_old),
+        spread(&floor_old)
+    );
+    println!(
+        "  me this build / baseline: {me_ratio:.3} (medians; per round {}), target >= 0.90: {}",
+        ratio_spread(&me_pairs),
+        if me_ratio >= 0.9 { "met" } else { "NOT met" }
+    );
+    println!(
+        "  {{ __typename }} + token this build / baseline: {floor_ratio:.3} (medians; per round {})",
+        ratio_spread(&floor_pairs)
+    );
+    if differences.is_empty() {
+        println!("  answers: both binaries return the same bytes");
+    } else {
+        for d in &differences {
+            println!("  answers DIFFER: {d}");
+        }
+    }
+
+    let run_json = |r: &Run| {
+        json!({
+            "req_per_s": r.per_s(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "ok": r.ok,
+            "non2xx": r.non2xx, "wrong": r.wrong, "socket_errors": r.socket_errors,
+        })
+    };
+    let report = json!({
+        "queries_baseline": {
+            "me_req_per_s": { "median": median(&me_new), "baseline_median": median(&me_old),
+                              "all": me_new, "baseline_all": me_old },
+            "typename_with_token_req_per_s": { "median": median(&floor_new),
+                                               "baseline_median": median(&floor_old),
+                                               "all": floor_new, "baseline_all": floor_old },
+            "ratio": { "me": me_ratio, "me_per_round": me_pairs,
+                       "typename_with_token": floor_ratio, "typename_with_token_per_round": floor_pairs },
+            "target_me_ratio": 0.9,
+            "met": me_ratio >= 0.9,
+            "turns": turns.iter().map(|t| json!({
+                "round": t.round, "binary": if t.baseline { "baseline" } else { "this" },
+                "typename_with_token": run_json(&t.typename_auth), "me": run_json(&t.me),
+            })).collect::<Vec<_>>(),
+            "binary": mage,
+            "baseline_binary": baseline_bin,
+            "answers_match": differences.is_empty(),
+            "rounds": rounds,
+            "seconds": seconds,
+            "connections": connections,
+            "db_pool_size": pool_size,
+            "cores": cores.count,
+            "split": split,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
+        }
+    });
+    common::write_json("bench/queries_baseline.json", &report);
+    let clean = turns.iter().all(|t| t.typename_auth.clean() && t.me.clean());
+    Ok(differences.is_empty() && clean)
 }
