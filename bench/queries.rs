@@ -176,6 +176,31 @@ struct Run {
 }
 
 impl Run {
+    /// One line of the table: `label`, then the figures; the first wrong
+    /// answer under it.
+    fn print(&self, label: &str) {
+        println!(
+            "  {label} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>7} {:>6} {:>6}",
+            self.per_s(),
+            self.p50_ms,
+            self.p99_ms,
+            self.ok,
+            self.non2xx,
+            self.wrong,
+            self.socket_errors
+        );
+        if let Some(s) = &self.sample {
+            println!("    first bad answer: {s}");
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "req_per_s": self.per_s(), "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "ok": self.ok,
+            "non2xx": self.non2xx, "wrong": self.wrong, "socket_errors": self.socket_errors,
+        })
+    }
+
     fn per_s(&self) -> f64 {
         self.ok as f64 / self.seconds
     }
@@ -505,20 +530,7 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
         ("yoga generations(first: 20)", &y_gens),
     ];
     for (name, r) in lines {
-        println!(
-            "  {:<34} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>7} {:>6} {:>6}",
-            name,
-            r.per_s(),
-            r.p50_ms,
-            r.p99_ms,
-            r.ok,
-            r.non2xx,
-            r.wrong,
-            r.socket_errors
-        );
-        if let Some(s) = &r.sample {
-            println!("    first bad answer: {s}");
-        }
+        r.print(&format!("{name:<34}"));
     }
     println!(
         "  me: {:.2}x yoga, {:.2} of the floor; generations: {:.2}x yoga, {:.2} of the floor \
@@ -540,12 +552,6 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
         Err(e) => println!("  redis  could not remove the keys of prefix {prefix}: {e}"),
     }
 
-    let run_json = |r: &Run| {
-        json!({
-            "req_per_s": r.per_s(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "ok": r.ok,
-            "non2xx": r.non2xx, "wrong": r.wrong, "socket_errors": r.socket_errors,
-        })
-    };
     let report = json!({
         "queries": {
             "req_per_s": {
@@ -564,13 +570,13 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
                 "generations_vs_floor": gens.per_s() / floor.per_s(),
             },
             "runs": {
-                "typename_mage": run_json(&floor),
-                "typename_mage_with_token": run_json(&floor_auth),
-                "me_mage": run_json(&me),
-                "generations_mage": run_json(&gens),
-                "typename_yoga": run_json(&y_floor),
-                "me_yoga": run_json(&y_me),
-                "generations_yoga": run_json(&y_gens),
+                "typename_mage": Run::json(&floor),
+                "typename_mage_with_token": Run::json(&floor_auth),
+                "me_mage": Run::json(&me),
+                "generations_mage": Run::json(&gens),
+                "typename_yoga": Run::json(&y_floor),
+                "me_yoga": Run::json(&y_me),
+                "generations_yoga": Run::json(&y_gens),
             },
             "answers_match": differences.is_empty(),
             "seconds": seconds,
@@ -753,22 +759,11 @@ async fn against_baseline(
     for t in &turns {
         for (name, r) in [("{ __typename } + token", &t.typename_auth), ("me { credits { balance } }", &t.me)]
         {
-            println!(
-                "  {:<5} {:<10} {:<24} {:>9.0} {:>8.2} {:>8.2} {:>9} {:>7} {:>6} {:>6}",
+            r.print(&format!(
+                "{:<5} {:<10} {name:<24}",
                 t.round,
-                if t.baseline { "baseline" } else { "this" },
-                name,
-                r.per_s(),
-                r.p50_ms,
-                r.p99_ms,
-                r.ok,
-                r.non2xx,
-                r.wrong,
-                r.socket_errors
-            );
-            if let Some(s) = &r.sample {
-                println!("    first bad answer: {s}");
-            }
+                if t.baseline { "baseline" } else { "this" }
+            ));
         }
     }
     let spread = |v: &[f64]| {
@@ -810,12 +805,6 @@ async fn against_baseline(
         }
     }
 
-    let run_json = |r: &Run| {
-        json!({
-            "req_per_s": r.per_s(), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "ok": r.ok,
-            "non2xx": r.non2xx, "wrong": r.wrong, "socket_errors": r.socket_errors,
-        })
-    };
     let report = json!({
         "queries_baseline": {
             "me_req_per_s": { "median": median(&me_new), "baseline_median": median(&me_old),
@@ -829,7 +818,7 @@ async fn against_baseline(
             "met": me_ratio >= 0.9,
             "turns": turns.iter().map(|t| json!({
                 "round": t.round, "binary": if t.baseline { "baseline" } else { "this" },
-                "typename_with_token": run_json(&t.typename_auth), "me": run_json(&t.me),
+                "typename_with_token": Run::json(&t.typename_auth), "me": Run::json(&t.me),
             })).collect::<Vec<_>>(),
             "binary": mage,
             "baseline_binary": baseline_bin,

@@ -449,10 +449,8 @@ async fn the_dev_mailbox_in_headless_chromium() {
     use base64::Engine;
     let Some(binary) = chromium_or_skip() else { return };
     let dev = process::Dev::start().await;
-    let port = dev.port;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let gql = format!("{base}/graphql");
+    let (base, gql) = (dev.url(""), dev.url("/graphql"));
     register_at(&http, &gql, "browser-mail@example.com").await;
     let res =
         post_graphql(&http, &gql, REQUEST_RESET, json!({ "e": "browser-mail@example.com" }), None).await;

@@ -298,10 +298,8 @@ async fn a_subscription_runs_over_the_websocket_in_headless_chromium() {
 async fn the_dev_checkout_pay_button_turns_into_credits_under_mage_dev() {
     let Some(binary) = chromium_or_skip() else { return };
     let dev = process::Dev::start().await;
-    let port = dev.port;
     let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let gql = format!("{base}/graphql");
+    let (base, gql) = (dev.url(""), dev.url("/graphql"));
     let (token, _) = register_at(&http, &gql, "buyer@example.com").await;
     let res = post_graphql(
         &http,

@@ -118,4 +118,8 @@ impl Dev {
         let (child, port) = start_listening(cmd).await;
         Self { port, _child: child, _media: media, _db: db, _redis: redis }
     }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
 }
