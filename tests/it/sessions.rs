@@ -227,6 +227,7 @@ async fn logout_on_one_instance_stops_the_token_on_another_within_a_second_and_c
         assert!(logged_out.elapsed() < Duration::from_secs(5), "still accepted after 5 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    eprintln!("logout on A refused on B after {refused_at:?}");
     assert!(refused_at < Duration::from_secs(1), "the other instance took {refused_at:?}");
     assert_eq!(ws::close_code(&mut socket, Duration::from_secs(1)).await, 4403);
 }
