@@ -22,11 +22,19 @@ pub(crate) async fn run(ctx: Arc<Ctx>, job: SettleJob, attempt: usize) -> Result
     async move {
         let mut conn = ctx.core.pool.get().await?;
         match settle::settle(&mut conn, &job.event_id).await {
-            Ok(Outcome::AlreadySettled) => {
+            Ok(settle::Settled { outcome: Outcome::AlreadySettled, .. }) => {
                 tracing::debug!("already settled");
                 Ok(())
             }
-            Ok(_) => Ok(()),
+            Ok(settle::Settled { credited, .. }) => {
+                // A purchase, refund or renewal moved the balance: open
+                // apps show it at once (a lost publish is only a late
+                // refresh: the ledger is already right).
+                if let Some(user_id) = credited {
+                    mage_domain::events::publish_credits_changed_logged(&ctx.core.redis, user_id).await;
+                }
+                Ok(())
+            }
             Err(mage_domain::Error::NotFound("stripe event")) => {
                 tracing::warn!("no such stored event; nothing to settle");
                 Ok(())

@@ -233,6 +233,26 @@ async fn a_credit_pack_purchase_grants_its_credits_once_paid() {
     assert_eq!(events[0]["status"], "processed", "{res}");
 }
 
+/// An app open on the balance sees a purchase land without asking.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settled_purchase_is_pushed_to_credits_changed_subscribers() {
+    use crate::support::ws;
+    let Shop { app, stripe: _stripe, _workers } = shop().await;
+    let (token, user) = app.register("live-balance@example.com").await;
+    let order = checkout(&app, &token, "starter", 1).await;
+    let mut socket = ws::connect_signed_in(app.addr, Some(&token)).await;
+    ws::subscribe(&mut socket, "b", "subscription { creditsChanged { balance } }", json!({})).await;
+    let first = ws::recv(&mut socket).await.expect("first state");
+    assert_eq!(first["payload"]["data"]["creditsChanged"]["balance"], 100, "{first}");
+
+    let r =
+        deliver(&app, &event("checkout.session.completed", session(&order, &user, 500, "paid", json!({}))))
+            .await;
+    assert_eq!(r.status, "processed", "{r:?}");
+    let next = ws::recv_within(&mut socket, Duration::from_secs(10)).await.expect("the new balance");
+    assert_eq!(next["payload"]["data"]["creditsChanged"]["balance"], 200, "{next}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_ten_times_at_once_grants_once() {
     let Shop { app, stripe: _stripe, _workers } = shop().await;

@@ -37,7 +37,15 @@ use crate::rows::StripeEvent;
 use crate::schema::stripe_events;
 use crate::{Error, Result};
 
-pub async fn settle(conn: &mut Connection, event_id: &str) -> Result<Outcome> {
+/// What settling an event did.
+#[derive(Debug)]
+pub struct Settled {
+    pub outcome: Outcome,
+    /// The user whose balance it moved (for `creditsChanged`), if any.
+    pub credited: Option<uuid::Uuid>,
+}
+
+pub async fn settle(conn: &mut Connection, event_id: &str) -> Result<Settled> {
     let (ev, verdict) = conn
         .transaction::<_, Error, _>(async |conn| {
             let ev: StripeEvent = stripe_events::table
@@ -79,10 +87,11 @@ pub async fn settle(conn: &mut Connection, event_id: &str) -> Result<Outcome> {
             Ok((ev, Some(verdict)))
         })
         .await?;
-    let Some(v) = verdict else { return Ok(Outcome::AlreadySettled) };
+    let Some(v) = verdict else { return Ok(Settled { outcome: Outcome::AlreadySettled, credited: None }) };
     crate::metrics::event_settled(&ev.type_, v.outcome.status());
     audit(conn, &ev, &v).await;
-    Ok(v.outcome)
+    let credited = v.user_id.filter(|_| v.credits != 0);
+    Ok(Settled { outcome: v.outcome, credited })
 }
 
 /// The audit line every settlement writes: one per event, with what it
