@@ -220,6 +220,15 @@ struct Query {
     auth: bool,
 }
 
+/// wrk's answer-checking Lua script, in a folder of its own (wrk writes its
+/// samples beside it).
+fn check_script() -> Result<(tempfile::TempDir, PathBuf), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+    let script = dir.path().join("check.lua");
+    std::fs::write(&script, WRK_LUA).map_err(|e| format!("{}: {e}", script.display()))?;
+    Ok((dir, script))
+}
+
 struct Wrk<'a> {
     cores: &'a Cores,
     dir: &'a Path,
@@ -430,9 +439,7 @@ async fn bench(seconds: u64, connections: usize, cores: Cores) -> Result<bool, S
     }
     let token = sign(session)?;
 
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let script = dir.path().join("check.lua");
-    std::fs::write(&script, WRK_LUA).map_err(|e| format!("{}: {e}", script.display()))?;
+    let (dir, script) = check_script()?;
     let wrk = Wrk { cores: &cores, dir: dir.path(), script, token: &token, connections };
     let body = |query: &str| json!({ "query": query }).to_string();
     let queries = [
@@ -654,9 +661,7 @@ async fn against_baseline(
     let base_has_sessions = seed_session(&base_db, session)?;
     let token = sign(session)?;
 
-    let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let script = dir.path().join("check.lua");
-    std::fs::write(&script, WRK_LUA).map_err(|e| format!("{}: {e}", script.display()))?;
+    let (dir, script) = check_script()?;
     let wrk = Wrk { cores: &cores, dir: dir.path(), script, token: &token, connections };
     let body = |query: &str| json!({ "query": query }).to_string();
     let typename_auth = Query { name: "typename_auth", body: body(TYPENAME), auth: true };

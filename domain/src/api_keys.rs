@@ -149,8 +149,8 @@ pub async fn find_by_secret(conn: &mut Connection, secret: &str) -> Result<Optio
         .optional()?;
     let hash = sha256(secret);
     Ok(key.filter(|k| {
-        k.secret_hash.len() == hash.len()
-            && k.secret_hash.iter().zip(&hash).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        use subtle::ConstantTimeEq;
+        bool::from(k.secret_hash.as_slice().ct_eq(hash.as_slice()))
     }))
 }
 
