@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mage_api::settings::ServerArgs;
+use mage_domain::backends::BackendArgs;
 use mage_domain::config::{DatabaseArgs, MetricsArgs, MigrateArgs, RedisArgs, ShutdownArgs, StorageArgs};
 use mage_domain::core::Core;
 use mage_domain::queue::Queues;
@@ -63,7 +64,14 @@ enum Command {
         storage: StorageArgs,
         #[command(flatten)]
         worker: WorkerArgs,
-        /// Comma-separated queues to run (default: all)
+        #[command(flatten)]
+        backends: BackendArgs,
+        /// Public base URL of the API: Replicate's webhooks are sent to
+        /// MAGE_PUBLIC_URL/webhooks/replicate
+        #[arg(long, env = "MAGE_PUBLIC_URL")]
+        public_url: Option<String>,
+        /// Comma-separated queues to run (default: all); `render` is every
+        /// backend's render queue, `render:replicate` one of them
         #[arg(long, env = "MAGE_QUEUES", value_delimiter = ',')]
         queues: Vec<String>,
         #[command(flatten)]
@@ -211,8 +219,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 m.abort();
             }
         }
-        Command::Work { db, redis, migrate, storage, worker, queues: run_queues, metrics } => {
-            let settings = worker.resolve()?;
+        Command::Work {
+            db,
+            redis,
+            migrate,
+            storage,
+            worker,
+            backends,
+            public_url,
+            queues: run_queues,
+            metrics,
+        } => {
+            let backends = backends.resolve(mage_domain::backends::Role::Worker)?;
+            let settings =
+                worker.resolve(backends, public_url.map(|u| u.trim_end_matches('/').to_owned()))?;
             let core = connect(&db, &redis, &migrate, &storage).await?;
             mage_domain::metrics::init();
             let metrics = serve_metrics(metrics.metrics_addr, &core).await?;
@@ -223,7 +243,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev { serve: ServeArgs { db, redis, server, migrate, storage }, worker } => {
             let mut settings = server.resolve(true)?;
-            let mut worker = worker.resolve()?;
+            let backends = server.backends.resolve(mage_domain::backends::Role::Worker)?;
+            let mut worker = worker.resolve(backends, Some(settings.public_url.clone()))?;
             // Without MAGE_SMTP_URL, mails are shown at /dev/mail.
             worker.mail.dev_mailbox = true;
             settings.shutdown_grace = worker.shutdown_grace;

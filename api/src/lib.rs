@@ -84,6 +84,7 @@ impl AppState {
             generations: mage_domain::generations::Services {
                 core: core.clone(),
                 limits: settings.generation_limits,
+                backends: std::sync::Arc::new(settings.backends.clone()),
             },
             public_url: settings.public_url.clone(),
             live: live.clone(),

@@ -10,6 +10,8 @@ use mage_domain::limits::AuthLimits;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
+    #[command(flatten)]
+    pub backends: mage_domain::backends::BackendArgs,
     /// Address the HTTP server listens on
     #[arg(long, env = "MAGE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -273,6 +275,9 @@ pub struct ConnectionSettings {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub addr: SocketAddr,
+    /// The render backends of the deployment: models on others are not
+    /// offered (MAGE_RENDER_BACKENDS and its companions).
+    pub backends: mage_domain::backends::Backends,
     /// Upload limits and the storage quota.
     pub assets: mage_domain::assets::AssetLimits,
     pub public_url: String,
@@ -370,6 +375,7 @@ impl ServerArgs {
             }
         }
         Ok(ServerSettings {
+            backends: self.backends.resolve(mage_domain::backends::Role::Api)?,
             assets: mage_domain::assets::AssetLimits {
                 max_image_bytes: self.max_image_bytes,
                 max_video_bytes: self.max_video_bytes,

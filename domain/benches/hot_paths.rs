@@ -15,6 +15,7 @@ fn video_model() -> RenderModel {
         id: "synth-video".into(),
         kind: MediaKind::Video,
         name: "Synthetic video".into(),
+        backend: catalog::BackendKind::Synthetic,
         workflow: "text-to-video".into(),
         max_duration_seconds: Some(10),
         default_duration_seconds: Some(5),

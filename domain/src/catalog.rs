@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use crate::db::Connection;
-pub use crate::enums::{MediaKind, Resolution};
+pub use crate::enums::{BackendKind, MediaKind, Resolution};
 use crate::rows::{RenderModelPrice, RenderModelRow};
 use crate::schema::{render_model_prices, render_models};
 use crate::{Error, Result};
@@ -36,6 +36,8 @@ pub struct RenderModel {
     pub id: String,
     pub kind: MediaKind,
     pub name: String,
+    /// Where its renders run.
+    pub backend: BackendKind,
     pub workflow: String,
     pub max_duration_seconds: Option<i32>,
     pub default_duration_seconds: Option<i32>,
@@ -144,6 +146,7 @@ fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {
                 id: r.id,
                 kind: r.kind,
                 name: r.name,
+                backend: r.backend,
                 workflow: r.workflow,
                 max_duration_seconds: r.max_duration_seconds,
                 default_duration_seconds: r.default_duration_seconds,
@@ -245,6 +248,7 @@ mod tests {
             id: "v".into(),
             kind: MediaKind::Video,
             name: "V".into(),
+            backend: BackendKind::Synthetic,
             workflow: "w".into(),
             max_duration_seconds: Some(10),
             default_duration_seconds: Some(5),

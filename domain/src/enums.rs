@@ -127,3 +127,16 @@ pg_enum! {
         Rejected = "rejected",
     }
 }
+
+pg_enum! {
+    /// Where a model's renders run. Each has its own render queue
+    /// (`render:<name>`), so each kind of host takes only its own work.
+    pub enum BackendKind {
+        /// ffmpeg on the worker's CPU: development, tests, demos.
+        Synthetic = "synthetic",
+        /// The operator's ComfyUI servers on GPU hosts.
+        ComfyUi = "comfyui",
+        /// Replicate's hosted GPUs, through its HTTP API.
+        Replicate = "replicate",
+    }
+}

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod assets;
+pub mod backends;
 pub mod catalog;
 pub mod config;
 pub mod core;

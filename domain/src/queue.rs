@@ -17,13 +17,16 @@ use apalis_redis::{Config, ConnectionManager};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::enums::BackendKind;
 use crate::{Error, Result};
 
 /// A queue of this build, named once: its name keys Redis, the
 /// `MAGE_QUEUES` selection and the `queue` label of metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Queue {
-    Render,
+    /// One render queue per backend (`render:synthetic`, ...): a host runs
+    /// the queues of the backends it can reach.
+    Render(BackendKind),
     Transcode,
     /// Uploaded media to check and clean (`IngestJob`).
     Ingest,
@@ -40,8 +43,10 @@ pub enum Queue {
 
 impl Queue {
     /// Every queue of this build, in the order `mage work` starts them.
-    pub const ALL: [Queue; 7] = [
-        Queue::Render,
+    pub const ALL: [Queue; 9] = [
+        Queue::Render(BackendKind::Synthetic),
+        Queue::Render(BackendKind::ComfyUi),
+        Queue::Render(BackendKind::Replicate),
         Queue::Transcode,
         Queue::Ingest,
         Queue::Settle,
@@ -50,14 +55,28 @@ impl Queue {
         Queue::Sweep,
     ];
     /// The queues whose jobs are generations' (listed for admins).
-    pub const JOBS: [Queue; 2] = [Queue::Render, Queue::Transcode];
+    pub const JOBS: [Queue; 4] = [
+        Queue::Render(BackendKind::Synthetic),
+        Queue::Render(BackendKind::ComfyUi),
+        Queue::Render(BackendKind::Replicate),
+        Queue::Transcode,
+    ];
     /// The queues whose jobs wait in Redis (counted for admins and metrics).
-    pub const STORED: [Queue; 5] =
-        [Queue::Render, Queue::Transcode, Queue::Ingest, Queue::Settle, Queue::Mail];
+    pub const STORED: [Queue; 7] = [
+        Queue::Render(BackendKind::Synthetic),
+        Queue::Render(BackendKind::ComfyUi),
+        Queue::Render(BackendKind::Replicate),
+        Queue::Transcode,
+        Queue::Ingest,
+        Queue::Settle,
+        Queue::Mail,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
-            Queue::Render => "render",
+            Queue::Render(BackendKind::Synthetic) => "render:synthetic",
+            Queue::Render(BackendKind::ComfyUi) => "render:comfyui",
+            Queue::Render(BackendKind::Replicate) => "render:replicate",
             Queue::Transcode => "transcode",
             Queue::Ingest => "ingest",
             Queue::Settle => "settle",
@@ -190,18 +209,25 @@ impl Queues {
         self.conn.clone()
     }
 
-    pub async fn push_render(&self, job: &RenderJob) -> Result<()> {
-        self.push_render_after(job, Duration::ZERO).await
+    /// Enqueues a render on its backend's queue (the generation's
+    /// `backend`).
+    pub async fn push_render(&self, backend: BackendKind, job: &RenderJob) -> Result<()> {
+        self.push_render_after(backend, job, Duration::ZERO).await
     }
 
     /// Enqueues a render to start after `delay` (a retry's backoff, a busy
     /// or unhealthy backend). The generation's newest render task is
     /// indexed, so the sweeper can tell when Redis lost it.
-    pub async fn push_render_after(&self, job: &RenderJob, delay: Duration) -> Result<()> {
-        let task_id = self.push(Queue::Render, job, delay).await?;
+    pub async fn push_render_after(
+        &self,
+        backend: BackendKind,
+        job: &RenderJob,
+        delay: Duration,
+    ) -> Result<()> {
+        let task_id = self.push(Queue::Render(backend), job, delay).await?;
         let mut conn = self.conn.clone();
         let () = redis::cmd("HSET")
-            .arg(self.render_index())
+            .arg(self.render_index(backend))
             .arg(job.generation_id.to_string())
             .arg(task_id)
             .query_async(&mut conn)
@@ -210,10 +236,10 @@ impl Queues {
     }
 
     /// Forgets a generation's render task (it has left the queue for good).
-    pub async fn forget_render(&self, generation_id: Uuid) -> Result<()> {
+    pub async fn forget_render(&self, backend: BackendKind, generation_id: Uuid) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: i64 = redis::cmd("HDEL")
-            .arg(self.render_index())
+            .arg(self.render_index(backend))
             .arg(generation_id.to_string())
             .query_async(&mut conn)
             .await?;
@@ -221,21 +247,21 @@ impl Queues {
     }
 
     /// Whether the generation's newest render task will still run.
-    pub async fn render_alive(&self, generation_id: Uuid) -> Result<bool> {
+    pub async fn render_alive(&self, backend: BackendKind, generation_id: Uuid) -> Result<bool> {
         let mut conn = self.conn.clone();
         let task: Option<String> = redis::cmd("HGET")
-            .arg(self.render_index())
+            .arg(self.render_index(backend))
             .arg(generation_id.to_string())
             .query_async(&mut conn)
             .await?;
         Ok(match task {
-            Some(t) => self.task_state(Queue::Render, &t).await?.alive(),
+            Some(t) => self.task_state(Queue::Render(backend), &t).await?.alive(),
             None => false,
         })
     }
 
-    fn render_index(&self) -> String {
-        format!("{}{}:by-generation", self.prefix, Queue::Render)
+    fn render_index(&self, backend: BackendKind) -> String {
+        format!("{}{}:by-generation", self.prefix, Queue::Render(backend))
     }
 
     pub async fn push_settle(&self, job: &SettleJob) -> Result<()> {

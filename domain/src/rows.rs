@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::assets::AssetFiles;
 use crate::enums::{
-    AssetStatus, EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode, OrderStatus,
-    ProductKind, Resolution, Role, StripeEventStatus,
+    AssetStatus, BackendKind, EntryKind, GenerationStatus, GrantSource, HoldStatus, MediaKind, OrderMode,
+    OrderStatus, ProductKind, Resolution, Role, StripeEventStatus,
 };
 use crate::output::Output;
 use crate::schema::*;
@@ -123,7 +123,8 @@ pub struct Generation {
     pub cost: i64,
     pub idempotency_key: Option<String>,
     pub attempts: i32,
-    pub backend: Option<String>,
+    /// Whose render queue it waits in, fixed when it is created.
+    pub backend: BackendKind,
     pub output: Option<Output>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -155,6 +156,7 @@ pub struct RenderModelRow {
     pub render_timeout_seconds: Option<i32>,
     pub max_attempts: Option<i32>,
     pub inputs: Vec<Option<String>>,
+    pub backend: BackendKind,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -159,7 +159,7 @@ diesel::table! {
         cost -> Int8,
         idempotency_key -> Nullable<Text>,
         attempts -> Int4,
-        backend -> Nullable<Text>,
+        backend -> Text,
         output -> Nullable<Jsonb>,
         error -> Nullable<Text>,
         created_at -> Timestamptz,
@@ -278,6 +278,17 @@ diesel::table! {
         render_timeout_seconds -> Nullable<Int4>,
         max_attempts -> Nullable<Int4>,
         inputs -> Array<Nullable<Text>>,
+        backend -> Text,
+    }
+}
+
+diesel::table! {
+    replicate_webhooks (id) {
+        id -> Text,
+        prediction_id -> Text,
+        generation_id -> Nullable<Uuid>,
+        status -> Text,
+        received_at -> Timestamptz,
     }
 }
 
@@ -389,6 +400,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     refresh_tokens,
     render_model_prices,
     render_models,
+    replicate_webhooks,
     sessions,
     stripe_events,
     subscriptions,

@@ -42,6 +42,7 @@
 //! REDIS_URL, default redis://127.0.0.1:6379. Keys live under a prefix of
 //! their own and are deleted at the end.
 
+use mage_domain::catalog::BackendKind;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,7 +139,7 @@ fn start_worker(
     probe: Probe,
 ) -> RunningWorker {
     let stop = CancellationToken::new();
-    let channel = queues.wake_channel(queue::Queue::Render);
+    let channel = queues.wake_channel(queue::Queue::Render(BackendKind::Synthetic));
     if std::env::var("QUEUE_BENCH_SIGNAL").as_deref() == Ok("fixed") {
         let signal = FixedSignal::default();
         let listener = tokio::spawn(listen_fixed(url.to_owned(), channel, signal.clone(), stop.clone()));
@@ -276,7 +277,7 @@ async fn run_producer(role: &str, args: &[String]) -> Res<serde_json::Value> {
 /// Deletes every key under `prefix`, and the queue's entry in apalis-redis'
 /// registry of queues (`core:apalis:queues:list`, outside any prefix).
 async fn delete_prefix(conn: &mut ConnectionManager, prefix: &str) -> Res<u64> {
-    let workers = queue::config(prefix, queue::Queue::Render).workers_set();
+    let workers = queue::config(prefix, queue::Queue::Render(BackendKind::Synthetic)).workers_set();
     let _: i64 = redis::cmd("ZREM").arg("core:apalis:queues:list").arg(workers).query_async(conn).await?;
     let mut cursor: u64 = 0;
     let mut deleted = 0;
@@ -304,7 +305,7 @@ async fn delete_prefix(conn: &mut ConnectionManager, prefix: &str) -> Res<u64> {
 /// QUEUE_BENCH_BATCH_SIZE (apalis-redis' fetch batch) and
 /// QUEUE_BENCH_LOCK_TASKS=1 (apalis-redis' per-task lease) for experiments.
 fn worker_config(queues: &Queues) -> apalis_redis::Config {
-    let mut config = queues.config(queue::Queue::Render);
+    let mut config = queues.config(queue::Queue::Render(BackendKind::Synthetic));
     if let Some(b) =
         std::env::var("QUEUE_BENCH_BATCH_SIZE").ok().and_then(|b| b.parse().ok()).filter(|b| *b > 0)
     {
@@ -326,7 +327,7 @@ fn config_json(config: &apalis_redis::Config) -> serde_json::Value {
 }
 
 fn worker_config_production(config: &apalis_redis::Config) -> apalis_redis::Config {
-    queue::config("", queue::Queue::Render).queue(config.queue.as_ref())
+    queue::config("", queue::Queue::Render(BackendKind::Synthetic)).queue(config.queue.as_ref())
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -453,7 +454,7 @@ async fn drain(args: &[String]) -> Res<()> {
         return Err(e);
     }
     let enqueue_s = t.elapsed().as_secs_f64();
-    let depth = queues.depth(queue::Queue::Render).await?;
+    let depth = queues.depth(queue::Queue::Render(BackendKind::Synthetic)).await?;
     if depth != jobs as u64 {
         delete_prefix(&mut conn, &prefix).await?;
         return Err(format!("{depth} jobs queued, expected {jobs}").into());
@@ -515,7 +516,7 @@ async fn produce_latency(args: &[String]) -> Res<()> {
         tick.tick().await;
         let sent = now_ns();
         let id = Uuid::from_u64_pair(sent, rand_low());
-        queues.push_render(&RenderJob { generation_id: id }).await?;
+        queues.push_render(BackendKind::Synthetic, &RenderJob { generation_id: id }).await?;
         calls.push(now_ns().saturating_sub(sent));
     }
     calls.sort_unstable();
@@ -535,7 +536,7 @@ async fn produce_bulk(args: &[String]) -> Res<()> {
     let prefix = args.get(2).ok_or("prefix")?;
     let jobs: usize = arg(args, 3, 20_000);
     let queues = Queues::connect(&redis_url(), prefix).await?;
-    let config = queues.config(queue::Queue::Render);
+    let config = queues.config(queue::Queue::Render(BackendKind::Synthetic));
     let mut conn = queues.connection();
     let mut left = jobs;
     while left > 0 {
@@ -574,7 +575,7 @@ async fn produce_bulk(args: &[String]) -> Res<()> {
         }
     }
     let _: i64 = redis::cmd("PUBLISH")
-        .arg(queues.wake_channel(queue::Queue::Render))
+        .arg(queues.wake_channel(queue::Queue::Render(BackendKind::Synthetic)))
         .arg(1)
         .query_async(&mut conn)
         .await?;

@@ -7,6 +7,7 @@
 //! cargo run --release -p mage-jobs --example queue_latency [-- JOBS RATE_PER_S]
 //! (REDIS_URL, default redis://127.0.0.1:6379)
 
+use mage_domain::catalog::BackendKind;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,13 +60,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stop = CancellationToken::new();
     let listener = tokio::spawn(wake::listen(
         url.clone(),
-        vec![(queues.wake_channel(queue::Queue::Render), signal.clone())],
+        vec![(queues.wake_channel(queue::Queue::Render(BackendKind::Synthetic)), signal.clone())],
         format!("{prefix}control:cancel"),
         Cancels::default(),
         mage_jobs::IDLE_POLL,
         stop.clone(),
     ));
-    let (conn, config) = (queues.connection(), queues.config(queue::Queue::Render));
+    let (conn, config) = (queues.connection(), queues.config(queue::Queue::Render(BackendKind::Synthetic)));
     let (s1, s2) = (sent.clone(), seen.clone());
     let monitor = Monitor::new().register(move |_| {
         WorkerBuilder::new(format!("bench-{}", std::process::id()))
@@ -97,7 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Ok(mut m) = sent.lock() {
             m.insert(id, Instant::now());
         }
-        queues.push_render(&RenderJob { generation_id: id }).await?;
+        queues.push_render(BackendKind::Synthetic, &RenderJob { generation_id: id }).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while seen.lock().map(|s| s.len()).unwrap_or(0) < jobs && Instant::now() < deadline {

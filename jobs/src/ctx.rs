@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use mage_domain::catalog::BackendKind;
 use mage_domain::core::Core;
 use mage_domain::generations;
 use mage_domain::queue::Queue;
@@ -49,6 +50,9 @@ impl From<std::io::Error> for JobError {
 /// Everything a job handler needs. Each render slot set (one per backend
 /// server) has its own, differing only in `backend` and `slot`.
 pub(crate) struct Ctx {
+    /// Whose render queue this context's workers take (the other queues
+    /// ignore it).
+    pub kind: BackendKind,
     pub core: Core,
     pub backend: Arc<dyn RenderBackend>,
     pub slot: Arc<Slot>,

@@ -70,7 +70,7 @@ pub(crate) async fn conclude(
                 let mut conn = ctx.core.pool.get().await?;
                 if let Some(queued) = generations::requeue(&mut conn, id, &ctx.worker_name, &stage).await? {
                     drop(conn);
-                    ctx.core.queues.push_render_after(job, backoff).await?;
+                    ctx.core.queues.push_render_after(g.backend, job, backoff).await?;
                     tracing::warn!(attempt = number, retry_in = ?backoff, %detail, "render failed; it will be retried");
                     mage_domain::events::publish_generation_logged(&ctx.core.redis, &queued, false).await;
                 }

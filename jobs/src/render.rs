@@ -36,21 +36,21 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
     async move {
         if ctx.stopping.is_cancelled() {
             // Fetched just as the worker began to stop: give it straight back.
-            ctx.core.queues.push_render(&job).await?;
+            ctx.core.queues.push_render(ctx.kind, &job).await?;
             return Ok(());
         }
         if let Err(why) = ctx.slot.check(&ctx.probe()).await {
             // Put back before backing off, so the job is never only in a
             // sleeping worker's hands. The generation is untouched: no
             // attempt is used.
-            ctx.core.queues.push_render_after(&job, slot::UNHEALTHY_RETRY).await?;
+            ctx.core.queues.push_render_after(ctx.kind, &job, slot::UNHEALTHY_RETRY).await?;
             tracing::warn!(%why, "render backend unhealthy: job put back");
             ctx.slot.back_off(&ctx.probe()).await;
             return Ok(());
         }
         let mut conn = ctx.core.pool.get().await?;
         let started =
-            generations::start_render(&mut conn, id, &ctx.worker_name, ctx.backend.name(), TAKEOVER_AFTER)
+            generations::start_render(&mut conn, id, &ctx.worker_name, TAKEOVER_AFTER)
                 .await?;
         let Some(g) = started else {
             match generations::why_not_started(&mut conn, id, TAKEOVER_AFTER).await? {
@@ -58,7 +58,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
                     // Another worker has it and was alive a moment ago. If it
                     // died, this job takes over once its heartbeat is stale.
                     tracing::info!(retry_in = ?retry_in, "another worker renders this generation; checking again later");
-                    ctx.core.queues.push_render_after(&job, retry_in).await?;
+                    ctx.core.queues.push_render_after(ctx.kind, &job, retry_in).await?;
                 }
                 NotStarted::Over | NotStarted::Moved => {
                     tracing::info!("nothing to render: the generation is not waiting for a render");
@@ -86,7 +86,7 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
             (Some(model), false) => run(&ctx, &g, model).await,
         };
         let attempt =
-            Attempt { queue: Queue::Render, generation_id: id, number: g.attempts as usize, max: max_attempts };
+            Attempt { queue: Queue::Render(ctx.kind), generation_id: id, number: g.attempts as usize, max: max_attempts };
         outcome::conclude(&ctx, attempt, Retry::Requeue { job: &job, generation: &g }, outcome).await
     }
     .instrument(span)
@@ -189,7 +189,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
             Driven::HandBack => {
                 let mut conn = ctx.core.pool.get().await?;
                 if generations::hand_back(&mut conn, id, &ctx.worker_name).await? {
-                    ctx.core.queues.push_render(&RenderJob { generation_id: id }).await?;
+                    ctx.core.queues.push_render(ctx.kind, &RenderJob { generation_id: id }).await?;
                     tracing::info!(
                         "worker stopping: render handed back to the queue (the backend keeps rendering)"
                     );

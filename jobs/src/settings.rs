@@ -1,23 +1,15 @@
 //! The settings of `mage work` (and of the workers inside `mage dev`):
 //! render backends, concurrency, attempts, timers, the stats cron.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use mage_domain::backends::Backends;
+use mage_domain::catalog::BackendKind;
 use mage_domain::config::{ConfigError, ShutdownArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Render backend: `synthetic` (ffmpeg on the CPU, no GPU needed) or `comfyui` (GPU hosts)
-    #[arg(long, env = "MAGE_RENDER_BACKEND", default_value = "synthetic")]
-    pub render_backend: String,
-    /// ComfyUI servers, comma-separated (e.g. http://gpu1:8188,http://gpu2:8188); required with comfyui
-    #[arg(long, env = "MAGE_COMFYUI_URLS")]
-    pub comfyui_urls: Option<String>,
-    /// Folder of the ComfyUI workflow templates, one `<workflow>.json` per model workflow
-    #[arg(long, env = "MAGE_COMFYUI_WORKFLOWS", default_value = "workflows/comfyui")]
-    pub comfyui_workflows: PathBuf,
     /// Render jobs run at once: per process for synthetic (default 2), per ComfyUI URL for comfyui (default 1)
     #[arg(
         long,
@@ -33,6 +25,15 @@ pub struct WorkerArgs {
         default_value_t = 1,
     )]
     pub transcode_concurrency: usize,
+    /// Replicate predictions one worker process follows at once (each is
+    /// an HTTP wait, not local work)
+    #[arg(
+        long,
+        env = "MAGE_REPLICATE_CONCURRENCY",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..),
+        default_value_t = 32,
+    )]
+    pub replicate_concurrency: usize,
     /// Attempts a job gets before its generation fails and its credits are released (a model may override it)
     #[arg(
         long,
@@ -102,21 +103,17 @@ pub struct WorkerArgs {
     pub mail_from: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RenderBackendKind {
-    Synthetic,
-    /// One slot set per server URL.
-    ComfyUi {
-        urls: Vec<String>,
-        workflows: PathBuf,
-    },
-}
-
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    pub render_backend: RenderBackendKind,
-    /// Per process (synthetic) or per ComfyUI URL.
-    pub render_concurrency: usize,
+    /// The render backends this process runs a queue for.
+    pub backends: Backends,
+    /// Where Replicate sends its webhooks (MAGE_PUBLIC_URL), when known.
+    pub public_url: Option<String>,
+    /// MAGE_RENDER_CONCURRENCY: per process (synthetic) or per ComfyUI
+    /// URL; `None` takes each backend's default.
+    pub render_concurrency: Option<usize>,
+    /// Replicate predictions followed at once.
+    pub replicate_concurrency: usize,
     pub transcode_concurrency: usize,
     pub job_attempts: usize,
     pub render_timeout: Duration,
@@ -138,8 +135,10 @@ impl WorkerSettings {
     /// Settings for tests and tools: the synthetic backend and the defaults.
     pub fn synthetic(worker_name: &str) -> Self {
         Self {
-            render_backend: RenderBackendKind::Synthetic,
-            render_concurrency: 2,
+            backends: Backends::synthetic(),
+            public_url: None,
+            render_concurrency: None,
+            replicate_concurrency: 32,
             transcode_concurrency: 1,
             job_attempts: 3,
             render_timeout: Duration::from_secs(7200),
@@ -156,68 +155,45 @@ impl WorkerSettings {
         }
     }
 
-    /// Render jobs this process runs at once, over all its backends.
-    pub fn render_slots(&self) -> usize {
-        match &self.render_backend {
-            RenderBackendKind::Synthetic => self.render_concurrency,
-            RenderBackendKind::ComfyUi { urls, .. } => urls.len() * self.render_concurrency,
+    /// Render jobs of `kind` this process runs at once.
+    pub fn render_slots(&self, kind: BackendKind) -> usize {
+        if !self.backends.offers(kind) {
+            return 0;
         }
+        match kind {
+            BackendKind::Synthetic => self.render_concurrency.unwrap_or(2),
+            BackendKind::ComfyUi => {
+                self.backends.comfyui.as_ref().map_or(0, |c| c.urls.len()) * self.comfy_concurrency()
+            }
+            BackendKind::Replicate => self.replicate_concurrency,
+        }
+    }
+
+    /// Per ComfyUI server: one unless said. ComfyUI runs one prompt at a
+    /// time; more would only wait in its in-memory queue, which a restart
+    /// loses.
+    pub fn comfy_concurrency(&self) -> usize {
+        self.render_concurrency.unwrap_or(1)
     }
 }
 
 impl WorkerArgs {
-    pub fn resolve(&self) -> Result<WorkerSettings, ConfigError> {
-        let render_backend = match self.render_backend.trim() {
-            "synthetic" => RenderBackendKind::Synthetic,
-            "comfyui" => {
-                let urls: Vec<String> = self
-                    .comfyui_urls
-                    .as_deref()
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(|u| u.trim().trim_end_matches('/').to_owned())
-                    .filter(|u| !u.is_empty())
-                    .collect();
-                if urls.is_empty() {
-                    return Err(ConfigError::new(
-                        "MAGE_COMFYUI_URLS",
-                        "is required with MAGE_RENDER_BACKEND=comfyui",
-                    ));
-                }
-                if let Some(bad) =
-                    urls.iter().find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
-                {
-                    return Err(ConfigError::new(
-                        "MAGE_COMFYUI_URLS",
-                        format!("{bad:?} must start with http:// or https://"),
-                    ));
-                }
-                let mut seen = std::collections::HashSet::new();
-                if let Some(dup) = urls.iter().find(|u| !seen.insert(*u)) {
-                    return Err(ConfigError::new("MAGE_COMFYUI_URLS", format!("{dup} is listed twice")));
-                }
-                RenderBackendKind::ComfyUi { urls, workflows: self.comfyui_workflows.clone() }
-            }
-            other => {
-                return Err(ConfigError::new(
-                    "MAGE_RENDER_BACKEND",
-                    format!("unknown backend {other:?} (this build has: synthetic, comfyui)"),
-                ));
-            }
-        };
-        let default_concurrency = match render_backend {
-            RenderBackendKind::Synthetic => 2,
-            // ComfyUI runs one prompt at a time; more would only wait in its
-            // in-memory queue, which a restart loses.
-            RenderBackendKind::ComfyUi { .. } => 1,
-        };
+    /// `backends` are the deployment's (shared with the API);
+    /// `public_url` is where Replicate's webhooks reach the API.
+    pub fn resolve(
+        &self,
+        backends: Backends,
+        public_url: Option<String>,
+    ) -> Result<WorkerSettings, ConfigError> {
         let worker_name = match self.worker_name.as_deref().map(str::trim) {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => default_worker_name(),
         };
         Ok(WorkerSettings {
-            render_backend,
-            render_concurrency: self.render_concurrency.unwrap_or(default_concurrency),
+            backends,
+            public_url,
+            render_concurrency: self.render_concurrency,
+            replicate_concurrency: self.replicate_concurrency,
             transcode_concurrency: self.transcode_concurrency,
             job_attempts: self.job_attempts,
             render_timeout: Duration::from_secs(self.render_timeout_seconds),

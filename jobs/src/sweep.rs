@@ -121,10 +121,10 @@ pub async fn sweep_once(
 
     let grace = chrono::Duration::from_std(ENQUEUE_GRACE).unwrap_or_default();
     for g in generations::queued_since(&mut conn, now - grace, BATCH).await? {
-        if queues.render_alive(g.id).await? {
+        if queues.render_alive(g.backend, g.id).await? {
             continue;
         }
-        queues.push_render(&RenderJob { generation_id: g.id }).await?;
+        queues.push_render(g.backend, &RenderJob { generation_id: g.id }).await?;
         tracing::warn!(generation_id = %g.id, "sweeper: a queued generation had no job in Redis; enqueued it again");
         report.requeued.push(g.id);
     }
@@ -140,7 +140,7 @@ pub async fn sweep_once(
                 "sweeper: no heartbeat for too long; failed the generation and released its credits"
             );
             generations::finished_with(redis, &failed).await;
-            if let Err(e) = queues.forget_render(g.id).await {
+            if let Err(e) = queues.forget_render(g.backend, g.id).await {
                 tracing::debug!(generation_id = %g.id, error = %e, "could not drop the render index entry");
             }
             report.failed_stale.push(g.id);

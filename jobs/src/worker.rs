@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::RenderBackend;
 use crate::ctx::{Ctx, JobError, note_failed};
 use crate::outcome::{self, Retry};
-use crate::settings::{RenderBackendKind, WorkerSettings};
+use crate::settings::WorkerSettings;
 use crate::slot::Slot;
 use crate::wake::{self, Cancels, Signal};
 use crate::{backend, ingest, mail, render, settle, stats, sweep, transcode};
+use mage_domain::catalog::BackendKind;
 
 /// How often an idle worker looks for work that no push announced (retries
 /// apalis-redis scheduled for later). Announced pushes start at once.
@@ -52,34 +53,51 @@ pub enum WorkError {
     Template(#[from] backend::comfyui::workflow::TemplateError),
     #[error("render backend: {0}")]
     Backend(#[from] backend::RenderError),
+    #[error("queue render:{0} selected, but {0} is not in MAGE_RENDER_BACKENDS")]
+    NotOffered(BackendKind),
     #[error("worker stopped: {0}")]
     Stopped(String),
 }
 
-/// The render backends of these settings: one per ComfyUI server, or the
-/// one synthetic backend.
-pub fn render_backends(settings: &WorkerSettings) -> Result<Vec<Arc<dyn RenderBackend>>, WorkError> {
-    Ok(match &settings.render_backend {
-        RenderBackendKind::Synthetic => {
-            vec![Arc::new(backend::synthetic::SyntheticBackend::from_env()) as Arc<dyn RenderBackend>]
-        }
-        RenderBackendKind::ComfyUi { urls, workflows } => {
-            let templates = Arc::new(backend::comfyui::workflow::Templates::load(workflows)?);
-            tracing::info!(dir = %workflows.display(), templates = ?templates.names(), "ComfyUI workflow templates loaded");
-            let mut v: Vec<Arc<dyn RenderBackend>> = Vec::new();
-            for url in urls {
-                v.push(Arc::new(backend::comfyui::ComfyBackend::new(url, templates.clone())?));
+/// The render backends of these settings whose queues are `selected`: the
+/// synthetic one, one per ComfyUI server, Replicate.
+pub fn render_backends(
+    settings: &WorkerSettings,
+    selected: &[Queue],
+    redis: &Redis,
+) -> Result<Vec<(BackendKind, Arc<dyn RenderBackend>)>, WorkError> {
+    let mut v: Vec<(BackendKind, Arc<dyn RenderBackend>)> = Vec::new();
+    let backends = &settings.backends;
+    for kind in backends.offered.iter().copied().filter(|k| selected.contains(&Queue::Render(*k))) {
+        match kind {
+            BackendKind::Synthetic => {
+                v.push((kind, Arc::new(backend::synthetic::SyntheticBackend::from_env())));
             }
-            v
+            BackendKind::ComfyUi => {
+                let Some(comfy) = &backends.comfyui else { continue };
+                let templates = Arc::new(backend::comfyui::workflow::Templates::load(&comfy.workflows)?);
+                tracing::info!(dir = %comfy.workflows.display(), templates = ?templates.names(), "ComfyUI workflow templates loaded");
+                for url in &comfy.urls {
+                    v.push((kind, Arc::new(backend::comfyui::ComfyBackend::new(url, templates.clone())?)));
+                }
+            }
+            BackendKind::Replicate => {
+                // WIRE-REPLICATE: replaced when the Replicate backend lands.
+                let _ = (&backends.replicate, redis);
+                return Err(WorkError::Stopped("the replicate backend is not in this build yet".into()));
+            }
         }
-    })
+    }
+    Ok(v)
 }
 
 /// A job stored in a Redis queue: what its worker needs to know to run it.
 pub(crate) trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
-    const QUEUE: Queue;
+    /// The queue of this job for the worker of `ctx` (render jobs wait in
+    /// their backend's).
+    fn queue(ctx: &Ctx) -> Queue;
     /// Jobs of this queue one worker runs at once.
-    fn concurrency(settings: &WorkerSettings) -> usize;
+    fn concurrency(ctx: &Ctx) -> usize;
     /// How many jobs one fetch takes (apalis-redis' default unless said).
     fn fetch(config: apalis_redis::Config, _concurrency: usize) -> apalis_redis::Config {
         config
@@ -93,9 +111,15 @@ pub(crate) trait Job: Serialize + DeserializeOwned + Send + Sync + Unpin + 'stat
 }
 
 impl Job for RenderJob {
-    const QUEUE: Queue = Queue::Render;
-    fn concurrency(settings: &WorkerSettings) -> usize {
-        settings.render_concurrency
+    fn queue(ctx: &Ctx) -> Queue {
+        Queue::Render(ctx.kind)
+    }
+    /// Per backend server: a ComfyUI worker runs its share on each server.
+    fn concurrency(ctx: &Ctx) -> usize {
+        match ctx.kind {
+            BackendKind::ComfyUi => ctx.settings.comfy_concurrency(),
+            kind => ctx.settings.render_slots(kind),
+        }
     }
     /// A fetch takes no more than the worker can start, so a backlog
     /// spreads over every GPU instead of piling into the buffer of
@@ -114,9 +138,11 @@ impl Job for RenderJob {
 }
 
 impl Job for TranscodeJob {
-    const QUEUE: Queue = Queue::Transcode;
-    fn concurrency(settings: &WorkerSettings) -> usize {
-        settings.transcode_concurrency
+    fn queue(_: &Ctx) -> Queue {
+        Queue::Transcode
+    }
+    fn concurrency(ctx: &Ctx) -> usize {
+        ctx.settings.transcode_concurrency
     }
     async fn run(self, ctx: Arc<Ctx>, attempt: usize) -> Result<(), BoxDynError> {
         let id = self.generation_id;
@@ -137,11 +163,13 @@ impl Job for TranscodeJob {
 }
 
 impl Job for IngestJob {
-    const QUEUE: Queue = Queue::Ingest;
-    fn concurrency(settings: &WorkerSettings) -> usize {
+    fn queue(_: &Ctx) -> Queue {
+        Queue::Ingest
+    }
+    fn concurrency(ctx: &Ctx) -> usize {
         // Ingest is a transcode of the user's video, or an image decode:
         // it shares the transcode budget.
-        settings.transcode_concurrency
+        ctx.settings.transcode_concurrency
     }
     fn run(
         self,
@@ -153,8 +181,10 @@ impl Job for IngestJob {
 }
 
 impl Job for SettleJob {
-    const QUEUE: Queue = Queue::Settle;
-    fn concurrency(_: &WorkerSettings) -> usize {
+    fn queue(_: &Ctx) -> Queue {
+        Queue::Settle
+    }
+    fn concurrency(_: &Ctx) -> usize {
         SETTLE_CONCURRENCY
     }
     fn run(
@@ -167,8 +197,10 @@ impl Job for SettleJob {
 }
 
 impl Job for MailJob {
-    const QUEUE: Queue = Queue::Mail;
-    fn concurrency(_: &WorkerSettings) -> usize {
+    fn queue(_: &Ctx) -> Queue {
+        Queue::Mail
+    }
+    fn concurrency(_: &Ctx) -> usize {
         mail::CONCURRENCY
     }
     fn run(
@@ -183,10 +215,11 @@ impl Job for MailJob {
 /// The one handler of every stored queue.
 async fn handle<J: Job>(job: J, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
-    observed(&ctx, J::QUEUE.name(), Some(J::QUEUE), async {
+    let queue = J::queue(&ctx);
+    observed(&ctx, queue.name(), Some(queue), async {
         tokio::spawn(job.run(ctx.clone(), attempt.current()))
             .await
-            .unwrap_or_else(|e| Err(format!("{} task: {e}", J::QUEUE).into()))
+            .unwrap_or_else(|e| Err(format!("{queue} task: {e}").into()))
     })
     .await
 }
@@ -200,10 +233,11 @@ fn register<J: Job>(
     ctx: Arc<Ctx>,
 ) -> Monitor {
     let signal = Signal::default();
-    signals.push((queues.wake_channel(J::QUEUE), signal.clone()));
-    let concurrency = J::concurrency(&ctx.settings);
-    let (conn, config) = (queues.connection(), J::fetch(queues.config(J::QUEUE), concurrency));
-    tracing::info!(worker = %name, backend = %ctx.backend.location(), slots = concurrency, "{} worker", J::QUEUE);
+    let queue = J::queue(&ctx);
+    signals.push((queues.wake_channel(queue), signal.clone()));
+    let concurrency = J::concurrency(&ctx);
+    let (conn, config) = (queues.connection(), J::fetch(queues.config(queue), concurrency));
+    tracing::info!(worker = %name, backend = %ctx.backend.location(), slots = concurrency, "{queue} worker");
     monitor.register(move |_restarts| {
         WorkerBuilder::new(name.clone())
             .backend(woken_storage::<J>(&conn, &config, &signal))
@@ -280,17 +314,38 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// The queues of `MAGE_QUEUES`, each once, in the order given.
+    /// The queues of `MAGE_QUEUES`, each once, in the order given; `render`
+    /// stands for the render queue of every backend of the deployment.
+    /// Without a selection, every queue (render queues of the deployment's
+    /// backends only).
     fn selected(&self) -> Result<Vec<Queue>, WorkError> {
+        let offered = &self.settings.backends.offered;
+        let all_render = || offered.iter().map(|k| Queue::Render(*k));
         if self.run_queues.is_empty() {
-            return Ok(Queue::ALL.to_vec());
+            return Ok(Queue::ALL
+                .into_iter()
+                .filter(|q| !matches!(q, Queue::Render(k) if !offered.contains(k)))
+                .collect());
         }
         let mut v = Vec::new();
         for q in &self.run_queues {
-            let known =
-                Queue::find(&Queue::ALL, q.trim()).ok_or_else(|| WorkError::UnknownQueue(q.clone()))?;
-            if !v.contains(&known) {
-                v.push(known);
+            let named: Vec<Queue> = match q.trim() {
+                "render" => all_render().collect(),
+                name => {
+                    let known =
+                        Queue::find(&Queue::ALL, name).ok_or_else(|| WorkError::UnknownQueue(q.clone()))?;
+                    if let Queue::Render(kind) = known
+                        && !offered.contains(&kind)
+                    {
+                        return Err(WorkError::NotOffered(kind));
+                    }
+                    vec![known]
+                }
+            };
+            for known in named {
+                if !v.contains(&known) {
+                    v.push(known);
+                }
             }
         }
         Ok(v)
@@ -319,7 +374,7 @@ impl Workers {
             }
         }
 
-        let backends = render_backends(&self.settings)?;
+        let backends = render_backends(&self.settings, &selected, &self.core.redis)?;
         let mailer = Arc::new(
             mail::Mailer::new(&self.settings.mail)
                 .map_err(|e| WorkError::Stopped(format!("MAGE_SMTP_URL: {e}")))?,
@@ -330,8 +385,9 @@ impl Workers {
         let cancels = Cancels::default();
         let stopping = CancellationToken::new();
         let hand_back = CancellationToken::new();
-        let ctx_for = |backend: Arc<dyn RenderBackend>| {
+        let ctx_for = |(kind, backend): (BackendKind, Arc<dyn RenderBackend>)| {
             Arc::new(Ctx {
+                kind,
                 core: self.core.clone(),
                 slot: Arc::new(Slot::new(&*backend, &self.settings.worker_name)),
                 backend,
@@ -344,8 +400,13 @@ impl Workers {
             })
         };
         let render_ctxs: Vec<Arc<Ctx>> = backends.iter().cloned().map(ctx_for).collect();
-        let Some(first) = render_ctxs.first().cloned() else {
-            return Err(WorkError::Stopped("no render backend configured".into()));
+        // The other queues need no backend of their own; a process that
+        // runs no render queue still has a context for them.
+        let first = match render_ctxs.first() {
+            Some(ctx) => ctx.clone(),
+            None => {
+                ctx_for((BackendKind::Synthetic, Arc::new(backend::synthetic::SyntheticBackend::from_env())))
+            }
         };
 
         let stop = CancellationToken::new();
@@ -359,9 +420,17 @@ impl Workers {
         for queue in &selected {
             let q = &self.core.queues;
             monitor = match queue {
-                Queue::Render => render_ctxs.iter().enumerate().fold(monitor, |m, (i, ctx)| {
-                    register::<RenderJob>(m, q, &mut signals, format!("{me}-render-{i}"), ctx.clone())
-                }),
+                Queue::Render(kind) => {
+                    render_ctxs.iter().filter(|c| c.kind == *kind).enumerate().fold(monitor, |m, (i, ctx)| {
+                        register::<RenderJob>(
+                            m,
+                            q,
+                            &mut signals,
+                            format!("{me}-render-{kind}-{i}"),
+                            ctx.clone(),
+                        )
+                    })
+                }
                 Queue::Transcode => register::<TranscodeJob>(
                     monitor,
                     q,
@@ -397,7 +466,7 @@ impl Workers {
         ));
         let sweeper =
             selected.contains(&Queue::Sweep).then(|| tokio::spawn(sweep::run(first.clone(), stop.clone())));
-        let announcer = selected.contains(&Queue::Render).then(|| {
+        let announcer = (!render_ctxs.is_empty()).then(|| {
             tokio::spawn(announce(
                 self.core.redis.clone(),
                 self.settings.clone(),
@@ -434,14 +503,19 @@ impl Workers {
 /// ETA of queued generations rests on them) and every backend's health
 /// fresh for admins, busy or idle; withdraws the slots when stopping.
 async fn announce(redis: Redis, settings: WorkerSettings, ctxs: Vec<Arc<Ctx>>, stop: CancellationToken) {
-    let (name, slots) = (&settings.worker_name, settings.render_slots());
+    let name = &settings.worker_name;
+    let mut kinds: Vec<BackendKind> = ctxs.iter().map(|c| c.kind).collect();
+    kinds.dedup();
     let mut every = tokio::time::interval(mage_domain::workers::REFRESH_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = every.tick() => {
-                if let Err(e) = mage_domain::workers::announce(&redis, Queue::Render, name, slots).await {
-                    tracing::warn!(error = %e, "could not announce the render worker");
+                for kind in &kinds {
+                    let slots = settings.render_slots(*kind);
+                    if let Err(e) = mage_domain::workers::announce(&redis, Queue::Render(*kind), name, slots).await {
+                        tracing::warn!(error = %e, "could not announce the render worker");
+                    }
                 }
                 for ctx in &ctxs {
                     ctx.slot.refresh(&ctx.probe()).await;
@@ -449,7 +523,11 @@ async fn announce(redis: Redis, settings: WorkerSettings, ctxs: Vec<Arc<Ctx>>, s
             }
         }
     }
-    let _ = mage_domain::workers::withdraw(&redis, Queue::Render, name, slots).await;
+    for kind in kinds {
+        let _ =
+            mage_domain::workers::withdraw(&redis, Queue::Render(kind), name, settings.render_slots(kind))
+                .await;
+    }
 }
 
 /// Restarts a worker whose stream failed (Redis restarted or was flushed:

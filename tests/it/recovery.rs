@@ -14,10 +14,12 @@ use crate::support::{TestApp, code};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Int4, Nullable, Text};
 use diesel_async::RunQueryDsl;
+use mage_domain::backends::{Backends, ComfySettings};
+use mage_domain::catalog::BackendKind;
 use mage_domain::limits::GenerationLimits;
 use mage_domain::testing::TestRedis;
 use mage_fakes::comfyui::{FakeComfy, Health};
-use mage_jobs::settings::{RenderBackendKind, WorkerSettings};
+use mage_jobs::settings::WorkerSettings;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -32,13 +34,26 @@ fn video(prompt: &str) -> Value {
     json!({ "model": "synth-video", "prompt": prompt, "resolution": "R480P", "durationSeconds": 1 })
 }
 
-/// An API whose users may queue many generations at once.
+/// The ComfyUI backend alone, on `urls` (none for the API).
+fn comfy(urls: Vec<String>) -> Backends {
+    Backends {
+        offered: vec![BackendKind::ComfyUi],
+        comfyui: Some(ComfySettings { urls, workflows: workflows() }),
+        replicate: None,
+    }
+}
+
+/// An API whose users may queue many generations at once, every model
+/// rendering on ComfyUI.
 async fn app_on(redis: TestRedis) -> TestApp {
-    TestApp::start_on(redis, |s| {
+    let app = TestApp::start_on(redis, |s| {
         s.generation_limits = GenerationLimits { per_minute: 1000, active: 1000 };
         s.signup_credits = 1000;
+        s.backends = comfy(Vec::new());
     })
-    .await
+    .await;
+    app.sql("UPDATE render_models SET backend = 'comfyui'").await;
+    app
 }
 
 async fn app() -> TestApp {
@@ -49,8 +64,8 @@ async fn app() -> TestApp {
 fn on_comfy(fakes: &[&FakeComfy]) -> impl FnOnce(&mut WorkerSettings) {
     let urls: Vec<String> = fakes.iter().map(|f| f.url()).collect();
     move |s| {
-        s.render_backend = RenderBackendKind::ComfyUi { urls, workflows: workflows() };
-        s.render_concurrency = 1;
+        s.backends = comfy(urls);
+        s.render_concurrency = Some(1);
         s.transcode_concurrency = 2;
         s.retry_backoff = Duration::from_secs(1);
         s.sweep_interval = Duration::from_secs(2);
@@ -60,7 +75,7 @@ fn on_comfy(fakes: &[&FakeComfy]) -> impl FnOnce(&mut WorkerSettings) {
 /// A real `mage work` process on the given fake.
 fn work_process(app: &TestApp, fake: &FakeComfy, extra: &[(&str, &str)]) -> Child {
     let mut cmd = app.mage("work");
-    cmd.env("MAGE_RENDER_BACKEND", "comfyui")
+    cmd.env("MAGE_RENDER_BACKENDS", "comfyui")
         .env("MAGE_COMFYUI_URLS", fake.url())
         .env("MAGE_COMFYUI_WORKFLOWS", workflows())
         .env("MAGE_RETRY_BACKOFF_SECONDS", "1")
@@ -563,7 +578,7 @@ async fn the_sweeper_requeues_lost_jobs_fails_silent_renders_and_settles_stray_h
     // No workers run: the faults are made by hand, as a crash would leave
     // them. Redis forgets one job; a worker died mid-render an hour ago;
     // a generation ended without settling its hold.
-    app.queues.forget_render(lost).await.expect("forget");
+    app.queues.forget_render(BackendKind::ComfyUi, lost).await.expect("forget");
     app.sql(&format!(
         "UPDATE generations SET updated_at = now() - interval '1 minute' WHERE id = '{lost}';
          UPDATE generations SET status = 'rendering', worker = 'gone', started_at = now() - interval '1 hour',
@@ -590,7 +605,7 @@ async fn the_sweeper_requeues_lost_jobs_fails_silent_renders_and_settles_stray_h
         1,
         "its settle job is back"
     );
-    assert!(queues.render_alive(lost).await.expect("alive"), "enqueued again");
+    assert!(queues.render_alive(BackendKind::ComfyUi, lost).await.expect("alive"), "enqueued again");
     let r = row(&app, silent).await;
     assert_eq!((r.status.as_str(), r.error.as_deref()), ("failed", Some(mage_jobs::STALE_MESSAGE)));
     assert_eq!(ledger(&app, silent).await, ["hold", "release"]);

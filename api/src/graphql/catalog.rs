@@ -70,6 +70,12 @@ impl CatalogQuery {
     #[graphql(complexity = "unpaged_complexity(child_complexity)")]
     async fn models(&self, ctx: &Context<'_>) -> ApiResult<Vec<RenderModel>> {
         let mut conn = ctx.conn().await?;
-        Ok(catalog::models(&mut conn).await?.into_iter().map(RenderModel).collect())
+        let backends = &ctx.services().generations.backends;
+        Ok(catalog::models(&mut conn)
+            .await?
+            .into_iter()
+            .filter(|m| backends.offers(m.backend))
+            .map(RenderModel)
+            .collect())
     }
 }

@@ -169,9 +169,8 @@ impl Generation {
         let seconds = domain::recent_render_seconds(&mut conn, &self.row.model)
             .await?
             .unwrap_or_else(|| domain::default_render_seconds(&self.row));
-        let slots = mage_domain::workers::live_slots(&svc.redis, mage_domain::queue::Queue::Render)
-            .await
-            .map_err(ApiError::internal)?;
+        let queue = mage_domain::queue::Queue::Render(self.row.backend);
+        let slots = mage_domain::workers::live_slots(&svc.redis, queue).await.map_err(ApiError::internal)?;
         Ok(domain::eta_seconds(&self.row, position, seconds, slots))
     }
     async fn model(&self) -> &str {
@@ -281,7 +280,7 @@ impl GenerationsQuery {
     async fn quote(&self, ctx: &Context<'_>, input: CreateGenerationInput) -> ApiResult<i64> {
         let svc = ctx.services();
         let mut conn = ctx.conn().await?;
-        Ok(domain::quote(&svc.generations.models, &mut conn, &input.domain()).await?.price)
+        Ok(domain::quote(&svc.generations, &mut conn, &input.domain()).await?.price)
     }
 
     /// One of your generations.

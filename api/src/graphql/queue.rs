@@ -35,12 +35,15 @@ pub struct QueueStats {
 
 #[ComplexObject]
 impl QueueStats {
-    /// Render jobs the live workers can run at once.
+    /// Render jobs the live workers can run at once, over every backend
+    /// of the deployment.
     async fn render_slots(&self, ctx: &Context<'_>) -> ApiResult<i32> {
-        let slots =
-            mage_domain::workers::live_slots(&ctx.services().redis, mage_domain::queue::Queue::Render)
-                .await
-                .map_err(ApiError::internal)?;
+        let svc = ctx.services();
+        let mut slots = 0;
+        for kind in &svc.generations.backends.offered {
+            let queue = mage_domain::queue::Queue::Render(*kind);
+            slots += mage_domain::workers::live_slots(&svc.redis, queue).await.map_err(ApiError::internal)?;
+        }
         Ok(slots as i32)
     }
 

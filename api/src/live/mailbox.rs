@@ -248,7 +248,7 @@ mod tests {
             cost: 10,
             idempotency_key: None,
             attempts: 0,
-            backend: None,
+            backend: mage_domain::catalog::BackendKind::Synthetic,
             output: None,
             error: None,
             created_at: now,

@@ -15,13 +15,16 @@ use crate::schema::generations;
 use crate::{Error, Result, assets, credits, events, limits};
 
 /// Prices an input without creating anything, from the same model cache as
-/// [`create`], so a quote is what a create right after it charges.
-pub async fn quote(
-    models: &catalog::ModelCache,
-    conn: &mut Connection,
-    input: &GenerationInput,
-) -> Result<Quote> {
-    catalog::price(models.model(conn, &input.model).await?, input)
+/// [`create`], so a quote is what a create right after it charges. A model
+/// whose backend this deployment does not run is unavailable.
+pub async fn quote(svc: &Services, conn: &mut Connection, input: &GenerationInput) -> Result<Quote> {
+    let model = svc.models.model(conn, &input.model).await?;
+    if let Some(m) = &model
+        && !svc.backends.offers(m.backend)
+    {
+        return Err(Error::invalid("model", format!("model unavailable: {} is not offered here", m.id)));
+    }
+    catalog::price(model, input)
 }
 
 pub const IDEMPOTENCY_KEY_MAX: usize = 200;
@@ -46,7 +49,7 @@ pub async fn create(
         ));
     }
     let mut conn = svc.pool.get().await?;
-    let quote = quote(&svc.models, &mut conn, input).await?;
+    let quote = quote(svc, &mut conn, input).await?;
     if let Some(k) = key
         && let Some(first) = by_key(&mut conn, user_id, k).await?
     {
@@ -101,7 +104,7 @@ pub async fn create(
 /// wait for the sweeper while its credits sit held, so if the push fails it
 /// fails now and the hold goes back (nothing half-done).
 pub(super) async fn enqueue_new(svc: &Services, g: Generation) -> Result<Generation> {
-    if let Err(e) = svc.queues.push_render(&RenderJob { generation_id: g.id }).await {
+    if let Err(e) = svc.queues.push_render(g.backend, &RenderJob { generation_id: g.id }).await {
         tracing::error!(error = %e, "could not enqueue the render job");
         let mut conn = svc.pool.get().await?;
         if let Some(failed) = fail(&mut conn, g.id, INTERNAL_FAILURE).await? {
@@ -165,6 +168,7 @@ async fn insert_with_hold(
         seed,
         cost: q.price,
         key,
+        backend: q.model.backend.as_str(),
     };
     let statement =
         credits::HoldFor { user_id, amount: q.price, generation_id: id, hold_key: hold_key(id, 1), row };
@@ -195,6 +199,7 @@ struct NewGeneration<'a> {
     seed: i64,
     cost: i64,
     key: Option<&'a str>,
+    backend: &'static str,
 }
 
 impl diesel::query_builder::QueryId for NewGeneration<'_> {
@@ -214,7 +219,7 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NewGeneration<'_> 
         use diesel::sql_types::{BigInt, Integer, Nullable, Text, Uuid as SqlUuid};
         out.push_sql(
             "INSERT INTO generations (id, user_id, model, kind, prompt, negative_prompt, \
-             resolution, duration_seconds, seed, cost, idempotency_key) SELECT ",
+             resolution, duration_seconds, seed, cost, idempotency_key, backend) SELECT ",
         );
         out.push_bind_param::<SqlUuid, _>(&self.id)?;
         out.push_sql(", user_id, ");
@@ -235,6 +240,8 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for NewGeneration<'_> 
         out.push_bind_param::<BigInt, _>(&self.cost)?;
         out.push_sql(", ");
         out.push_bind_param::<Nullable<Text>, _>(&self.key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.backend)?;
         out.push_sql(" FROM acc");
         Ok(())
     }
@@ -275,6 +282,7 @@ mod tests {
             seed: 1,
             cost: 10,
             key: None,
+            backend: "synthetic",
         };
         let statement =
             credits::HoldFor { user_id: id, amount: 10, generation_id: id, hold_key: hold_key(id, 1), row };
@@ -285,13 +293,13 @@ mod tests {
             "WITH acc AS (UPDATE credit_accounts SET held = held + $1, updated_at = now() \
              WHERE user_id = $2 AND balance - held >= $3 RETURNING user_id, balance, held), \
              new_row AS (INSERT INTO generations (id, user_id, model, kind, prompt, negative_prompt, \
-             resolution, duration_seconds, seed, cost, idempotency_key) SELECT $4, user_id, $5, $6, $7, $8, \
-             $9, $10, $11, $12, $13 FROM acc RETURNING *), \
-             hold AS (INSERT INTO credit_holds (user_id, generation_id, amount) SELECT user_id, $14, $15 \
+             resolution, duration_seconds, seed, cost, idempotency_key, backend) SELECT $4, user_id, $5, $6, $7, \
+             $8, $9, $10, $11, $12, $13, $14 FROM acc RETURNING *), \
+             hold AS (INSERT INTO credit_holds (user_id, generation_id, amount) SELECT user_id, $15, $16 \
              FROM acc RETURNING id), \
              entry AS (INSERT INTO credit_entries (user_id, kind, amount, held_delta, balance_after, \
-             held_after, idempotency_key, hold_id, generation_id) SELECT acc.user_id, $16, 0, $17, \
-             acc.balance, acc.held, $18, hold.id, $19 FROM acc, hold) SELECT * FROM new_row"
+             held_after, idempotency_key, hold_id, generation_id) SELECT acc.user_id, $17, 0, $18, \
+             acc.balance, acc.held, $19, hold.id, $20 FROM acc, hold) SELECT * FROM new_row"
         );
     }
 }

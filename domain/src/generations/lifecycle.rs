@@ -26,7 +26,6 @@ pub async fn start_render(
     conn: &mut Connection,
     id: Uuid,
     worker: &str,
-    backend: &str,
     stale: std::time::Duration,
 ) -> Result<Option<Generation>> {
     let stale_before = Utc::now() - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
@@ -53,7 +52,6 @@ pub async fn start_render(
             generations::stage.eq("starting"),
             generations::attempts.eq(generations::attempts + 1),
             generations::worker.eq(worker),
-            generations::backend.eq(backend),
         ))
         .returning(Generation::as_returning())
         .get_result(conn)

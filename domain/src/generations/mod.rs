@@ -56,6 +56,8 @@ pub const INTERNAL_FAILURE: &str = "Something went wrong on our side; your credi
 pub struct Services {
     pub core: Core,
     pub limits: GenerationLimits,
+    /// Models on a backend this deployment does not run are not offered.
+    pub backends: std::sync::Arc<crate::backends::Backends>,
 }
 
 /// Handlers read the shared handles as `svc.pool`, `svc.queues`.

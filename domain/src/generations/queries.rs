@@ -79,14 +79,16 @@ struct Count {
     n: i64,
 }
 
-/// 1-based place in the render queue: QUEUED generations ahead by
-/// `(queued_at, id)`, an index range scan of `generations_queue_idx`.
+/// 1-based place in its backend's render queue: QUEUED generations of the
+/// same backend ahead by `(queued_at, id)`, an index range scan of
+/// `generations_queue_idx`.
 /// Workers take jobs first in, first out, so this is the order they start in.
 pub async fn queue_position(conn: &mut Connection, g: &Generation) -> Result<Option<i64>> {
     if g.status() != Status::Queued {
         return Ok(None);
     }
     let c: Count = diesel::sql_query(QUEUE_POSITION_SQL)
+        .bind::<diesel::sql_types::Text, _>(g.backend)
         .bind::<Timestamptz, _>(g.queued_at)
         .bind::<SqlUuid, _>(g.id)
         .get_result(conn)
@@ -112,9 +114,10 @@ pub async fn queue_positions(conn: &mut Connection, ids: &[Uuid]) -> Result<Vec<
     }
     let rows: Vec<Position> = diesel::sql_query(
         "SELECT id, position FROM (
-             SELECT id, row_number() OVER (ORDER BY queued_at, id) AS position
+             SELECT id, row_number() OVER (PARTITION BY backend ORDER BY queued_at, id) AS position
              FROM generations
              WHERE status = 'queued'
+               AND backend IN (SELECT backend FROM generations WHERE id = ANY($1))
                AND queued_at <= (SELECT max(queued_at) FROM generations WHERE id = ANY($1))
          ) q WHERE id = ANY($1)",
     )
@@ -143,12 +146,12 @@ pub async fn queued_of(conn: &mut Connection, user_id: Uuid) -> Result<Vec<Gener
         .await?)
 }
 
-pub const QUEUE_POSITION_SQL: &str =
-    "SELECT count(*) AS n FROM generations WHERE status = 'queued' AND (queued_at, id) < ($1, $2)";
+pub const QUEUE_POSITION_SQL: &str = "SELECT count(*) AS n FROM generations WHERE status = 'queued' AND backend = $1 AND (queued_at, id) < ($2, $3)";
 
 /// The same query with literals, for tests that check its plan.
 pub const QUEUE_POSITION_SQL_EXPLAIN: &str = "EXPLAIN SELECT count(*) AS n FROM generations \
-     WHERE status = 'queued' AND (queued_at, id) < (now(), '00000000-0000-0000-0000-000000000000'::uuid)";
+     WHERE status = 'queued' AND backend = 'synthetic' \
+     AND (queued_at, id) < (now(), '00000000-0000-0000-0000-000000000000'::uuid)";
 
 #[derive(QueryableByName)]
 struct Avg {

@@ -38,6 +38,7 @@ pub struct TestApp {
 pub fn settings(addr: SocketAddr) -> ServerSettings {
     ServerSettings {
         addr,
+        backends: mage_domain::backends::Backends::synthetic(),
         assets: mage_domain::assets::AssetLimits::default(),
         public_url: format!("http://{addr}"),
         jwt_secret: "test-secret-test-secret-test-secret-000".into(),
