@@ -58,7 +58,7 @@ WITH rows AS (
 )
 INSERT INTO generations (id, user_id, model, kind, prompt, resolution, duration_seconds, seed, status,
                          progress, stage, cost, attempts, output, error,
-                         created_at, updated_at, queued_at, started_at, finished_at)
+                         created_at, updated_at, queued_at, started_at, finished_at, backend)
 SELECT id, user_id, 'synth-' || kind, kind,
        'a red fox running through fresh snow at dusk, cinematic lighting, take ' || g,
        resolution, CASE WHEN kind = 'video' THEN 5 END, 1000 + g, status,
@@ -86,7 +86,8 @@ SELECT id, user_id, 'synth-' || kind, kind,
        CASE WHEN status = 'failed' THEN 'Something went wrong on our side; your credits were not charged.' END,
        at, at, at,
        CASE WHEN status <> 'queued' THEN at + interval '3 seconds' END,
-       CASE WHEN status IN ('succeeded', 'failed', 'canceled') THEN at + interval '95 seconds' END
+       CASE WHEN status IN ('succeeded', 'failed', 'canceled') THEN at + interval '95 seconds' END,
+       'synthetic'
 FROM rows;
 COMMIT;
 VACUUM ANALYZE;

@@ -59,14 +59,17 @@ pub enum WorkError {
     Stopped(String),
 }
 
+/// A render backend and the queue it takes jobs from.
+pub type Backend = (BackendKind, Arc<dyn RenderBackend>);
+
 /// The render backends of these settings whose queues are `selected`: the
 /// synthetic one, one per ComfyUI server, Replicate.
 pub fn render_backends(
     settings: &WorkerSettings,
     selected: &[Queue],
     redis: &Redis,
-) -> Result<Vec<(BackendKind, Arc<dyn RenderBackend>)>, WorkError> {
-    let mut v: Vec<(BackendKind, Arc<dyn RenderBackend>)> = Vec::new();
+) -> Result<Vec<Backend>, WorkError> {
+    let mut v: Vec<Backend> = Vec::new();
     let backends = &settings.backends;
     for kind in backends.offered.iter().copied().filter(|k| selected.contains(&Queue::Render(*k))) {
         match kind {
@@ -385,7 +388,7 @@ impl Workers {
         let cancels = Cancels::default();
         let stopping = CancellationToken::new();
         let hand_back = CancellationToken::new();
-        let ctx_for = |(kind, backend): (BackendKind, Arc<dyn RenderBackend>)| {
+        let ctx_for = |(kind, backend): Backend| {
             Arc::new(Ctx {
                 kind,
                 core: self.core.clone(),

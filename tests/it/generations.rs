@@ -346,8 +346,8 @@ async fn an_image_generation_succeeds_with_an_image_and_a_poster() {
 async fn a_failing_render_ends_failed_with_the_hold_released_and_can_be_retried() {
     let app = TestApp::start().await;
     app.sql(
-        "INSERT INTO render_models (id, kind, name, workflow, max_duration_seconds, default_duration_seconds)
-         VALUES ('broken', 'video', 'Broken', 'synthetic-broken', 5, 2);
+        "INSERT INTO render_models (id, kind, name, workflow, max_duration_seconds, default_duration_seconds, backend)
+         VALUES ('broken', 'video', 'Broken', 'synthetic-broken', 5, 2, 'synthetic');
          INSERT INTO render_model_prices (model_id, resolution, credits_per_second) VALUES ('broken', '480p', 3)",
     )
     .await;

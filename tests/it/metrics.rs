@@ -137,7 +137,7 @@ async fn serve_metrics_parse_and_move_when_a_generation_runs() {
     assert_eq!(moved("mage_graphql_operations_total", &create), 1.0);
     assert!(moved("mage_graphql_operations_total", &[("operation", "Poll"), ("type", "query")]) >= 1.0);
     assert!(moved("mage_graphql_operation_duration_seconds_count", &[("operation", "Create")]) >= 1.0);
-    for queue in ["render", "transcode"] {
+    for queue in ["render:synthetic", "transcode"] {
         assert_eq!(moved("mage_jobs_total", &[("queue", queue), ("outcome", "ok")]), 1.0, "{queue} job");
         assert_eq!(moved("mage_job_duration_seconds_count", &[("queue", queue)]), 1.0, "{queue} duration");
     }
@@ -183,7 +183,7 @@ async fn work_serves_metrics_on_its_own_address_and_logs_json_with_ids() {
     let after = scrape(&app.http, &url).await;
     let moved =
         |metric: &str, labels: &[(&str, &str)]| sum(&after, metric, labels) - sum(&before, metric, labels);
-    assert_eq!(moved("mage_jobs_total", &[("queue", "render"), ("outcome", "ok")]), 1.0);
+    assert_eq!(moved("mage_jobs_total", &[("queue", "render:synthetic"), ("outcome", "ok")]), 1.0);
     assert_eq!(moved("mage_jobs_total", &[("queue", "transcode"), ("outcome", "ok")]), 1.0);
     assert_eq!(moved("mage_credits_moved_total", &[("kind", "capture")]), cost as f64);
 

@@ -551,18 +551,20 @@ async fn a_render_out_of_attempts_is_dead_listed_for_admins_and_retryable() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let task = job["taskId"].as_str().expect("task id").to_owned();
+    // The render queue of the generation's backend.
+    assert_eq!(job["queue"], "render:comfyui", "{job}");
     // The admin's queue view counts the failed attempt and the dead job.
     let res =
         app.gql("{ queue { jobs { queue waiting running failed dead } } }", json!({}), Some(&admin)).await;
     let queues = res["data"]["queue"]["jobs"].as_array().cloned().unwrap_or_else(|| panic!("{res}"));
-    let render = queues.iter().find(|q| q["queue"] == "render").unwrap_or_else(|| panic!("{res}"));
+    let render = queues.iter().find(|q| q["queue"] == "render:comfyui").unwrap_or_else(|| panic!("{res}"));
     assert_eq!((render["failed"].as_i64(), render["dead"].as_i64()), (Some(1), Some(1)), "{res}");
     assert!(queues.iter().any(|q| q["queue"] == "settle"), "{res}");
-    let res = app.gql(RETRY_DEAD, json!({"q": "render", "t": task}), Some(&token)).await;
+    let res = app.gql(RETRY_DEAD, json!({"q": "render:comfyui", "t": task}), Some(&token)).await;
     assert_eq!(code(&res), "FORBIDDEN", "{res}");
-    let res = app.gql(RETRY_DEAD, json!({"q": "render", "t": task}), Some(&admin)).await;
+    let res = app.gql(RETRY_DEAD, json!({"q": "render:comfyui", "t": task}), Some(&admin)).await;
     assert_eq!(res["data"]["retryDeadJob"]["status"], "QUEUED", "{res}");
-    let again = app.gql(RETRY_DEAD, json!({"q": "render", "t": task}), Some(&admin)).await;
+    let again = app.gql(RETRY_DEAD, json!({"q": "render:comfyui", "t": task}), Some(&admin)).await;
     assert_eq!(code(&again), "NOT_FOUND", "a dead job is retried once: {again}");
     wait_status(&app, id, "succeeded", Duration::from_secs(60)).await;
     assert_eq!(ledger(&app, id).await, ["capture", "hold", "hold", "release"]);

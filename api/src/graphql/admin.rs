@@ -90,7 +90,8 @@ impl AdminQuery {
     }
 
     /// Jobs that ran out of attempts, newest first (admins only). Without
-    /// `queue`, those of every queue.
+    /// `queue`, those of every queue; `render` means every backend's render
+    /// queue (`render:synthetic`, `render:comfyui`, `render:replicate`).
     #[graphql(guard = "AdminOnly", complexity = "list_complexity(Some(first), child_complexity)")]
     async fn dead_jobs(
         &self,
@@ -100,6 +101,7 @@ impl AdminQuery {
     ) -> ApiResult<Vec<DeadJob>> {
         list_size(first)?;
         let queues = match queue.as_deref() {
+            Some("render") => Queue::JOBS.into_iter().filter(|q| matches!(q, Queue::Render(_))).collect(),
             Some(q) => vec![job_queue(q)?],
             None => Queue::JOBS.to_vec(),
         };
