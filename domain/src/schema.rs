@@ -282,6 +282,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    replicate_webhooks (id) {
+        id -> Text,
+        prediction_id -> Text,
+        generation_id -> Nullable<Uuid>,
+        status -> Text,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (id) {
         id -> Uuid,
         user_id -> Uuid,
@@ -389,6 +399,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     refresh_tokens,
     render_model_prices,
     render_models,
+    replicate_webhooks,
     sessions,
     stripe_events,
     subscriptions,
