@@ -128,6 +128,11 @@ pub struct ServerArgs {
     /// point it at a fake)
     #[arg(long, env = "STRIPE_API_BASE")]
     pub stripe_api_base: Option<String>,
+    /// Signing secret of Replicate's webhooks (`whsec_...`, from Replicate's
+    /// `GET /v1/webhooks/default/secret`); without it `/webhooks/replicate`
+    /// refuses every delivery
+    #[arg(long, env = "MAGE_REPLICATE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub replicate_webhook_secret: Option<String>,
     /// Checkouts one user may start per minute
     #[arg(
         long,
@@ -293,6 +298,8 @@ pub struct ServerSettings {
     /// `mage dev`: development conveniences are allowed.
     pub dev_mode: bool,
     pub payments: PaymentSettings,
+    /// Verifies `/webhooks/replicate` deliveries; `None` refuses them.
+    pub replicate_webhook_secret: Option<String>,
     pub graphql_max_root_mutations: usize,
     pub auth_limits: AuthLimits,
     pub connections: ConnectionSettings,
@@ -415,7 +422,22 @@ impl ServerArgs {
             ws_init_timeout: Duration::from_secs(self.ws_init_timeout_seconds),
             dev_mode,
             payments: self.payments(dev_mode)?,
+            replicate_webhook_secret: self.replicate_webhook_secret()?,
         })
+    }
+
+    fn replicate_webhook_secret(&self) -> Result<Option<String>, ConfigError> {
+        let Some(secret) = self.replicate_webhook_secret.clone().filter(|s| !s.trim().is_empty()) else {
+            return Ok(None);
+        };
+        // Checked now rather than answering 400 to every delivery later.
+        if mage_domain::replicate::sign(&secret, "check", 0, b"").is_err() {
+            return Err(ConfigError::new(
+                "MAGE_REPLICATE_WEBHOOK_SECRET",
+                "must be Replicate's signing secret: `whsec_` followed by base64",
+            ));
+        }
+        Ok(Some(secret))
     }
 
     fn payments(&self, dev_mode: bool) -> Result<PaymentSettings, ConfigError> {
