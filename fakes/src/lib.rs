@@ -4,4 +4,5 @@
 
 pub mod comfyui;
 pub mod fixtures;
+pub mod replicate;
 pub mod stripe;
