@@ -50,8 +50,11 @@ async fn webhook(
         return answer(StatusCode::NOT_FOUND, json!({"error": "Replicate webhooks are not configured"}));
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let signed =
-        Signed { id: header("webhook-id"), timestamp: header("webhook-timestamp"), signature: header("webhook-signature") };
+    let signed = Signed {
+        id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+    };
     if let Err(e) = replicate::verify(secret, signed, &body, chrono::Utc::now().timestamp()) {
         tracing::warn!(error = %e, "Replicate webhook refused");
         count("bad_signature");
@@ -75,7 +78,8 @@ async fn webhook(
             .find(|(k, _)| k == "generation")
             .and_then(|(_, v)| v.parse::<Uuid>().ok())
     });
-    let span = tracing::info_span!("replicate_webhook", generation_id = ?generation_id, prediction_id, status);
+    let span =
+        tracing::info_span!("replicate_webhook", generation_id = ?generation_id, prediction_id, status);
     let _entered = span.enter();
     let delivery = Delivery { webhook_id, prediction_id, generation_id, status };
 

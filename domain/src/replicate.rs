@@ -58,9 +58,10 @@ pub struct Signed<'a> {
 
 fn key(secret: &str) -> Result<Vec<u8>, SignatureError> {
     let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    STANDARD.decode(b64.trim()).map_err(|_| SignatureError::Secret).and_then(|k| {
-        if k.is_empty() { Err(SignatureError::Secret) } else { Ok(k) }
-    })
+    STANDARD
+        .decode(b64.trim())
+        .map_err(|_| SignatureError::Secret)
+        .and_then(|k| if k.is_empty() { Err(SignatureError::Secret) } else { Ok(k) })
 }
 
 fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
@@ -79,7 +80,8 @@ fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
 /// seconds): accepted when any `v1` entry matches (compared in constant
 /// time by `verify_slice`) and the timestamp is within the tolerance.
 pub fn verify(secret: &str, headers: Signed<'_>, body: &[u8], now: i64) -> Result<(), SignatureError> {
-    let (Some(id), Some(timestamp), Some(signature)) = (headers.id, headers.timestamp, headers.signature) else {
+    let (Some(id), Some(timestamp), Some(signature)) = (headers.id, headers.timestamp, headers.signature)
+    else {
         return Err(SignatureError::Missing);
     };
     let timestamp = timestamp.trim().parse::<i64>().map_err(|_| SignatureError::Malformed)?;
@@ -179,8 +181,11 @@ pub async fn forget(conn: &mut Connection, webhook_id: &str) -> Result<()> {
 /// worker follows it.
 pub async fn publish(redis: &Redis, prediction_id: &str, prediction: &str) -> Result<()> {
     let mut conn = redis.conn().await?;
-    let _receivers: i64 =
-        redis::cmd("PUBLISH").arg(channel(redis, prediction_id)).arg(prediction).query_async(&mut conn).await?;
+    let _receivers: i64 = redis::cmd("PUBLISH")
+        .arg(channel(redis, prediction_id))
+        .arg(prediction)
+        .query_async(&mut conn)
+        .await?;
     Ok(())
 }
 

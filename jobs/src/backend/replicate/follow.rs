@@ -138,10 +138,12 @@ impl Follow {
     async fn end(&self, id: &str, status: Status, prediction: Value, percent: u8) -> Event {
         match status {
             Status::Succeeded => {
-                let ev = Ok(RenderEvent::Progress { stage: status.stage().to_owned(), percent: percent.max(99) });
+                let ev =
+                    Ok(RenderEvent::Progress { stage: status.stage().to_owned(), percent: percent.max(99) });
                 let _ = self.tx.send(ev).await;
                 let outputs = self.collect(id, &prediction).await?;
-                let _ = self.tx.send(Ok(RenderEvent::Progress { stage: "rendered".into(), percent: 100 })).await;
+                let _ =
+                    self.tx.send(Ok(RenderEvent::Progress { stage: "rendered".into(), percent: 100 })).await;
                 Ok(RenderEvent::Finished(outputs))
             }
             Status::Failed => Err(RenderError::Failed {
@@ -154,7 +156,10 @@ impl Follow {
             }),
             Status::Canceled => Err(RenderError::Failed {
                 user_message: "The render was canceled on Replicate.".into(),
-                detail: format!("{}: prediction {id} was canceled on Replicate, not by Mage", self.client.base),
+                detail: format!(
+                    "{}: prediction {id} was canceled on Replicate, not by Mage",
+                    self.client.base
+                ),
             }),
             // It never ran (its deadline passed while it waited for a GPU):
             // a new prediction may get one.
@@ -174,7 +179,10 @@ impl Follow {
         let urls = output_urls(&prediction["output"]);
         if urls.is_empty() || prediction["data_removed"].as_bool() == Some(true) {
             if prediction["data_removed"].as_bool() == Some(true) {
-                return Err(RenderError::Lost(format!("{}: the outputs of {id} were removed", self.client.base)));
+                return Err(RenderError::Lost(format!(
+                    "{}: the outputs of {id} were removed",
+                    self.client.base
+                )));
             }
             return Err(RenderError::Failed {
                 user_message: "The renderer produced nothing.".into(),
@@ -210,7 +218,10 @@ impl Follow {
             }
             None => Err(RenderError::Failed {
                 user_message: "The renderer produced nothing.".into(),
-                detail: format!("{}: prediction {id} has no {:?} output among {urls:?}", self.client.base, self.job.kind),
+                detail: format!(
+                    "{}: prediction {id} has no {:?} output among {urls:?}",
+                    self.client.base, self.job.kind
+                ),
             }),
         }
     }

@@ -108,7 +108,12 @@ impl Drop for Hub {
     }
 }
 
-async fn listen(redis: Redis, followers: Weak<Mutex<Followers>>, epoch: watch::Sender<u64>, stop: CancellationToken) {
+async fn listen(
+    redis: Redis,
+    followers: Weak<Mutex<Followers>>,
+    epoch: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut connection = 0u64;
     while !stop.is_cancelled() {

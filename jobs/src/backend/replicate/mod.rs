@@ -186,7 +186,11 @@ impl ReplicateBackend {
             let text = resp.text().await.unwrap_or_default();
             return Err(RenderError::Failed {
                 user_message: "The input image could not be sent to the render backend.".into(),
-                detail: format!("{}: {what} refused {filename}: {status}: {}", self.client.base, client::clip(&text)),
+                detail: format!(
+                    "{}: {what} refused {filename}: {status}: {}",
+                    self.client.base,
+                    client::clip(&text)
+                ),
             });
         }
         if !status.is_success() {
@@ -331,10 +335,15 @@ impl RenderBackend for ReplicateBackend {
         if status.is_success() {
             let prediction: Value =
                 serde_json::from_str(&text).map_err(|e| unavailable(&self.client.base, &what, e))?;
-            let id = prediction["id"]
-                .as_str()
-                .filter(|id| mage_domain::replicate::valid_id(id))
-                .ok_or_else(|| unavailable(&self.client.base, &what, format!("no prediction id in {}", client::clip(&text))))?;
+            let id = prediction["id"].as_str().filter(|id| mage_domain::replicate::valid_id(id)).ok_or_else(
+                || {
+                    unavailable(
+                        &self.client.base,
+                        &what,
+                        format!("no prediction id in {}", client::clip(&text)),
+                    )
+                },
+            )?;
             tracing::info!(
                 generation_id = %req.generation_id,
                 job_id = %req.job_id,
@@ -429,7 +438,10 @@ mod tests {
     #[test]
     fn inputs_are_typed_by_their_bytes() {
         assert_eq!(image_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some(("png", "image/png")));
-        assert_eq!(image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10, b'J', b'F', b'I', b'F']), Some(("jpg", "image/jpeg")));
+        assert_eq!(
+            image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10, b'J', b'F', b'I', b'F']),
+            Some(("jpg", "image/jpeg"))
+        );
         assert_eq!(image_type(b"#EXTM3U\nfile:///etc/passwd"), None);
     }
 }

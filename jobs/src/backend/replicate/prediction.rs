@@ -90,10 +90,10 @@ pub fn tqdm_percent(logs: &str) -> Option<u8> {
 pub fn output_urls(output: &Value) -> Vec<String> {
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
-            Value::String(s) if s.starts_with("https://") || s.starts_with("http://") => {
-                if !out.contains(s) {
-                    out.push(s.clone());
-                }
+            Value::String(s)
+                if (s.starts_with("https://") || s.starts_with("http://")) && !out.contains(s) =>
+            {
+                out.push(s.clone());
             }
             Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
             Value::Object(m) => m.values().for_each(|x| walk(x, out)),
@@ -142,7 +142,10 @@ pub struct Seen {
 pub enum Step {
     /// Nothing new (or older than what was seen).
     Nothing,
-    Progress { stage: &'static str, percent: u8 },
+    Progress {
+        stage: &'static str,
+        percent: u8,
+    },
     /// It ended with this status.
     End(Status),
 }
@@ -199,11 +202,16 @@ mod tests {
     #[test]
     fn every_output_url_is_collected_once_in_order() {
         assert_eq!(output_urls(&json!("https://d/a.mp4")), ["https://d/a.mp4"]);
-        assert_eq!(output_urls(&json!(["https://d/a.png", "https://d/b.png"])), ["https://d/a.png", "https://d/b.png"]);
+        assert_eq!(
+            output_urls(&json!(["https://d/a.png", "https://d/b.png"])),
+            ["https://d/a.png", "https://d/b.png"]
+        );
         // An object's values in key order (the primary one is picked by
         // kind afterwards).
         assert_eq!(
-            output_urls(&json!({"video": "https://d/v.mp4", "frames": ["https://d/1.png", "https://d/v.mp4"], "n": 3})),
+            output_urls(
+                &json!({"video": "https://d/v.mp4", "frames": ["https://d/1.png", "https://d/v.mp4"], "n": 3})
+            ),
             ["https://d/1.png", "https://d/v.mp4"]
         );
         assert!(output_urls(&json!(null)).is_empty());
@@ -212,7 +220,10 @@ mod tests {
 
     #[test]
     fn errors_reach_the_user_on_one_bounded_line() {
-        assert_eq!(user_error(&json!({"error": "  CUDA out of memory.\n Tried to allocate  "})), "CUDA out of memory. Tried to allocate");
+        assert_eq!(
+            user_error(&json!({"error": "  CUDA out of memory.\n Tried to allocate  "})),
+            "CUDA out of memory. Tried to allocate"
+        );
         assert_eq!(user_error(&json!({"error": null})), "The render failed on Replicate.");
         let long = user_error(&json!({"error": "e".repeat(1000)}));
         assert_eq!(long.chars().count(), USER_MESSAGE_MAX);
@@ -233,7 +244,10 @@ mod tests {
         assert_eq!(seen.observe(&json!({"status": "starting"})), Step::Nothing);
         assert_eq!(seen.observe(&json!({"status": "processing", "logs": " 20%|██ | 2/10"})), Step::Nothing);
         // A second bar starting over keeps the furthest percentage.
-        assert_eq!(seen.observe(&json!({"status": "processing", "logs": " 40%|████ | 4/10\n  5%|▌ | 1/20"})), Step::Nothing);
+        assert_eq!(
+            seen.observe(&json!({"status": "processing", "logs": " 40%|████ | 4/10\n  5%|▌ | 1/20"})),
+            Step::Nothing
+        );
         assert_eq!(
             seen.observe(&json!({"status": "processing", "logs": "100%|██████████| 10/10"})),
             Step::Progress { stage: "rendering", percent: 99 }

@@ -85,7 +85,9 @@ impl Template {
         };
         let version = match doc.remove("version") {
             None | Some(Value::Null) => None,
-            Some(Value::String(v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(v),
+            Some(Value::String(v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+                Some(v)
+            }
             Some(_) => return Err(invalid("\"version\" must be a version id (letters and digits)".into())),
         };
         let Some(Value::Object(input)) = doc.remove("input") else {
@@ -95,7 +97,8 @@ impl Template {
         for v in input.values() {
             workflow::collect_placeholders(v, &mut used);
         }
-        let known = |p: &str| workflow::PLACEHOLDERS.iter().any(|(n, _)| *n == p) || EXTRA_PLACEHOLDERS.contains(&p);
+        let known =
+            |p: &str| workflow::PLACEHOLDERS.iter().any(|(n, _)| *n == p) || EXTRA_PLACEHOLDERS.contains(&p);
         if let Some(p) = used.iter().find(|p| !known(p)) {
             let mut all: Vec<&str> = workflow::PLACEHOLDERS.iter().map(|(n, _)| *n).collect();
             all.extend(EXTRA_PLACEHOLDERS);
@@ -191,7 +194,10 @@ mod tests {
                 "aspect_ratio": "{{aspect_ratio}}", "go_fast": true}}"#,
         )
         .unwrap();
-        assert_eq!((t.model.as_str(), t.version.as_deref(), t.inputs()), ("wan-video/wan-2.2-t2v-fast", None, 0));
+        assert_eq!(
+            (t.model.as_str(), t.version.as_deref(), t.inputs()),
+            ("wan-video/wan-2.2-t2v-fast", None, 0)
+        );
         let hostile = r#"x", "go_fast": false, "y": "{{seed}}"#;
         let input = t.fill(&fill(hostile, &[]));
         assert_eq!(
