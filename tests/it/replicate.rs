@@ -39,14 +39,19 @@ fn workflows() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workflows/replicate")
 }
 
-/// A backend on the fake, with webhooks to `app` (or polling only).
+/// A backend on the fake, with webhooks to `app` (or polling only),
+/// polling after a second without a webhook.
 fn backend(app: &TestApp, fake: &FakeReplicate, webhooks: bool) -> ReplicateBackend {
+    backend_quiet(app, fake, webhooks, Duration::from_secs(1))
+}
+
+fn backend_quiet(app: &TestApp, fake: &FakeReplicate, webhooks: bool, quiet: Duration) -> ReplicateBackend {
     let cfg = ReplicateConfig {
         api_base: fake.url(),
         token: fake.token().to_owned(),
         workflows: workflows(),
         webhook_url: webhooks.then(|| app.url("/webhooks/replicate")),
-        quiet_poll_after: Duration::from_secs(1),
+        quiet_poll_after: quiet,
     };
     ReplicateBackend::new(cfg, app.redis.redis()).expect("backend").with_retry_for(Duration::from_secs(20))
 }
@@ -229,12 +234,28 @@ async fn without_a_secret_the_route_refuses_everything() {
     assert!(rows(&app).await.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn deliveries_older_than_a_week_are_pruned() {
+    let app = app().await;
+    app.sql(
+        "INSERT INTO replicate_webhooks (id, prediction_id, status, received_at) VALUES \
+         ('msg_old', 'p', 'succeeded', now() - interval '8 days'), \
+         ('msg_new', 'p', 'processing', now() - interval '6 days')",
+    )
+    .await;
+    let pruned =
+        mage_domain::replicate::prune(&mut *app.conn().await, chrono::Utc::now()).await.expect("prune");
+    assert_eq!(pruned, 1);
+    assert_eq!(rows(&app).await.iter().map(|r| r.status.as_str()).collect::<Vec<_>>(), ["processing"]);
+}
+
 // ---- the backend against the fake ----
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_video_renders_with_webhooks_and_is_downloaded() {
     let (app, fake) = (app().await, fake().await);
-    let backend = backend(&app, &fake, true);
+    // No quiet poll before the test's deadline: only webhooks can end it.
+    let backend = backend_quiet(&app, &fake, true, WITHIN * 2);
     assert!(backend.health().await.expect("health").healthy);
     let work = tempfile::tempdir().expect("tmp");
     let req = request(work.path(), "text-to-video", MediaKind::Video, "a lighthouse at dusk", vec![]);

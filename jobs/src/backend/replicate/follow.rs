@@ -195,8 +195,13 @@ impl Follow {
             .enumerate()
             .map(|(n, url)| (url.clone(), self.job.work_dir.join(format!("output-{n}.{}", extension(url)))))
             .collect();
-        let downloads = targets.iter().map(|(url, to)| self.client.download(url, to));
-        let done = match try_join_all(downloads).await {
+        let downloads = try_join_all(targets.iter().map(|(url, to)| self.client.download(url, to)));
+        let done = tokio::select! {
+            // Cancelled meanwhile: no files appear after the cancel.
+            _ = self.tx.closed() => Err(RenderError::Canceled),
+            done = downloads => done,
+        };
+        let done = match done {
             Ok(done) => done,
             Err(e) => {
                 remove_all(&targets).await;
