@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .merge(crate::media::routes(&state))
         .merge(crate::payments::routes())
+        .merge(crate::replicate::routes())
         .merge(crate::dev_mail::routes())
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, s.request_timeout))
         .layer(DefaultBodyLimit::max(s.max_body_bytes))

@@ -13,6 +13,7 @@ mod media;
 pub mod metrics;
 mod payments;
 mod playground;
+mod replicate;
 mod server;
 pub mod settings;
 mod slots;

@@ -25,6 +25,7 @@ pub mod payments;
 mod pg_enum;
 pub mod products;
 pub mod queue;
+pub mod replicate;
 pub mod rows;
 pub mod schema;
 pub mod sessions;

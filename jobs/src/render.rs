@@ -123,6 +123,9 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
         MediaKind::Image => BackendKind::Image,
         MediaKind::Video => BackendKind::Video,
     };
+    let timeout = model
+        .render_timeout_seconds
+        .map_or(ctx.settings.render_timeout, |s| Duration::from_secs(s.max(1) as u64));
     let request = |job_id: String| RenderRequest {
         generation_id: id,
         job_id,
@@ -140,10 +143,8 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
         seed: g.seed.unwrap_or_else(|| (id.as_u64_pair().0 >> 1) as i64),
         work_dir: work.path().to_path_buf(),
         inputs: inputs.clone(),
+        timeout,
     };
-    let timeout = model
-        .render_timeout_seconds
-        .map_or(ctx.settings.render_timeout, |s| Duration::from_secs(s.max(1) as u64));
     let deadline = tokio::time::Instant::now() + timeout;
 
     let mut job = match (&g.backend_url, &g.backend_job_id) {
@@ -217,7 +218,8 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
 
 /// Records the new backend job on the generation, then submits it: a crash
 /// in between leaves a recorded job the backend does not know, which the
-/// next attempt submits again.
+/// next attempt submits again (or, for a backend that names its jobs itself,
+/// finds by Mage's name). Such a backend's own name is recorded once known.
 async fn submit(ctx: &Ctx, id: Uuid, req: RenderRequest) -> Result<backend::RenderJob, JobError> {
     let mut conn = ctx.core.pool.get().await?;
     let location = ctx.backend.location();
@@ -227,7 +229,28 @@ async fn submit(ctx: &Ctx, id: Uuid, req: RenderRequest) -> Result<backend::Rend
         return Err(JobError::Stop);
     }
     drop(conn);
-    ctx.backend.submit(req).await.map_err(render_error)
+    let ours = req.job_id.clone();
+    let job = ctx.backend.submit(req).await.map_err(render_error)?;
+    if job.id != ours {
+        let mut conn = ctx.core.pool.get().await?;
+        let recorded = generations::record_backend_job(
+            &mut conn,
+            id,
+            &ctx.worker_name,
+            Some(&job.location),
+            Some(&job.id),
+        )
+        .await?;
+        if !recorded {
+            // The generation moved on (cancelled) while it was submitted.
+            if let Err(e) = ctx.backend.cancel(&job).await {
+                tracing::warn!(error = %e, "backend did not confirm the cancel of an unwanted render");
+            }
+            return Err(JobError::Stop);
+        }
+        tracing::info!(job_id = %ours, backend_job_id = %job.id, "the backend named the render itself");
+    }
+    Ok(job)
 }
 
 async fn drive(

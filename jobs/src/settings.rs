@@ -34,6 +34,10 @@ pub struct WorkerArgs {
         default_value_t = 32,
     )]
     pub replicate_concurrency: usize,
+    /// With webhooks, how long a Replicate prediction may go without one
+    /// before it is polled anyway
+    #[arg(long, env = "MAGE_REPLICATE_QUIET_POLL_SECONDS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60, hide = true)]
+    pub replicate_quiet_poll_seconds: u64,
     /// Attempts a job gets before its generation fails and its credits are released (a model may override it)
     #[arg(
         long,
@@ -114,6 +118,8 @@ pub struct WorkerSettings {
     pub render_concurrency: Option<usize>,
     /// Replicate predictions followed at once.
     pub replicate_concurrency: usize,
+    /// A prediction silent this long (no webhook) is polled.
+    pub replicate_quiet_poll: Duration,
     pub transcode_concurrency: usize,
     pub job_attempts: usize,
     pub render_timeout: Duration,
@@ -139,6 +145,7 @@ impl WorkerSettings {
             public_url: None,
             render_concurrency: None,
             replicate_concurrency: 32,
+            replicate_quiet_poll: Duration::from_secs(60),
             transcode_concurrency: 1,
             job_attempts: 3,
             render_timeout: Duration::from_secs(7200),
@@ -194,6 +201,7 @@ impl WorkerArgs {
             public_url,
             render_concurrency: self.render_concurrency,
             replicate_concurrency: self.replicate_concurrency,
+            replicate_quiet_poll: Duration::from_secs(self.replicate_quiet_poll_seconds),
             transcode_concurrency: self.transcode_concurrency,
             job_attempts: self.job_attempts,
             render_timeout: Duration::from_secs(self.render_timeout_seconds),

@@ -202,6 +202,10 @@ async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
     if assets > 0 {
         tracing::info!(assets, "sweeper: assets expired, purged or re-queued");
     }
+    let seen = mage_domain::replicate::prune(&mut conn, chrono::Utc::now()).await?;
+    if seen > 0 {
+        tracing::debug!(seen, "sweeper: Replicate webhook ids older than a week forgotten");
+    }
     let pruned = mage_domain::sessions::prune(&mut conn, BATCH).await?;
     if pruned > 0 {
         tracing::debug!(pruned, "sweeper: spent refresh tokens of a past period deleted");

@@ -85,13 +85,42 @@ pub fn render_backends(
                 }
             }
             BackendKind::Replicate => {
-                // WIRE-REPLICATE: replaced when the Replicate backend lands.
-                let _ = (&backends.replicate, redis);
-                return Err(WorkError::Stopped("the replicate backend is not in this build yet".into()));
+                let Some(r) = &backends.replicate else { continue };
+                v.push((kind, Arc::new(replicate_backend(settings, r, redis)?)));
             }
         }
     }
     Ok(v)
+}
+
+fn replicate_backend(
+    settings: &WorkerSettings,
+    r: &mage_domain::backends::ReplicateSettings,
+    redis: &Redis,
+) -> Result<backend::replicate::ReplicateBackend, WorkError> {
+    let token =
+        r.token.clone().ok_or_else(|| WorkError::Stopped("MAGE_REPLICATE_API_TOKEN: is not set".into()))?;
+    let webhook_url = match (r.webhooks, settings.public_url.as_deref()) {
+        (false, _) => None,
+        (true, Some(public)) => Some(format!("{public}/webhooks/replicate")),
+        (true, None) => {
+            return Err(WorkError::Stopped(
+                "MAGE_PUBLIC_URL: is required for Replicate's webhooks (or set MAGE_REPLICATE_WEBHOOKS=false)"
+                    .into(),
+            ));
+        }
+    };
+    let config = backend::replicate::ReplicateConfig {
+        api_base: r.api_base.clone(),
+        token,
+        workflows: r.workflows.clone(),
+        webhook_url,
+        quiet_poll_after: settings.replicate_quiet_poll,
+    };
+    let backend = backend::replicate::ReplicateBackend::new(config, redis.clone())
+        .map_err(|e| WorkError::Stopped(e.to_string()))?;
+    tracing::info!(api = %r.api_base, webhooks = r.webhooks, "Replicate backend ready");
+    Ok(backend)
 }
 
 /// A job stored in a Redis queue: what its worker needs to know to run it.

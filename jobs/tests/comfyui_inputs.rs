@@ -42,6 +42,7 @@ fn request(work: &Path, workflow: &str, kind: MediaKind, inputs: &[&Path]) -> Re
         seed: 3,
         work_dir: work.join(uuid::Uuid::new_v4().to_string()),
         inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
+        timeout: std::time::Duration::from_secs(600),
     }
 }
 

@@ -38,6 +38,7 @@ fn request(
         seed: 42,
         work_dir: work_dir.to_path_buf(),
         inputs: Vec::new(),
+        timeout: std::time::Duration::from_secs(600),
     }
 }
 

@@ -35,6 +35,7 @@ fn request(
         seed: 7,
         work_dir: work_dir.to_path_buf(),
         inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
+        timeout: std::time::Duration::from_secs(600),
     }
 }
 

@@ -18,6 +18,7 @@ mod metrics;
 mod payments;
 mod playground;
 mod recovery;
+mod replicate;
 mod s3;
 mod schema;
 mod sessions;

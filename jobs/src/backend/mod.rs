@@ -16,9 +16,13 @@
 //!
 //! [`synthetic::SyntheticBackend`] renders on the CPU with ffmpeg, so the
 //! whole pipeline runs (and is tested) on machines without a GPU;
-//! [`comfyui::ComfyBackend`] drives a ComfyUI server on a GPU host.
+//! [`comfyui::ComfyBackend`] drives a ComfyUI server on a GPU host;
+//! [`replicate::ReplicateBackend`] renders on Replicate's hosted models (a
+//! backend that names its jobs itself: `submit` returns the prediction id,
+//! which render.rs records in place of Mage's).
 
 pub mod comfyui;
+pub mod replicate;
 pub mod synthetic;
 
 use std::path::PathBuf;
@@ -53,6 +57,9 @@ pub struct RenderRequest {
     /// The user's input media (clean files ingest made), in the order the
     /// model's `inputs` name them; local files the caller owns.
     pub inputs: Vec<PathBuf>,
+    /// How long the render may take (the model's render timeout); a hosted
+    /// backend gives its own deadline from it.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,7 +71,8 @@ pub enum MediaKind {
 /// A submitted job: enough to find it again from any worker process.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RenderJob {
-    /// [`RenderRequest::job_id`].
+    /// [`RenderRequest::job_id`], or the backend's own name for the job
+    /// when it assigns one (a Replicate prediction id).
     pub id: String,
     /// Where it runs ([`RenderBackend::location`]).
     pub location: String,

@@ -56,6 +56,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         ws_init_timeout: Duration::from_secs(10),
         dev_mode: false,
         payments: mage_domain::config::PaymentSettings::development(),
+        replicate_webhook_secret: None,
         graphql_max_root_mutations: 10,
         // Tests sign many users up and in from one address; the tests of
         // these limits lower them.

@@ -59,7 +59,9 @@ pub struct Values {
 }
 
 impl Values {
-    fn get(&self, name: &str) -> Option<Value> {
+    /// The JSON value of placeholder `name`, when it is one of
+    /// [`PLACEHOLDERS`] (`{{image}}` only with an input).
+    pub(crate) fn get(&self, name: &str) -> Option<Value> {
         Some(match name {
             "prompt" => Value::from(self.prompt.as_str()),
             "negative_prompt" => Value::from(self.negative_prompt.as_str()),
@@ -137,11 +139,13 @@ impl Template {
     }
 }
 
-fn placeholder(s: &str) -> Option<&str> {
+/// The name inside a whole-value placeholder string (`"{{ seed }}"` → `seed`).
+pub(crate) fn placeholder(s: &str) -> Option<&str> {
     s.strip_prefix("{{")?.strip_suffix("}}").map(str::trim)
 }
 
-fn collect_placeholders(v: &Value, out: &mut Vec<String>) {
+/// Every placeholder name used anywhere in `v`, in document order.
+pub(crate) fn collect_placeholders(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::String(s) => {
             if let Some(p) = placeholder(s) {
@@ -155,14 +159,20 @@ fn collect_placeholders(v: &Value, out: &mut Vec<String>) {
 }
 
 fn replace(v: &mut Value, values: &Values) {
+    replace_with(v, &|p| values.get(p));
+}
+
+/// Replaces every whole-value placeholder in `v` for which `value` has a
+/// value; the others stay as they are.
+pub(crate) fn replace_with(v: &mut Value, value: &dyn Fn(&str) -> Option<Value>) {
     match v {
         Value::String(s) => {
-            if let Some(new) = placeholder(s).and_then(|p| values.get(p)) {
+            if let Some(new) = placeholder(s).and_then(value) {
                 *v = new;
             }
         }
-        Value::Array(a) => a.iter_mut().for_each(|x| replace(x, values)),
-        Value::Object(m) => m.values_mut().for_each(|x| replace(x, values)),
+        Value::Array(a) => a.iter_mut().for_each(|x| replace_with(x, value)),
+        Value::Object(m) => m.values_mut().for_each(|x| replace_with(x, value)),
         _ => {}
     }
 }
