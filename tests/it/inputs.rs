@@ -53,7 +53,7 @@ async fn balance(app: &TestApp, token: &str) -> i64 {
     res["data"]["me"]["credits"]["balance"].as_i64().expect("balance")
 }
 
-async fn make_photo(dir: &Path) -> Vec<u8> {
+pub(crate) async fn make_photo(dir: &Path) -> Vec<u8> {
     let path = dir.join("photo.jpg");
     // Bands of colour, left to right: a photo whose downscale says where it is.
     let out = tokio::process::Command::new("ffmpeg")

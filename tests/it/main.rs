@@ -5,6 +5,7 @@
 mod accounts;
 mod admin;
 mod assets;
+mod backends;
 mod cli;
 mod deletion;
 mod edge;

@@ -87,29 +87,29 @@ fn work_process(app: &TestApp, fake: &FakeComfy, extra: &[(&str, &str)]) -> Chil
     Child::spawn(&mut cmd)
 }
 
-async fn create(app: &TestApp, token: &str, input: Value) -> Uuid {
+pub(crate) async fn create(app: &TestApp, token: &str, input: Value) -> Uuid {
     let res = app.gql(CREATE, json!({ "i": input }), Some(token)).await;
     let id = res["data"]["createGeneration"]["id"].as_str().unwrap_or_else(|| panic!("create: {res}"));
     id.parse().expect("uuid")
 }
 
 #[derive(QueryableByName, Debug, Clone)]
-struct Row {
+pub(crate) struct Row {
     #[diesel(sql_type = Text)]
-    status: String,
+    pub(crate) status: String,
     #[diesel(sql_type = Int4)]
-    attempts: i32,
+    pub(crate) attempts: i32,
     #[diesel(sql_type = Nullable<Text>)]
-    error: Option<String>,
+    pub(crate) error: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
-    backend_url: Option<String>,
+    pub(crate) backend_url: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
-    backend_job_id: Option<String>,
+    pub(crate) backend_job_id: Option<String>,
     #[diesel(sql_type = Int4)]
-    progress: i32,
+    pub(crate) progress: i32,
 }
 
-async fn row(app: &TestApp, id: Uuid) -> Row {
+pub(crate) async fn row(app: &TestApp, id: Uuid) -> Row {
     diesel::sql_query(
         "SELECT status, attempts, error, backend_url, backend_job_id, progress FROM generations WHERE id = $1",
     )
@@ -120,7 +120,7 @@ async fn row(app: &TestApp, id: Uuid) -> Row {
 }
 
 /// Polls the generation's row until `done` holds, or panics after `within`.
-async fn wait_row(app: &TestApp, id: Uuid, within: Duration, done: impl Fn(&Row) -> bool) -> Row {
+pub(crate) async fn wait_row(app: &TestApp, id: Uuid, within: Duration, done: impl Fn(&Row) -> bool) -> Row {
     let start = Instant::now();
     loop {
         let r = row(app, id).await;
@@ -132,12 +132,12 @@ async fn wait_row(app: &TestApp, id: Uuid, within: Duration, done: impl Fn(&Row)
     }
 }
 
-async fn wait_status(app: &TestApp, id: Uuid, status: &str, within: Duration) -> Row {
+pub(crate) async fn wait_status(app: &TestApp, id: Uuid, status: &str, within: Duration) -> Row {
     wait_row(app, id, within, |r| r.status == status).await
 }
 
 /// The ledger entry kinds of a generation's holds, sorted.
-async fn ledger(app: &TestApp, id: Uuid) -> Vec<String> {
+pub(crate) async fn ledger(app: &TestApp, id: Uuid) -> Vec<String> {
     #[derive(QueryableByName)]
     struct Entry {
         #[diesel(sql_type = Text)]
@@ -154,7 +154,7 @@ async fn ledger(app: &TestApp, id: Uuid) -> Vec<String> {
     rows.into_iter().map(|e| e.kind).collect()
 }
 
-async fn open_holds(app: &TestApp) -> i64 {
+pub(crate) async fn open_holds(app: &TestApp) -> i64 {
     #[derive(QueryableByName)]
     struct N {
         #[diesel(sql_type = BigInt)]
@@ -194,7 +194,7 @@ fn stored_files(app: &TestApp, id: Uuid) -> usize {
     walk(&app.media_dir().join("generations").join(id.to_string()))
 }
 
-async fn make_admin(app: &TestApp, email: &str) -> String {
+pub(crate) async fn make_admin(app: &TestApp, email: &str) -> String {
     let (token, _) = app.register(email).await;
     mage_domain::users::set_role(&app.pool, email, mage_domain::users::Role::Admin).await.expect("promote");
     token
