@@ -5,6 +5,7 @@
 mod accounts;
 mod admin;
 mod assets;
+mod catalog;
 mod cli;
 mod deletion;
 mod edge;
