@@ -28,6 +28,8 @@ fn video_model() -> RenderModel {
             Price { resolution: Resolution::R720p, credits: 4, credits_per_second: 4 },
             Price { resolution: Resolution::R1080p, credits: 8, credits_per_second: 8 },
         ],
+        active: true,
+        sort_order: 0,
     }
 }
 

@@ -12,6 +12,8 @@ use crate::config::ConfigError;
 use crate::enums::BackendKind;
 
 pub const DEFAULT_REPLICATE_API_BASE: &str = "https://api.replicate.com";
+pub const DEFAULT_COMFYUI_WORKFLOWS: &str = "workflows/comfyui";
+pub const DEFAULT_REPLICATE_WORKFLOWS: &str = "workflows/replicate";
 
 #[derive(Debug, Clone, Args)]
 pub struct BackendArgs {
@@ -24,7 +26,7 @@ pub struct BackendArgs {
     #[arg(long, env = "MAGE_COMFYUI_URLS")]
     pub comfyui_urls: Option<String>,
     /// Folder of the ComfyUI workflow templates, one `<workflow>.json` per model workflow
-    #[arg(long, env = "MAGE_COMFYUI_WORKFLOWS", default_value = "workflows/comfyui")]
+    #[arg(long, env = "MAGE_COMFYUI_WORKFLOWS", default_value = DEFAULT_COMFYUI_WORKFLOWS)]
     pub comfyui_workflows: PathBuf,
     /// Replicate API token (r8_...); required by `mage work` with replicate
     #[arg(long, env = "MAGE_REPLICATE_API_TOKEN", hide_env_values = true)]
@@ -43,7 +45,7 @@ pub struct BackendArgs {
     #[arg(long, env = "MAGE_REPLICATE_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
     pub replicate_webhooks: bool,
     /// Folder of the Replicate model templates, one `<workflow>.json` per model workflow
-    #[arg(long, env = "MAGE_REPLICATE_WORKFLOWS", default_value = "workflows/replicate")]
+    #[arg(long, env = "MAGE_REPLICATE_WORKFLOWS", default_value = DEFAULT_REPLICATE_WORKFLOWS)]
     pub replicate_workflows: PathBuf,
 }
 
@@ -92,6 +94,20 @@ impl Backends {
             BackendKind::ComfyUi => self.comfyui.as_ref().map(|c| c.workflows.as_path()),
             BackendKind::Replicate => self.replicate.as_ref().map(|r| r.workflows.as_path()),
         }
+    }
+
+    /// Where the catalogue looks for `kind`'s templates when a model is
+    /// saved: the configured folder, or the default one for a backend this
+    /// deployment does not offer (a model may be prepared before its
+    /// backend is turned on; it is checked again by the workers, which load
+    /// every template when they start).
+    pub fn templates_dir(&self, kind: BackendKind) -> Option<PathBuf> {
+        let default = match kind {
+            BackendKind::Synthetic => return None,
+            BackendKind::ComfyUi => DEFAULT_COMFYUI_WORKFLOWS,
+            BackendKind::Replicate => DEFAULT_REPLICATE_WORKFLOWS,
+        };
+        Some(self.workflows_dir(kind).map_or_else(|| PathBuf::from(default), PathBuf::from))
     }
 }
 

@@ -34,6 +34,7 @@ pub mod storage;
 pub mod subscriptions;
 pub mod users;
 pub mod workers;
+pub mod workflows;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

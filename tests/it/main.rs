@@ -6,6 +6,7 @@ mod accounts;
 mod admin;
 mod assets;
 mod backends;
+mod catalog;
 mod cli;
 mod deletion;
 mod edge;

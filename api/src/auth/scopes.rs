@@ -51,9 +51,18 @@ pub const GENERATE_MUTATIONS: &[&str] = &[
 /// Mutations a `BILLING` key may run.
 pub const BILLING_MUTATIONS: &[&str] = &["createCheckout"];
 /// Queries no key may run, whatever its scopes: the account's credentials
-/// and the admins' views.
-pub const ACCOUNT_QUERIES: &[&str] =
-    &["sessions", "apiKeys", "users", "stripeEvents", "deadJobs", "dailyStats"];
+/// and the admins' views. (Admin mutations, `createModel` and the like,
+/// are in no list above: closed to keys.)
+pub const ACCOUNT_QUERIES: &[&str] = &[
+    "sessions",
+    "apiKeys",
+    "users",
+    "stripeEvents",
+    "deadJobs",
+    "dailyStats",
+    "catalogModels",
+    "catalogProducts",
+];
 
 pub fn needs(operation: OperationType, field: &str) -> Needs {
     match operation {

@@ -56,6 +56,8 @@ pub struct Mutation(
     sessions::SessionsMutation,
     api_keys::ApiKeysMutation,
     orders::OrdersMutation,
+    products::ProductsMutation,
+    catalog::CatalogMutation,
     generations::GenerationsMutation,
     assets::AssetsMutation,
     admin::AdminMutation,

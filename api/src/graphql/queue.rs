@@ -93,7 +93,7 @@ pub struct RenderBackendStatus(mage_domain::workers::BackendStatus);
 
 #[Object]
 impl RenderBackendStatus {
-    /// `comfyui` or `synthetic`.
+    /// `synthetic`, `comfyui` or `replicate`.
     async fn kind(&self) -> &str {
         &self.0.kind
     }

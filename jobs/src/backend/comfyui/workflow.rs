@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use mage_domain::workflows::{collect_placeholders, placeholder};
 use serde_json::{Map, Value};
 
 /// What a template may ask for, and the JSON type it gets.
@@ -25,7 +26,7 @@ pub const PLACEHOLDERS: &[(&str, Kind)] = &[
 
 /// The placeholder of the request's input image: the name ComfyUI gave
 /// the file Mage uploaded, as a `LoadImage` node takes it.
-pub const IMAGE: &str = "image";
+pub const IMAGE: &str = mage_domain::workflows::IMAGE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -118,7 +119,7 @@ impl Template {
                 )));
             }
         }
-        if !used.iter().any(|p| p == "prompt") {
+        if !used.iter().any(|p| p == mage_domain::workflows::PROMPT) {
             return Err(invalid("does not use {{prompt}}".into()));
         }
         let inputs = usize::from(used.iter().any(|p| p == IMAGE));
@@ -136,25 +137,6 @@ impl Template {
         let mut graph = Value::Object(self.graph.clone());
         replace(&mut graph, values);
         graph
-    }
-}
-
-/// The name inside a whole-value placeholder string (`"{{ seed }}"` → `seed`).
-pub(crate) fn placeholder(s: &str) -> Option<&str> {
-    s.strip_prefix("{{")?.strip_suffix("}}").map(str::trim)
-}
-
-/// Every placeholder name used anywhere in `v`, in document order.
-pub(crate) fn collect_placeholders(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) => {
-            if let Some(p) = placeholder(s) {
-                out.push(p.to_owned());
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| collect_placeholders(x, out)),
-        Value::Object(m) => m.values().for_each(|x| collect_placeholders(x, out)),
-        _ => {}
     }
 }
 

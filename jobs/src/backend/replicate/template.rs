@@ -95,7 +95,7 @@ impl Template {
         };
         let mut used = Vec::new();
         for v in input.values() {
-            workflow::collect_placeholders(v, &mut used);
+            mage_domain::workflows::collect_placeholders(v, &mut used);
         }
         let known =
             |p: &str| workflow::PLACEHOLDERS.iter().any(|(n, _)| *n == p) || EXTRA_PLACEHOLDERS.contains(&p);

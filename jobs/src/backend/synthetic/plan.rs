@@ -16,6 +16,28 @@ pub(super) enum Workflow {
 }
 
 impl Workflow {
+    /// The workflow of a model's `workflow` name (the catalogue offers
+    /// these: `mage_domain::workflows::SYNTHETIC`).
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            WORKFLOW_VIDEO => Workflow::Video,
+            WORKFLOW_IMAGE => Workflow::Image,
+            WORKFLOW_BROKEN => Workflow::Broken,
+            WORKFLOW_EDIT => Workflow::Edit,
+            WORKFLOW_ANIMATE => Workflow::Animate,
+            _ => return None,
+        })
+    }
+
+    /// The kind of media it makes; `None` for either.
+    fn makes(self) -> Option<MediaKind> {
+        match self {
+            Workflow::Video | Workflow::Animate => Some(MediaKind::Video),
+            Workflow::Image | Workflow::Edit => Some(MediaKind::Image),
+            Workflow::Broken => None,
+        }
+    }
+
     /// How many input images the workflow draws from.
     fn inputs(self) -> usize {
         match self {
@@ -52,28 +74,16 @@ impl Plan {
         let unsupported = |user_message: &str, detail: String| {
             Err(RenderError::Failed { user_message: user_message.to_owned(), detail })
         };
-        let workflow = match req.workflow.as_str() {
-            WORKFLOW_VIDEO => Workflow::Video,
-            WORKFLOW_IMAGE => Workflow::Image,
-            WORKFLOW_BROKEN => Workflow::Broken,
-            WORKFLOW_EDIT => Workflow::Edit,
-            WORKFLOW_ANIMATE => Workflow::Animate,
-            other => {
-                return unsupported(
-                    "This model is not available right now.",
-                    format!(
-                        "model {} has workflow {other:?}, which the synthetic backend does not know",
-                        req.model
-                    ),
-                );
-            }
+        let Some(workflow) = Workflow::named(&req.workflow) else {
+            return unsupported(
+                "This model is not available right now.",
+                format!(
+                    "model {} has workflow {:?}, which the synthetic backend does not know",
+                    req.model, req.workflow
+                ),
+            );
         };
-        let fits = match workflow {
-            Workflow::Video | Workflow::Animate => req.kind == MediaKind::Video,
-            Workflow::Image | Workflow::Edit => req.kind == MediaKind::Image,
-            Workflow::Broken => true,
-        };
-        if !fits {
+        if workflow.makes().is_some_and(|k| k != req.kind) {
             return unsupported(
                 "This model cannot make that kind of media.",
                 format!("workflow {} cannot render {:?}", req.workflow, req.kind),
@@ -439,5 +449,31 @@ impl Rng {
 
     pub(super) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mage_domain::enums::MediaKind as Kind;
+    use mage_domain::workflows::SYNTHETIC;
+
+    /// The catalogue admits a synthetic model only on a workflow this
+    /// backend draws, with the kind and inputs it draws from.
+    #[test]
+    fn the_catalogue_lists_exactly_the_workflows_drawn_here() {
+        for b in SYNTHETIC {
+            let w = Workflow::named(b.name).unwrap_or_else(|| panic!("{} is not drawn here", b.name));
+            let makes = w.makes().map(|k| match k {
+                MediaKind::Video => Kind::Video,
+                MediaKind::Image => Kind::Image,
+            });
+            assert_eq!(makes, b.makes, "{}", b.name);
+            assert_eq!(w.inputs(), b.inputs.len(), "{}", b.name);
+            assert!(b.inputs.iter().all(|k| *k == Kind::Image), "{}: photos only", b.name);
+        }
+        for name in [WORKFLOW_VIDEO, WORKFLOW_IMAGE, WORKFLOW_BROKEN, WORKFLOW_EDIT, WORKFLOW_ANIMATE] {
+            assert!(SYNTHETIC.iter().any(|b| b.name == name), "{name} is missing from the catalogue's list");
+        }
     }
 }

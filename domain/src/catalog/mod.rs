@@ -11,6 +11,10 @@ use crate::rows::{RenderModelPrice, RenderModelRow};
 use crate::schema::{render_model_prices, render_models};
 use crate::{Error, Result};
 
+mod edit;
+pub(crate) use edit::Fields;
+pub use edit::{ModelDefinition, create_model, update_model};
+
 pub const PROMPT_MAX_CHARS: usize = 2000;
 
 impl Resolution {
@@ -49,6 +53,10 @@ pub struct RenderModel {
     pub inputs: Vec<MediaKind>,
     /// Ascending by resolution.
     pub prices: Vec<Price>,
+    /// On offer; an inactive model is kept for its generations' sake.
+    pub active: bool,
+    /// Display order, ascending.
+    pub sort_order: i32,
 }
 
 impl RenderModel {
@@ -95,6 +103,17 @@ pub async fn models(conn: &mut Connection) -> Result<Vec<RenderModel>> {
     Ok(assemble(rows))
 }
 
+/// Every model, active or not, in display order (the catalogue editor).
+pub async fn all_models(conn: &mut Connection) -> Result<Vec<RenderModel>> {
+    let rows = render_models::table
+        .inner_join(render_model_prices::table)
+        .order((render_models::sort_order.asc(), render_models::id.asc()))
+        .select((RenderModelRow::as_select(), RenderModelPrice::as_select()))
+        .load(conn)
+        .await?;
+    Ok(assemble(rows))
+}
+
 /// One active model with its prices, in one prepared statement (it prices
 /// every `createGeneration`).
 pub async fn model(conn: &mut Connection, id: &str) -> Result<Option<RenderModel>> {
@@ -110,8 +129,9 @@ pub async fn model(conn: &mut Connection, id: &str) -> Result<Option<RenderModel
 
 /// Models as `createGeneration` prices them: each is kept for
 /// [`ModelCache::TTL`] in this process, which spares every create a query.
-/// Operators edit the catalogue with SQL, rarely; a price change or a
-/// deactivation applies within that time. Unknown ids are not kept, so a new
+/// Admins edit the catalogue rarely (`createModel`, `updateModel`); a
+/// price change or a deactivation applies on every instance within that
+/// time, and at once on the one that made it ([`ModelCache::forget`]). Unknown ids are not kept, so a new
 /// model can be used at once. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct ModelCache(
@@ -133,6 +153,13 @@ impl ModelCache {
             cache.insert(id.to_owned(), (std::time::Instant::now(), m.clone()));
         }
         Ok(found)
+    }
+
+    /// Drops what is kept of `id`: the next read sees the database.
+    pub fn forget(&self, id: &str) {
+        if let Ok(mut cache) = self.0.lock() {
+            cache.remove(id);
+        }
     }
 }
 
@@ -156,6 +183,8 @@ fn assemble(rows: Vec<(RenderModelRow, RenderModelPrice)>) -> Vec<RenderModel> {
                 // The column's CHECK admits only kinds this build knows.
                 inputs: r.inputs.iter().flatten().filter_map(|k| MediaKind::parse(k)).collect(),
                 prices: Vec::new(),
+                active: r.active,
+                sort_order: r.sort_order,
             });
         }
         if let Some(m) = models.last_mut() {
@@ -260,6 +289,8 @@ mod tests {
                 Price { resolution: Resolution::R480p, credits: 0, credits_per_second: 2 },
                 Price { resolution: Resolution::R720p, credits: 0, credits_per_second: 4 },
             ],
+            active: true,
+            sort_order: 0,
         }
     }
 
