@@ -162,7 +162,7 @@ async fn run(ctx: &Ctx, g: &Generation, model: &RenderModel) -> Result<(), JobEr
     let mut resubmitted = false;
     let output = loop {
         let events = ctx.backend.events(&job);
-        match drive(ctx, &guard, &mut progress, events, deadline).await {
+        match drive(ctx, &guard, &mut progress, events, deadline, (id, &job.location)).await {
             Driven::Done(output) => break output,
             Driven::Lost(why) if !resubmitted => {
                 tracing::warn!(%why, "the backend lost the render; submitting it again");
@@ -259,6 +259,7 @@ async fn drive(
     progress: &mut Progress,
     mut events: BoxStream<'static, Result<RenderEvent, RenderError>>,
     deadline: tokio::time::Instant,
+    (id, location): (Uuid, &str),
 ) -> Driven {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -270,6 +271,26 @@ async fn drive(
             ev = events.next() => match ev {
                 Some(Ok(RenderEvent::Progress { stage, percent })) => progress.update(percent, &stage).await,
                 Some(Ok(RenderEvent::Finished(out))) => return Driven::Done(out),
+                Some(Ok(RenderEvent::Located(backend_id))) => {
+                    // Best effort: unrecorded, the next takeover searches again.
+                    let recorded = match ctx.core.pool.get().await {
+                        Ok(mut conn) => generations::record_backend_job(
+                            &mut conn,
+                            id,
+                            &ctx.worker_name,
+                            Some(location),
+                            Some(&backend_id),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = recorded {
+                        tracing::warn!(error = %e, %backend_id, "could not record the backend's job id");
+                    }
+                    Ok(Ok(()))
+                }
                 Some(Err(RenderError::Lost(why))) => return Driven::Lost(why),
                 Some(Err(e)) => return Driven::Job(render_error(e)),
                 None => return Driven::Job(JobError::Retry("the backend ended the job without a result".into())),

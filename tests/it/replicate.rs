@@ -94,6 +94,7 @@ async fn run(
             match events.next().await {
                 Some(Ok(RenderEvent::Progress { stage, percent })) => progress.push((stage, percent)),
                 Some(Ok(RenderEvent::Finished(out))) => return Ok(out),
+                Some(Ok(RenderEvent::Located(id))) => progress.push((format!("located {id}"), 0)),
                 Some(Err(e)) => return Err(e),
                 None => return Err(RenderError::Unavailable("the stream ended without a result".into())),
             }

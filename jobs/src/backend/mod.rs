@@ -88,6 +88,10 @@ pub enum RenderEvent {
     Progress { stage: String, percent: u8 },
     /// The last event of a job that worked.
     Finished(RenderOutput),
+    /// The backend's own name of a job it was asked about by Mage's (a
+    /// Replicate prediction found after a worker died before recording
+    /// it): recorded, so the next takeover need not search for it.
+    Located(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -72,6 +72,9 @@ impl Follow {
             }
             Err(e) => return Some(Err(e)),
         };
+        if id != self.job.id && self.tx.send(Ok(RenderEvent::Located(id.clone()))).await.is_err() {
+            return None;
+        }
         let mut sub = self.hub.as_ref().map(|hub| hub.subscribe(&id));
         if let Some(s) = sub.as_mut() {
             s.ready(HUB_WAIT).await;
