@@ -25,7 +25,7 @@ pub mod comfyui;
 pub mod replicate;
 pub mod synthetic;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures_util::stream::BoxStream;
 
@@ -159,4 +159,65 @@ pub trait RenderBackend: Send + Sync + 'static {
     /// outputs; returns once that is done. Idempotent: cancelling a job that
     /// already ended, or an unknown one, does nothing.
     async fn cancel(&self, job: &RenderJob) -> Result<(), RenderError>;
+}
+
+/// One of a request's input images, read and typed for upload to a backend.
+pub(crate) struct InputImage {
+    pub bytes: Vec<u8>,
+    /// `mage-<generation>-<n>.<ext>`.
+    pub filename: String,
+    pub mime: &'static str,
+}
+
+/// Reads the `n`th input of `req` (an image ingest already checked and
+/// bounded in size); a missing or untyped one fails the render.
+pub(crate) async fn input_image(
+    req: &RenderRequest,
+    n: usize,
+    path: &Path,
+) -> Result<InputImage, RenderError> {
+    let bytes = match tokio::fs::read(path).await {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(RenderError::Failed {
+                user_message: "The input image is no longer available.".into(),
+                detail: format!("input {} is missing", path.display()),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some((ext, mime)) = image_type(&bytes) else {
+        return Err(RenderError::Failed {
+            user_message: "The input image is not a JPEG, PNG or WebP image.".into(),
+            detail: format!("input {} is not a JPEG, PNG or WebP file", path.display()),
+        });
+    };
+    Ok(InputImage { bytes, filename: format!("mage-{}-{n}.{ext}", req.generation_id), mime })
+}
+
+/// The extension and MIME type of an image, from its first bytes.
+fn image_type(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
+    match infer::get(bytes)?.mime_type() {
+        "image/png" => Some(("png", "image/png")),
+        "image/jpeg" => Some(("jpg", "image/jpeg")),
+        "image/webp" => Some(("webp", "image/webp")),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_content_names_the_type() {
+        assert_eq!(image_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some(("png", "image/png")));
+        assert_eq!(
+            image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10, b'J', b'F', b'I', b'F']),
+            Some(("jpg", "image/jpeg"))
+        );
+        assert_eq!(image_type(b"RIFF\x10\0\0\0WEBPVP8 "), Some(("webp", "image/webp")));
+        assert_eq!(image_type(b"#EXTM3U\nfile:///etc/passwd"), None);
+        assert_eq!(image_type(b""), None);
+    }
 }

@@ -32,24 +32,8 @@ impl ComfyBackend {
     }
 
     async fn upload(&self, req: &RenderRequest, n: usize, path: &Path) -> Result<String, RenderError> {
-        // Inputs are images ingest already bounded in size.
-        let bytes = match tokio::fs::read(path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RenderError::Failed {
-                    user_message: "The input image is no longer available.".into(),
-                    detail: format!("input {} is missing", path.display()),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Some((ext, mime)) = image_type(&bytes) else {
-            return Err(RenderError::Failed {
-                user_message: "The input image is not a JPEG, PNG or WebP image.".into(),
-                detail: format!("input {} is not a JPEG, PNG or WebP file", path.display()),
-            });
-        };
-        let filename = format!("mage-{}-{n}.{ext}", req.generation_id);
+        let crate::backend::InputImage { bytes, filename, mime } =
+            crate::backend::input_image(req, n, path).await?;
         let part = Part::bytes(bytes)
             .file_name(filename.clone())
             .mime_str(mime)
@@ -87,32 +71,5 @@ impl ComfyBackend {
             Some(sub) => format!("{sub}/{name}"),
             None => name.to_owned(),
         })
-    }
-}
-
-/// The extension and MIME type of an image, from its first bytes.
-fn image_type(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
-    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some(("png", "image/png"))
-    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
-        Some(("jpg", "image/jpeg"))
-    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
-        Some(("webp", "image/webp"))
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_content_names_the_type() {
-        assert_eq!(image_type(b"\x89PNG\r\n\x1a\n...."), Some(("png", "image/png")));
-        assert_eq!(image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]), Some(("jpg", "image/jpeg")));
-        assert_eq!(image_type(b"RIFF\x10\0\0\0WEBPVP8 "), Some(("webp", "image/webp")));
-        assert_eq!(image_type(b"#EXTM3U\nfile:///etc/passwd"), None);
-        assert_eq!(image_type(b""), None);
     }
 }

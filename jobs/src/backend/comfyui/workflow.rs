@@ -159,15 +159,30 @@ pub(crate) fn replace_with(v: &mut Value, value: &dyn Fn(&str) -> Option<Value>)
     }
 }
 
-/// Every `<name>.json` of a folder, by name. Read once at start, so a bad
-/// template stops `mage work` with its path instead of failing renders.
-#[derive(Debug, Clone, Default)]
-pub struct Templates {
-    pub dir: PathBuf,
-    by_name: HashMap<String, Template>,
+/// A template as read from its file (a ComfyUI graph, a Replicate model
+/// template), checked when it is parsed.
+pub trait TemplateFile: Sized {
+    fn parse(name: &str, path: &Path, text: &str) -> Result<Self, TemplateError>;
 }
 
-impl Templates {
+impl TemplateFile for Template {
+    fn parse(name: &str, path: &Path, text: &str) -> Result<Self, TemplateError> {
+        Template::parse(name, path, text)
+    }
+}
+
+/// The ComfyUI workflow templates of a folder.
+pub type Templates = TemplateDir<Template>;
+
+/// Every `<name>.json` of a folder, by name. Read once at start, so a bad
+/// template stops `mage work` with its path instead of failing renders.
+#[derive(Debug, Clone)]
+pub struct TemplateDir<T> {
+    pub dir: PathBuf,
+    by_name: HashMap<String, T>,
+}
+
+impl<T: TemplateFile> TemplateDir<T> {
     pub fn load(dir: &Path) -> Result<Self, TemplateError> {
         let entries =
             std::fs::read_dir(dir).map_err(|source| TemplateError::Dir { dir: dir.to_path_buf(), source })?;
@@ -182,12 +197,12 @@ impl Templates {
             };
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| TemplateError::Invalid { path: path.clone(), reason: e.to_string() })?;
-            by_name.insert(name.clone(), Template::parse(&name, &path, &text)?);
+            by_name.insert(name.clone(), T::parse(&name, &path, &text)?);
         }
         Ok(Self { dir: dir.to_path_buf(), by_name })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Template> {
+    pub fn get(&self, name: &str) -> Option<&T> {
         self.by_name.get(name)
     }
 

@@ -150,24 +150,8 @@ impl ReplicateBackend {
     }
 
     async fn upload(&self, req: &RenderRequest, n: usize, path: &Path) -> Result<String, RenderError> {
-        // Inputs are images ingest already bounded in size.
-        let bytes = match tokio::fs::read(path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RenderError::Failed {
-                    user_message: "The input image is no longer available.".into(),
-                    detail: format!("input {} is missing", path.display()),
-                });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Some((ext, mime)) = image_type(&bytes) else {
-            return Err(RenderError::Failed {
-                user_message: "The input image is not a JPEG, PNG or WebP image.".into(),
-                detail: format!("input {} is not a JPEG, PNG or WebP file", path.display()),
-            });
-        };
-        let filename = format!("mage-{}-{n}.{ext}", req.generation_id);
+        let crate::backend::InputImage { bytes, filename, mime } =
+            crate::backend::input_image(req, n, path).await?;
         let what = "POST /v1/files";
         let resp = self
             .client
@@ -203,17 +187,6 @@ impl ReplicateBackend {
             .ok_or_else(|| unavailable(&self.client.base, what, format!("no urls.get in {file}")))?;
         tracing::debug!(generation_id = %req.generation_id, file_id = ?file["id"].as_str(), "input uploaded to Replicate");
         Ok(url.to_owned())
-    }
-}
-
-/// The extension and MIME type of an image, from its first bytes.
-fn image_type(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
-    let kind = infer::get(bytes)?;
-    match kind.mime_type() {
-        "image/png" => Some(("png", "image/png")),
-        "image/jpeg" => Some(("jpg", "image/jpeg")),
-        "image/webp" => Some(("webp", "image/webp")),
-        _ => None,
     }
 }
 
@@ -433,15 +406,5 @@ mod tests {
         assert_eq!(seed(42), 42);
         assert_eq!(seed(-1), (1 << 31) - 1);
         assert!(seed(i64::MAX) < 1 << 31);
-    }
-
-    #[test]
-    fn inputs_are_typed_by_their_bytes() {
-        assert_eq!(image_type(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), Some(("png", "image/png")));
-        assert_eq!(
-            image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10, b'J', b'F', b'I', b'F']),
-            Some(("jpg", "image/jpeg"))
-        );
-        assert_eq!(image_type(b"#EXTM3U\nfile:///etc/passwd"), None);
     }
 }

@@ -7,8 +7,7 @@
 //! and `{{aspect_ratio}}` (`"16:9"`, ...). Values are put in as JSON
 //! values, never spliced into text.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Map, Value};
 
@@ -124,42 +123,13 @@ impl Template {
     }
 }
 
-/// Every `<name>.json` of a folder, read once at start so a bad template
-/// stops `mage work` with its path instead of failing renders.
-#[derive(Debug, Clone, Default)]
-pub struct Templates {
-    pub dir: PathBuf,
-    by_name: HashMap<String, Template>,
-}
+/// The Replicate model templates of a folder, read once at start so a bad
+/// template stops `mage work` with its path instead of failing renders.
+pub type Templates = workflow::TemplateDir<Template>;
 
-impl Templates {
-    pub fn load(dir: &Path) -> Result<Self, TemplateError> {
-        let entries =
-            std::fs::read_dir(dir).map_err(|source| TemplateError::Dir { dir: dir.to_path_buf(), source })?;
-        let mut by_name = HashMap::new();
-        for entry in entries {
-            let path = entry.map_err(|source| TemplateError::Dir { dir: dir.to_path_buf(), source })?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                continue;
-            }
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
-                continue;
-            };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| TemplateError::Invalid { path: path.clone(), reason: e.to_string() })?;
-            by_name.insert(name.clone(), Template::parse(&name, &path, &text)?);
-        }
-        Ok(Self { dir: dir.to_path_buf(), by_name })
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Template> {
-        self.by_name.get(name)
-    }
-
-    pub fn names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
-        v.sort_unstable();
-        v
+impl workflow::TemplateFile for Template {
+    fn parse(name: &str, path: &Path, text: &str) -> Result<Self, TemplateError> {
+        Template::parse(name, path, text)
     }
 }
 
