@@ -1,14 +1,17 @@
-//! Stripe webhook intake throughput.
+//! Webhook intake throughput: Stripe's and Replicate's.
 //!
 //! Starts a release `mage serve` (on `DATABASE_URL` / `REDIS_URL`, under a
-//! Redis prefix of its own, with a bench webhook secret), pre-builds N signed
-//! `payout.paid` events of which 10% are re-sends of earlier ones (same event
-//! id), and posts them to `POST /webhooks/stripe` from C concurrent
-//! connections as fast as they are answered. The floor is the same load
-//! against `GET /healthz` of the same server: what the HTTP stack alone
-//! gives. Reports accepted events/s as a ratio of the floor, p50/p99
-//! latency, and checks that PostgreSQL holds one `stripe_events` row per
-//! distinct event id.
+//! Redis prefix of its own, with bench webhook secrets), then, for each
+//! intake, pre-builds N signed deliveries of which 10% repeat an earlier one
+//! and posts them from C concurrent connections as fast as they are
+//! answered: `payout.paid` events to `POST /webhooks/stripe` (a repeat has
+//! the same event id), Replicate prediction webhooks (Standard Webhooks
+//! signature) to `POST /webhooks/replicate` (a repeat has the same
+//! `webhook-id`). The floor is the same load against `GET /healthz` of the
+//! same server: what the HTTP stack alone gives. Reports each intake's
+//! accepted deliveries/s as a ratio of that one floor, p50/p99 latency, and
+//! checks that PostgreSQL holds one `stripe_events` row per distinct event
+//! id and one `replicate_webhooks` row per distinct webhook id.
 //!
 //! With `taskset` and two or more cores, the server runs on core 0 and this
 //! load generator on core 1 (PostgreSQL and Redis are not pinned).
@@ -24,22 +27,36 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cores, clean_redis, percentile};
+use common::{Cores, clean_redis, load_average, percentile, psql, psql_i64, write_json};
 use serde_json::json;
 
 const SECRET: &str = "whsec_bench_webhooks_secret";
+/// Standard Webhooks secrets are `whsec_` + base64 (this one is the
+/// specification's example).
+const REPLICATE_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const STRIPE_PATH: &str = "/webhooks/stripe";
+const REPLICATE_PATH: &str = "/webhooks/replicate";
 
-/// What one phase sends: n × `GET /healthz`, or signed events `(body, Stripe-Signature)`.
+/// One signed delivery, ready to send.
+#[derive(Clone)]
+struct Post {
+    /// Without the `?`; empty for none.
+    query: String,
+    headers: Vec<(&'static str, String)>,
+    body: String,
+}
+
+/// What one phase sends: n × `GET /healthz`, or signed deliveries to `path`.
 enum Load {
     Healthz(usize),
-    Webhooks(Vec<(String, String)>),
+    Webhooks { path: &'static str, posts: Vec<Post> },
 }
 
 impl Load {
     fn len(&self) -> usize {
         match self {
             Load::Healthz(n) => *n,
-            Load::Webhooks(reqs) => reqs.len(),
+            Load::Webhooks { posts, .. } => posts.len(),
         }
     }
 }
@@ -77,7 +94,10 @@ async fn run(http: &reqwest::Client, base: &str, load: Arc<Load>, connections: u
     for _ in 0..connections {
         let (http, load, next) = (http.clone(), load.clone(), next.clone());
         let healthz = format!("{base}/healthz");
-        let hook = format!("{base}/webhooks/stripe");
+        let hook = match &*load {
+            Load::Healthz(_) => String::new(),
+            Load::Webhooks { path, .. } => format!("{base}{path}"),
+        };
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             loop {
@@ -87,12 +107,17 @@ async fn run(http: &reqwest::Client, base: &str, load: Arc<Load>, connections: u
                 }
                 let req = match &*load {
                     Load::Healthz(_) => http.get(&healthz),
-                    Load::Webhooks(reqs) => {
-                        let (body, sig) = &reqs[i];
-                        http.post(&hook)
-                            .header("Stripe-Signature", sig.as_str())
-                            .header("Content-Type", "application/json")
-                            .body(body.clone())
+                    Load::Webhooks { posts, .. } => {
+                        let post = &posts[i];
+                        let mut req = if post.query.is_empty() {
+                            http.post(&hook)
+                        } else {
+                            http.post(format!("{hook}?{}", post.query))
+                        };
+                        for (name, value) in &post.headers {
+                            req = req.header(*name, value.as_str());
+                        }
+                        req.header("Content-Type", "application/json").body(post.body.clone())
                     }
                 };
                 let sent = Instant::now();
@@ -158,13 +183,84 @@ fn event(id: &str, created: i64) -> String {
     .to_string()
 }
 
-/// `events` signed requests, every tenth a re-send of an earlier event (not
-/// one of the last `2 * connections`, which may still be in flight, when
-/// there are enough others). Returns the requests and the duplicate count.
-fn build(run_id: &str, events: usize, connections: usize) -> (Vec<(String, String)>, usize) {
+fn stripe_post(id: &str, now: i64) -> Post {
+    let body = event(id, now);
+    let sig = mage_domain::payments::signature::sign(body.as_bytes(), SECRET, now);
+    Post { query: String::new(), headers: vec![("Stripe-Signature", sig)], body }
+}
+
+/// A prediction object as Replicate posts it, about the size of a real one.
+fn prediction(id: &str, status: &str, created: &str) -> String {
+    let done = status == "succeeded";
+    json!({
+        "id": id,
+        "model": "bench/video-model",
+        "version": "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa",
+        "input": { "prompt": "a lighthouse at dusk, slow dolly in", "num_frames": 81, "seed": 42 },
+        "logs": "Using seed: 42\n 40%|████      | 20/50 [00:08<00:12,  2.41it/s]",
+        "output": if done { json!([format!("https://replicate.delivery/xezq/{id}/out.mp4")]) } else { json!(null) },
+        "data_removed": false,
+        "error": null,
+        "status": status,
+        "created_at": created,
+        "started_at": created,
+        "completed_at": if done { json!(created) } else { json!(null) },
+        "urls": {
+            "get": format!("https://api.replicate.com/v1/predictions/{id}"),
+            "cancel": format!("https://api.replicate.com/v1/predictions/{id}/cancel"),
+            "stream": format!("https://stream.replicate.com/v1/files/{id}"),
+        },
+        "metrics": if done { json!({ "predict_time": 20.5 }) } else { json!({}) },
+    })
+    .to_string()
+}
+
+fn replicate_post(webhook_id: &str, prediction_id: &str, status: &str, query: String, now: i64) -> Post {
+    let created = chrono::DateTime::from_timestamp(now, 0).unwrap_or_default().to_rfc3339();
+    let body = prediction(prediction_id, status, &created);
+    let sig = mage_domain::replicate::sign(REPLICATE_SECRET, webhook_id, now, body.as_bytes())
+        .expect("the bench secret is whsec_ + base64");
+    Post {
+        query,
+        headers: vec![
+            ("webhook-id", webhook_id.to_owned()),
+            ("webhook-timestamp", now.to_string()),
+            ("webhook-signature", sig),
+        ],
+        body,
+    }
+}
+
+/// `events` signed `payout.paid` events, 10% re-sent (same event id).
+fn stripe_deliveries(run_id: &str, events: usize, connections: usize) -> (Vec<Post>, usize) {
     let now = chrono::Utc::now().timestamp();
+    build(events, connections, |n| stripe_post(&format!("evt_bench_{run_id}_{n:07}"), now))
+}
+
+/// `events` signed prediction webhooks, 10% redelivered (same `webhook-id`).
+/// Prediction `n / 4` sends four (start, two of progress, completion), to the
+/// URL of its generation and job, as Mage registers it with Replicate.
+fn replicate_deliveries(run_id: &str, events: usize, connections: usize) -> (Vec<Post>, usize) {
+    let now = chrono::Utc::now().timestamp();
+    let mut query = String::new();
+    build(events, connections, |n| {
+        if n % 4 == 0 {
+            query = format!("generation={}&job={}", uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        }
+        let status = ["starting", "processing", "processing", "succeeded"][n % 4];
+        // 26 lowercase alphanumerics, like Replicate's prediction ids.
+        let prediction_id = format!("{}{:07}", &run_id[..19], n / 4);
+        replicate_post(&format!("msg_bench_{run_id}_{n:07}"), &prediction_id, status, query.clone(), now)
+    })
+}
+
+/// `events` signed deliveries, the `n`-th distinct one made by `make(n)`,
+/// every tenth a repeat of an earlier one (not one of the last
+/// `2 * connections`, which may still be in flight, when there are enough
+/// others). Returns the deliveries and the repeat count.
+fn build(events: usize, connections: usize, mut make: impl FnMut(usize) -> Post) -> (Vec<Post>, usize) {
     let mut originals: Vec<usize> = Vec::new();
-    let mut reqs: Vec<(String, String)> = Vec::with_capacity(events);
+    let mut posts: Vec<Post> = Vec::with_capacity(events);
     let mut duplicates = 0;
     let mut rng: u64 = 0x9E37_79B9_7F4A_7C15;
     for i in 0..events {
@@ -174,18 +270,15 @@ fn build(run_id: &str, events: usize, connections: usize) -> (Vec<(String, Strin
             rng ^= rng << 17;
             let k = originals.len();
             let window = if k > 2 * connections { k - 2 * connections } else { k };
-            let body = reqs[originals[(rng % window as u64) as usize]].0.clone();
-            let sig = mage_domain::payments::signature::sign(body.as_bytes(), SECRET, now);
-            reqs.push((body, sig));
+            let again = posts[originals[(rng % window as u64) as usize]].clone();
+            posts.push(again);
             duplicates += 1;
         } else {
-            let body = event(&format!("evt_bench_{run_id}_{i:07}"), now);
-            let sig = mage_domain::payments::signature::sign(body.as_bytes(), SECRET, now);
-            originals.push(reqs.len());
-            reqs.push((body, sig));
+            posts.push(make(originals.len()));
+            originals.push(posts.len() - 1);
         }
     }
-    (reqs, duplicates)
+    (posts, duplicates)
 }
 
 fn main() {
@@ -208,6 +301,7 @@ async fn bench(events: usize, connections: usize, cores: usize, pinned: bool) ->
     let db = std::env::var("DATABASE_URL").expect("DATABASE_URL");
     let redis_url = std::env::var("REDIS_URL").expect("REDIS_URL");
     let mage = std::env::var("MAGE_BIN").unwrap_or_else(|_| "target/release/mage".into());
+    let load_before = load_average();
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench:webhooks:{run_id}:");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
@@ -227,6 +321,7 @@ async fn bench(events: usize, connections: usize, cores: usize, pinned: bool) ->
         .env("MAGE_ADDR", &addr)
         .env("MAGE_JWT_SECRET", "bench-secret-bench-secret-bench-secret-0")
         .env("STRIPE_WEBHOOK_SECRET", SECRET)
+        .env("MAGE_REPLICATE_WEBHOOK_SECRET", REPLICATE_SECRET)
         .env("MAGE_LOG", "warn")
         .spawn()
         .expect("start mage serve");
@@ -256,44 +351,62 @@ async fn bench(events: usize, connections: usize, cores: usize, pinned: bool) ->
         return 1;
     }
 
-    // Warm-up: open the connections, fill the server's database pool.
+    // Warm-up: open the connections, fill the server's database pool, take
+    // each intake's first-request costs.
     let _ = run(&http, &base, Arc::new(Load::Healthz(connections * 4)), connections).await;
-    let warm: Vec<(String, String)> = {
-        let now = chrono::Utc::now().timestamp();
-        (0..connections)
-            .map(|i| {
-                let body = event(&format!("evt_warmup_{run_id}_{i}"), now);
-                let sig = mage_domain::payments::signature::sign(body.as_bytes(), SECRET, now);
-                (body, sig)
-            })
-            .collect()
-    };
-    let _ = run(&http, &base, Arc::new(Load::Webhooks(warm)), connections).await;
+    let now = chrono::Utc::now().timestamp();
+    let warm = (0..connections).map(|i| stripe_post(&format!("evt_warmup_{run_id}_{i}"), now)).collect();
+    let _ = run(&http, &base, Arc::new(Load::Webhooks { path: STRIPE_PATH, posts: warm }), connections).await;
+    let warm = (0..connections)
+        .map(|i| {
+            let prediction_id = format!("{}w{i:06}", &run_id[..19]);
+            replicate_post(
+                &format!("msg_warmup_{run_id}_{i}"),
+                &prediction_id,
+                "starting",
+                String::new(),
+                now,
+            )
+        })
+        .collect();
+    let _ =
+        run(&http, &base, Arc::new(Load::Webhooks { path: REPLICATE_PATH, posts: warm }), connections).await;
 
-    // The floor, then the webhooks (signed just before they are sent: the
-    // server refuses a signature more than 300 s old).
+    // The floor, then each intake (signed just before it is sent: the server
+    // refuses a signature more than 300 s old).
     let floor = run(&http, &base, Arc::new(Load::Healthz(events)), connections).await;
-    let (reqs, duplicates) = build(&run_id, events, connections);
-    let distinct = events - duplicates;
-    let hooks = run(&http, &base, Arc::new(Load::Webhooks(reqs)), connections).await;
+    let (posts, stripe_dups) = stripe_deliveries(&run_id, events, connections);
+    let stripe = run(&http, &base, Arc::new(Load::Webhooks { path: STRIPE_PATH, posts }), connections).await;
+    let (posts, replicate_dups) = replicate_deliveries(&run_id, events, connections);
+    let replicate =
+        run(&http, &base, Arc::new(Load::Webhooks { path: REPLICATE_PATH, posts }), connections).await;
 
     let _ = server.kill();
     let _ = server.wait();
 
-    // One row per distinct event id.
-    let query = format!("select count(*) from stripe_events where id like 'evt_bench_{run_id}_%'");
-    let rows = Command::new("psql")
-        .args(["-w", &db, "-tAc", &query])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<usize>().ok());
+    // One row per distinct id.
+    let stripe_rows =
+        psql_i64(&db, &format!("select count(*) from stripe_events where id like 'evt_bench_{run_id}_%'"));
+    let replicate_rows = psql_i64(
+        &db,
+        &format!("select count(*) from replicate_webhooks where id like 'msg_bench_{run_id}_%'"),
+    );
+    // The sweeper would prune these after a week; they serve nothing, and
+    // runs should not measure against a table grown by earlier runs. (The
+    // Stripe events stay, unsettled, as `payout.paid` events a worker would
+    // settle as "ignored".)
+    let pruned = psql(
+        &db,
+        &format!(
+            "delete from replicate_webhooks where id like 'msg_bench_{run_id}_%' or id like 'msg_warmup_{run_id}_%'"
+        ),
+    );
     // The settle jobs went to a queue under this run's prefix that no worker
-    // reads: drop them (the rows stay, unsettled, as `payout.paid` events a
-    // worker would settle as "ignored").
+    // reads, and nobody listened to the prediction channels: drop the keys.
     let cleaned = clean_redis(&redis_url, &prefix).await;
 
-    let ratio = hooks.per_s() / floor.per_s();
+    let stripe_ratio = stripe.per_s() / floor.per_s();
+    let replicate_ratio = replicate.per_s() / floor.per_s();
     let split = if pinned {
         "mage serve pinned to core 0, load generator to core 1 (taskset); PostgreSQL and Redis unpinned"
             .to_owned()
@@ -301,13 +414,19 @@ async fn bench(events: usize, connections: usize, cores: usize, pinned: bool) ->
         format!("not pinned: server, load generator, PostgreSQL and Redis share {cores} core(s)")
     };
     println!(
-        "webhooks: {events} signed payout.paid events ({duplicates} re-sends), {connections} connections"
+        "webhooks: {events} signed deliveries per intake (Stripe payout.paid events, {stripe_dups} re-sends; \
+         Replicate prediction webhooks, {replicate_dups} redeliveries), {connections} connections"
     );
-    println!("  cores                  {cores}: {split}");
-    println!("  {:<22} {:>10} {:>9} {:>9} {:>7} {:>7}", "", "ok/s", "p50 ms", "p99 ms", "ok", "errors");
-    for (name, p) in [("GET /healthz (floor)", &floor), ("POST /webhooks/stripe", &hooks)] {
+    println!("  cores                    {cores}: {split}");
+    println!("  load average             {load_before} before, {} after", load_average());
+    println!("  {:<24} {:>10} {:>9} {:>9} {:>7} {:>7}", "", "ok/s", "p50 ms", "p99 ms", "ok", "errors");
+    for (name, p) in [
+        ("GET /healthz (floor)", &floor),
+        ("POST /webhooks/stripe", &stripe),
+        ("POST /webhooks/replicate", &replicate),
+    ] {
         println!(
-            "  {:<22} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>7}",
+            "  {:<24} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>7}",
             name,
             p.per_s(),
             p.p(0.5),
@@ -316,40 +435,69 @@ async fn bench(events: usize, connections: usize, cores: usize, pinned: bool) ->
             p.tally.errors
         );
     }
-    println!("  ratio of floor         {ratio:.3}");
+    println!("  ratio of floor           stripe {stripe_ratio:.3}, replicate {replicate_ratio:.3}");
     println!(
-        "  duplicates             {duplicates} sent, {} answered \"duplicate\":true",
-        hooks.tally.duplicate_answers
+        "  duplicates               stripe {stripe_dups} sent, {} answered \"duplicate\":true; \
+         replicate {replicate_dups} sent, {} answered \"duplicate\":true",
+        stripe.tally.duplicate_answers, replicate.tally.duplicate_answers
     );
-    for e in floor.tally.first_errors.iter().chain(&hooks.tally.first_errors) {
-        println!("  error                  {e}");
+    for e in
+        floor.tally.first_errors.iter().chain(&stripe.tally.first_errors).chain(&replicate.tally.first_errors)
+    {
+        println!("  error                    {e}");
     }
-    let rows_ok = rows == Some(distinct);
-    match rows {
-        Some(n) => println!(
-            "  stripe_events rows     {n} for {distinct} distinct event ids: {}",
-            if rows_ok { "OK" } else { "MISMATCH" }
-        ),
-        None => println!("  stripe_events rows     could not be counted through psql"),
+    let mut rows_ok = true;
+    for (table, rows, distinct, what) in [
+        ("stripe_events", &stripe_rows, events - stripe_dups, "event ids"),
+        ("replicate_webhooks", &replicate_rows, events - replicate_dups, "webhook ids"),
+    ] {
+        match rows {
+            Ok(n) => {
+                let ok = usize::try_from(*n) == Ok(distinct);
+                rows_ok &= ok;
+                println!(
+                    "  {:<24} {n} for {distinct} distinct {what}: {}",
+                    format!("{table} rows"),
+                    if ok { "OK" } else { "MISMATCH" }
+                );
+            }
+            Err(e) => {
+                rows_ok = false;
+                println!("  {:<24} could not be counted: {e}", format!("{table} rows"));
+            }
+        }
+    }
+    if let Err(e) = pruned {
+        println!("  replicate_webhooks       could not delete this run's rows: {e}");
     }
     match cleaned {
-        Ok(n) => println!("  redis                  {n} keys of prefix {prefix} removed"),
-        Err(e) => println!("  redis                  could not remove the keys of prefix {prefix}: {e}"),
+        Ok(n) => println!("  redis                    {n} keys of prefix {prefix} removed"),
+        Err(e) => println!("  redis                    could not remove the keys of prefix {prefix}: {e}"),
     }
 
+    // `webhooks.*` is Stripe's figure, as before; `webhooks.replicate` sits beside it.
     let report = json!({
         "webhooks": {
-            "per_s": { "mage": hooks.per_s(), "healthz_floor": floor.per_s() },
-            "ratio_of_floor": ratio,
-            "p50_ms": hooks.p(0.5),
-            "p99_ms": hooks.p(0.99),
-            "duplicates": duplicates,
-            "errors": hooks.tally.errors,
+            "per_s": { "mage": stripe.per_s(), "healthz_floor": floor.per_s() },
+            "ratio_of_floor": stripe_ratio,
+            "p50_ms": stripe.p(0.5),
+            "p99_ms": stripe.p(0.99),
+            "duplicates": stripe_dups,
+            "errors": stripe.tally.errors,
             "events": events,
             "connections": connections,
+            "replicate": {
+                "per_s": { "mage": replicate.per_s(), "healthz_floor": floor.per_s() },
+                "ratio_of_floor": replicate_ratio,
+                "p50_ms": replicate.p(0.5),
+                "p99_ms": replicate.p(0.99),
+                "duplicates": replicate_dups,
+                "errors": replicate.tally.errors,
+                "events": events,
+            },
         }
     });
-    let out = std::path::Path::new("bench/webhooks.json");
-    let _ = std::fs::write(out, serde_json::to_string_pretty(&report).unwrap_or_default());
-    if rows_ok && hooks.tally.errors == 0 && floor.tally.errors == 0 { 0 } else { 1 }
+    write_json("bench/webhooks.json", &report);
+    let errors = floor.tally.errors + stripe.tally.errors + replicate.tally.errors;
+    if rows_ok && errors == 0 { 0 } else { 1 }
 }
