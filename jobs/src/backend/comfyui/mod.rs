@@ -140,30 +140,7 @@ impl RenderBackend for ComfyBackend {
     }
 
     async fn submit(&self, req: RenderRequest) -> Result<RenderJob, RenderError> {
-        let template = self.templates.get(&req.workflow).ok_or_else(|| RenderError::Failed {
-            user_message: "This model is not available right now.".into(),
-            detail: format!(
-                "model {}: no ComfyUI workflow template {}.json in {}",
-                req.model,
-                req.workflow,
-                self.templates.dir.display()
-            ),
-        })?;
-        if req.inputs.len() != template.inputs() {
-            return Err(RenderError::Failed {
-                user_message: if template.inputs() == 0 {
-                    "This model does not take input images.".into()
-                } else {
-                    "This model needs exactly one input image.".into()
-                },
-                detail: format!(
-                    "workflow {} takes {} input image(s), the request has {}",
-                    req.workflow,
-                    template.inputs(),
-                    req.inputs.len()
-                ),
-            });
-        }
+        let template = self.templates.for_request(&req)?;
         let images = self.upload_inputs(&req).await?;
         // Latent sizes are multiples of 8 (images) or 16 (video models);
         // rounding down keeps the aspect ratio within a pixel or two.

@@ -162,12 +162,20 @@ pub(crate) fn replace_with(v: &mut Value, value: &dyn Fn(&str) -> Option<Value>)
 /// A template as read from its file (a ComfyUI graph, a Replicate model
 /// template), checked when it is parsed.
 pub trait TemplateFile: Sized {
+    /// Which backend's templates these are, for messages.
+    const KIND: &'static str;
     fn parse(name: &str, path: &Path, text: &str) -> Result<Self, TemplateError>;
+    /// How many input images a render of it needs.
+    fn inputs(&self) -> usize;
 }
 
 impl TemplateFile for Template {
+    const KIND: &'static str = "ComfyUI workflow";
     fn parse(name: &str, path: &Path, text: &str) -> Result<Self, TemplateError> {
         Template::parse(name, path, text)
+    }
+    fn inputs(&self) -> usize {
+        Template::inputs(self)
     }
 }
 
@@ -204,6 +212,42 @@ impl<T: TemplateFile> TemplateDir<T> {
 
     pub fn get(&self, name: &str) -> Option<&T> {
         self.by_name.get(name)
+    }
+
+    /// The template of `req`'s workflow, when there is one and `req` has
+    /// the input images it needs; otherwise the render fails.
+    pub fn for_request(
+        &self,
+        req: &crate::backend::RenderRequest,
+    ) -> Result<&T, crate::backend::RenderError> {
+        use crate::backend::RenderError;
+        let template = self.get(&req.workflow).ok_or_else(|| RenderError::Failed {
+            user_message: "This model is not available right now.".into(),
+            detail: format!(
+                "model {}: no {} template {}.json in {}",
+                req.model,
+                T::KIND,
+                req.workflow,
+                self.dir.display()
+            ),
+        })?;
+        if req.inputs.len() != template.inputs() {
+            return Err(RenderError::Failed {
+                user_message: if template.inputs() == 0 {
+                    "This model does not take input images.".into()
+                } else {
+                    "This model needs exactly one input image.".into()
+                },
+                detail: format!(
+                    "{} {} takes {} input image(s), the request has {}",
+                    T::KIND,
+                    req.workflow,
+                    template.inputs(),
+                    req.inputs.len()
+                ),
+            });
+        }
+        Ok(template)
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -238,30 +238,7 @@ impl RenderBackend for ReplicateBackend {
     }
 
     async fn submit(&self, req: RenderRequest) -> Result<RenderJob, RenderError> {
-        let template = self.templates.get(&req.workflow).ok_or_else(|| RenderError::Failed {
-            user_message: "This model is not available right now.".into(),
-            detail: format!(
-                "model {}: no Replicate template {}.json in {}",
-                req.model,
-                req.workflow,
-                self.templates.dir.display()
-            ),
-        })?;
-        if req.inputs.len() != template.inputs() {
-            return Err(RenderError::Failed {
-                user_message: if template.inputs() == 0 {
-                    "This model does not take input images.".into()
-                } else {
-                    "This model needs exactly one input image.".into()
-                },
-                detail: format!(
-                    "template {} takes {} input image(s), the request has {}",
-                    req.workflow,
-                    template.inputs(),
-                    req.inputs.len()
-                ),
-            });
-        }
+        let template = self.templates.for_request(&req)?;
         let images = self.upload_inputs(&req).await?;
         let seconds = req.duration_seconds.unwrap_or(0);
         let values = Values {

@@ -128,8 +128,12 @@ impl Template {
 pub type Templates = workflow::TemplateDir<Template>;
 
 impl workflow::TemplateFile for Template {
+    const KIND: &'static str = "Replicate";
     fn parse(name: &str, path: &Path, text: &str) -> Result<Self, TemplateError> {
         Template::parse(name, path, text)
+    }
+    fn inputs(&self) -> usize {
+        Template::inputs(self)
     }
 }
 
