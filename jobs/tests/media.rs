@@ -61,6 +61,7 @@ async fn render(
                     assert_eq!(stage, "rendering");
                     percents.push(percent);
                 }
+                Ok(RenderEvent::Located(id)) => panic!("the synthetic backend names its own jobs: {id}"),
                 Ok(RenderEvent::Finished(out)) => {
                     assert!(events.next().await.is_none(), "nothing comes after Finished");
                     return (percents, Ok(out));

@@ -45,7 +45,7 @@ async fn render(backend: &SyntheticBackend, req: RenderRequest) -> Result<Render
         let mut events = backend.events(&job);
         while let Some(ev) = events.next().await {
             match ev? {
-                RenderEvent::Progress { .. } => {}
+                RenderEvent::Progress { .. } | RenderEvent::Located(_) => {}
                 RenderEvent::Finished(out) => return Ok(out),
             }
         }
