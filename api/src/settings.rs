@@ -423,24 +423,8 @@ impl ServerArgs {
             ws_init_timeout: Duration::from_secs(self.ws_init_timeout_seconds),
             dev_mode,
             payments: self.payments(dev_mode)?,
-            replicate_webhook_secret: self.replicate_webhook_secret()?,
+            replicate_webhook_secret: self.backends.webhook_secret()?,
         })
-    }
-
-    fn replicate_webhook_secret(&self) -> Result<Option<String>, ConfigError> {
-        // MAGE_REPLICATE_WEBHOOK_SECRET, one of the backends' settings.
-        let Some(secret) = self.backends.replicate_webhook_secret.clone().filter(|s| !s.trim().is_empty())
-        else {
-            return Ok(None);
-        };
-        // Checked now rather than answering 400 to every delivery later.
-        if mage_domain::replicate::sign(&secret, "check", 0, b"").is_err() {
-            return Err(ConfigError::new(
-                "MAGE_REPLICATE_WEBHOOK_SECRET",
-                "must be Replicate's signing secret: `whsec_` followed by base64",
-            ));
-        }
-        Ok(Some(secret))
     }
 
     fn payments(&self, dev_mode: bool) -> Result<PaymentSettings, ConfigError> {

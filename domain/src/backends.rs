@@ -120,6 +120,23 @@ pub enum Role {
 }
 
 impl BackendArgs {
+    /// MAGE_REPLICATE_WEBHOOK_SECRET, checked now rather than answering 400
+    /// to every delivery later. The API verifies with it whether or not it
+    /// offers the replicate backend.
+    pub fn webhook_secret(&self) -> Result<Option<String>, ConfigError> {
+        let Some(secret) = self.replicate_webhook_secret.as_deref().map(str::trim).filter(|s| !s.is_empty())
+        else {
+            return Ok(None);
+        };
+        if !secret.starts_with("whsec_") || crate::replicate::sign(secret, "check", 0, b"").is_err() {
+            return Err(ConfigError::new(
+                "MAGE_REPLICATE_WEBHOOK_SECRET",
+                "must be Replicate's signing secret: `whsec_` followed by base64 (GET /v1/webhooks/default/secret)",
+            ));
+        }
+        Ok(Some(secret.to_owned()))
+    }
+
     pub fn resolve(&self, role: Role) -> Result<Backends, ConfigError> {
         const NAME: &str = "MAGE_RENDER_BACKENDS";
         let mut offered = Vec::new();
@@ -156,15 +173,7 @@ impl BackendArgs {
                     "is required with the replicate backend",
                 ));
             }
-            let secret = self.replicate_webhook_secret.as_deref().map(str::trim).filter(|s| !s.is_empty());
-            if let Some(s) = secret
-                && !s.starts_with("whsec_")
-            {
-                return Err(ConfigError::new(
-                    "MAGE_REPLICATE_WEBHOOK_SECRET",
-                    "must be the whsec_... secret Replicate gives (GET /v1/webhooks/default/secret)",
-                ));
-            }
+            let secret = self.webhook_secret()?;
             if secret.is_none() && self.replicate_webhooks && role == Role::Api {
                 return Err(ConfigError::new(
                     "MAGE_REPLICATE_WEBHOOK_SECRET",
@@ -181,7 +190,7 @@ impl BackendArgs {
             Some(ReplicateSettings {
                 api_base,
                 token: token.map(str::to_owned),
-                webhook_secret: secret.map(str::to_owned),
+                webhook_secret: secret,
                 webhooks: self.replicate_webhooks,
                 workflows: self.replicate_workflows.clone(),
             })
@@ -233,7 +242,12 @@ mod tests {
 
     #[test]
     fn workers_need_credentials_the_api_does_not() {
-        let args = ["--render-backends", "synthetic,replicate", "--replicate-webhook-secret", "whsec_abc"];
+        let args = [
+            "--render-backends",
+            "synthetic,replicate",
+            "--replicate-webhook-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ];
         let api = resolve(&args, Role::Api).expect("the API verifies webhooks with the secret alone");
         assert!(api.offers(BackendKind::Replicate));
         let e = resolve(&args, Role::Worker).expect_err("a worker needs the token");

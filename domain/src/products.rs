@@ -44,7 +44,6 @@ pub async fn list_all(conn: &mut Connection) -> Result<Vec<Product>> {
         .await?)
 }
 
-pub const NAME_MAX_CHARS: usize = 100;
 /// Stripe's largest amount (8 digits in the smallest unit).
 pub const MAX_PRICE_CENTS: i64 = 99_999_999;
 pub const MAX_CREDITS: i64 = 1_000_000_000;
@@ -66,16 +65,7 @@ pub struct ProductDefinition {
 }
 
 pub fn check(def: &mut ProductDefinition) -> Result<()> {
-    def.name = def.name.trim().to_owned();
-    if def.name.is_empty()
-        || def.name.chars().count() > NAME_MAX_CHARS
-        || def.name.chars().any(char::is_control)
-    {
-        return Err(Error::invalid(
-            "name",
-            format!("must be 1 to {NAME_MAX_CHARS} characters, no control characters"),
-        ));
-    }
+    def.name = crate::catalog::display_name(&def.name)?;
     if !(1..=MAX_CREDITS).contains(&def.credits) {
         return Err(Error::invalid("credits", format!("must be between 1 and {MAX_CREDITS}")));
     }

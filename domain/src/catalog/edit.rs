@@ -67,19 +67,23 @@ pub fn check_id(id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a definition, and its workflow against the backend's templates
-/// (see [`Backends::templates_dir`]).
-pub fn check(def: &mut ModelDefinition, backends: &Backends) -> Result<()> {
-    def.name = def.name.trim().to_owned();
-    if def.name.is_empty()
-        || def.name.chars().count() > NAME_MAX_CHARS
-        || def.name.chars().any(char::is_control)
-    {
+/// A catalogue item's name as shown to users: trimmed, 1 to
+/// [`NAME_MAX_CHARS`] characters, no control characters.
+pub(crate) fn display_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > NAME_MAX_CHARS || name.chars().any(char::is_control) {
         return Err(Error::invalid(
             "name",
             format!("must be 1 to {NAME_MAX_CHARS} characters, no control characters"),
         ));
     }
+    Ok(name.to_owned())
+}
+
+/// Checks a definition, and its workflow against the backend's templates
+/// (see [`Backends::templates_dir`]).
+pub fn check(def: &mut ModelDefinition, backends: &Backends) -> Result<()> {
+    def.name = display_name(&def.name)?;
     check_prices(def)?;
     match def.kind {
         MediaKind::Video => {

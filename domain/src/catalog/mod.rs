@@ -12,7 +12,7 @@ use crate::schema::{render_model_prices, render_models};
 use crate::{Error, Result};
 
 mod edit;
-pub(crate) use edit::Fields;
+pub(crate) use edit::{Fields, display_name};
 pub use edit::{ModelDefinition, create_model, update_model};
 
 pub const PROMPT_MAX_CHARS: usize = 2000;
