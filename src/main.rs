@@ -66,6 +66,8 @@ enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         backends: BackendArgs,
+        #[command(flatten)]
+        webhooks: mage_domain::webhooks::WebhookArgs,
         /// Public base URL of the API: Replicate's webhooks are sent to
         /// MAGE_PUBLIC_URL/webhooks/replicate
         #[arg(long, env = "MAGE_PUBLIC_URL")]
@@ -226,13 +228,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             storage,
             worker,
             backends,
+            webhooks,
             public_url,
             queues: run_queues,
             metrics,
         } => {
             let backends = backends.resolve(mage_domain::backends::Role::Worker)?;
-            let settings =
+            let mut settings =
                 worker.resolve(backends, public_url.map(|u| u.trim_end_matches('/').to_owned()))?;
+            settings.webhooks = webhooks.resolve(false)?;
             let core = connect(&db, &redis, &migrate, &storage).await?;
             mage_domain::metrics::init();
             let metrics = serve_metrics(metrics.metrics_addr, &core).await?;
@@ -247,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut worker = worker.resolve(backends, Some(settings.public_url.clone()))?;
             // Without MAGE_SMTP_URL, mails are shown at /dev/mail.
             worker.mail.dev_mailbox = true;
+            worker.webhooks = settings.webhooks.clone();
             settings.shutdown_grace = worker.shutdown_grace;
             let core = connect(&db, &redis, &migrate, &storage).await?;
             let workers = mage_jobs::Workers { core: core.clone(), settings: worker, run_queues: vec![] };

@@ -12,6 +12,8 @@ use mage_domain::limits::AuthLimits;
 pub struct ServerArgs {
     #[command(flatten)]
     pub backends: mage_domain::backends::BackendArgs,
+    #[command(flatten)]
+    pub webhooks: mage_domain::webhooks::WebhookArgs,
     /// Address the HTTP server listens on
     #[arg(long, env = "MAGE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -300,6 +302,9 @@ pub struct ServerSettings {
     pub payments: PaymentSettings,
     /// Verifies `/webhooks/replicate` deliveries; `None` refuses them.
     pub replicate_webhook_secret: Option<String>,
+    /// What webhook endpoints may point at, and the delivery settings
+    /// (shared with the workers).
+    pub webhooks: mage_domain::webhooks::WebhookSettings,
     pub graphql_max_root_mutations: usize,
     pub auth_limits: AuthLimits,
     pub connections: ConnectionSettings,
@@ -424,6 +429,7 @@ impl ServerArgs {
             dev_mode,
             payments: self.payments(dev_mode)?,
             replicate_webhook_secret: self.backends.webhook_secret()?,
+            webhooks: self.webhooks.resolve(dev_mode)?,
         })
     }
 

@@ -29,10 +29,12 @@ pub mod replicate;
 pub mod rows;
 pub mod schema;
 pub mod sessions;
+pub mod standard_webhooks;
 pub mod stats;
 pub mod storage;
 pub mod subscriptions;
 pub mod users;
+pub mod webhooks;
 pub mod workers;
 pub mod workflows;
 

@@ -161,3 +161,12 @@ async fn backends(redis: &Redis) {
         Err(e) => tracing::debug!(error = %e, "could not read render backend health"),
     }
 }
+
+/// One attempt to deliver a webhook: `delivered`, `retry`, `failed`
+/// (no attempt left), `disabled` (its endpoint too), timed from the
+/// request to the end of the answer.
+pub fn webhook_attempted(event_type: &str, outcome: &'static str, took: Duration) {
+    metrics::counter!("mage_webhook_attempts_total", "type" => label(event_type), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("mage_webhook_attempt_seconds", "outcome" => outcome).record(took.as_secs_f64());
+}

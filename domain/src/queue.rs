@@ -34,6 +34,8 @@ pub enum Queue {
     Settle,
     /// Mails of the outbox to send (`MailJob`).
     Mail,
+    /// Webhook deliveries to send (`DeliverJob`).
+    Deliver,
     /// The daily statistics cron (apalis-cron; nothing is stored in Redis).
     Stats,
     /// Not an apalis queue: the sweeper's timer, selectable like one with
@@ -43,7 +45,7 @@ pub enum Queue {
 
 impl Queue {
     /// Every queue of this build, in the order `mage work` starts them.
-    pub const ALL: [Queue; 9] = [
+    pub const ALL: [Queue; 10] = [
         Queue::Render(BackendKind::Synthetic),
         Queue::Render(BackendKind::ComfyUi),
         Queue::Render(BackendKind::Replicate),
@@ -51,6 +53,7 @@ impl Queue {
         Queue::Ingest,
         Queue::Settle,
         Queue::Mail,
+        Queue::Deliver,
         Queue::Stats,
         Queue::Sweep,
     ];
@@ -62,7 +65,7 @@ impl Queue {
         Queue::Transcode,
     ];
     /// The queues whose jobs wait in Redis (counted for admins and metrics).
-    pub const STORED: [Queue; 7] = [
+    pub const STORED: [Queue; 8] = [
         Queue::Render(BackendKind::Synthetic),
         Queue::Render(BackendKind::ComfyUi),
         Queue::Render(BackendKind::Replicate),
@@ -70,6 +73,7 @@ impl Queue {
         Queue::Ingest,
         Queue::Settle,
         Queue::Mail,
+        Queue::Deliver,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Queue {
             Queue::Ingest => "ingest",
             Queue::Settle => "settle",
             Queue::Mail => "mail",
+            Queue::Deliver => "deliver",
             Queue::Stats => "stats",
             Queue::Sweep => "sweep",
         }
@@ -183,6 +188,13 @@ pub enum MailJob {
     },
 }
 
+/// One webhook delivery to attempt (idempotent: an attempt claims the
+/// delivery's row, so a duplicate job finds it taken, sent or not due).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliverJob {
+    pub delivery_id: Uuid,
+}
+
 /// Producer side of the queues.
 #[derive(Clone)]
 pub struct Queues {
@@ -283,6 +295,12 @@ impl Queues {
     /// Enqueues a mail job to run after `delay` (a send's backoff).
     pub async fn push_mail_after(&self, job: &MailJob, delay: Duration) -> Result<()> {
         self.push(Queue::Mail, job, delay).await.map(|_| ())
+    }
+
+    /// Enqueues a webhook delivery attempt to run after `delay` (its next
+    /// retry, or a moment when its endpoint is busy).
+    pub async fn push_deliver(&self, job: &DeliverJob, delay: Duration) -> Result<()> {
+        self.push(Queue::Deliver, job, delay).await.map(|_| ())
     }
 
     async fn push<T: Serialize>(&self, queue: Queue, job: &T, delay: Duration) -> Result<String> {

@@ -8,22 +8,15 @@
 //! after `whsec_`, sent as space-separated `v1,<base64>` entries (one per
 //! active secret while a secret is rolled).
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::Result;
 use crate::db::Connection;
 use crate::kv::Redis;
 use crate::schema::replicate_webhooks;
-
-/// How far a `webhook-timestamp` may be from now, either way.
-pub const TOLERANCE_SECONDS: i64 = 300;
 
 /// Delivery records are kept this long: far beyond Replicate's retries
 /// (the last one about a minute after the prediction ends), so a
@@ -34,81 +27,7 @@ pub const RETENTION: chrono::Duration = chrono::Duration::days(7);
 /// tens of characters.
 pub const MAX_ID_LEN: usize = 128;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("no webhook-id, webhook-timestamp or webhook-signature header")]
-    Missing,
-    #[error("the webhook-timestamp is not a number of seconds")]
-    Malformed,
-    #[error("the webhook secret is not `whsec_` followed by base64")]
-    Secret,
-    #[error("no v1 signature matches the payload")]
-    Mismatch,
-    #[error("the webhook timestamp is {0} s away from now (tolerance {TOLERANCE_SECONDS} s)")]
-    Stale(i64),
-}
-
-/// The headers of one delivery, as received.
-#[derive(Debug, Clone, Copy)]
-pub struct Signed<'a> {
-    pub id: Option<&'a str>,
-    pub timestamp: Option<&'a str>,
-    pub signature: Option<&'a str>,
-}
-
-fn key(secret: &str) -> Result<Vec<u8>, SignatureError> {
-    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-    STANDARD
-        .decode(b64.trim())
-        .map_err(|_| SignatureError::Secret)
-        .and_then(|k| if k.is_empty() { Err(SignatureError::Secret) } else { Ok(k) })
-}
-
-fn mac(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-    // HMAC takes keys of any length.
-    #[allow(clippy::expect_used)]
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC key");
-    mac.update(id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
-}
-
-/// Checks a delivery's signature against its raw `body` at `now` (unix
-/// seconds): accepted when any `v1` entry matches (compared in constant
-/// time by `verify_slice`) and the timestamp is within the tolerance.
-pub fn verify(secret: &str, headers: Signed<'_>, body: &[u8], now: i64) -> Result<(), SignatureError> {
-    let (Some(id), Some(timestamp), Some(signature)) = (headers.id, headers.timestamp, headers.signature)
-    else {
-        return Err(SignatureError::Missing);
-    };
-    let timestamp = timestamp.trim().parse::<i64>().map_err(|_| SignatureError::Malformed)?;
-    let expected = mac(&key(secret)?, id, timestamp, body);
-    let matches = signature.split_whitespace().any(|entry| {
-        entry
-            .split_once(',')
-            .filter(|(version, _)| *version == "v1")
-            .and_then(|(_, sig)| STANDARD.decode(sig).ok())
-            .is_some_and(|sig| expected.clone().verify_slice(&sig).is_ok())
-    });
-    if !matches {
-        return Err(SignatureError::Mismatch);
-    }
-    let skew = now - timestamp;
-    if skew.abs() > TOLERANCE_SECONDS {
-        return Err(SignatureError::Stale(skew));
-    }
-    Ok(())
-}
-
-/// The `webhook-signature` entry Replicate would send (development tools
-/// and tests sign with it).
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, SignatureError> {
-    let sig = mac(&key(secret)?, id, timestamp, body).finalize().into_bytes();
-    Ok(format!("v1,{}", STANDARD.encode(sig)))
-}
+pub use crate::standard_webhooks::{SignatureError, Signed, TOLERANCE_SECONDS, sign, verify};
 
 /// Whether `id` can name a prediction (or a delivery) in a key or a
 /// channel: Replicate's ids are short and alphanumeric.

@@ -65,6 +65,8 @@ pub(crate) struct Ctx {
     pub hand_back: CancellationToken,
     /// Where the `mail` queue sends (SMTP, the development mailbox, nowhere).
     pub mailer: Arc<crate::mail::Mailer>,
+    /// The webhook client and settings of the `deliver` queue.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Ctx {

@@ -32,6 +32,7 @@ mod slot;
 mod stats;
 mod sweep;
 mod transcode;
+pub mod webhooks;
 pub mod wake;
 mod worker;
 

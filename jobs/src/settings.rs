@@ -135,6 +135,8 @@ pub struct WorkerSettings {
     pub ingest: crate::media::IngestLimits,
     /// How mails leave (MAGE_SMTP_URL, MAGE_MAIL_FROM).
     pub mail: crate::mail::MailSettings,
+    /// How webhooks are delivered (the `deliver` queue).
+    pub webhooks: mage_domain::webhooks::WebhookSettings,
 }
 
 impl WorkerSettings {
@@ -159,6 +161,7 @@ impl WorkerSettings {
             media_retention: None,
             ingest: crate::media::IngestLimits::default(),
             mail: crate::mail::MailSettings::default(),
+            webhooks: mage_domain::webhooks::WebhookSettings::local(),
         }
     }
 
@@ -219,6 +222,8 @@ impl WorkerArgs {
                 ..crate::media::IngestLimits::default()
             },
             mail: crate::mail::MailSettings::resolve(self.smtp_url.as_deref(), &self.mail_from)?,
+            // The caller sets them from the WebhookArgs it shares with the API.
+            webhooks: mage_domain::webhooks::WebhookSettings::default(),
         })
     }
 }

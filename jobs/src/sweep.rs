@@ -38,6 +38,11 @@ pub const MAIL_REQUEUE_EVERY: Duration = Duration::from_secs(600);
 /// Failed settlement attempts after which the sweeper leaves an event to
 /// admins (it stays FAILED-to-settle, visible with its error).
 const EVENT_ATTEMPTS: i32 = 25;
+/// A webhook event not fanned out, or a delivery overdue with no live
+/// attempt, this long after it was due lost its listener, job or worker
+/// (fan-out and a push take milliseconds; an attempt's lease is its
+/// timeout + 5 s).
+pub const WEBHOOK_GRACE: Duration = Duration::from_secs(15);
 /// Rows looked at per pass and kind; the next pass takes the rest.
 const BATCH: i64 = 500;
 pub const STALE_MESSAGE: &str = "The render stopped responding; your credits were not charged.";
@@ -206,11 +211,37 @@ async fn sweep(ctx: &Ctx) -> Result<SweepReport, mage_domain::Error> {
     if seen > 0 {
         tracing::debug!(seen, "sweeper: Replicate webhook ids older than a week forgotten");
     }
+    drop(conn);
+    webhooks(ctx).await?;
+    let mut conn = ctx.core.pool.get().await?;
     let pruned = mage_domain::sessions::prune(&mut conn, BATCH).await?;
     if pruned > 0 {
         tracing::debug!(pruned, "sweeper: spent refresh tokens of a past period deleted");
     }
     Ok(report)
+}
+
+/// Webhooks: events no listener fanned out, deliveries whose job or worker
+/// was lost (PENDING, overdue, no live lease), and the log past its
+/// retention.
+async fn webhooks(ctx: &Ctx) -> Result<(), mage_domain::Error> {
+    use mage_domain::webhooks::{deliveries, events};
+    let grace = chrono::Duration::from_std(WEBHOOK_GRACE).unwrap_or_default();
+    let fanned = crate::webhooks::listen::catch_up(ctx, grace).await?;
+    if fanned > 0 {
+        tracing::warn!(fanned, "sweeper: webhook events no listener fanned out; fanned them out");
+    }
+    let mut conn = ctx.core.pool.get().await?;
+    let lost = deliveries::lost(&mut conn, grace, BATCH).await?;
+    for delivery_id in &lost {
+        ctx.core.queues.push_deliver(&mage_domain::queue::DeliverJob { delivery_id: *delivery_id }, Duration::ZERO).await?;
+        tracing::warn!(%delivery_id, "sweeper: a webhook delivery was overdue with no attempt running; enqueued it again");
+    }
+    let pruned = events::prune(&mut conn, chrono::Utc::now(), BATCH).await?;
+    if pruned > 0 {
+        tracing::debug!(pruned, "sweeper: webhook events past their retention deleted with their log");
+    }
+    Ok(())
 }
 
 /// Deletes the stored media of generations that finished more than `keep`

@@ -15,7 +15,7 @@ use apalis::prelude::{
 use apalis_redis::RedisStorage;
 use mage_domain::core::Core;
 use mage_domain::kv::Redis;
-use mage_domain::queue::{IngestJob, MailJob, Queue, Queues, RenderJob, SettleJob, TranscodeJob};
+use mage_domain::queue::{DeliverJob, IngestJob, MailJob, Queue, Queues, RenderJob, SettleJob, TranscodeJob};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +26,7 @@ use crate::outcome::{self, Retry};
 use crate::settings::WorkerSettings;
 use crate::slot::Slot;
 use crate::wake::{self, Cancels, Signal};
-use crate::{backend, ingest, mail, render, settle, stats, sweep, transcode};
+use crate::{backend, ingest, mail, render, settle, stats, sweep, transcode, webhooks};
 use mage_domain::catalog::BackendKind;
 
 /// How often an idle worker looks for work that no push announced (retries
@@ -244,6 +244,22 @@ impl Job for MailJob {
     }
 }
 
+impl Job for DeliverJob {
+    fn queue(_: &Ctx) -> Queue {
+        Queue::Deliver
+    }
+    fn concurrency(ctx: &Ctx) -> usize {
+        ctx.settings.webhooks.concurrency
+    }
+    fn run(
+        self,
+        ctx: Arc<Ctx>,
+        attempt: usize,
+    ) -> impl Future<Output = Result<(), BoxDynError>> + Send + 'static {
+        webhooks::deliver::run(ctx, self, attempt)
+    }
+}
+
 /// The one handler of every stored queue.
 async fn handle<J: Job>(job: J, attempt: Attempt, ctx: Data<Arc<Ctx>>) -> Result<(), BoxDynError> {
     let ctx: Arc<Ctx> = (*ctx).clone();
@@ -414,6 +430,10 @@ impl Workers {
         if selected.contains(&Queue::Mail) {
             mailer.announce(&self.settings.mail);
         }
+        let hooks = Arc::new(
+            webhooks::Webhooks::new(self.settings.webhooks.clone(), self.settings.public_url.as_deref())
+                .map_err(|e| WorkError::Stopped(format!("webhook client: {e}")))?,
+        );
         let cancels = Cancels::default();
         let stopping = CancellationToken::new();
         let hand_back = CancellationToken::new();
@@ -429,6 +449,7 @@ impl Workers {
                 stopping: stopping.clone(),
                 hand_back: hand_back.clone(),
                 mailer: mailer.clone(),
+                webhooks: hooks.clone(),
             })
         };
         let render_ctxs: Vec<Arc<Ctx>> = backends.iter().cloned().map(ctx_for).collect();
@@ -485,6 +506,9 @@ impl Workers {
                 Queue::Mail => {
                     register::<MailJob>(monitor, q, &mut signals, format!("{me}-mail"), first.clone())
                 }
+                Queue::Deliver => {
+                    register::<DeliverJob>(monitor, q, &mut signals, format!("{me}-deliver"), first.clone())
+                }
                 Queue::Sweep => monitor,
             };
         }
@@ -498,6 +522,9 @@ impl Workers {
         ));
         let sweeper =
             selected.contains(&Queue::Sweep).then(|| tokio::spawn(sweep::run(first.clone(), stop.clone())));
+        let fan_out = selected
+            .contains(&Queue::Deliver)
+            .then(|| tokio::spawn(webhooks::listen::run(first.clone(), stop.clone())));
         let announcer = (!render_ctxs.is_empty()).then(|| {
             tokio::spawn(announce(
                 self.core.redis.clone(),
@@ -524,7 +551,7 @@ impl Workers {
         };
         let result = monitor.run_with_signal(signal).await;
         stop.cancel();
-        for task in [announcer, Some(listener), sweeper].into_iter().flatten() {
+        for task in [announcer, Some(listener), sweeper, fan_out].into_iter().flatten() {
             let _ = task.await;
         }
         result.map_err(|e| WorkError::Stopped(e.to_string()))

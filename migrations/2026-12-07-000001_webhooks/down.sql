@@ -1,0 +1,13 @@
+DROP TRIGGER credit_accounts_webhooks ON credit_accounts;
+DROP TRIGGER orders_webhooks ON orders;
+DROP TRIGGER assets_webhooks ON assets;
+DROP TRIGGER generations_webhooks ON generations;
+DROP FUNCTION mage_webhook_credits();
+DROP FUNCTION mage_webhook_order();
+DROP FUNCTION mage_webhook_asset();
+DROP FUNCTION mage_webhook_generation();
+DROP FUNCTION mage_webhook_event(UUID, TEXT, JSONB);
+DROP TABLE webhook_attempts;
+DROP TABLE webhook_deliveries;
+DROP TABLE webhook_events;
+DROP TABLE webhook_endpoints;
