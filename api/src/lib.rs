@@ -99,6 +99,7 @@ impl AppState {
             assets: settings.assets,
             revocations: revocations.clone(),
             session_idle_days: settings.session_idle_days,
+            webhook_guard: mage_domain::webhooks::guard::Guard::new(settings.webhooks.policy.clone()),
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self(Arc::new(AppStateInner {

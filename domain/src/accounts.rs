@@ -175,6 +175,8 @@ async fn delete_in_transaction(
         .await?;
     let sessions = crate::sessions::end_all(conn, user_id, None, Ended::AccountDeleted).await?;
     let api_keys = keys::revoke_all(conn, user_id).await?;
+    // Nothing more is sent to its webhook endpoints: they go with their log.
+    crate::webhooks::endpoints::delete_all(conn, user_id).await?;
     // Links already mailed (password reset, verification) die with it.
     diesel::update(
         email_tokens::table.filter(email_tokens::user_id.eq(user_id)).filter(email_tokens::used_at.is_null()),

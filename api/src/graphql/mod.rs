@@ -19,6 +19,7 @@ mod queue;
 mod sessions;
 mod stats;
 mod users;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub struct Query(
     users::UsersQuery,
     sessions::SessionsQuery,
     api_keys::ApiKeysQuery,
+    webhooks::WebhooksQuery,
     credits::CreditsQuery,
     products::ProductsQuery,
     orders::OrdersQuery,
@@ -55,6 +57,7 @@ pub struct Mutation(
     users::UsersMutation,
     sessions::SessionsMutation,
     api_keys::ApiKeysMutation,
+    webhooks::WebhooksMutation,
     orders::OrdersMutation,
     products::ProductsMutation,
     catalog::CatalogMutation,
@@ -92,6 +95,8 @@ pub struct Services {
     /// at once (the others poll).
     pub revocations: Arc<crate::auth::Revocations>,
     pub session_idle_days: u32,
+    /// Checks webhook endpoint URLs (MAGE_WEBHOOKS_ALLOW_PRIVATE).
+    pub webhook_guard: mage_domain::webhooks::guard::Guard,
 }
 
 /// Resolvers read the shared handles as `svc.pool`, `svc.redis`: the
