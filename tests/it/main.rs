@@ -27,4 +27,5 @@ mod sessions;
 mod stats;
 mod subscriptions;
 mod support;
+mod webhooks;
 mod websocket;

@@ -3,6 +3,7 @@
 //! ledger of every account when it is dropped, so no test can forget to.
 
 pub mod process;
+pub mod receiver;
 pub mod ws;
 
 use std::net::SocketAddr;
