@@ -32,8 +32,8 @@ mod slot;
 mod stats;
 mod sweep;
 mod transcode;
-pub mod webhooks;
 pub mod wake;
+pub mod webhooks;
 mod worker;
 
 pub use crate::stats::expire_once;

@@ -234,7 +234,10 @@ async fn webhooks(ctx: &Ctx) -> Result<(), mage_domain::Error> {
     let mut conn = ctx.core.pool.get().await?;
     let lost = deliveries::lost(&mut conn, grace, BATCH).await?;
     for delivery_id in &lost {
-        ctx.core.queues.push_deliver(&mage_domain::queue::DeliverJob { delivery_id: *delivery_id }, Duration::ZERO).await?;
+        ctx.core
+            .queues
+            .push_deliver(&mage_domain::queue::DeliverJob { delivery_id: *delivery_id }, Duration::ZERO)
+            .await?;
         tracing::warn!(%delivery_id, "sweeper: a webhook delivery was overdue with no attempt running; enqueued it again");
     }
     let pruned = events::prune(&mut conn, chrono::Utc::now(), BATCH).await?;

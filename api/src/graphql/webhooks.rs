@@ -214,7 +214,10 @@ impl WebhooksQuery {
         let mut conn = ctx.conn().await?;
         let rows = deliveries::list(&mut conn, user_id, endpoint_id, limit + 1, after).await?;
         Ok(page(rows, limit, after.is_some(), |l| {
-            Edge::new(encode_created_cursor(DELIVERY_CURSOR, l.delivery.created_at, l.delivery.id), delivery(l))
+            Edge::new(
+                encode_created_cursor(DELIVERY_CURSOR, l.delivery.created_at, l.delivery.id),
+                delivery(l),
+            )
         }))
     }
 }
@@ -326,7 +329,8 @@ impl WebhooksMutation {
             return Err(ApiError::Conflict("the endpoint is disabled: enable it first".into()));
         }
         // A test event's data needs no media.
-        let id = events::test_event(&mut conn, &endpoint, |e| objects::payload(e, &|k: &str| k.to_owned())).await?;
+        let id = events::test_event(&mut conn, &endpoint, |e| objects::payload(e, &|k: &str| k.to_owned()))
+            .await?;
         let (row, event) = deliveries::find_own(&mut conn, user_id, id).await?;
         drop(conn);
         push(ctx, id).await;

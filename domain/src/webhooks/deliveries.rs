@@ -149,7 +149,9 @@ pub enum Next {
     /// The endpoint has now failed every delivery for `disable_after`: it
     /// was disabled (this delivery failed with it) and its owner mailed
     /// (this outbox mail is to be sent).
-    Disabled { mail_id: Option<Uuid> },
+    Disabled {
+        mail_id: Option<Uuid>,
+    },
 }
 
 /// Records the attempt in the log and moves the delivery on, in one
@@ -190,12 +192,9 @@ pub async fn record(
             (DeliveryStatus::Succeeded, None, Next::Delivered)
         } else {
             let failing_since: Option<DateTime<Utc>> = diesel::update(endpoints)
-                .set(
-                    webhook_endpoints::failing_since
-                        .eq(diesel::dsl::sql::<diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>>(
-                            "COALESCE(failing_since, now())",
-                        )),
-                )
+                .set(webhook_endpoints::failing_since.eq(diesel::dsl::sql::<
+                    diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+                >("COALESCE(failing_since, now())")))
                 .returning(webhook_endpoints::failing_since)
                 .get_result(conn)
                 .await
@@ -318,7 +317,11 @@ pub async fn list(
 }
 
 /// One of the user's deliveries, with its event.
-pub async fn find_own(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<(WebhookDelivery, WebhookEvent)> {
+pub async fn find_own(
+    conn: &mut Connection,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<(WebhookDelivery, WebhookEvent)> {
     webhook_deliveries::table
         .inner_join(webhook_events::table)
         .inner_join(webhook_endpoints::table)
@@ -370,7 +373,12 @@ pub async fn redeliver(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result
 }
 
 pub async fn find(conn: &mut Connection, id: Uuid) -> Result<Option<WebhookDelivery>> {
-    Ok(webhook_deliveries::table.find(id).select(WebhookDelivery::as_select()).first(conn).await.optional()?)
+    Ok(webhook_deliveries::table
+        .find(id)
+        .select(WebhookDelivery::as_select())
+        .first(conn)
+        .await
+        .optional()?)
 }
 
 /// Pending deliveries overdue by `grace` and not held by a live attempt:

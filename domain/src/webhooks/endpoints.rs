@@ -135,7 +135,12 @@ pub struct Change {
 }
 
 /// Enabling an endpoint clears its disabled reason and failure streak.
-pub async fn update(conn: &mut Connection, user_id: Uuid, id: Uuid, change: Change) -> Result<WebhookEndpoint> {
+pub async fn update(
+    conn: &mut Connection,
+    user_id: Uuid,
+    id: Uuid,
+    change: Change,
+) -> Result<WebhookEndpoint> {
     let current = find_own(conn, user_id, id).await?;
     let events = change.events.as_deref().map(check_events).transpose()?.unwrap_or(current.events);
     let description = match change.description.as_deref() {

@@ -270,7 +270,9 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = ip.segments();
     let low = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => {
+            Some(low)
+        }
         [0x2002, hi, lo, ..] => Some(Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)),
         _ => None,
     }
@@ -403,7 +405,10 @@ mod tests {
 
         let dev = guard(true, false);
         assert!(dev.parse("http://hooks.example.com/").is_ok());
-        assert!(matches!(dev.parse("ftp://hooks.example.com/"), Err(Refused::Scheme { expected: "https or http", .. })));
+        assert!(matches!(
+            dev.parse("ftp://hooks.example.com/"),
+            Err(Refused::Scheme { expected: "https or http", .. })
+        ));
     }
 
     #[test]
@@ -431,9 +436,19 @@ mod tests {
     #[test]
     fn messages_are_one_line_and_name_the_problem() {
         let err = guard(false, false).parse("https://169.254.169.254/").expect_err("metadata is refused");
-        assert_eq!(err.to_string(), "169.254.169.254 is a cloud metadata address, which webhooks may not reach");
-        let err = Refused::Forbidden { host: "evil.test".into(), ip: "10.0.0.1".parse().expect("ip"), class: "private" };
-        assert_eq!(err.to_string(), "evil.test resolves to 10.0.0.1, a private address, which webhooks may not reach");
+        assert_eq!(
+            err.to_string(),
+            "169.254.169.254 is a cloud metadata address, which webhooks may not reach"
+        );
+        let err = Refused::Forbidden {
+            host: "evil.test".into(),
+            ip: "10.0.0.1".parse().expect("ip"),
+            class: "private",
+        };
+        assert_eq!(
+            err.to_string(),
+            "evil.test resolves to 10.0.0.1, a private address, which webhooks may not reach"
+        );
     }
 
     #[tokio::test]

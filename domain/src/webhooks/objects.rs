@@ -106,8 +106,10 @@ pub fn generation(g: &Generation, media: MediaUrl<'_>) -> Value {
 
 /// An asset as `Asset` shows it.
 pub fn asset(a: &Asset, media: MediaUrl<'_>) -> Value {
-    let files = (a.status.as_str() == "ready" && a.purged_at.is_none()).then_some(a.output.as_ref()).flatten();
-    let file = |pick: &dyn Fn(&crate::assets::AssetFiles) -> Option<String>| files.and_then(pick).map(|k| media(&k));
+    let files =
+        (a.status.as_str() == "ready" && a.purged_at.is_none()).then_some(a.output.as_ref()).flatten();
+    let file =
+        |pick: &dyn Fn(&crate::assets::AssetFiles) -> Option<String>| files.and_then(pick).map(|k| media(&k));
     json!({
         "id": a.id.to_string(),
         "kind": graphql_enum(a.kind.as_str()),

@@ -26,8 +26,15 @@ fn key(redis: &Redis, endpoint_id: Uuid) -> String {
 
 /// Takes one of `max` permits of the endpoint for `delivery_id` for
 /// `lease`; `false` when all are taken.
-pub async fn acquire(redis: &Redis, endpoint_id: Uuid, delivery_id: Uuid, max: usize, lease: Duration) -> Result<bool> {
-    static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(ACQUIRE));
+pub async fn acquire(
+    redis: &Redis,
+    endpoint_id: Uuid,
+    delivery_id: Uuid,
+    max: usize,
+    lease: Duration,
+) -> Result<bool> {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(ACQUIRE));
     let mut conn = redis.conn().await?;
     let taken: i64 = SCRIPT
         .key(key(redis, endpoint_id))

@@ -278,13 +278,18 @@ mod tests {
             .expect("fake DNS");
         let lax = guard(true, Some(dns.addr()));
         let client = client(lax.clone(), TIMEOUT).expect("client");
-        for url in [format!("http://127.0.0.1:{}/hook", addr.port()), format!("http://hooks.test:{}/hook", addr.port())]
-        {
+        for url in [
+            format!("http://127.0.0.1:{}/hook", addr.port()),
+            format!("http://hooks.test:{}/hook", addr.port()),
+        ] {
             let answer = post(
                 &client,
                 &lax,
                 &url,
-                &[("content-type", "application/json".to_owned()), ("mage-signature", "t=1,v1=abc".to_owned())],
+                &[
+                    ("content-type", "application/json".to_owned()),
+                    ("mage-signature", "t=1,v1=abc".to_owned()),
+                ],
                 r#"{"type":"ping"}"#.to_owned(),
             )
             .await
@@ -349,7 +354,8 @@ mod tests {
             "/hook",
             any(|| async {
                 let chunk = bytes_of(1024);
-                let endless = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+                let endless =
+                    futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
                 (StatusCode::OK, Body::from_stream(endless)).into_response()
             }),
         );

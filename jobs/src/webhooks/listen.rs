@@ -39,7 +39,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                             }
                         });
                     }
-                    Err(_) => tracing::warn!(payload = %n.payload, "a webhook notification without an event id"),
+                    Err(_) => {
+                        tracing::warn!(payload = %n.payload, "a webhook notification without an event id")
+                    }
                 }
             }
             Ok::<_, mage_domain::Error>(())
