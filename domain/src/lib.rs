@@ -33,6 +33,7 @@ pub mod stats;
 pub mod storage;
 pub mod subscriptions;
 pub mod users;
+pub mod webhooks;
 pub mod workers;
 pub mod workflows;
 
