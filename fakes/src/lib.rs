@@ -3,6 +3,7 @@
 //! end. Nothing here mocks Mage's code.
 
 pub mod comfyui;
+pub mod dns;
 pub mod fixtures;
 pub mod replicate;
 pub mod stripe;
