@@ -33,6 +33,7 @@ mod stats;
 mod sweep;
 mod transcode;
 pub mod wake;
+pub mod webhooks;
 mod worker;
 
 pub use crate::stats::expire_once;
