@@ -18,7 +18,7 @@ use crate::support::{TestApp, code, scalar_i64};
 
 const CREATE_ENDPOINT: &str = "mutation($u: String!, $e: [WebhookEventType!]!) {
   createWebhookEndpoint(url: $u, events: $e, description: \"tests\") { endpoint { id url events enabled } secret } }";
-const DELIVERIES: &str = "query($e: ID!) { webhookDeliveries(endpointId: $e, first: 10) { edges { node {
+const DELIVERIES: &str = "query($e: ID!) { webhookDeliveries(endpointId: $e, first: 50) { edges { node {
   id eventId eventType status attempts lastStatusCode lastError nextAttemptAt requestBody
   attemptLog { attempt statusCode error responseBody durationMs } } } } }";
 const SEND_TEST: &str =

@@ -133,11 +133,11 @@ fn send_error(err: &reqwest::Error, started: Instant) -> SendError {
         if let Some(refused) = e.downcast_ref::<Refused>() {
             return SendError::Refused(refused.clone());
         }
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return SendError::Tls(tls.to_string());
+        }
+        source = e.source();
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            // An io::Error's source() skips the error it wraps: look inside.
-            if let Some(tls) = io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                return SendError::Tls(tls.to_string());
-            }
             match io.kind() {
                 std::io::ErrorKind::ConnectionRefused => return SendError::ConnectionRefused,
                 std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
@@ -146,8 +146,12 @@ fn send_error(err: &reqwest::Error, started: Instant) -> SendError {
                 std::io::ErrorKind::TimedOut => return SendError::Timeout(started.elapsed()),
                 _ => {}
             }
+            // An io::Error's source() skips the error it wraps (hyper-rustls
+            // wraps rustls' in two): step into it instead.
+            if let Some(inner) = io.get_ref() {
+                source = Some(inner);
+            }
         }
-        source = e.source();
     }
     if err.is_connect() { SendError::Connect(deepest(err)) } else { SendError::Failed(deepest(err)) }
 }

@@ -162,6 +162,8 @@ impl TestApp {
     /// Workers in this process with the synthetic backend, as tweaked.
     pub async fn start_workers_with(&self, tweak: impl FnOnce(&mut WorkerSettings)) -> Workers {
         let mut settings = WorkerSettings::synthetic(&format!("test-{}", uuid::Uuid::new_v4()));
+        // Media links in webhook payloads point at this app, as the API's do.
+        settings.public_url = Some(self.settings.public_url.clone());
         tweak(&mut settings);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let core = mage_domain::core::Core::new(
