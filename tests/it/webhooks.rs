@@ -380,13 +380,14 @@ async fn an_endpoint_that_hangs_does_not_delay_another_users_deliveries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn credits_low_fires_once_per_crossing_and_orders_and_assets_raise_their_events() {
+async fn credits_low_fires_once_per_crossing_and_orders_and_uploads_raise_their_events() {
     let mut app = TestApp::start().await;
     app.ledger_written_by_hand();
     let _workers = app.start_workers_with(fast).await;
     let receiver = Receiver::start().await;
     let (token, user_id) = app.register("low@example.com").await;
-    let (_, secret) = endpoint(&app, &token, &receiver.url("/low"), &["CREDITS_LOW", "ORDER_PAID"]).await;
+    let (_, secret) =
+        endpoint(&app, &token, &receiver.url("/low"), &["CREDITS_LOW", "ORDER_PAID", "ASSET_REJECTED"]).await;
     receiver.configure(json!({ "secrets": [secret] })).await;
     let floor: i64 = scalar_i64(
         &mut *app.conn().await,
@@ -426,6 +427,41 @@ async fn credits_low_fires_once_per_crossing_and_orders_and_assets_raise_their_e
     assert_eq!(b["data"]["status"], "PAID");
     assert_eq!(b["data"]["totalCents"], 500);
     assert_eq!(b["data"]["currency"], "USD");
+
+    // An upload the ingest worker refuses (not an image) is announced
+    // REJECTED with the reason the API shows.
+    let res = app
+        .gql(
+            "mutation($i: CreateUploadInput!) { createUpload(input: $i) { url asset { id } } }",
+            json!({ "i": { "filename": "cat.jpg", "contentType": "image/jpeg", "byteSize": 4000 } }),
+            Some(&token),
+        )
+        .await;
+    let url = res["data"]["createUpload"]["url"].as_str().unwrap_or_else(|| panic!("{res}")).to_owned();
+    let asset_id = res["data"]["createUpload"]["asset"]["id"].as_str().expect("asset id").to_owned();
+    let put = reqwest::Client::new().put(&url).body(vec![7u8; 4000]).send().await.expect("PUT");
+    assert!(put.status().is_success(), "{}", put.status());
+    let done = app
+        .gql(
+            "mutation($id: ID!) { completeUpload(id: $id) { status } }",
+            json!({ "id": asset_id }),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(done["data"]["completeUpload"]["status"], "PROCESSING", "{done}");
+    let got = receiver.wait_answered(4, Duration::from_secs(60)).await;
+    let b = body(&got[3]);
+    assert_eq!(b["type"], "asset.rejected", "{b}");
+    let shown = app
+        .gql(
+            "query($id: ID!) { asset(id: $id) { id status error kind filename } }",
+            json!({ "id": asset_id }),
+            Some(&token),
+        )
+        .await;
+    for field in ["id", "status", "error", "kind", "filename"] {
+        assert_eq!(b["data"][field], shown["data"]["asset"][field], "{field}: {b} vs {shown}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

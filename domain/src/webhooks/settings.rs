@@ -9,8 +9,9 @@ use clap::Args;
 use super::guard::UrlPolicy;
 use crate::config::ConfigError;
 
-/// Retries after the first attempt: about three days in all.
-pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h,10h";
+/// Retries after the first attempt: Svix's first waits, then 12 h ones,
+/// about three days in all (a receiver down over a long weekend).
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h,10h,12h,12h,12h";
 
 #[derive(Debug, Clone, Args)]
 pub struct WebhookArgs {
@@ -125,7 +126,7 @@ mod tests {
     #[test]
     fn the_default_schedule_reaches_about_three_days() {
         let s = parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("default");
-        assert_eq!(s.len(), 8);
+        assert_eq!(s.len(), 11);
         let total: u64 = s.iter().map(|d| d.as_secs()).sum();
         assert!((2 * 86_400..4 * 86_400).contains(&total), "{total}");
         assert_eq!(parse_schedule("1, 2s,3m").expect("mixed"), [1, 2, 180].map(Duration::from_secs));
