@@ -8,7 +8,7 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PARTS = ["queue", "holds", "queries", "subscriptions", "transcode", "upload", "webhooks"]
+PARTS = ["queue", "holds", "queries", "subscriptions", "transcode", "upload", "webhooks", "deliver"]
 
 
 def load(name):
@@ -118,6 +118,13 @@ def main(selected):
     rep = w.get("replicate", {})
     m, f = get(rep, "per_s", "mage"), get(rep, "per_s", "healthz_floor")
     row("webhooks", "Replicate signed events (10% dup)", m, "GET /healthz", f, "(no target)", None, "/s")
+
+    d = results.get("deliver", {})
+    m, c = get(d, "per_s", "mage"), get(d, "per_s", "receiver_ceiling")
+    r = ratio(m, c)
+    n = get(d, "events")
+    label = f"webhooks out, {n:,.0f} events" if n else "webhooks out"
+    row("deliver", label, m, "receiver ceiling", c, "≥ 0.5× ceiling", None if r is None else r >= 0.5, "/s")
 
     shown = [r for r in rows if r[0] in (selected or PARTS)]
     head = ("bench", "figure", "Mage", "against", "its value", "ratio", "target", "met")
