@@ -64,12 +64,16 @@ const CEILING_FACTOR: usize = 5;
 /// The longest the deliveries of one phase may take.
 const PHASE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// One request as received: `webhook-id`, `webhook-timestamp`,
+/// `webhook-signature`, body.
+type Sample = (Option<String>, Option<String>, Option<String>, Bytes);
+
 /// What the receiver saw in the current phase.
 #[derive(Default)]
 struct Seen {
     ids: HashSet<String>,
     /// The first request: its headers and body.
-    sample: Option<(Option<String>, Option<String>, Option<String>, Bytes)>,
+    sample: Option<Sample>,
     first: Option<Instant>,
     last: Option<Instant>,
 }
