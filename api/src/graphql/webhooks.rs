@@ -38,6 +38,7 @@ pub enum WebhookEventType {
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(remote = "DeliveryStatus")]
 pub enum WebhookDeliveryStatus {
     /// Not delivered yet: an attempt is due or running.
     Pending,
@@ -110,12 +111,10 @@ impl WebhookDelivery {
     async fn endpoint_id(&self) -> ID {
         ID(self.row.endpoint_id.to_string())
     }
-    async fn status(&self) -> WebhookDeliveryStatus {
-        match DeliveryStatus::parse(&self.row.status) {
-            Some(DeliveryStatus::Succeeded) => WebhookDeliveryStatus::Succeeded,
-            Some(DeliveryStatus::Failed) => WebhookDeliveryStatus::Failed,
-            _ => WebhookDeliveryStatus::Pending,
-        }
+    async fn status(&self) -> ApiResult<WebhookDeliveryStatus> {
+        DeliveryStatus::parse(&self.row.status)
+            .map(Into::into)
+            .ok_or_else(|| ApiError::internal(format!("unknown delivery status {:?}", self.row.status)))
     }
     /// Attempts made so far.
     async fn attempts(&self) -> i32 {
@@ -310,8 +309,7 @@ impl WebhooksMutation {
         let (user_id, _) = ctx.viewer().require_session()?;
         let id = parse_id(&delivery_id, "webhook delivery")?;
         let mut conn = ctx.conn().await?;
-        let row = deliveries::redeliver(&mut conn, user_id, id).await?;
-        let (_, event) = deliveries::find_own(&mut conn, user_id, id).await?;
+        let (row, event) = deliveries::redeliver(&mut conn, user_id, id).await?;
         drop(conn);
         push(ctx, id).await;
         tracing::info!(delivery_id = %id, event_id = %event.id, %user_id, "webhook redelivery requested");

@@ -346,10 +346,14 @@ pub async fn attempts(conn: &mut Connection, delivery_id: Uuid) -> Result<Vec<We
 
 /// Sends a delivery again now: a finished one gets one more attempt (no
 /// schedule); a pending one is simply due now. Its endpoint must be
-/// enabled.
-pub async fn redeliver(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result<WebhookDelivery> {
+/// enabled. Returns the delivery with its event.
+pub async fn redeliver(
+    conn: &mut Connection,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<(WebhookDelivery, WebhookEvent)> {
     conn.transaction::<_, Error, _>(async |conn| {
-        let (d, _) = find_own(conn, user_id, id).await?;
+        let (d, event) = find_own(conn, user_id, id).await?;
         let endpoint = super::endpoints::find_own(conn, user_id, d.endpoint_id).await?;
         if !endpoint.enabled {
             return Err(Error::Conflict("the endpoint is disabled: enable it first".into()));
@@ -358,7 +362,7 @@ pub async fn redeliver(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result
             return Err(Error::Conflict("an attempt of this delivery is running".into()));
         }
         let finished = d.status != DeliveryStatus::Pending.as_str();
-        Ok(diesel::update(webhook_deliveries::table.find(id))
+        let d = diesel::update(webhook_deliveries::table.find(id))
             .set((
                 webhook_deliveries::status.eq(DeliveryStatus::Pending.as_str()),
                 webhook_deliveries::manual.eq(finished || d.manual),
@@ -367,7 +371,8 @@ pub async fn redeliver(conn: &mut Connection, user_id: Uuid, id: Uuid) -> Result
             ))
             .returning(WebhookDelivery::as_returning())
             .get_result(conn)
-            .await?)
+            .await?;
+        Ok((d, event))
     })
     .await
 }

@@ -9,6 +9,9 @@ use clap::Args;
 use super::guard::UrlPolicy;
 use crate::config::ConfigError;
 
+/// An endpoint must answer within this: a 2xx later is a failed attempt.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Retries after the first attempt: Svix's first waits, then 12 h ones,
 /// about three days in all (a receiver down over a long weekend).
 pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,5m,30m,2h,5h,10h,10h,10h,12h,12h,12h";
@@ -63,7 +66,7 @@ impl Default for WebhookSettings {
             concurrency: 64,
             per_endpoint: 8,
             disable_after: Duration::from_secs(5 * 86_400),
-            timeout: Duration::from_secs(10),
+            timeout: TIMEOUT,
         }
     }
 }
@@ -94,7 +97,7 @@ impl WebhookArgs {
             concurrency: self.webhook_concurrency as usize,
             per_endpoint: self.webhook_endpoint_concurrency as usize,
             disable_after: Duration::from_secs(self.webhook_disable_after_seconds),
-            timeout: Duration::from_secs(10),
+            timeout: TIMEOUT,
         })
     }
 }
