@@ -68,6 +68,8 @@ enum Command {
         backends: BackendArgs,
         #[command(flatten)]
         webhooks: mage_domain::webhooks::WebhookArgs,
+        #[command(flatten)]
+        stats: mage_domain::stats::StatsArgs,
         /// Public base URL of the API: Replicate's webhooks are sent to
         /// MAGE_PUBLIC_URL/webhooks/replicate
         #[arg(long, env = "MAGE_PUBLIC_URL")]
@@ -117,9 +119,8 @@ enum StatsCommand {
         /// Last day, YYYY-MM-DD (inclusive)
         #[arg(long)]
         to: chrono::NaiveDate,
-        /// Time zone the days are cut in (IANA name; MAGE_STATS_TZ)
-        #[arg(long, env = "MAGE_STATS_TZ", default_value = "UTC")]
-        tz: String,
+        #[command(flatten)]
+        stats: mage_domain::stats::StatsArgs,
         #[command(flatten)]
         db: DatabaseArgs,
     },
@@ -229,6 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             worker,
             backends,
             webhooks,
+            stats,
             public_url,
             queues: run_queues,
             metrics,
@@ -237,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut settings =
                 worker.resolve(backends, public_url.map(|u| u.trim_end_matches('/').to_owned()))?;
             settings.webhooks = webhooks.resolve(false)?;
+            settings.stats_tz = stats.time_zone();
             let core = connect(&db, &redis, &migrate, &storage).await?;
             mage_domain::metrics::init();
             let metrics = serve_metrics(metrics.metrics_addr, &core).await?;
@@ -252,6 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Without MAGE_SMTP_URL, mails are shown at /dev/mail.
             worker.mail.dev_mailbox = true;
             worker.webhooks = settings.webhooks.clone();
+            worker.stats_tz = settings.stats_tz.clone();
             settings.shutdown_grace = worker.shutdown_grace;
             let core = connect(&db, &redis, &migrate, &storage).await?;
             let workers = mage_jobs::Workers { core: core.clone(), settings: worker, run_queues: vec![] };
@@ -279,7 +283,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::PrintSchema => print!("{}", mage_api::build_schema().sdl()),
-        Command::Stats { command: StatsCommand::Backfill { from, to, tz, db, redis } } => {
+        Command::Stats { command: StatsCommand::Backfill { from, to, stats, db, redis } } => {
+            let tz = stats.time_zone();
             anyhow::ensure!(from <= to, "--from must be on or before --to");
             let pool = mage_domain::db::pool(&db.resolve()?)?;
             let redis = mage_domain::kv::Redis::new(&redis.resolve()?)?;

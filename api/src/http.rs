@@ -1,5 +1,5 @@
 //! The axum router: GraphQL over HTTP and WebSocket on `/graphql`, the
-//! playground on `GET /graphql`, health checks.
+//! playground on `GET /graphql`, the web app on `/`, health checks.
 
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use std::time::Duration;
@@ -33,6 +33,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::payments::routes())
         .merge(crate::replicate::routes())
         .merge(crate::dev_mail::routes())
+        // Gzip for the app's scripts and styles (a first load is mostly hls.js).
+        .merge(crate::web::routes().layer(tower_http::compression::CompressionLayer::new()))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, s.request_timeout))
         .layer(DefaultBodyLimit::max(s.max_body_bytes))
         .layer(RequestBodyLimitLayer::new(s.max_body_bytes))
@@ -167,7 +169,14 @@ impl Wants {
         let internal = response.errors.iter().any(|e| {
             e.extensions.as_ref().and_then(|x| x.get("code")) == Some(&async_graphql::Value::from("INTERNAL"))
         });
-        let request_error = nothing && !internal && response.errors.iter().all(|e| e.path.is_empty());
+        // Apollo's clients of every vintage look for PersistedQueryNotFound
+        // in a 200 body (some give up on a 4xx before reading it).
+        let unknown_hash = response.errors.iter().any(|e| {
+            e.extensions.as_ref().and_then(|x| x.get("code"))
+                == Some(&async_graphql::Value::from(crate::graphql::PERSISTED_QUERY_NOT_FOUND))
+        });
+        let request_error =
+            nothing && !internal && !unknown_hash && response.errors.iter().all(|e| e.path.is_empty());
         let status = match (self, request_error, nothing && internal) {
             (Self::GraphqlResponse, true, _) => StatusCode::BAD_REQUEST,
             // The server failed before any data: not the request's fault.
@@ -221,9 +230,12 @@ fn graphql_request(
     extensions: Option<serde_json::Value>,
 ) -> Result<async_graphql::Request, String> {
     use serde_json::Value;
+    // A persisted query (`graphql::apq`) may come as its hash alone.
+    let persisted = matches!(&extensions, Some(Value::Object(m)) if m.contains_key("persistedQuery"));
     let query = match query {
         Some(Value::String(q)) => q,
         Some(_) => return Err("`query` must be a string".into()),
+        None if persisted => String::new(),
         None => return Err("the request has no `query`".into()),
     };
     let mut req = async_graphql::Request::new(query);
@@ -395,6 +407,10 @@ async fn graphql_get(State(state): State<AppState>, req: Request) -> Response {
         Ok(r) => r,
         Err(message) => return wants.request_error(StatusCode::BAD_REQUEST, message),
     };
+    // The text first: whether it is a mutation is in the text.
+    if let Err(refused) = state.schema.resolve_persisted(&mut req).await {
+        return wants.response(refused);
+    }
     if state.schema.operation_type(&mut req) == Some(async_graphql::parser::types::OperationType::Mutation) {
         let mut res = wants
             .request_error(StatusCode::METHOD_NOT_ALLOWED, "mutations are only accepted over POST".into());

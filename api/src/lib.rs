@@ -18,6 +18,7 @@ mod server;
 pub mod settings;
 mod slots;
 mod uploads;
+mod web;
 mod ws;
 
 use std::sync::Arc;
@@ -100,6 +101,7 @@ impl AppState {
             revocations: revocations.clone(),
             session_idle_days: settings.session_idle_days,
             webhook_guard: mage_domain::webhooks::guard::Guard::new(settings.webhooks.policy.clone()),
+            stats_tz: settings.stats_tz.clone(),
         });
         let schema = graphql::schema(services, graphql::Limits::from_settings(&settings));
         Self(Arc::new(AppStateInner {

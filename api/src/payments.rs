@@ -138,6 +138,17 @@ async fn dev_checkout(
 <form method="post" action="/dev/checkout/{id}/cancel"><button id="cancel" type="submit">Cancel</button></form>"#,
             id = order.id
         )
+    } else if q.sent.is_some() {
+        // Settled: back to the app, where Stripe Checkout would send the
+        // buyer (its success and cancel URLs).
+        let back = match order.status {
+            OrderStatus::Paid => "success",
+            _ => "canceled",
+        };
+        format!(
+            r#"<p><a id="back" href="/checkout/{back}?order={id}">Back to Mage</a></p><meta http-equiv="refresh" content="1;url=/checkout/{back}?order={id}">"#,
+            id = order.id
+        )
     } else {
         String::new()
     };

@@ -14,6 +14,8 @@ pub struct ServerArgs {
     pub backends: mage_domain::backends::BackendArgs,
     #[command(flatten)]
     pub webhooks: mage_domain::webhooks::WebhookArgs,
+    #[command(flatten)]
+    pub stats: mage_domain::stats::StatsArgs,
     /// Address the HTTP server listens on
     #[arg(long, env = "MAGE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
@@ -305,6 +307,8 @@ pub struct ServerSettings {
     /// What webhook endpoints may point at, and the delivery settings
     /// (shared with the workers).
     pub webhooks: mage_domain::webhooks::WebhookSettings,
+    /// The time zone of the daily statistics (today's figures).
+    pub stats_tz: String,
     pub graphql_max_root_mutations: usize,
     pub auth_limits: AuthLimits,
     pub connections: ConnectionSettings,
@@ -430,6 +434,7 @@ impl ServerArgs {
             payments: self.payments(dev_mode)?,
             replicate_webhook_secret: self.backends.webhook_secret()?,
             webhooks: self.webhooks.resolve(dev_mode)?,
+            stats_tz: self.stats.time_zone(),
         })
     }
 

@@ -12,6 +12,22 @@ use crate::Result;
 use crate::db::Connection;
 use crate::schema::daily_stats;
 
+/// The time zone the days are cut in, for every command that needs it
+/// (`serve` for today's figures, `work` for the nightly tick, `stats
+/// backfill`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatsArgs {
+    /// Time zone the statistics' days are cut in (IANA name)
+    #[arg(long, env = "MAGE_STATS_TZ", default_value = "UTC")]
+    pub stats_tz: String,
+}
+
+impl StatsArgs {
+    pub fn time_zone(&self) -> String {
+        self.stats_tz.trim().to_owned()
+    }
+}
+
 /// A day's figures as stored.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, serde::Serialize, serde::Deserialize)]
 #[diesel(table_name = daily_stats, check_for_backend(diesel::pg::Pg))]
@@ -205,6 +221,41 @@ pub async fn cached_range(
     }
     let () = pipe.query_async(&mut r).await?;
     Ok(rows)
+}
+
+/// How often the current day is computed again on the read path: the
+/// admin console shows today's figures at most this old.
+const TODAY_EVERY_SECONDS: u64 = 10;
+
+/// `cached_range`, with the current day (in `tz`) computed so far when the
+/// range reaches it. It is stored like any other day (the nightly tick
+/// computes it again once it is over), at most once per
+/// `TODAY_EVERY_SECONDS` over all instances.
+pub async fn range_with_today(
+    pool: &crate::db::DbPool,
+    redis: &crate::kv::Redis,
+    from: NaiveDate,
+    to: NaiveDate,
+    tz: &str,
+) -> Result<Vec<DailyStats>> {
+    let mut conn = pool.get().await?;
+    let today = previous_day(&mut conn, Utc::now() + chrono::Duration::days(1), tz).await?;
+    if (from..=to).contains(&today) {
+        let mut r = redis.conn().await?;
+        let fresh: Option<String> = redis::cmd("SET")
+            .arg(redis.key("stats:today:computing"))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(TODAY_EVERY_SECONDS)
+            .query_async(&mut r)
+            .await?;
+        if fresh.is_some() {
+            recompute(&mut conn, redis, today, tz).await?;
+        }
+    }
+    drop(conn);
+    cached_range(pool, redis, from, to).await
 }
 
 /// The day before the one `at` falls on, in time zone `tz`: what a tick

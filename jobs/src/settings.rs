@@ -93,9 +93,6 @@ pub struct WorkerArgs {
     /// with seconds, in UTC)
     #[arg(long, env = "MAGE_STATS_CRON", default_value = "0 5 0 * * *")]
     pub stats_cron: String,
-    /// Time zone the statistics' days are cut in (IANA name)
-    #[arg(long, env = "MAGE_STATS_TZ", default_value = "UTC")]
-    pub stats_tz: String,
     /// SMTP server mails go through: smtp://host:port (plain, a local
     /// relay), smtp://user:pass@host:587 (STARTTLS required) or
     /// smtps://user:pass@host:465 (implicit TLS). Unset: `mage dev` keeps
@@ -214,7 +211,8 @@ impl WorkerArgs {
             shutdown_grace: self.shutdown.grace(),
             worker_name,
             stats_cron: self.stats_cron.trim().to_owned(),
-            stats_tz: self.stats_tz.trim().to_owned(),
+            // The caller sets it from the StatsArgs it shares with the API.
+            stats_tz: "UTC".to_owned(),
             media_retention: self.media_retention_days.map(|d| Duration::from_secs(u64::from(d) * 86_400)),
             ingest: crate::media::IngestLimits {
                 max_image_pixels: self.max_image_pixels,

@@ -53,6 +53,16 @@ pub struct HttpHeader {
 
 /// Where and how to send an asset's bytes: one `method` request to `url`
 /// with `headers` and the file as the body, before `expiresAt`.
+/// What `createUpload` accepts, so a client can check a file before
+/// sending it.
+#[derive(SimpleObject)]
+pub struct UploadLimits {
+    /// Content types an upload may declare.
+    content_types: Vec<String>,
+    max_image_bytes: i64,
+    max_video_bytes: i64,
+}
+
 #[derive(SimpleObject)]
 pub struct UploadTarget {
     asset: Asset,
@@ -144,6 +154,16 @@ pub struct AssetsQuery;
 
 #[Object]
 impl AssetsQuery {
+    /// The types and sizes an upload may have (this deployment's limits).
+    async fn upload_limits(&self, ctx: &Context<'_>) -> UploadLimits {
+        let limits = &ctx.services().assets;
+        UploadLimits {
+            content_types: domain::upload::CONTENT_TYPES.iter().map(|(t, _)| (*t).to_owned()).collect(),
+            max_image_bytes: limits.max_image_bytes,
+            max_video_bytes: limits.max_video_bytes,
+        }
+    }
+
     /// One of your assets.
     async fn asset(&self, ctx: &Context<'_>, id: ID) -> ApiResult<Option<Asset>> {
         let user_id = ctx.viewer().require()?;

@@ -4,6 +4,7 @@ mod account;
 mod admin;
 mod api_keys;
 mod assets;
+mod apq;
 mod budget;
 mod catalog;
 mod context;
@@ -22,6 +23,8 @@ mod users;
 mod webhooks;
 
 use std::sync::Arc;
+
+pub use apq::NOT_FOUND as PERSISTED_QUERY_NOT_FOUND;
 
 use crate::settings::ServerSettings;
 use async_graphql::parser::types::OperationType;
@@ -97,6 +100,8 @@ pub struct Services {
     pub session_idle_days: u32,
     /// Checks webhook endpoint URLs (MAGE_WEBHOOKS_ALLOW_PRIVATE).
     pub webhook_guard: mage_domain::webhooks::guard::Guard,
+    /// The time zone of the daily statistics (MAGE_STATS_TZ).
+    pub stats_tz: String,
 }
 
 /// Resolvers read the shared handles as `svc.pool`, `svc.redis`: the
@@ -162,6 +167,7 @@ pub fn build_schema() -> MageSchema {
 
 pub fn schema(services: Arc<Services>, limits: Limits) -> Operations {
     Operations {
+        persisted: apq::PersistedQueries::new(Some(services.redis.clone())),
         schema: schema_builder(limits).data(services).finish(),
         documents: Arc::default(),
         budget: limits.budget(),
@@ -194,9 +200,16 @@ pub struct Operations {
     schema: MageSchema,
     documents: Arc<documents::Documents>,
     budget: budget::Budget,
+    persisted: apq::PersistedQueries,
 }
 
 impl Operations {
+    /// Gives a persisted query's request its text (`apq`); `Err` is the
+    /// answer instead. A request already resolved passes untouched.
+    pub async fn resolve_persisted(&self, request: &mut async_graphql::Request) -> Result<(), Response> {
+        self.persisted.resolve(request).await
+    }
+
     /// The refusal of a document over budget; `None` for one within it, or
     /// one that does not parse (async-graphql answers that).
     fn over_budget(&self, request: &mut async_graphql::Request) -> Option<Response> {
@@ -244,6 +257,9 @@ impl Operations {
     }
 
     async fn run(&self, mut request: async_graphql::Request, detach_mutations: bool) -> Response {
+        if let Err(refused) = self.persisted.resolve(&mut request).await {
+            return refused;
+        }
         self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
         let response = if let Some(refused) =
@@ -276,6 +292,28 @@ impl async_graphql::Executor for Operations {
     }
 
     fn execute_stream(
+        &self,
+        mut request: async_graphql::Request,
+        session_data: Option<Arc<Data>>,
+    ) -> BoxStream<'static, Response> {
+        if !request.extensions.contains_key("persistedQuery") {
+            return self.stream(request, session_data);
+        }
+        // Over WebSocket too: the text may have to come from Redis first.
+        let this = self.clone();
+        futures_util::stream::once(async move {
+            match this.persisted.resolve(&mut request).await {
+                Ok(()) => this.stream(request, session_data),
+                Err(refused) => futures_util::stream::once(async move { refused }).boxed(),
+            }
+        })
+        .flatten()
+        .boxed()
+    }
+}
+
+impl Operations {
+    fn stream(
         &self,
         mut request: async_graphql::Request,
         session_data: Option<Arc<Data>>,

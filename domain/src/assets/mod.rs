@@ -15,7 +15,7 @@ mod inputs;
 mod lifecycle;
 mod queries;
 mod sweep;
-mod upload;
+pub mod upload;
 
 use std::time::Duration;
 

@@ -24,19 +24,26 @@ pub struct NewUpload {
     pub byte_size: i64,
 }
 
+/// The content types an upload may declare, images then videos.
+pub const CONTENT_TYPES: &[(&str, MediaKind)] = &[
+    ("image/jpeg", MediaKind::Image),
+    ("image/png", MediaKind::Image),
+    ("image/webp", MediaKind::Image),
+    ("video/mp4", MediaKind::Video),
+    ("video/quicktime", MediaKind::Video),
+    ("video/webm", MediaKind::Video),
+    ("video/x-matroska", MediaKind::Video),
+];
+
 /// The kind a declared content type promises (ingest later checks the
 /// bytes agree), and the type as stored: lowercase, without parameters.
 pub fn declared_kind(content_type: &str) -> Result<(MediaKind, String)> {
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
-        "image/jpeg" | "image/png" | "image/webp" => Ok((MediaKind::Image, essence)),
-        "video/mp4" | "video/quicktime" | "video/webm" | "video/x-matroska" => {
-            Ok((MediaKind::Video, essence))
-        }
-        _ => Err(Error::invalid(
+    match CONTENT_TYPES.iter().find(|(t, _)| *t == essence) {
+        Some((_, kind)) => Ok((*kind, essence)),
+        None => Err(Error::invalid(
             "contentType",
-            "must be one of image/jpeg, image/png, image/webp, video/mp4, video/quicktime, video/webm, \
-             video/x-matroska",
+            format!("must be one of {}", CONTENT_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")),
         )),
     }
 }

@@ -59,6 +59,7 @@ pub fn settings(addr: SocketAddr) -> ServerSettings {
         payments: mage_domain::config::PaymentSettings::development(),
         replicate_webhook_secret: None,
         webhooks: mage_domain::webhooks::WebhookSettings::local(),
+        stats_tz: "UTC".into(),
         graphql_max_root_mutations: 10,
         // Tests sign many users up and in from one address; the tests of
         // these limits lower them.
