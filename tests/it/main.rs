@@ -4,6 +4,7 @@
 
 mod accounts;
 mod admin;
+mod apq;
 mod assets;
 mod backends;
 mod catalog;
@@ -27,5 +28,6 @@ mod sessions;
 mod stats;
 mod subscriptions;
 mod support;
+mod web;
 mod webhooks;
 mod websocket;

@@ -136,6 +136,9 @@ pub(crate) fn launch(binary: &str) -> (Browser, u16) {
 pub(crate) struct Page {
     ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
     next_id: u64,
+    /// The events (`Network.requestWillBeSent`, ...) seen while waiting for
+    /// answers, oldest first.
+    pub(crate) events: Vec<Value>,
 }
 
 impl Page {
@@ -152,7 +155,7 @@ impl Page {
             .and_then(|t| t["webSocketDebuggerUrl"].as_str())
             .expect("a page target");
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("devtools socket");
-        Self { ws, next_id: 0 }
+        Self { ws, next_id: 0, events: Vec::new() }
     }
 
     pub(crate) async fn call(&mut self, method: &str, params: Value) -> Value {
@@ -172,6 +175,9 @@ impl Page {
                 let v: Value = serde_json::from_str(&t).expect("json");
                 if v["id"] == id {
                     return v;
+                }
+                if v.get("method").is_some() {
+                    self.events.push(v);
                 }
             }
         }

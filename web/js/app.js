@@ -210,6 +210,8 @@ async function render() {
     if (navigated) title.focus({ preventScroll: true });
   }
   document.body.dataset.ready = location.pathname;
+  // Time to interactive of the first load (the browser test reads it).
+  if (!performance.getEntriesByName('mage:interactive').length) performance.mark('mage:interactive');
 }
 
 let navigated = false;

@@ -111,15 +111,25 @@ pub struct Dev {
 
 impl Dev {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// `mage dev` with these settings added.
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
         let (db, redis) = (TestDb::new().await, TestRedis::new());
         let media = tempfile::tempdir().expect("media");
         let mut cmd = mage_on("dev", &db, &redis);
-        cmd.env("MAGE_MEDIA_DIR", media.path());
+        cmd.env("MAGE_MEDIA_DIR", media.path()).envs(env.iter().copied());
         let (child, port) = start_listening(cmd).await;
         Self { port, _child: child, _media: media, _db: db, _redis: redis }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `mage <command>` on this instance's database and Redis.
+    pub fn mage(&self, command: &str) -> Command {
+        mage_on(command, &self._db, &self._redis)
     }
 }

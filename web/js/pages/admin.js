@@ -174,6 +174,8 @@ const STAT_COLS = [
 // Mid-tone colours readable on the light and the dark background.
 const COLORS = { violet: '#7c6cf0', green: '#1f9d55', red: '#e0484d', amber: '#d08a00', blue: '#1c8ad6', grey: '#8a8aa0' };
 const CHART_HEIGHT = 240;
+/** x ticks fall on whole days only. */
+const DAY_INCRS = [1, 2, 7, 14, 28, 56, 91, 182, 364].map((d) => d * 86400);
 
 let uPlotLoading = null;
 function loadUPlot() {
@@ -379,11 +381,11 @@ async function stats({ panel, ctx, onCleanup }) {
         width: Math.max(box.clientWidth, 200),
         height: CHART_HEIGHT,
         scales: {
-          x: { time: true, range: (u, min, max) => [min - 43200, max + 43200] },
+          x: { time: true, range: () => [xs[0] - 43200, xs[xs.length - 1] + 43200] },
           y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
         },
         axes: [
-          { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } },
+          { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 }, incrs: DAY_INCRS },
           { stroke: fg, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 }, size: 64, values: (u, vals) => vals.map((v) => (c.timing ? `${+v.toFixed(1)}` : Number(v).toLocaleString('en'))) },
         ],
         series: [
@@ -493,7 +495,7 @@ async function queue({ panel, onCleanup }) {
                 h('td', {}, b.kind),
                 h('td', { class: 'admin-code' }, b.location),
                 h('td', {}, h('span', { class: `badge ${b.healthy ? 'healthy' : 'unhealthy'}` }, b.healthy ? 'healthy' : 'unhealthy')),
-                h('td', {}, b.detail),
+                h('td', { class: 'admin-error' }, b.detail),
                 h('td', {}, b.vramTotalBytes ? `${bytes(b.vramFreeBytes ?? 0)} of ${bytes(b.vramTotalBytes)}` : '—'),
                 h('td', { class: 'admin-code' }, b.checkedBy),
                 h('td', {}, when(b.checkedAt)),
@@ -801,7 +803,7 @@ async function catalog({ panel }) {
                 h('td', {}, m.backend.toLowerCase()),
                 h('td', { class: 'admin-code' }, m.workflow),
                 h('td', {}, m.inputs.length ? m.inputs.map((k) => k.toLowerCase()).join(', ') : 'text only'),
-                h('td', {}, m.prices.map(priceText).join('; ')),
+                h('td', { class: 'admin-nowrap' }, m.prices.map((pr) => h('div', {}, priceText(pr)))),
                 h('td', { 'data-col': 'active' }, yesNo(m.active)),
                 h('td', {}, num(m.sortOrder)),
                 h('td', {}, edit),

@@ -34,7 +34,7 @@ export default async function billing(main, ctx) {
               h('h3', { style: 'margin-top:0' }, p.name),
               h('p', { class: 'quote' }, credits(p.credits), p.kind === 'PLAN' ? ' a month' : ''),
               h('p', {}, money(p.priceCents, p.currency), p.kind === 'PLAN' ? ' per month' : ''),
-              h('button', { onclick: (e) => buy(e.target, p), 'aria-label': `Buy ${p.name}` }, p.kind === 'PLAN' ? 'Subscribe' : 'Buy'),
+              h('button', { onclick: (e) => buy(e.target, p), 'aria-label': `${p.kind === 'PLAN' ? 'Subscribe to' : 'Buy'} ${p.name}` }, p.kind === 'PLAN' ? 'Subscribe' : 'Buy'),
             ),
           )
         : h('p', { class: 'muted' }, 'Nothing is on sale right now.'),

@@ -34,7 +34,8 @@ export default async function create(main, ctx) {
     const m = current();
     const i = {
       model: m.id,
-      prompt: prompt.value.trim() || ' ',
+      // The price does not depend on the words; a quote needs some.
+      prompt: prompt.value.trim() || 'price',
       resolution: res.value,
     };
     if (negative.value.trim()) i.negativePrompt = negative.value.trim();
