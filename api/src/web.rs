@@ -51,7 +51,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
 
 async fn page() -> Response {
     let Some(index) = Files::get("index.html") else {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "web/index.html is missing from this build").into_response();
+        return (StatusCode::INTERNAL_SERVER_ERROR, "web/index.html is missing from this build")
+            .into_response();
     };
     let mut res = (
         [
@@ -80,7 +81,8 @@ async fn file(Path(name): Path<String>, headers: HeaderMap) -> Response {
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag));
     let mime = f.metadata.mimetype();
     // `.mjs` is JavaScript whatever the system's MIME table says.
-    let mime = if name.ends_with(".js") || name.ends_with(".mjs") { "text/javascript; charset=utf-8" } else { mime };
+    let mime =
+        if name.ends_with(".js") || name.ends_with(".mjs") { "text/javascript; charset=utf-8" } else { mime };
     let mut res = if cached { StatusCode::NOT_MODIFIED.into_response() } else { f.data.into_response() };
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(mime) {

@@ -17,11 +17,8 @@ fn persisted(hash: &str) -> Value {
 }
 
 async fn post(app: &TestApp, body: Value, token: Option<&str>) -> (u16, Value) {
-    let mut req = app
-        .http
-        .post(app.url("/graphql"))
-        .header("Accept", "application/graphql-response+json")
-        .json(&body);
+    let mut req =
+        app.http.post(app.url("/graphql")).header("Accept", "application/graphql-response+json").json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -58,21 +55,14 @@ async fn a_hash_is_unknown_then_registered_with_its_text_then_enough_alone() {
 
     // GET too (Apollo's useGETForHashedQueries), and it is still no way to
     // run a mutation over GET.
-    let url = format!(
-        "{}?extensions={}",
-        app.url("/graphql"),
-        percent(&persisted(&hash).to_string())
-    );
+    let url = format!("{}?extensions={}", app.url("/graphql"), percent(&persisted(&hash).to_string()));
     let res: Value =
         app.http.get(&url).bearer_auth(&token).send().await.expect("GET").json().await.expect("json");
     assert_eq!(res["data"]["me"]["email"], "apq@example.com", "{res}");
     let mutation = "mutation ApqLogout { logout }";
     post(&app, json!({ "query": mutation, "extensions": persisted(&sha(mutation)) }), None).await;
-    let url = format!(
-        "{}?extensions={}",
-        app.url("/graphql"),
-        percent(&persisted(&sha(mutation)).to_string())
-    );
+    let url =
+        format!("{}?extensions={}", app.url("/graphql"), percent(&persisted(&sha(mutation)).to_string()));
     let res = app.http.get(&url).bearer_auth(&token).send().await.expect("GET");
     assert_eq!(res.status(), 405, "a persisted mutation over GET");
 
@@ -118,8 +108,11 @@ async fn over_websocket_a_subscription_goes_by_its_hash() {
     let hash = sha(query);
     let mut socket = ws::connect_signed_in(app.addr, Some(&token)).await;
 
-    ws::send(&mut socket, json!({ "id": "1", "type": "subscribe", "payload": { "extensions": persisted(&hash) } }))
-        .await;
+    ws::send(
+        &mut socket,
+        json!({ "id": "1", "type": "subscribe", "payload": { "extensions": persisted(&hash) } }),
+    )
+    .await;
     let msg = ws::recv_within(&mut socket, Duration::from_secs(10)).await.expect("an answer");
     let errors = if msg["type"] == "error" { &msg["payload"] } else { &msg["payload"]["errors"] };
     assert_eq!(errors[0]["extensions"]["code"], "PERSISTED_QUERY_NOT_FOUND", "{msg}");
@@ -132,8 +125,11 @@ async fn over_websocket_a_subscription_goes_by_its_hash() {
     let msg = next_for(&mut socket, "2").await;
     assert_eq!(msg["payload"]["data"]["creditsChanged"]["balance"], 100, "{msg}");
 
-    ws::send(&mut socket, json!({ "id": "3", "type": "subscribe", "payload": { "extensions": persisted(&hash) } }))
-        .await;
+    ws::send(
+        &mut socket,
+        json!({ "id": "3", "type": "subscribe", "payload": { "extensions": persisted(&hash) } }),
+    )
+    .await;
     let msg = next_for(&mut socket, "3").await;
     assert_eq!(msg["payload"]["data"]["creditsChanged"]["balance"], 100, "{msg}");
 }

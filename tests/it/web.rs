@@ -25,7 +25,8 @@ async fn the_app_and_its_files_come_from_mage() {
             let url: String = html[i + attr.len()..].chars().take_while(|c| *c != '"').collect();
             assert!(url.starts_with('/') || url.starts_with("data:"), "external asset in the page: {url}");
             if url.starts_with("/web/") {
-                let res = app.http.get(app.url(&url)).header("Accept-Encoding", "gzip").send().await.expect("file");
+                let res =
+                    app.http.get(app.url(&url)).header("Accept-Encoding", "gzip").send().await.expect("file");
                 assert_eq!(res.status(), 200, "{url}");
                 assert_eq!(res.headers()["content-encoding"], "gzip", "{url} is compressed");
                 assert!(res.headers().contains_key("etag"), "{url}");
@@ -35,7 +36,9 @@ async fn the_app_and_its_files_come_from_mage() {
     }
     assert!(files >= 4, "the page loads its script, styles and modules from /web/: {files}");
     // Every route of the app is the page (a reload or a mail's link).
-    for path in ["/signin", "/create", "/generations/abc", "/checkout/success?order=x", "/reset-password?token=t"] {
+    for path in
+        ["/signin", "/create", "/generations/abc", "/checkout/success?order=x", "/reset-password?token=t"]
+    {
         let res = app.http.get(app.url(path)).send().await.expect("route");
         assert_eq!(res.status(), 200, "{path}");
         assert!(res.text().await.expect("html").contains("/web/js/app.js"), "{path}");
@@ -44,7 +47,8 @@ async fn the_app_and_its_files_come_from_mage() {
     let res = app.http.get(app.url("/web/js/app.js")).send().await.expect("file");
     let etag = res.headers()["etag"].clone();
     assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
-    let res = app.http.get(app.url("/web/js/app.js")).header("If-None-Match", etag).send().await.expect("again");
+    let res =
+        app.http.get(app.url("/web/js/app.js")).header("If-None-Match", etag).send().await.expect("again");
     assert_eq!(res.status(), 304);
     let res = app.http.get(app.url("/web/vendor/hls.mjs")).send().await.expect("module");
     assert_eq!(res.headers()["content-type"], "text/javascript; charset=utf-8");
@@ -86,7 +90,10 @@ impl App {
     async fn eval(&mut self, js: &str) -> Value {
         let v = self
             .page
-            .call("Runtime.evaluate", json!({ "expression": js, "returnByValue": true, "awaitPromise": true }))
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": js, "returnByValue": true, "awaitPromise": true }),
+            )
             .await;
         if let Some(e) = v["result"].get("exceptionDetails") {
             panic!("{js} threw: {e}");
@@ -98,7 +105,8 @@ impl App {
     async fn wait(&mut self, js: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
-            let v = self.eval(&format!("(() => {{ try {{ return {js}; }} catch {{ return null; }} }})()")).await;
+            let v =
+                self.eval(&format!("(() => {{ try {{ return {js}; }} catch {{ return null; }} }})()")).await;
             if !(v.is_null() || v == false || v == "" || v == 0) {
                 return v;
             }
@@ -166,7 +174,13 @@ impl App {
 
     async fn credits_shown(&mut self) -> i64 {
         let text = self.wait("document.getElementById('balance')?.textContent.match(/\\d/) && document.getElementById('balance').textContent", Duration::from_secs(10)).await;
-        text.as_str().unwrap_or_default().chars().filter(char::is_ascii_digit).collect::<String>().parse().expect("a number")
+        text.as_str()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("a number")
     }
 }
 
@@ -198,6 +212,17 @@ async fn journey(viewport: Viewport) {
     )
     .await;
     page.call("Emulation.setTouchEmulationEnabled", json!({ "enabled": viewport.mobile })).await;
+    if viewport.mobile {
+        // Chromium plays HLS natively; on the phone run the app is made to
+        // take the hls.js path, as it does in browsers without it.
+        page.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": "const can = HTMLMediaElement.prototype.canPlayType; \
+                HTMLMediaElement.prototype.canPlayType = function (t) { \
+                  return /mpegurl/i.test(t) ? '' : can.call(this, t); };" }),
+        )
+        .await;
+    }
     // The statistics' days are UTC days (MAGE_STATS_TZ); so are the page's.
     page.call("Emulation.setTimezoneOverride", json!({ "timezoneId": "UTC" })).await;
     let shots = std::env::var_os("CARGO_TARGET_DIR")
@@ -231,7 +256,11 @@ async fn journey(viewport: Viewport) {
     app.fill("input[type=email]", &email).await;
     app.fill("input[type=password]", "correct horse battery").await;
     app.click("#signup").await;
-    app.wait("document.body.dataset.ready === '/create' && document.getElementById('quote')?.dataset.credits", Duration::from_secs(30)).await;
+    app.wait(
+        "document.body.dataset.ready === '/create' && document.getElementById('quote')?.dataset.credits",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(app.credits_shown().await, 100, "the signup credits");
     app.shot("create").await;
     app.axe("create").await;
@@ -241,13 +270,23 @@ async fn journey(viewport: Viewport) {
     app.follow("/billing").await;
     app.shot("billing").await;
     app.axe("billing").await;
-    let pack = app.eval("Number(document.querySelector('#products article .quote').textContent.replace(/\\D/g, ''))").await;
+    let pack = app
+        .eval("Number(document.querySelector('#products article .quote').textContent.replace(/\\D/g, ''))")
+        .await;
     let pack = pack.as_i64().expect("credits of the first product");
     app.click("#products button").await;
-    app.wait("location.pathname.startsWith('/dev/checkout/') && document.getElementById('pay')", Duration::from_secs(30)).await;
+    app.wait(
+        "location.pathname.startsWith('/dev/checkout/') && document.getElementById('pay')",
+        Duration::from_secs(30),
+    )
+    .await;
     app.shot("checkout").await;
     app.click("#pay").await;
-    app.wait("document.body.dataset.ready === '/checkout/success' && document.getElementById('new-balance')", Duration::from_secs(60)).await;
+    app.wait(
+        "document.body.dataset.ready === '/checkout/success' && document.getElementById('new-balance')",
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(app.credits_shown().await, 100 + pack, "the balance rose by the pack");
     app.shot("paid").await;
     app.axe("checkout confirmation").await;
@@ -334,6 +373,9 @@ async fn journey(viewport: Viewport) {
         )
         .await;
     println!("[{}] the HLS video plays ({playing})", viewport.name);
+    if viewport.mobile {
+        assert_eq!(playing, "hls.js");
+    }
     app.shot("playing").await;
     app.axe("a finished generation").await;
 
@@ -348,11 +390,16 @@ async fn journey(viewport: Viewport) {
     app.axe("account").await;
 
     app.follow("/history").await;
-    app.wait("document.querySelector('#history article[data-status=\"SUCCEEDED\"]')", Duration::from_secs(10)).await;
+    app.wait(
+        "document.querySelector('#history article[data-status=\"SUCCEEDED\"]')",
+        Duration::from_secs(10),
+    )
+    .await;
     app.shot("history").await;
     app.axe("history").await;
     app.follow("/assets").await;
-    app.wait("document.querySelector('#assets article[data-status=\"READY\"]')", Duration::from_secs(10)).await;
+    app.wait("document.querySelector('#assets article[data-status=\"READY\"]')", Duration::from_secs(10))
+        .await;
     app.shot("uploads").await;
     app.axe("uploads").await;
 
@@ -390,7 +437,9 @@ async fn journey(viewport: Viewport) {
         .events
         .iter()
         .filter(|e| e["method"] == "Network.requestWillBeSent" || e["method"] == "Network.webSocketCreated")
-        .filter_map(|e| e["params"]["request"]["url"].as_str().or(e["params"]["url"].as_str()).map(str::to_owned))
+        .filter_map(|e| {
+            e["params"]["request"]["url"].as_str().or(e["params"]["url"].as_str()).map(str::to_owned)
+        })
         .collect();
     urls.sort();
     urls.dedup();
@@ -405,7 +454,13 @@ async fn journey(viewport: Viewport) {
         .collect();
     assert!(away.is_empty(), "requests left the machine: {away:?}");
     assert!(urls.len() > 20, "the requests were seen: {}", urls.len());
-    let thrown: Vec<&Value> = app.page.events.iter().filter(|e| e["method"] == "Runtime.exceptionThrown").collect();
+    let thrown: Vec<&Value> =
+        app.page.events.iter().filter(|e| e["method"] == "Runtime.exceptionThrown").collect();
     assert!(thrown.is_empty(), "the page threw: {thrown:?}");
-    println!("[{}] {} distinct URLs, all on this machine; screenshots in {}", viewport.name, urls.len(), shots.display());
+    println!(
+        "[{}] {} distinct URLs, all on this machine; screenshots in {}",
+        viewport.name,
+        urls.len(),
+        shots.display()
+    );
 }

@@ -68,11 +68,10 @@ impl PersistedQueries {
     /// Requests without the extension pass untouched.
     pub async fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), Response> {
         let Some(value) = request.extensions.remove("persistedQuery") else { return Ok(()) };
-        let ext: Extension = value
-            .into_json()
-            .ok()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .ok_or_else(|| refusal("persistedQuery must be { version: 1, sha256Hash }", "BAD_USER_INPUT"))?;
+        let ext: Extension =
+            value.into_json().ok().and_then(|v| serde_json::from_value(v).ok()).ok_or_else(|| {
+                refusal("persistedQuery must be { version: 1, sha256Hash }", "BAD_USER_INPUT")
+            })?;
         if ext.version != 1 {
             return Err(refusal("PersistedQueryNotSupported: only version 1 is supported", "BAD_USER_INPUT"));
         }

@@ -3,8 +3,8 @@
 mod account;
 mod admin;
 mod api_keys;
-mod assets;
 mod apq;
+mod assets;
 mod budget;
 mod catalog;
 mod context;

@@ -43,7 +43,10 @@ pub fn declared_kind(content_type: &str) -> Result<(MediaKind, String)> {
         Some((_, kind)) => Ok((*kind, essence)),
         None => Err(Error::invalid(
             "contentType",
-            format!("must be one of {}", CONTENT_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")),
+            format!(
+                "must be one of {}",
+                CONTENT_TYPES.iter().map(|(t, _)| *t).collect::<Vec<_>>().join(", ")
+            ),
         )),
     }
 }

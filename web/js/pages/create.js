@@ -84,15 +84,12 @@ export default async function create(main, ctx) {
     const status = h('p', { class: 'muted', 'aria-live': 'polite', id: `upload-status-${slot}` }, `${accept.map((t) => t.split('/')[1].toUpperCase()).join(', ')}, up to ${bytes(max)}.`);
     const bar = h('progress', { max: 100, value: 0, hidden: true, 'aria-label': 'Upload progress', id: `upload-progress-${slot}` });
     const preview = h('div');
+    // A label around the (visually hidden) input: clicking anywhere opens
+    // the file dialog, the input keeps the keyboard focus and its name.
     const zone = h(
-      'div',
+      'label',
       {
         class: 'drop',
-        tabindex: 0,
-        role: 'button',
-        'aria-label': `Choose ${kind === 'IMAGE' ? 'an image' : 'a video'} to start from, or drop it here`,
-        onclick: () => file.click(),
-        onkeydown: (e) => (e.key === 'Enter' || e.key === ' ') && (e.preventDefault(), file.click()),
         ondragover: (e) => (e.preventDefault(), zone.classList.add('over')),
         ondragleave: () => zone.classList.remove('over'),
         ondrop: (e) => {
@@ -102,6 +99,7 @@ export default async function create(main, ctx) {
         },
       },
       h('strong', {}, kind === 'IMAGE' ? 'Drop an image here or click to choose' : 'Drop a video here or click to choose'),
+      file,
       preview,
     );
     file.addEventListener('change', () => file.files[0] && take(file.files[0]));
@@ -140,7 +138,8 @@ export default async function create(main, ctx) {
         fill(status, h('span', { class: 'error' }, explain(e)));
       }
     }
-    return h('div', { class: 'field' }, h('span', { class: 'label', id: `input-label-${slot}` }, kind === 'IMAGE' ? 'Start from an image' : 'Start from a video'), zone, file, bar, status);
+    file.setAttribute('aria-describedby', status.id);
+    return h('div', { class: 'field' }, h('span', { class: 'label' }, kind === 'IMAGE' ? 'Start from an image' : 'Start from a video'), zone, bar, status);
   }
 
   model.addEventListener('change', onModel);
