@@ -262,7 +262,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = listen(settings.addr).await?;
             let metrics = serve_metrics(settings.metrics_addr, &core).await?;
             let state = mage_api::AppState::new(core, settings);
-            println!("Mage is running. Playground: {}/graphql", state.settings.public_url);
+            println!(
+                "Mage is running. Web app: {url}/  Playground: {url}/graphql",
+                url = state.settings.public_url
+            );
             let (api, work) = tokio::join!(
                 mage_api::serve_on(listener, state, shutdown_signal()),
                 workers.run(shutdown_signal())
