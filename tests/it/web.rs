@@ -464,3 +464,72 @@ async fn journey(viewport: Viewport) {
         shots.display()
     );
 }
+
+/// The first link to `page` in the development mailbox, for `email`.
+async fn mailed_link(http: &reqwest::Client, dev: &Dev, email: &str, page: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let html = http.get(dev.url("/dev/mail")).send().await.expect("mailbox").text().await.expect("html");
+        let link = html.split("<article").filter(|mail| mail.contains(email)).find_map(|mail| {
+            let start = mail.find(&format!("href=\"{}", dev.url(&format!("/{page}?token="))))?;
+            let rest = &mail[start + "href=\"".len()..];
+            Some(rest[..rest.find('"')?].to_owned())
+        });
+        if let Some(link) = link {
+            return link;
+        }
+        assert!(Instant::now() < deadline, "no {page} mail for {email}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mailed_links_open_the_app() {
+    let Some(binary) = chromium_or_skip() else { return };
+    let dev = Dev::start().await;
+    let http = reqwest::Client::new();
+    let (_browser, port) = launch(&binary);
+    let mut page = Page::open(port).await;
+    page.call("Runtime.enable", json!({})).await;
+    let shots = std::env::temp_dir().join(format!("mage-web-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&shots).expect("dir");
+    let mut app = App { page, base: dev.url(""), shots: shots.clone(), step: 0, viewport: "desktop" };
+    let email = "links@example.com";
+    register_at(&http, &dev.url("/graphql"), email).await;
+
+    // The confirmation link of the welcome mail.
+    let link = mailed_link(&http, &dev, email, "verify-email").await;
+    app.go(link.trim_start_matches(&app.base).to_owned().as_str()).await;
+    let said = app.wait("document.querySelector('main [role=status]')?.textContent.includes('is confirmed') && document.querySelector('main [role=status]').textContent", Duration::from_secs(10)).await;
+    assert!(said.as_str().expect("text").contains(email), "{said}");
+    app.axe("email confirmation").await;
+
+    // Forgot the password: the mailed link sets a new one and signs in.
+    app.go("/forgot-password").await;
+    app.fill("input[type=email]", email).await;
+    app.click("form button[type=submit]").await;
+    app.wait("document.querySelector('form [role=status]')?.textContent", Duration::from_secs(10)).await;
+    app.axe("forgotten password").await;
+    let link = mailed_link(&http, &dev, email, "reset-password").await;
+    app.go(link.trim_start_matches(&app.base).to_owned().as_str()).await;
+    app.axe("new password").await;
+    app.fill("input[type=password]", "a brand new passphrase").await;
+    app.click("form button[type=submit]").await;
+    app.wait("document.body.dataset.ready === '/create'", Duration::from_secs(30)).await;
+    let res = post_graphql(
+        &http,
+        &dev.url("/graphql"),
+        "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }",
+        json!({ "e": email, "p": "a brand new passphrase" }),
+        None,
+    )
+    .await;
+    assert!(res["data"]["login"]["token"].is_string(), "the new password works: {res}");
+    // The link works once.
+    app.go(link.trim_start_matches(&app.base).to_owned().as_str()).await;
+    app.fill("input[type=password]", "yet another passphrase").await;
+    app.click("form button[type=submit]").await;
+    let error = app.wait("document.querySelector('form .error')?.textContent", Duration::from_secs(10)).await;
+    assert!(!error.as_str().expect("text").is_empty());
+    let _ = std::fs::remove_dir_all(&shots);
+}
