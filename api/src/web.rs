@@ -42,7 +42,12 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-
                    base-uri 'none'; form-action 'self'";
 
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    let mut router = Router::new().route("/", get(page)).route("/web/{*file}", get(file));
+    let mut router = Router::new()
+        .route("/", get(page))
+        .route("/web/{*file}", get(file))
+        // Browsers ask every page's origin for one (the playground, the
+        // development checkout page and mailbox have no <link rel=icon>).
+        .route("/favicon.ico", get(|headers| file(Path("icon.svg".to_owned()), headers)));
     for p in PAGES {
         router = router.route(&format!("/{p}"), get(page)).route(&format!("/{p}/{{*rest}}"), get(page));
     }

@@ -202,7 +202,7 @@ async fn journey(viewport: Viewport) {
 
     let (_browser, port) = launch(&binary);
     let mut page = Page::open(port).await;
-    for domain in ["Runtime.enable", "Network.enable", "Page.enable", "DOM.enable"] {
+    for domain in ["Runtime.enable", "Network.enable", "Page.enable", "DOM.enable", "Log.enable"] {
         page.call(domain, json!({})).await;
     }
     page.call("Network.setCacheDisabled", json!({ "cacheDisabled": true })).await;
@@ -457,6 +457,14 @@ async fn journey(viewport: Viewport) {
     let thrown: Vec<&Value> =
         app.page.events.iter().filter(|e| e["method"] == "Runtime.exceptionThrown").collect();
     assert!(thrown.is_empty(), "the page threw: {thrown:?}");
+    // Content-Security-Policy refusals and failed loads are logged errors.
+    let logged: Vec<&Value> = app
+        .page
+        .events
+        .iter()
+        .filter(|e| e["method"] == "Log.entryAdded" && e["params"]["entry"]["level"] == "error")
+        .collect();
+    assert!(logged.is_empty(), "the browser logged errors: {logged:?}");
     println!(
         "[{}] {} distinct URLs, all on this machine; screenshots in {}",
         viewport.name,

@@ -146,8 +146,8 @@ async function loadHooks(root) {
     h('fieldset', {}, h('legend', {}, 'Events'), h('div', { class: 'checks' }, boxes)),
     h('div', { class: 'row' }, create),
     secret),
-    webhookEndpoints.map((ep) => h('article', { class: 'card', style: 'margin-top:12px', dataset: { endpoint: ep.id } },
-      h('h3', { style: 'margin-top:0;word-break:break-all' }, ep.url),
+    webhookEndpoints.map((ep) => h('article', { class: 'card spaced', dataset: { endpoint: ep.id } },
+      h('h3', { class: 'title' }, ep.url),
       ep.description ? h('p', {}, ep.description) : null,
       h('p', { class: 'row' }, ep.enabled ? h('span', { class: 'badge succeeded' }, 'enabled') : h('span', { class: 'badge failed' }, 'disabled'), h('span', { class: 'muted' }, ep.events.map((e) => e.toLowerCase().replace('_', '.')).join(', '))),
       ep.disabledReason ? h('p', { class: 'error' }, ep.disabledReason) : null,
@@ -236,8 +236,7 @@ function renderSecurity(root, ctx) {
       },
     }, field('Current password', current), field('New password', next, '8 to 128 characters.'), h('div', { class: 'row' }, change)),
     h('form', {
-      class: 'card',
-      style: 'margin-top:12px',
+      class: 'card spaced',
       onsubmit: (e) => {
         e.preventDefault();
         if (!confirm('Delete your account for good? Your generations and uploads are deleted.')) return;

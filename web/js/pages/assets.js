@@ -35,7 +35,7 @@ export default async function assets(main, ctx) {
       'article',
       { class: 'card', dataset: { id: a.id, status: a.status } },
       a.thumbnailUrl || a.posterUrl ? h('img', { class: 'thumb', src: a.thumbnailUrl || a.posterUrl, alt: '', loading: 'lazy' }) : h('div', { class: 'thumb', 'aria-hidden': 'true' }),
-      h('h3', { style: 'font-size:1rem;margin:8px 0 4px;word-break:break-all' }, a.filename),
+      h('h3', { class: 'title' }, a.filename),
       h('p', { class: 'row' }, statusBadge(a.status), h('span', { class: 'muted' }, [bytes(a.byteSize), a.width ? `${a.width}×${a.height}` : null, a.durationSeconds ? duration(a.durationSeconds) : null].filter(Boolean).join(' · '))),
       a.error ? h('p', { class: 'error' }, a.error) : null,
       h('p', { class: 'muted' }, when(a.createdAt)),

@@ -31,7 +31,7 @@ export default async function billing(main, ctx) {
             h(
               'article',
               { class: 'card', dataset: { product: p.id } },
-              h('h3', { style: 'margin-top:0' }, p.name),
+              h('h3', { class: 'title' }, p.name),
               h('p', { class: 'quote' }, credits(p.credits), p.kind === 'PLAN' ? ' a month' : ''),
               h('p', {}, money(p.priceCents, p.currency), p.kind === 'PLAN' ? ' per month' : ''),
               h('button', { onclick: (e) => buy(e.target, p), 'aria-label': `${p.kind === 'PLAN' ? 'Subscribe to' : 'Buy'} ${p.name}` }, p.kind === 'PLAN' ? 'Subscribe' : 'Buy'),

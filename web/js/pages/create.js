@@ -177,7 +177,7 @@ export default async function create(main, ctx) {
     inputsBox,
     field('Prompt', prompt),
     field('Avoid (optional)', negative),
-    h('div', { class: 'row' }, h('div', { style: 'flex:1;min-width:140px' }, field('Resolution', res)), h('div', { style: 'flex:1;min-width:140px' }, durField)),
+    h('div', { class: 'row' }, h('div', { class: 'grow' }, field('Resolution', res)), h('div', { class: 'grow' }, durField)),
     quote,
     problem,
     h('div', { class: 'row' }, submit),

@@ -15,7 +15,7 @@ export default async function history(main, ctx) {
   const list = h('div', { class: 'grid', id: 'history' });
   const more = h('p', { class: 'muted', role: 'status' });
   const sentinel = h('div', { 'aria-hidden': 'true' });
-  fill(main, h('h1', {}, 'History'), h('div', { style: 'max-width:240px' }, field('Show', filter)), list, more, sentinel);
+  fill(main, h('h1', {}, 'History'), h('div', { class: 'short' }, field('Show', filter)), list, more, sentinel);
 
   const cards = new Map();
   let after = null;
@@ -28,7 +28,7 @@ export default async function history(main, ctx) {
       'article',
       { class: 'card', dataset: { id: g.id, status: g.status } },
       thumb ? h('img', { class: 'thumb', src: thumb, alt: '', loading: 'lazy' }) : h('div', { class: 'thumb', 'aria-hidden': 'true' }),
-      h('h2', { style: 'font-size:1rem;margin:8px 0 4px' }, h('a', { href: `/generations/${g.id}`, 'data-link': true }, g.prompt.length > 60 ? `${g.prompt.slice(0, 60)}…` : g.prompt)),
+      h('h2', { class: 'title' }, h('a', { href: `/generations/${g.id}`, 'data-link': true }, g.prompt.length > 60 ? `${g.prompt.slice(0, 60)}…` : g.prompt)),
       h('p', { class: 'row' }, statusBadge(g.status), ACTIVE.includes(g.status) ? h('span', { class: 'muted' }, g.status === 'QUEUED' && g.queuePosition ? `#${g.queuePosition} in queue` : `${g.progress}%`) : null),
       h('p', { class: 'muted' }, `${g.model} · ${credits(g.cost)} · ${when(g.createdAt)}`),
       g.status === 'FAILED' && g.error ? h('p', { class: 'error' }, g.error) : null,
