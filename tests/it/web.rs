@@ -430,6 +430,65 @@ async fn journey(viewport: Viewport) {
     app.shot("admin-queue").await;
     app.axe("admin queue").await;
 
+    // Grant the other user credits, and rename a model in the catalogue.
+    let busy = format!("busy-{}@example.com", viewport.name);
+    app.go("/admin?tab=users").await;
+    app.wait("document.querySelector('#admin-panel[data-loaded]')", Duration::from_secs(10)).await;
+    app.fill("#user-search-input", "busy-").await;
+    app.click("#user-search-button").await;
+    app.wait(
+        "document.getElementById('users-status')?.textContent.includes('matching')",
+        Duration::from_secs(10),
+    )
+    .await;
+    let row = format!("#users-table tr[data-email=\"{busy}\"]");
+    app.wait(&format!("document.querySelector({row:?})"), Duration::from_secs(10)).await;
+    app.fill(&format!("{row} form.adjust input[name=amount]"), "25").await;
+    app.fill(&format!("{row} form.adjust input[name=reason]"), "goodwill").await;
+    app.click(&format!("{row} form.adjust button[value=grant]")).await;
+    let entries = "{ creditEntries(first: 10) { nodes { kind amount memo } } }";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = post_graphql(&http, &graphql, entries, json!({}), Some(&other)).await;
+        let grants: Vec<&Value> = res["data"]["creditEntries"]["nodes"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| e["kind"] == "GRANT" && e["amount"] == 25)
+            .collect();
+        if grants.len() == 1 {
+            assert_eq!(grants[0]["memo"], "goodwill", "{res}");
+            break;
+        }
+        if !grants.is_empty() || Instant::now() > deadline {
+            let text = app.eval("document.body.innerText").await;
+            app.shot("grant").await;
+            panic!("[{}] one grant of 25: {res}; the page says {text}", viewport.name);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.shot("admin-users").await;
+    app.axe("admin users").await;
+    app.go("/admin?tab=catalog").await;
+    app.wait("document.querySelector('button[data-edit-model=\"synth-image\"]')", Duration::from_secs(10))
+        .await;
+    app.click("button[data-edit-model=\"synth-image\"]").await;
+    app.wait("document.getElementById('model-name')", Duration::from_secs(10)).await;
+    app.fill("#model-name", "Quick picture").await;
+    app.axe("the model editor").await;
+    app.shot("admin-catalog").await;
+    app.click("#model-save").await;
+    app.wait("!document.getElementById('model-form') && document.querySelector('tr[data-model-id=\"synth-image\"]')?.textContent.includes('Quick picture')", Duration::from_secs(10)).await;
+    let res = post_graphql(&http, &graphql, "{ models { id name } }", json!({}), None).await;
+    assert!(
+        res["data"]["models"]
+            .as_array()
+            .expect("models")
+            .iter()
+            .any(|m| m["id"] == "synth-image" && m["name"] == "Quick picture"),
+        "{res}"
+    );
+
     // Nothing the app did left the machine, and nothing threw.
     app.eval("1").await;
     let mut urls: Vec<String> = app

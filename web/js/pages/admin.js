@@ -698,11 +698,16 @@ async function users({ panel, ctx }) {
     return tr;
   }
 
+  let loads = 0;
   async function load(reset) {
     if (reset) after = null;
+    // Only the latest search may fill the table (an earlier one answering
+    // late would put back rows the admin already searched away).
+    const mine = ++loads;
     let conn;
     try {
       conn = (await gql(USERS_QUERY, { search: term || null, after })).users;
+      if (mine !== loads) return;
     } catch (e) {
       toast(explain(e), 'error');
       if (reset) status.textContent = `Could not load users: ${explain(e)}`;
@@ -873,10 +878,7 @@ async function catalog({ panel }) {
     const save = h('button', { type: 'submit', id: 'model-save' }, isNew ? 'Create model' : 'Save model');
     const cancel = h('button', { type: 'button', class: 'secondary', id: 'model-cancel', onclick: () => closeEditor(modelEditor, opener) }, 'Cancel');
     const title = isNew ? 'New model' : `Edit model ${m.id}`;
-    const form = h(
-      'form',
-      { id: 'model-form', class: 'card admin-form', 'aria-label': title, 'data-mode': isNew ? 'create' : 'update', novalidate: true },
-      h('h3', {}, title),
+    const form = editorForm('model-form', title, isNew,
       h(
         'div',
         { class: 'admin-form-grid' },
@@ -954,15 +956,10 @@ async function catalog({ panel }) {
         } else {
           saved = (await gql(`mutation UpdateModel($id: ID!, $input: ModelInput!) { updateModel(id: $id, input: $input) { id } }`, { id: m.id, input })).updateModel;
         }
-        toast(`Model ${saved.id} ${isNew ? 'created' : 'saved'}.`, 'success');
-        fill(modelEditor);
-        await load();
-        modelsBox.querySelector(`button[data-edit-model="${CSS.escape(saved.id)}"]`)?.focus();
+        await afterSave(`Model ${saved.id} ${isNew ? 'created' : 'saved'}.`, modelEditor, modelsBox.id, `data-edit-model="${CSS.escape(saved.id)}"`);
       }, explain);
     });
-    fill(modelEditor, form);
-    form.scrollIntoView({ block: 'start', behavior: 'smooth' });
-    (idInput || name).focus({ preventScroll: true });
+    showEditor(modelEditor, form, idInput || name);
   }
 
   function editProduct(p, opener) {
@@ -979,10 +976,7 @@ async function catalog({ panel }) {
     const save = h('button', { type: 'submit', id: 'product-save' }, isNew ? 'Create product' : 'Save product');
     const cancel = h('button', { type: 'button', class: 'secondary', id: 'product-cancel', onclick: () => closeEditor(productEditor, opener) }, 'Cancel');
     const title = isNew ? 'New product' : `Edit product ${p.id}`;
-    const form = h(
-      'form',
-      { id: 'product-form', class: 'card admin-form', 'aria-label': title, 'data-mode': isNew ? 'create' : 'update', novalidate: true },
-      h('h3', {}, title),
+    const form = editorForm('product-form', title, isNew,
       h(
         'div',
         { class: 'admin-form-grid' },
@@ -1018,15 +1012,34 @@ async function catalog({ panel }) {
         } else {
           saved = (await gql(`mutation UpdateProduct($id: ID!, $input: ProductInput!) { updateProduct(id: $id, input: $input) { id } }`, { id: p.id, input })).updateProduct;
         }
-        toast(`Product ${saved.id} ${isNew ? 'created' : 'saved'}.`, 'success');
-        fill(productEditor);
-        await load();
-        productsBox.querySelector(`button[data-edit-product="${CSS.escape(saved.id)}"]`)?.focus();
+        await afterSave(`Product ${saved.id} ${isNew ? 'created' : 'saved'}.`, productEditor, productsBox.id, `data-edit-product="${CSS.escape(saved.id)}"`);
       }, explain);
     });
-    fill(productEditor, form);
+    showEditor(productEditor, form, name);
+  }
+
+  /** A catalogue editor's form: its title, then its fields. */
+  function editorForm(id, title, isNew, ...body) {
+    return h(
+      'form',
+      { id, class: 'card admin-form', 'aria-label': title, 'data-mode': isNew ? 'create' : 'update', novalidate: true },
+      h('h3', {}, title),
+      ...body,
+    );
+  }
+
+  function showEditor(editor, form, first) {
+    fill(editor, form);
     form.scrollIntoView({ block: 'start', behavior: 'smooth' });
-    name.focus({ preventScroll: true });
+    first.focus({ preventScroll: true });
+  }
+
+  /** After a save: say so, close the editor, reload, focus the row's Edit. */
+  async function afterSave(message, editor, boxId, editAttr) {
+    toast(message, 'success');
+    fill(editor);
+    await load();
+    document.getElementById(boxId)?.querySelector(`button[${editAttr}]`)?.focus();
   }
 
   await load();
