@@ -188,7 +188,10 @@ async fn journey(viewport: Viewport) {
     let Some(binary) = chromium_or_skip() else { return };
     // One render at a time, so a generation queued behind another shows its
     // place in the queue.
-    let dev = Dev::start_with(&[("MAGE_RENDER_CONCURRENCY", "1")]).await;
+    // Access tokens of 40 s: the app refreshes its session every 10 s or
+    // so along the way, and must keep its live subscriptions.
+    let dev =
+        Dev::start_with(&[("MAGE_RENDER_CONCURRENCY", "1"), ("MAGE_ACCESS_TOKEN_TTL_SECONDS", "40")]).await;
     let base = dev.url("");
     let http = reqwest::Client::new();
     let photo = tempfile::tempdir().expect("dir");
@@ -488,6 +491,36 @@ async fn journey(viewport: Viewport) {
             .any(|m| m["id"] == "synth-image" && m["name"] == "Quick picture"),
         "{res}"
     );
+
+    // The balance in the header is still live after the refreshes.
+    let before = app.credits_shown().await;
+    let token = app.eval("JSON.parse(localStorage.getItem('mage.session')).token").await;
+    let me = post_graphql(&http, &graphql, "{ me { id } }", json!({}), token.as_str()).await;
+    let res = post_graphql(
+        &http,
+        &graphql,
+        "mutation($u: ID!) { grantCredits(userId: $u, amount: 5, reason: \"live\") { balance } }",
+        json!({ "u": me["data"]["me"]["id"] }),
+        token.as_str(),
+    )
+    .await;
+    assert!(res.get("errors").is_none(), "{res}");
+    app.wait(
+        &format!("document.getElementById('balance').textContent.replace(/\\D/g, '') === '{}'", before + 5),
+        Duration::from_secs(10),
+    )
+    .await;
+    let refreshes = app
+        .page
+        .events
+        .iter()
+        .filter(|e| {
+            e["method"] == "Network.requestWillBeSent"
+                && e["params"]["request"]["postData"].as_str().is_some_and(|b| b.contains("refreshSession"))
+        })
+        .count();
+    assert!(refreshes >= 1, "the session was refreshed along the way");
+    println!("[{}] {refreshes} session refreshes", viewport.name);
 
     // Nothing the app did left the machine, and nothing threw.
     app.eval("1").await;

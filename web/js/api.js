@@ -22,9 +22,13 @@ export function onSession(fn) {
 }
 
 export function setSession(auth) {
+  const before = session();
   if (auth) localStorage.setItem(STORE, JSON.stringify(auth));
   else localStorage.removeItem(STORE);
-  resetSocket();
+  // A socket belongs to its session, not to the access token it opened
+  // with: a refresh keeps it (and its subscriptions); another user or
+  // signing out closes it.
+  if (!auth || before?.user?.id !== auth.user?.id) resetSocket();
   listeners.forEach((fn) => fn(auth));
 }
 
@@ -65,23 +69,32 @@ async function post(body, token) {
 }
 
 let refreshing = null;
-/** Trades the refresh token for new credentials once, however many ask. */
+/**
+ * Trades the refresh token for new credentials once, however many ask.
+ * Tabs share the session, and a refresh token shown twice ends it, so tabs
+ * take turns (Web Locks) and a tab that finds the session already
+ * refreshed by another uses that.
+ */
 async function refresh() {
-  const s = session();
-  if (!s?.refreshToken) return null;
-  refreshing ??= (async () => {
+  const stale = session()?.token;
+  const run = async () => {
+    const s = session();
+    if (!s?.refreshToken) return null;
+    if (s.token !== stale) return s;
     const json = await post({
       query: `mutation Refresh($t: String!) { refreshSession(refreshToken: $t) { ${AUTH_FIELDS} } }`,
       variables: { t: s.refreshToken },
     });
-    refreshing = null;
     if (json.errors) {
       setSession(null);
       return null;
     }
     setSession(json.data.refreshSession);
     return json.data.refreshSession;
-  })();
+  };
+  refreshing ??= (navigator.locks ? navigator.locks.request('mage.refresh', run) : run()).finally(() => {
+    refreshing = null;
+  });
   return refreshing;
 }
 
