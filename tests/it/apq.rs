@@ -95,6 +95,13 @@ async fn a_wrong_hash_is_refused_and_registers_nothing() {
     )
     .await;
     assert_eq!((status, code(&res)), (400, "BAD_USER_INPUT"), "{res}");
+    // A text that does not validate is run (and refused) but not kept.
+    let invalid = "query ApqInvalid { noSuchField }";
+    let (status, res) =
+        post(&app, json!({ "query": invalid, "extensions": persisted(&sha(invalid)) }), None).await;
+    assert_eq!((status, code(&res)), (400, "BAD_USER_INPUT"), "{res}");
+    let (_, res) = post(&app, json!({ "extensions": persisted(&sha(invalid)) }), None).await;
+    assert_eq!(code(&res), "PERSISTED_QUERY_NOT_FOUND", "{res}");
     // Without the extension a request still needs its text.
     let (status, res) = post(&app, json!({ "variables": {} }), None).await;
     assert_eq!(status, 400, "{res}");

@@ -13,7 +13,8 @@
 //! Texts live in Redis under their hash for `TTL` (so memory is bounded by
 //! what clients sent lately, not by all time), with the instance's most used
 //! ones in memory. A text is stored only when its hash is right, so nobody
-//! can make a hash answer a query that is not its own.
+//! can make a hash answer a query that is not its own, and only once it
+//! validated and ran, so what is kept is operations of this schema.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -63,11 +64,13 @@ impl PersistedQueries {
         redis.key(&format!("apq:{hash}"))
     }
 
-    /// Gives a hash-only request its text, or registers the text of a
-    /// request that brings both; `Err` is the answer to send instead.
-    /// Requests without the extension pass untouched.
-    pub async fn resolve(&self, request: &mut async_graphql::Request) -> Result<(), Response> {
-        let Some(value) = request.extensions.remove("persistedQuery") else { return Ok(()) };
+    /// Gives a hash-only request its text; `Err` is the answer to send
+    /// instead. A request that brings its text with the hash has the hash
+    /// checked, and gets `Ok(Some(hash))`: `register` it once the
+    /// operation was found valid, so only documents that validate are
+    /// kept. Requests without the extension pass untouched (`Ok(None)`).
+    pub async fn resolve(&self, request: &mut async_graphql::Request) -> Result<Option<String>, Response> {
+        let Some(value) = request.extensions.remove("persistedQuery") else { return Ok(None) };
         let ext: Extension =
             value.into_json().ok().and_then(|v| serde_json::from_value(v).ok()).ok_or_else(|| {
                 refusal("persistedQuery must be { version: 1, sha256Hash }", "BAD_USER_INPUT")
@@ -77,22 +80,30 @@ impl PersistedQueries {
         }
         let hash = ext.sha256_hash.to_ascii_lowercase();
         if request.query.is_empty() {
-            match self.get(&hash).await {
+            return match self.get(&hash).await {
                 Some(text) => {
                     request.query = text.to_string();
-                    Ok(())
+                    Ok(None)
                 }
                 None => Err(refusal("PersistedQueryNotFound", NOT_FOUND)),
-            }
-        } else {
-            let actual = hex::encode(Sha256::digest(request.query.as_bytes()));
-            if actual != hash {
-                return Err(refusal("provided sha does not match query", "BAD_USER_INPUT"));
-            }
-            if request.query.len() <= MAX_QUERY_BYTES {
-                self.put(hash, &request.query).await;
-            }
-            Ok(())
+            };
+        }
+        let actual = hex::encode(Sha256::digest(request.query.as_bytes()));
+        if actual != hash {
+            return Err(refusal("provided sha does not match query", "BAD_USER_INPUT"));
+        }
+        Ok((request.query.len() <= MAX_QUERY_BYTES).then_some(hash))
+    }
+
+    /// Keeps `text` under `hash` when `response` shows the operation ran:
+    /// a document refused before execution (parse, validation, limits) is
+    /// not kept, so the store holds only operations this schema runs.
+    pub async fn register(&self, hash: String, text: &str, response: &Response) {
+        let refused = response.data == async_graphql::Value::Null
+            && !response.errors.is_empty()
+            && response.errors.iter().all(|e| e.path.is_empty());
+        if !refused {
+            self.put(hash, text).await;
         }
     }
 

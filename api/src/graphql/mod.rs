@@ -204,10 +204,14 @@ pub struct Operations {
 }
 
 impl Operations {
-    /// Gives a persisted query's request its text (`apq`); `Err` is the
-    /// answer instead. A request already resolved passes untouched.
+    /// Gives a hash-only persisted query its text (`apq`); `Err` is the
+    /// answer instead. Any other request passes untouched (one with its
+    /// text and hash is registered when it runs).
     pub async fn resolve_persisted(&self, request: &mut async_graphql::Request) -> Result<(), Response> {
-        self.persisted.resolve(request).await
+        if !request.query.is_empty() {
+            return Ok(());
+        }
+        self.persisted.resolve(request).await.map(|_| ())
     }
 
     /// The refusal of a document over budget; `None` for one within it, or
@@ -257,9 +261,18 @@ impl Operations {
     }
 
     async fn run(&self, mut request: async_graphql::Request, detach_mutations: bool) -> Response {
-        if let Err(refused) = self.persisted.resolve(&mut request).await {
-            return refused;
+        let register = match self.persisted.resolve(&mut request).await {
+            Ok(hash) => hash.map(|h| (h, request.query.clone())),
+            Err(refused) => return refused,
+        };
+        let response = self.run_resolved(request, detach_mutations).await;
+        if let Some((hash, text)) = register {
+            self.persisted.register(hash, &text, &response).await;
         }
+        response
+    }
+
+    async fn run_resolved(&self, mut request: async_graphql::Request, detach_mutations: bool) -> Response {
         self.documents.prepare(&mut request);
         let operation = crate::metrics::Operation::of(&mut request);
         let response = if let Some(refused) =
@@ -299,11 +312,29 @@ impl async_graphql::Executor for Operations {
         if !request.extensions.contains_key("persistedQuery") {
             return self.stream(request, session_data);
         }
-        // Over WebSocket too: the text may have to come from Redis first.
+        // Over WebSocket too: the text may have to come from Redis first,
+        // and a new one is registered once its first answer shows it ran.
         let this = self.clone();
         futures_util::stream::once(async move {
             match this.persisted.resolve(&mut request).await {
-                Ok(()) => this.stream(request, session_data),
+                Ok(None) => this.stream(request, session_data),
+                Ok(Some(hash)) => {
+                    let text = request.query.clone();
+                    let persisted = this.persisted.clone();
+                    let mut register = Some((hash, text));
+                    this.stream(request, session_data)
+                        .then(move |response| {
+                            let first = register.take();
+                            let persisted = persisted.clone();
+                            async move {
+                                if let Some((hash, text)) = first {
+                                    persisted.register(hash, &text, &response).await;
+                                }
+                                response
+                            }
+                        })
+                        .boxed()
+                }
                 Err(refused) => futures_util::stream::once(async move { refused }).boxed(),
             }
         })
