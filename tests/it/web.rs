@@ -158,6 +158,13 @@ impl App {
             )
             .await;
         assert_eq!(found, "[]", "[{}] axe-core found on {what}: {found}", self.viewport);
+        // Nothing wider than the screen: wide tables scroll inside their box.
+        let overflow = self.eval("document.documentElement.scrollWidth - window.innerWidth").await;
+        assert!(
+            overflow.as_f64().unwrap_or(0.0) <= 1.0,
+            "[{}] {what} is wider than the screen by {overflow} px",
+            self.viewport
+        );
     }
 
     async fn fill(&mut self, selector: &str, value: &str) {
@@ -411,6 +418,7 @@ async fn journey(viewport: Viewport) {
     assert!(promoted.success());
     app.click("header .who button").await;
     app.wait("document.body.dataset.ready === '/signin'", Duration::from_secs(10)).await;
+    app.axe("sign in").await;
     app.fill("input[type=email]", &email).await;
     app.fill("input[type=password]", "correct horse battery").await;
     app.click("#signin").await;
@@ -482,6 +490,9 @@ async fn journey(viewport: Viewport) {
     app.shot("admin-catalog").await;
     app.click("#model-save").await;
     app.wait("!document.getElementById('model-form') && document.querySelector('tr[data-model-id=\"synth-image\"]')?.textContent.includes('Quick picture')", Duration::from_secs(10)).await;
+    app.go("/admin?tab=stripe").await;
+    app.wait("document.querySelector('#admin-panel[data-loaded]')", Duration::from_secs(10)).await;
+    app.axe("admin Stripe events").await;
     let res = post_graphql(&http, &graphql, "{ models { id name } }", json!({}), None).await;
     assert!(
         res["data"]["models"]
