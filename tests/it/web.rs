@@ -493,6 +493,19 @@ async fn journey(viewport: Viewport) {
     app.go("/admin?tab=stripe").await;
     app.wait("document.querySelector('#admin-panel[data-loaded]')", Duration::from_secs(10)).await;
     app.axe("admin Stripe events").await;
+    // The purchase's events, settled; replaying one changes nothing.
+    app.fill("#stripe-status", "all").await;
+    app.wait(
+        "document.querySelector('#stripe-table tr[data-status=\"processed\"] button.replay')",
+        Duration::from_secs(10),
+    )
+    .await;
+    app.click("#stripe-table tr[data-status=\"processed\"] button.replay").await;
+    app.wait(
+        "[...document.querySelectorAll('.toast')].some((t) => t.textContent.includes('is processed'))",
+        Duration::from_secs(10),
+    )
+    .await;
     let res = post_graphql(&http, &graphql, "{ models { id name } }", json!({}), None).await;
     assert!(
         res["data"]["models"]

@@ -527,16 +527,8 @@ async function queue({ panel, onCleanup }) {
 
   async function loadDead() {
     let jobs;
-    try {
-      jobs = (await gql(DEAD_QUERY)).deadJobs;
-    } catch (e) {
-      fill(dead, errorBox(e, 'the dead jobs'));
-      return;
-    }
-    if (!jobs.length) {
-      fill(dead, h('p', { class: 'muted', id: 'dead-jobs-none' }, 'No dead jobs.'));
-      return;
-    }
+    jobs = await listInto(dead, () => gql(DEAD_QUERY).then((d) => d.deadJobs), 'the dead jobs', h('p', { class: 'muted', id: 'dead-jobs-none' }, 'No dead jobs.'));
+    if (!jobs) return;
     fill(
       dead,
       table(
@@ -544,15 +536,12 @@ async function queue({ panel, onCleanup }) {
         null,
         ['Queue', 'Task', 'Generation', 'Attempts', 'Error', 'Died', 'Action'],
         jobs.map((j) => {
-          const retry = h('button', { type: 'button', class: 'secondary retry', 'data-task-id': j.taskId, 'aria-label': `Retry job ${j.taskId}` }, 'Retry');
-          retry.addEventListener('click', () =>
-            busy(retry, async () => {
-              const g = (await gql(RETRY, { q: j.queue, t: j.taskId })).retryDeadJob;
-              toast(`Generation ${g.id} is ${g.status.toLowerCase()} again.`, 'success');
-              await loadDead();
-              tick();
-            }, explain),
-          );
+          const retry = actionButton('Retry', 'retry', `Retry job ${j.taskId}`, { 'data-task-id': j.taskId }, async () => {
+            const g = (await gql(RETRY, { q: j.queue, t: j.taskId })).retryDeadJob;
+            toast(`Generation ${g.id} is ${g.status.toLowerCase()} again.`, 'success');
+            await loadDead();
+            tick();
+          });
           return h(
             'tr',
             { 'data-task-id': j.taskId, 'data-queue': j.queue },
@@ -1067,16 +1056,8 @@ async function stripe({ panel, ctx }) {
   async function load() {
     const status = filter.value === 'all' ? null : filter.value;
     let events;
-    try {
-      events = (await gql(EVENTS_QUERY, { status })).stripeEvents;
-    } catch (e) {
-      fill(list, errorBox(e, 'the events'));
-      return;
-    }
-    if (!events.length) {
-      fill(list, h('p', { class: 'muted', id: 'stripe-none' }, status ? `No ${status} events.` : 'No events yet.'));
-      return;
-    }
+    events = await listInto(list, () => gql(EVENTS_QUERY, { status }).then((d) => d.stripeEvents), 'the events', h('p', { class: 'muted', id: 'stripe-none' }, status ? `No ${status} events.` : 'No events yet.'));
+    if (!events) return;
     fill(
       list,
       table(
@@ -1084,14 +1065,11 @@ async function stripe({ panel, ctx }) {
         null,
         ['Event', 'Type', 'Status', 'Error', 'Received', 'Processed', 'Action'],
         events.map((ev) => {
-          const replay = h('button', { type: 'button', class: 'secondary replay', 'data-event-id': ev.id, 'aria-label': `Replay event ${ev.id}` }, 'Replay');
-          replay.addEventListener('click', () =>
-            busy(replay, async () => {
-              const r = (await gql(REPLAY, { id: ev.id })).replayStripeEvent;
-              toast(`Event ${r.id} is ${r.status}${r.error ? `: ${r.error}` : ''}.`, r.status === 'failed' ? 'error' : 'success');
-              await load();
-            }, explain),
-          );
+          const replay = actionButton('Replay', 'replay', `Replay event ${ev.id}`, { 'data-event-id': ev.id }, async () => {
+            const r = (await gql(REPLAY, { id: ev.id })).replayStripeEvent;
+            toast(`Event ${r.id} is ${r.status}${r.error ? `: ${r.error}` : ''}.`, r.status === 'failed' ? 'error' : 'success');
+            await load();
+          });
           return h(
             'tr',
             { 'data-event-id': ev.id, 'data-status': ev.status },
@@ -1113,4 +1091,28 @@ async function stripe({ panel, ctx }) {
     load();
   });
   await load();
+}
+
+/** Loads a list into `box`: the list, or null after showing the error or
+ * `empty` there. */
+async function listInto(box, load, what, empty) {
+  let items;
+  try {
+    items = await load();
+  } catch (e) {
+    fill(box, errorBox(e, what));
+    return null;
+  }
+  if (!items.length) {
+    fill(box, empty);
+    return null;
+  }
+  return items;
+}
+
+/** A row's action: busy while `run` runs, its error as a toast. */
+function actionButton(label, cls, ariaLabel, data, run) {
+  const button = h('button', { type: 'button', class: `secondary ${cls}`, 'aria-label': ariaLabel, ...data }, label);
+  button.addEventListener('click', () => busy(button, run, explain));
+  return button;
 }
