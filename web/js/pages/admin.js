@@ -777,65 +777,47 @@ async function catalog({ panel }) {
   }
 
   function showModels() {
-    const list = data.catalogModels;
-    fill(
-      modelsBox,
-      list.length
-        ? table(
-            'models-table',
-            null,
-            ['ID', 'Name', 'Kind', 'Backend', 'Workflow', 'Inputs', 'Prices (credits)', 'Active', 'Order', 'Action'],
-            list.map((m) => {
-              const edit = h('button', { type: 'button', class: 'secondary edit', 'data-edit-model': m.id, 'aria-label': `Edit model ${m.id}` }, 'Edit');
-              edit.addEventListener('click', () => editModel(m, edit));
-              return h(
-                'tr',
-                { 'data-model-id': m.id },
-                h('td', { class: 'admin-code' }, m.id),
-                h('td', {}, m.name),
-                h('td', {}, m.kind.toLowerCase()),
-                h('td', {}, m.backend.toLowerCase()),
-                h('td', { class: 'admin-code' }, m.workflow),
-                h('td', {}, m.inputs.length ? m.inputs.map((k) => k.toLowerCase()).join(', ') : 'text only'),
-                h('td', { class: 'admin-nowrap' }, m.prices.map((pr) => h('div', {}, priceText(pr)))),
-                h('td', { 'data-col': 'active' }, yesNo(m.active)),
-                h('td', {}, num(m.sortOrder)),
-                h('td', {}, edit),
-              );
-            }),
-          )
-        : h('p', { class: 'muted' }, 'No models yet.'),
-    );
+    catalogTable(modelsBox, 'models-table', data.catalogModels, 'model', editModel,
+      ['ID', 'Name', 'Kind', 'Backend', 'Workflow', 'Inputs', 'Prices (credits)', 'Active', 'Order'],
+      (m) => [
+        h('td', { class: 'admin-code' }, m.id),
+        h('td', {}, m.name),
+        h('td', {}, m.kind.toLowerCase()),
+        h('td', {}, m.backend.toLowerCase()),
+        h('td', { class: 'admin-code' }, m.workflow),
+        h('td', {}, m.inputs.length ? m.inputs.map((k) => k.toLowerCase()).join(', ') : 'text only'),
+        h('td', { class: 'admin-nowrap' }, m.prices.map((pr) => h('div', {}, priceText(pr)))),
+        h('td', { 'data-col': 'active' }, yesNo(m.active)),
+        h('td', {}, num(m.sortOrder)),
+      ]);
   }
 
   function showProducts() {
-    const list = data.catalogProducts;
+    catalogTable(productsBox, 'products-table', data.catalogProducts, 'product', editProduct,
+      ['ID', 'Name', 'Kind', 'Credits', 'Price', 'Stripe price', 'Active', 'Order'],
+      (p) => [
+        h('td', { class: 'admin-code' }, p.id),
+        h('td', {}, p.name),
+        h('td', {}, p.kind.toLowerCase()),
+        h('td', {}, num(p.credits)),
+        h('td', {}, cash(p.priceCents, p.currency)),
+        h('td', { class: 'admin-code' }, p.stripePriceId || '—'),
+        h('td', { 'data-col': 'active' }, yesNo(p.active)),
+        h('td', {}, num(p.sortOrder)),
+      ]);
+  }
+
+  /** A catalogue list: one row per item, each with its Edit button. */
+  function catalogTable(box, id, list, what, onEdit, headers, cells) {
     fill(
-      productsBox,
+      box,
       list.length
-        ? table(
-            'products-table',
-            null,
-            ['ID', 'Name', 'Kind', 'Credits', 'Price', 'Stripe price', 'Active', 'Order', 'Action'],
-            list.map((p) => {
-              const edit = h('button', { type: 'button', class: 'secondary edit', 'data-edit-product': p.id, 'aria-label': `Edit product ${p.id}` }, 'Edit');
-              edit.addEventListener('click', () => editProduct(p, edit));
-              return h(
-                'tr',
-                { 'data-product-id': p.id },
-                h('td', { class: 'admin-code' }, p.id),
-                h('td', {}, p.name),
-                h('td', {}, p.kind.toLowerCase()),
-                h('td', {}, num(p.credits)),
-                h('td', {}, cash(p.priceCents, p.currency)),
-                h('td', { class: 'admin-code' }, p.stripePriceId || '—'),
-                h('td', { 'data-col': 'active' }, yesNo(p.active)),
-                h('td', {}, num(p.sortOrder)),
-                h('td', {}, edit),
-              );
-            }),
-          )
-        : h('p', { class: 'muted' }, 'No products yet.'),
+        ? table(id, null, [...headers, 'Action'], list.map((item) => {
+            const edit = h('button', { type: 'button', class: 'secondary edit', [`data-edit-${what}`]: item.id, 'aria-label': `Edit ${what} ${item.id}` }, 'Edit');
+            edit.addEventListener('click', () => onEdit(item, edit));
+            return h('tr', { [`data-${what}-id`]: item.id }, ...cells(item), h('td', {}, edit));
+          }))
+        : h('p', { class: 'muted' }, `No ${what}s yet.`),
     );
   }
 
