@@ -49,6 +49,17 @@ impl Cores {
         Self { count, pinned }
     }
 
+    /// The load generator's runtime: one thread when pinned to its one
+    /// core (more would only take turns on it), else one per core.
+    pub fn runtime(&self) -> tokio::runtime::Runtime {
+        if self.pinned {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        }
+        .expect("tokio runtime")
+    }
+
     /// `program` to run on the server core (core 0) when pinned.
     pub fn server_command(&self, program: &str) -> Command {
         self.command_on("0", program)

@@ -237,12 +237,7 @@ fn main() {
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64).max(1);
     // Before any thread exists, so every thread inherits the pinning.
     let cores = Cores::pin_self();
-    let runtime = if cores.pinned {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    }
-    .expect("tokio runtime");
+    let runtime = cores.runtime();
     let code = match runtime.block_on(bench(events, connections, cores)) {
         Ok(true) => 0,
         Ok(false) => 1,

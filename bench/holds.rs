@@ -300,12 +300,7 @@ fn main() {
         .filter(|&c| c > 0)
         .collect();
     let cores = Cores::pin_self();
-    let runtime = if cores.pinned {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    }
-    .expect("tokio runtime");
+    let runtime = cores.runtime();
     let code = match runtime.block_on(bench(seconds, connections, &clients, cores)) {
         Ok(true) => 0,
         Ok(false) => 1,

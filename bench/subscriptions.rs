@@ -499,14 +499,8 @@ fn main() {
     assert!(!sizes.is_empty(), "usage: bench/subscriptions [clients=1000,5000,10000] [rounds=5]");
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5).max(1);
     // Before any thread exists, so every thread inherits the pinning.
-    let Cores { count: _, pinned } = Cores::pin_self();
-    let runtime = if pinned {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    }
-    .expect("tokio runtime");
-    runtime.block_on(bench(sizes, rounds, pinned));
+    let cores = Cores::pin_self();
+    cores.runtime().block_on(bench(sizes, rounds, cores.pinned));
 }
 
 async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {

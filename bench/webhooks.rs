@@ -286,14 +286,8 @@ fn main() {
     let events: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
     let connections: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(64).max(1);
     // Before any thread exists, so every thread inherits the pinning.
-    let Cores { count: cores, pinned } = Cores::pin_self();
-    let runtime = if pinned {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
-    }
-    .expect("tokio runtime");
-    let code = runtime.block_on(bench(events, connections, cores, pinned));
+    let cores = Cores::pin_self();
+    let code = cores.runtime().block_on(bench(events, connections, cores.count, cores.pinned));
     std::process::exit(code);
 }
 

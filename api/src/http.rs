@@ -164,19 +164,17 @@ impl Wants {
 
     /// The response to an operation that reached the executor.
     fn response(self, response: async_graphql::Response) -> Response {
-        // Nothing ran: parse, validation, limits or variables refused it.
+        // No data at all, only errors.
         let nothing = response.data == async_graphql::Value::Null && !response.errors.is_empty();
-        let internal = response.errors.iter().any(|e| {
-            e.extensions.as_ref().and_then(|x| x.get("code")) == Some(&async_graphql::Value::from("INTERNAL"))
-        });
+        let has_code = |code: &str| {
+            let code = async_graphql::Value::from(code);
+            response.errors.iter().any(|e| e.extensions.as_ref().and_then(|x| x.get("code")) == Some(&code))
+        };
+        let internal = has_code("INTERNAL");
         // Apollo's clients of every vintage look for PersistedQueryNotFound
         // in a 200 body (some give up on a 4xx before reading it).
-        let unknown_hash = response.errors.iter().any(|e| {
-            e.extensions.as_ref().and_then(|x| x.get("code"))
-                == Some(&async_graphql::Value::from(crate::graphql::PERSISTED_QUERY_NOT_FOUND))
-        });
-        let request_error =
-            nothing && !internal && !unknown_hash && response.errors.iter().all(|e| e.path.is_empty());
+        let unknown_hash = has_code(crate::graphql::PERSISTED_QUERY_NOT_FOUND);
+        let request_error = !internal && !unknown_hash && crate::graphql::refused_before_running(&response);
         let status = match (self, request_error, nothing && internal) {
             (Self::GraphqlResponse, true, _) => StatusCode::BAD_REQUEST,
             // The server failed before any data: not the request's fault.

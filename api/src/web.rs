@@ -59,19 +59,18 @@ async fn page() -> Response {
         return (StatusCode::INTERNAL_SERVER_ERROR, "web/index.html is missing from this build")
             .into_response();
     };
-    let mut res = (
+    (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP)),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (header::REFERRER_POLICY, HeaderValue::from_static("same-origin")),
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "same-origin"),
+            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         index.data,
     )
-        .into_response();
-    res.headers_mut().insert("x-frame-options", HeaderValue::from_static("DENY"));
-    res
+        .into_response()
 }
 
 /// A file of the app, revalidated by its content hash: the names carry no

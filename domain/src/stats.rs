@@ -239,7 +239,7 @@ pub async fn range_with_today(
     tz: &str,
 ) -> Result<Vec<DailyStats>> {
     let mut conn = pool.get().await?;
-    let today = previous_day(&mut conn, Utc::now() + chrono::Duration::days(1), tz).await?;
+    let today = day_of(&mut conn, Utc::now(), tz).await?;
     if (from..=to).contains(&today) {
         let mut r = redis.conn().await?;
         let fresh: Option<String> = redis::cmd("SET")
@@ -261,12 +261,18 @@ pub async fn range_with_today(
 /// The day before the one `at` falls on, in time zone `tz`: what a tick
 /// computes.
 pub async fn previous_day(conn: &mut Connection, at: DateTime<Utc>, tz: &str) -> Result<NaiveDate> {
+    let day = day_of(conn, at, tz).await?;
+    Ok(day.pred_opt().unwrap_or(day))
+}
+
+/// The day `at` falls on in time zone `tz` (PostgreSQL's zone rules).
+async fn day_of(conn: &mut Connection, at: DateTime<Utc>, tz: &str) -> Result<NaiveDate> {
     #[derive(QueryableByName)]
     struct D {
         #[diesel(sql_type = Date)]
         day: NaiveDate,
     }
-    let d: D = diesel::sql_query("SELECT ((($1)::timestamptz AT TIME ZONE $2)::date - 1) AS day")
+    let d: D = diesel::sql_query("SELECT (($1)::timestamptz AT TIME ZONE $2)::date AS day")
         .bind::<diesel::sql_types::Timestamptz, _>(at)
         .bind::<Text, _>(tz)
         .get_result(conn)

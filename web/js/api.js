@@ -192,9 +192,6 @@ export function explain(err) {
       return err.message;
     case 'PAYMENT_PROVIDER_ERROR':
       return 'The payment provider could not be reached. Nothing was charged; try again shortly.';
-    case 'SERVICE_UNAVAILABLE':
-    case 'OVERLOADED':
-      return 'Mage is busy right now. Try again in a moment.';
     default:
       return err?.message && code !== 'INTERNAL'
         ? err.message

@@ -51,7 +51,20 @@ export function credits(n) {
 }
 
 export function money(cents, currency) {
-  return new Intl.NumberFormat('en', { style: 'currency', currency }).format(cents / 100);
+  try {
+    return new Intl.NumberFormat('en', { style: 'currency', currency }).format(cents / 100);
+  } catch {
+    // A code Intl does not know (a product typed by hand) still shows.
+    return `${(cents / 100).toFixed(2)} ${currency}`;
+  }
+}
+
+/** A fresh idempotency key: a retry of the same submission reuses it. */
+export function idempotencyKey() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  // randomUUID needs a secure context; getRandomValues does not.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 export function when(iso) {
@@ -89,6 +102,24 @@ export function field(label, input, hint) {
   const hintEl = hint ? h('small', { id: `${id}-hint` }, hint) : null;
   if (hintEl) input.setAttribute('aria-describedby', hintEl.id);
   return h('div', { class: 'field' }, h('label', { for: id }, label), input, hintEl);
+}
+
+/** Checkboxes under a legend, from `[value, label, checked]` items;
+ * `values()` gives the checked values in order. */
+export function checkGroup(legend, items) {
+  const inputs = items.map(([value, , checked]) => h('input', { type: 'checkbox', value, checked }));
+  const el = h('fieldset', {}, h('legend', {}, legend), h('div', { class: 'checks' }, items.map(([, label], i) => h('label', {}, inputs[i], label))));
+  return { el, values: () => inputs.filter((i) => i.checked).map((i) => i.value) };
+}
+
+/** Puts a list item's element in `list` under its id: in place of the one
+ * shown before, else first (`prepend`) or last. */
+export function upsert(list, shown, id, el, prepend = false) {
+  const old = shown.get(id);
+  if (old) old.replaceWith(el);
+  else if (prepend) list.prepend(el);
+  else list.append(el);
+  shown.set(id, el);
 }
 
 /** Runs `fn` with the button disabled and busy, showing errors as toasts. */

@@ -99,10 +99,7 @@ impl PersistedQueries {
     /// a document refused before execution (parse, validation, limits) is
     /// not kept, so the store holds only operations this schema runs.
     pub async fn register(&self, hash: String, text: &str, response: &Response) {
-        let refused = response.data == async_graphql::Value::Null
-            && !response.errors.is_empty()
-            && response.errors.iter().all(|e| e.path.is_empty());
-        if !refused {
+        if !super::refused_before_running(response) {
             self.put(hash, text).await;
         }
     }

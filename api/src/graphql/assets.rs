@@ -51,8 +51,6 @@ pub struct HttpHeader {
     value: String,
 }
 
-/// Where and how to send an asset's bytes: one `method` request to `url`
-/// with `headers` and the file as the body, before `expiresAt`.
 /// What `createUpload` accepts, so a client can check a file before
 /// sending it.
 #[derive(SimpleObject)]
@@ -63,6 +61,8 @@ pub struct UploadLimits {
     max_video_bytes: i64,
 }
 
+/// Where and how to send an asset's bytes: one `method` request to `url`
+/// with `headers` and the file as the body, before `expiresAt`.
 #[derive(SimpleObject)]
 pub struct UploadTarget {
     asset: Asset,

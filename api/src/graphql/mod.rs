@@ -373,6 +373,14 @@ impl Operations {
     }
 }
 
+/// Nothing ran: parsing, validation, the limits or the variables refused
+/// the request (no data, and no error at a field's path).
+pub fn refused_before_running(response: &Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
 fn with_codes(mut response: Response) -> Response {
     response.errors.iter_mut().for_each(ensure_code);
     response

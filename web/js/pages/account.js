@@ -1,7 +1,7 @@
 // Account: sessions, API keys (secret shown once), webhook endpoints with
 // their delivery log, password, email verification, deletion.
 import { gql, explain, setSession, AUTH_FIELDS } from '../api.js';
-import { h, fill, field, busy, toast, when, statusBadge } from '../ui.js';
+import { h, fill, field, busy, toast, when, statusBadge, checkGroup } from '../ui.js';
 
 const SCOPES = [
   ['READ', 'Read', 'see generations, assets, orders and balances'],
@@ -69,7 +69,7 @@ function shortAgent(ua) {
 async function loadKeys(root) {
   const { apiKeys } = await gql(`query Keys { apiKeys { id name prefix scopes createdAt lastUsedAt } }`);
   const name = h('input', { id: 'key-name', required: true, maxLength: 100, placeholder: 'Mobile app' });
-  const boxes = SCOPES.map(([v, label, what]) => h('label', {}, h('input', { type: 'checkbox', value: v, checked: v !== 'BILLING' }), `${label} `, h('span', { class: 'muted' }, `(${what})`)));
+  const scopes = checkGroup('Allowed to', SCOPES.map(([v, label, what]) => [v, [`${label} `, h('span', { class: 'muted' }, `(${what})`)], v !== 'BILLING']));
   const create = h('button', { type: 'submit', id: 'create-key' }, 'Create key');
   const secret = h('div', { id: 'key-secret', role: 'status' });
   fill(
@@ -80,19 +80,15 @@ async function loadKeys(root) {
       class: 'card',
       onsubmit: (e) => {
         e.preventDefault();
-        const scopes = boxes.map((b) => b.firstChild).filter((i) => i.checked).map((i) => i.value);
         busy(create, async () => {
-          const d = await gql(`mutation CreateKey($name: String!, $scopes: [ApiKeyScope!]!) { createApiKey(name: $name, scopes: $scopes) { secret apiKey { id } } }`, { name: name.value.trim(), scopes });
+          const d = await gql(`mutation CreateKey($name: String!, $scopes: [ApiKeyScope!]!) { createApiKey(name: $name, scopes: $scopes) { secret apiKey { id } } }`, { name: name.value.trim(), scopes: scopes.values() });
           await loadKeys(root);
-          fill(root.querySelector('#key-secret'),
-            h('p', {}, h('strong', {}, 'Copy this key now: it is shown only once.')),
-            h('p', { class: 'secret', id: 'new-key' }, d.createApiKey.secret),
-            h('button', { class: 'secondary', onclick: () => navigator.clipboard?.writeText(d.createApiKey.secret).then(() => toast('Copied.', 'success')) }, 'Copy'));
+          showSecret(root.querySelector('#key-secret'), 'Copy this key now: it is shown only once.', d.createApiKey.secret, 'new-key');
         }, explain);
       },
     },
     field('Name', name),
-    h('fieldset', {}, h('legend', {}, 'Allowed to'), h('div', { class: 'checks' }, boxes)),
+    scopes.el,
     h('div', { class: 'row' }, create),
     secret),
     apiKeys.length
@@ -121,9 +117,9 @@ async function loadHooks(root) {
   const { webhookEndpoints } = await gql(`query Hooks { webhookEndpoints { ${ENDPOINT} } }`);
   const url = h('input', { id: 'hook-url', type: 'url', required: true, placeholder: 'https://example.com/webhooks/mage' });
   const description = h('input', { id: 'hook-description', maxLength: 200 });
-  const boxes = EVENTS.map((ev) => h('label', {}, h('input', { type: 'checkbox', value: ev, checked: ev.startsWith('GENERATION_S') }), ev.toLowerCase().replace('_', '.')));
+  const events = checkGroup('Events', EVENTS.map((ev) => [ev, eventName(ev), ev.startsWith('GENERATION_S')]));
   const create = h('button', { type: 'submit' }, 'Add endpoint');
-  const secret = h('div', { role: 'status' });
+  const secret = h('div', { id: 'hook-secret', role: 'status' });
   const log = h('div', { id: 'deliveries' });
   fill(
     root,
@@ -133,23 +129,22 @@ async function loadHooks(root) {
       class: 'card',
       onsubmit: (e) => {
         e.preventDefault();
-        const events = boxes.map((b) => b.firstChild).filter((i) => i.checked).map((i) => i.value);
         busy(create, async () => {
-          const d = await gql(`mutation CreateHook($url: String!, $events: [WebhookEventType!]!, $description: String) { createWebhookEndpoint(url: $url, events: $events, description: $description) { secret endpoint { id } } }`, { url: url.value.trim(), events, description: description.value.trim() || null });
+          const d = await gql(`mutation CreateHook($url: String!, $events: [WebhookEventType!]!, $description: String) { createWebhookEndpoint(url: $url, events: $events, description: $description) { secret endpoint { id } } }`, { url: url.value.trim(), events: events.values(), description: description.value.trim() || null });
           await loadHooks(root);
-          showSecret(root, d.createWebhookEndpoint.secret);
+          showSecret(root.querySelector('#hook-secret'), 'Copy the signing secret now: it is shown only once.', d.createWebhookEndpoint.secret);
         }, explain);
       },
     },
     field('Endpoint URL', url),
     field('Description (optional)', description),
-    h('fieldset', {}, h('legend', {}, 'Events'), h('div', { class: 'checks' }, boxes)),
+    events.el,
     h('div', { class: 'row' }, create),
     secret),
     webhookEndpoints.map((ep) => h('article', { class: 'card spaced', dataset: { endpoint: ep.id } },
       h('h3', { class: 'title' }, ep.url),
       ep.description ? h('p', {}, ep.description) : null,
-      h('p', { class: 'row' }, ep.enabled ? h('span', { class: 'badge succeeded' }, 'enabled') : h('span', { class: 'badge failed' }, 'disabled'), h('span', { class: 'muted' }, ep.events.map((e) => e.toLowerCase().replace('_', '.')).join(', '))),
+      h('p', { class: 'row' }, ep.enabled ? h('span', { class: 'badge succeeded' }, 'enabled') : h('span', { class: 'badge failed' }, 'disabled'), h('span', { class: 'muted' }, ep.events.map(eventName).join(', '))),
       ep.disabledReason ? h('p', { class: 'error' }, ep.disabledReason) : null,
       h('div', { class: 'row' },
         h('button', { class: 'secondary', onclick: () => deliveries(log, ep) }, 'Delivery log'),
@@ -164,7 +159,7 @@ async function loadHooks(root) {
         }, explain) }, ep.enabled ? 'Disable' : 'Enable'),
         h('button', { class: 'secondary', onclick: (e) => busy(e.target, async () => {
           const d = await gql(`mutation Rotate($id: ID!) { rotateWebhookSecret(id: $id) { secret } }`, { id: ep.id });
-          showSecret(root, d.rotateWebhookSecret.secret, 'The old secret keeps signing beside this one for 24 hours.');
+          showSecret(root.querySelector('#hook-secret'), 'Copy the new signing secret now: it is shown only once. The old one keeps signing beside it for 24 hours.', d.rotateWebhookSecret.secret);
         }, explain) }, 'New secret'),
         h('button', { class: 'danger', onclick: (e) => {
           if (!confirm(`Delete the endpoint ${ep.url} and its delivery log?`)) return;
@@ -179,10 +174,20 @@ async function loadHooks(root) {
   );
 }
 
-function showSecret(root, secret, more) {
-  toast('Copy the signing secret now: it is shown only once.', 'info');
-  const box = root.querySelector('form [role="status"]');
-  fill(box, h('p', {}, h('strong', {}, 'Signing secret (shown only once): '), more || ''), h('p', { class: 'secret' }, secret));
+/** A secret shown this once (an API key, a signing secret), with Copy. */
+function showSecret(box, note, secret, id) {
+  fill(
+    box,
+    h('p', {}, h('strong', {}, note)),
+    h('p', { class: 'secret', id }, secret),
+    h('button', { class: 'secondary', onclick: () => navigator.clipboard?.writeText(secret).then(() => toast('Copied.', 'success')) }, 'Copy'),
+  );
+  box.scrollIntoView({ block: 'nearest' });
+}
+
+/** `GENERATION_SUCCEEDED` as the payload names it: `generation.succeeded`. */
+function eventName(type) {
+  return type.toLowerCase().replace('_', '.');
 }
 
 async function deliveries(root, ep) {
@@ -196,7 +201,7 @@ async function deliveries(root, ep) {
       ? h('div', { class: 'scroll' }, h('table', {},
           h('thead', {}, h('tr', {}, ['Event', 'Status', 'Attempts', 'Last answer', 'Created', ''].map((t) => h('th', { scope: 'col' }, t)))),
           h('tbody', {}, rows.map((r) => h('tr', {},
-            h('td', {}, r.eventType.toLowerCase().replace('_', '.'), h('details', {}, h('summary', {}, 'Body and attempts'),
+            h('td', {}, eventName(r.eventType), h('details', {}, h('summary', {}, 'Body and attempts'),
               h('pre', {}, r.requestBody || ''),
               h('ul', {}, r.attemptLog.map((a) => h('li', {}, `#${a.attempt} ${when(a.startedAt)}: ${a.statusCode ?? a.error ?? ''} in ${a.durationMs} ms`, a.responseBody ? h('pre', {}, a.responseBody) : null))))),
             h('td', {}, statusBadge(r.status), r.nextAttemptAt ? h('div', { class: 'muted' }, `next ${when(r.nextAttemptAt)}`) : null),

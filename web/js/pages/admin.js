@@ -2,7 +2,7 @@
 // queue and its dead jobs, users and their credits, the catalogue editor
 // and stored Stripe events. One tab at a time, chosen by `?tab=`.
 import { gql, explain } from '../api.js';
-import { h, fill, toast, field, busy, credits, money, when, duration, statusBadge, resolution, bytes } from '../ui.js';
+import { h, fill, toast, field, busy, credits, money, when, duration, statusBadge, resolution, bytes, idempotencyKey } from '../ui.js';
 
 const TABS = [
   ['stats', 'Stats'],
@@ -79,21 +79,7 @@ function secs(s) {
 }
 
 /** `money()` that survives a currency code Intl does not know. */
-function cash(cents, currency) {
-  try {
-    return money(cents, currency);
-  } catch {
-    return `${(cents / 100).toFixed(2)} ${currency}`;
-  }
-}
 
-function newKey() {
-  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
-  const bytesArr = new Uint8Array(16);
-  if (globalThis.crypto?.getRandomValues) crypto.getRandomValues(bytesArr);
-  else for (let i = 0; i < 16; i++) bytesArr[i] = Math.floor(Math.random() * 256);
-  return [...bytesArr].map((b) => b.toString(16).padStart(2, '0')).join('');
-}
 
 /** An integer from a number input, or null when empty. */
 function intOrNull(input) {
@@ -153,7 +139,7 @@ const STAT_COLS = [
   ['newUsers', 'New users'],
   ['activeUsers', 'Active users'],
   ['ordersPaid', 'Orders paid'],
-  ['revenue', 'Revenue', (r) => (r.revenue.length ? r.revenue.map((m) => cash(m.cents, m.currency)).join(', ') : '—')],
+  ['revenue', 'Revenue', (r) => (r.revenue.length ? r.revenue.map((m) => money(m.cents, m.currency)).join(', ') : '—')],
   ['creditsPurchased', 'Credits purchased'],
   ['creditsGranted', 'Credits granted'],
   ['creditsCaptured', 'Credits captured'],
@@ -269,7 +255,7 @@ async function stats({ panel, ctx, onCleanup }) {
       { class: 'stats', id: 'stats-totals' },
       tile('newUsers', 'New users', num(sum(rows, (r) => r.newUsers))),
       tile('ordersPaid', 'Orders paid', num(sum(rows, (r) => r.ordersPaid))),
-      tile('revenue', 'Revenue', currencies.length ? currencies.map((c) => cash(sum(rows, (r) => revenueOf(r, c)), c)).join(' · ') : '—'),
+      tile('revenue', 'Revenue', currencies.length ? currencies.map((c) => money(sum(rows, (r) => revenueOf(r, c)), c)).join(' · ') : '—'),
       tile('creditsPurchased', 'Credits purchased', num(sum(rows, (r) => r.creditsPurchased))),
       tile('creditsGranted', 'Credits granted', num(sum(rows, (r) => r.creditsGranted))),
       tile('creditsCaptured', 'Credits captured', num(sum(rows, (r) => r.creditsCaptured))),
@@ -288,7 +274,7 @@ async function stats({ panel, ctx, onCleanup }) {
           label: c,
           color: [COLORS.green, COLORS.violet, COLORS.amber, COLORS.blue, COLORS.red][i % 5],
           values: rows.map((r) => revenueOf(r, c) / 100),
-          fmt: (v) => cash(Math.round(v * 100), c),
+          fmt: (v) => money(Math.round(v * 100), c),
         })),
       },
       {
@@ -658,7 +644,7 @@ async function users({ panel, ctx }) {
         return;
       }
       const fingerprint = `${action}|${n}|${why}`;
-      if (!pending || pending.fingerprint !== fingerprint) pending = { fingerprint, key: newKey() };
+      if (!pending || pending.fingerprint !== fingerprint) pending = { fingerprint, key: idempotencyKey() };
       const { key } = pending;
       adjust.dataset.idempotencyKey = key;
       grant.disabled = true;
@@ -800,7 +786,7 @@ async function catalog({ panel }) {
         h('td', {}, p.name),
         h('td', {}, p.kind.toLowerCase()),
         h('td', {}, num(p.credits)),
-        h('td', {}, cash(p.priceCents, p.currency)),
+        h('td', {}, money(p.priceCents, p.currency)),
         h('td', { class: 'admin-code' }, p.stripePriceId || '—'),
         h('td', { 'data-col': 'active' }, yesNo(p.active)),
         h('td', {}, num(p.sortOrder)),

@@ -1,12 +1,12 @@
 // Your uploads: add one, see it processed, play videos as HLS, delete.
 import { gql, explain } from '../api.js';
-import { h, fill, busy, toast, when, bytes, statusBadge, playHls, duration } from '../ui.js';
-import { upload, untilProcessed } from './create.js';
+import { h, fill, busy, toast, when, bytes, statusBadge, playHls, duration, upsert } from '../ui.js';
+import { upload, untilProcessed, uploadLimits } from './create.js';
 
 const FIELDS = 'id kind status filename contentType byteSize width height durationSeconds error url thumbnailUrl posterUrl hlsUrl createdAt';
 
 export default async function assets(main, ctx) {
-  const limits = (await gql(`query UploadLimits { uploadLimits { contentTypes maxImageBytes maxVideoBytes } }`)).uploadLimits;
+  const limits = await uploadLimits();
   const stops = [];
   const list = h('div', { class: 'grid', id: 'assets' });
   const more = h('div', { class: 'row' });
@@ -44,14 +44,7 @@ export default async function assets(main, ctx) {
     return el;
   }
 
-  function put(a, prepend) {
-    const el = card(a);
-    const old = cards.get(a.id);
-    if (old) old.replaceWith(el);
-    else if (prepend) list.prepend(el);
-    else list.append(el);
-    cards.set(a.id, el);
-  }
+  const put = (a, prepend) => upsert(list, cards, a.id, card(a), prepend);
 
   async function play(button, a) {
     const video = h('video', { class: 'media', controls: true, playsInline: true, poster: a.posterUrl || undefined, 'aria-label': `Video: ${a.filename}` });

@@ -2,7 +2,7 @@
 // status filter, and cancel / retry / delete on each; live through
 // `myGenerations`.
 import { gql, subscribe, explain } from '../api.js';
-import { h, fill, busy, toast, credits, when, statusBadge, field } from '../ui.js';
+import { h, fill, busy, toast, credits, when, statusBadge, field, upsert } from '../ui.js';
 
 const FIELDS = 'id status progress stage queuePosition model kind prompt cost error createdAt output { posterUrl imageUrl }';
 const STATUSES = ['QUEUED', 'RENDERING', 'TRANSCODING', 'SUCCEEDED', 'FAILED', 'CANCELED'];
@@ -50,12 +50,7 @@ export default async function history(main, ctx) {
       cards.delete(g.id);
       return;
     }
-    const el = card(g);
-    const old = cards.get(g.id);
-    if (old) old.replaceWith(el);
-    else if (prepend) list.prepend(el);
-    else list.append(el);
-    cards.set(g.id, el);
+    upsert(list, cards, g.id, card(g), prepend);
   }
 
   async function act(button, g, mutation, message) {
