@@ -1,15 +1,12 @@
 // Create: a model, its inputs (uploaded here), the prompt and settings, the
 // live price, then the generation's own page.
 import { gql, subscribe, explain } from '../api.js';
-import { h, fill, field, busy, credits, resolution, bytes } from '../ui.js';
+import { h, fill, field, busy, credits, resolution, bytes, idempotencyKey } from '../ui.js';
 
 const ASSET_FIELDS = 'id kind status filename contentType byteSize width height durationSeconds error url thumbnailUrl posterUrl hlsUrl';
 
 export default async function create(main, ctx) {
-  const [models, limits] = await Promise.all([
-    ctx.models(),
-    gql(`query UploadLimits { uploadLimits { contentTypes maxImageBytes maxVideoBytes } }`).then((d) => d.uploadLimits),
-  ]);
+  const [models, limits] = await Promise.all([ctx.models(), uploadLimits()]);
   const stops = [];
   const chosen = new Map(); // input slot → ready asset
 
@@ -147,6 +144,7 @@ export default async function create(main, ctx) {
   let timer;
   prompt.addEventListener('input', () => (clearTimeout(timer), (timer = setTimeout(requote, 400))));
 
+  let pending = null;
   const form = h(
     'form',
     {
@@ -157,11 +155,17 @@ export default async function create(main, ctx) {
         const m = current();
         if (!prompt.value.trim()) return fill(problem, 'Describe what to make.');
         if (m.inputs.some((_, slot) => !chosen.get(slot))) return fill(problem, 'Add the image first and wait until it is ready.');
+        // The same input sent again (a retry after a lost answer) reuses
+        // its key, so it is created, and its price held, once.
+        const body = input();
+        const fingerprint = JSON.stringify(body);
+        if (pending?.fingerprint !== fingerprint) pending = { fingerprint, key: idempotencyKey() };
         busy(submit, async () => {
           try {
             const d = await gql(`mutation Create($input: CreateGenerationInput!) { createGeneration(input: $input) { id } }`, {
-              input: { ...input(), idempotencyKey: crypto.randomUUID ? crypto.randomUUID() : String(Math.random()) },
+              input: { ...body, idempotencyKey: pending.key },
             });
+            pending = null;
             ctx.navigate(`/generations/${d.createGeneration.id}`);
           } catch (err) {
             if (err.code === 'INSUFFICIENT_CREDITS') {
@@ -190,6 +194,11 @@ export default async function create(main, ctx) {
     document.removeEventListener('mage:credits', onCredits);
     stops.forEach((s) => s());
   };
+}
+
+/** The types and sizes `createUpload` accepts here. */
+export async function uploadLimits() {
+  return (await gql(`query UploadLimits { uploadLimits { contentTypes maxImageBytes maxVideoBytes } }`)).uploadLimits;
 }
 
 /** createUpload → PUT the bytes with progress → completeUpload. */
