@@ -689,7 +689,9 @@ async fn bench(sizes: Vec<usize>, rounds: usize, pinned: bool) {
     floor_reader.abort();
 
     // Clean up: cancel the generations (releasing their credit holds), then
-    // drop the run's Redis keys.
+    // drop the run's Redis keys. On new connections: Mage closed the idle
+    // ones while it was stopped for the peer's turn.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("HTTP client");
     futures_util::stream::iter(&ids)
         .map(|id| {
             gql(

@@ -44,6 +44,9 @@ const result = {
     latency_max_ms: { mage: mageLat.max_ms, bullmq: bullLat.max_ms },
     latency_mean_ms: { mage: mageLat.mean_ms, bullmq: bullLat.mean_ms },
     redis_ping_p50_ms: { mage: mageLat.redis_ping_p50_ms, bullmq: bullLat.redis_ping_p50_ms },
+    // One PING alone, paced like the pushes (half-way between two), from
+    // Mage's producer: the floor of enqueue-to-start.
+    redis_ping_paced_p50_ms: { mage: mageLat.redis_ping_paced_p50_ms ?? null },
     // How long the producer's enqueue call took (Mage: Queues::push_render,
     // three Redis commands; BullMQ: queue.add, one script).
     enqueue_call_p50_ms: { mage: mageLat.enqueue_call_p50_ms, bullmq: bullLat.enqueue_call_p50_ms },
@@ -51,8 +54,11 @@ const result = {
       mage: perS(mageDrain),
       bullmq: perS(bullDrain),
     },
-    targets: { latency_p50_ms_at_most: 2, jobs_per_s_at_least: 'bullmq' },
-    met: { latency_p50: mageLat.p50_ms <= 2, jobs_per_s: mageJobs >= bullJobs },
+    targets: { latency_p50_at_most_round_trips: 5, jobs_per_s_at_least_times_bullmq: 2 },
+    met: {
+      latency_p50: mageLat.p50_ms <= 5 * (mageLat.redis_ping_paced_p50_ms ?? mageLat.redis_ping_p50_ms),
+      jobs_per_s: mageJobs >= 2 * bullJobs,
+    },
     setup: {
       latency_jobs: mageLat.jobs,
       latency_rate_per_s: mageLat.rate_per_s,
@@ -75,9 +81,9 @@ console.log(JSON.stringify(result));
 const q = result.queue;
 const fmt = (x, d = 2) => (x === null || x === undefined ? '-' : typeof x === 'number' ? x.toFixed(d) : String(x));
 const rows = [
-  ['latency p50 (ms)', fmt(q.latency_p50_ms.mage), fmt(q.latency_p50_ms.bullmq), '<= 2', q.met.latency_p50 ? 'met' : 'MISSED'],
+  ['latency p50 (ms)', fmt(q.latency_p50_ms.mage), fmt(q.latency_p50_ms.bullmq), '<= 5 RTT', q.met.latency_p50 ? 'met' : 'MISSED'],
   ['latency p99 (ms)', fmt(q.latency_p99_ms.mage), fmt(q.latency_p99_ms.bullmq), '', ''],
-  ['drain (jobs/s)', fmt(q.jobs_per_s.mage, 0), fmt(q.jobs_per_s.bullmq, 0), '>= BullMQ', q.met.jobs_per_s ? 'met' : 'MISSED'],
+  ['drain (jobs/s)', fmt(q.jobs_per_s.mage, 0), fmt(q.jobs_per_s.bullmq, 0), '>= 2x BullMQ', q.met.jobs_per_s ? 'met' : 'MISSED'],
 ];
 const head = ['queue', 'Mage', 'BullMQ', 'target', ''];
 const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -89,7 +95,7 @@ process.stderr.write(
     `(${q.setup.latency_jobs} jobs at ${q.setup.latency_rate_per_s}/s into an idle queue; ` +
       `drain of ${q.setup.drain_jobs} bulk-enqueued jobs, median of ${q.setup.drain_rounds}; ` +
       `concurrency ${q.setup.concurrency.mage} / ${q.setup.concurrency.bullmq}; BullMQ ${bullmqVersion}; ` +
-      `Redis PING p50 ${fmt(q.redis_ping_p50_ms.mage, 3)} ms)`,
+      `Redis PING p50 ${fmt(q.redis_ping_p50_ms.mage, 3)} ms in a loop, ${fmt(q.redis_ping_paced_p50_ms.mage, 3)} ms alone)`,
     `cores: ${q.setup.cores}`,
     '',
   ].join('\n'),

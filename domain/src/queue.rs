@@ -236,14 +236,8 @@ impl Queues {
         job: &RenderJob,
         delay: Duration,
     ) -> Result<()> {
-        let task_id = self.push(Queue::Render(backend), job, delay).await?;
-        let mut conn = self.conn.clone();
-        let () = redis::cmd("HSET")
-            .arg(self.render_index(backend))
-            .arg(job.generation_id.to_string())
-            .arg(task_id)
-            .query_async(&mut conn)
-            .await?;
+        let index = (self.render_index(backend), job.generation_id.to_string());
+        self.push_indexed(Queue::Render(backend), job, delay, Some(index)).await?;
         Ok(())
     }
 
@@ -304,26 +298,51 @@ impl Queues {
     }
 
     async fn push<T: Serialize>(&self, queue: Queue, job: &T, delay: Duration) -> Result<String> {
+        self.push_indexed(queue, job, delay, None).await
+    }
+
+    /// Pushes one task; `index` (hash, field) also records its id there.
+    /// A task due now goes in one round trip (see [`push_now`]); a delayed
+    /// one through apalis-redis' own push, into the scheduled set.
+    async fn push_indexed<T: Serialize>(
+        &self,
+        queue: Queue,
+        job: &T,
+        delay: Duration,
+        index: Option<(String, String)>,
+    ) -> Result<String> {
         let bytes = serde_json::to_vec(job).map_err(|e| Error::Internal(format!("job payload: {e}")))?;
         let task_id = Uuid::new_v4().to_string();
-        let mut task = TaskBuilder::new(bytes).task_id(TaskId::from_string(task_id.clone()));
-        if !delay.is_zero() {
-            task = task.run_after(delay);
-        }
         let config = self.config(queue);
         let mut conn = self.conn.clone();
-        apalis_redis::queries::push_tasks(&mut conn, &config, &[task.build()])
-            .await
-            .map_err(|e| Error::Internal(format!("enqueue on {queue}: {e}")))?;
         if delay.is_zero() {
-            let now = chrono::Utc::now().timestamp();
-            let _: i64 = promote_and_wake()
-                .key(config.scheduled_jobs_set())
+            let mut call = push_now().prepare_invoke();
+            call.key(config.job_data_hash())
+                .key(config.job_meta_hash())
                 .key(config.active_jobs_list())
-                .arg(now)
-                .arg(self.wake_channel(queue))
-                .invoke_async(&mut conn)
-                .await?;
+                .key(config.signal_list())
+                .key(config.scheduled_jobs_set());
+            if let Some((hash, _)) = &index {
+                call.key(hash);
+            }
+            call.arg(&task_id)
+                .arg(bytes)
+                .arg(DEFAULT_MAX_ATTEMPTS)
+                .arg(u8::from(config.emit_events))
+                .arg(chrono::Utc::now().timestamp())
+                .arg(self.wake_channel(queue));
+            if let Some((_, field)) = &index {
+                call.arg(field);
+            }
+            let _: i64 = call.invoke_async(&mut conn).await?;
+        } else {
+            let task = TaskBuilder::new(bytes).task_id(TaskId::from_string(task_id.clone())).run_after(delay);
+            apalis_redis::queries::push_tasks(&mut conn, &config, &[task.build()])
+                .await
+                .map_err(|e| Error::Internal(format!("enqueue on {queue}: {e}")))?;
+            if let Some((hash, field)) = index {
+                let () = redis::cmd("HSET").arg(hash).arg(field).arg(&task_id).query_async(&mut conn).await?;
+            }
         }
         Ok(task_id)
     }
@@ -472,27 +491,53 @@ pub struct QueueCounts {
     pub dead: u64,
 }
 
-/// apalis-redis pushes every task into the scheduled set and its fetch
-/// script moves all due ones to the active list with one `unpack`, which
-/// Lua refuses above about 8,000 values ("too many results to unpack"): the
-/// worker would then fail every fetch and stop. So a push moves what is due
-/// itself, 1,000 at a time, and announces it in the same round trip; the
-/// fetch then finds the scheduled set holding only delayed retries.
-fn promote_and_wake() -> &'static redis::Script {
+/// What apalis-redis records for a task pushed without a limit of its own
+/// (`push_tasks`: `max_attempts().unwrap_or(25)`); the worker's retry layer
+/// decides the real number.
+const DEFAULT_MAX_ATTEMPTS: u32 = 25;
+
+/// A task due now, in one round trip: what apalis-redis' `batch_push.lua`
+/// writes for it (the payload, its meta hash, the active list, the signal
+/// list, the optional `available` event), then what `promote_and_wake`
+/// did as a second call (due retries moved to the active list, 1,000 at a
+/// time: apalis' fetch moves them with one `unpack`, which Lua refuses
+/// above about 8,000 values, and would then fail every fetch), the wake-up
+/// PUBLISH idle workers wait on, and the optional index entry. It was three
+/// round trips (push, promote, index); on an idle system each cost about a
+/// quarter of a millisecond, most of a job's enqueue-to-start time.
+/// `tests/it/queue.rs` checks that the task reads back exactly as one
+/// apalis-redis pushed itself.
+///
+/// KEYS: data hash, meta prefix, active list, signal list, scheduled set,
+/// [index hash]. ARGV: task id, payload, max attempts, emit events (1/0),
+/// now (s), wake channel, [index field].
+fn push_now() -> &'static redis::Script {
     static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
     SCRIPT.get_or_init(|| {
         redis::Script::new(
-            r"local moved = 0
-              repeat
-                local ids = redis.call('zrangebyscore', KEYS[1], 0, ARGV[1], 'LIMIT', 0, 1000)
-                if #ids > 0 then
-                  redis.call('rpush', KEYS[2], unpack(ids))
-                  redis.call('zrem', KEYS[1], unpack(ids))
+            r"local id = ARGV[1]
+              if redis.call('hsetnx', KEYS[1], id, ARGV[2]) == 1 then
+                redis.call('hmset', KEYS[2] .. ':' .. id, 'attempts', 0, 'max_attempts', tonumber(ARGV[3]),
+                           'status', 'Pending', 'idempotency_key', '')
+                redis.call('rpush', KEYS[3], id)
+                if ARGV[4] == '1' then
+                  redis.call('publish', 'tasks:' .. KEYS[3] .. ':available', id)
                 end
-                moved = moved + #ids
+              end
+              repeat
+                local ids = redis.call('zrangebyscore', KEYS[5], 0, ARGV[5], 'LIMIT', 0, 1000)
+                if #ids > 0 then
+                  redis.call('rpush', KEYS[3], unpack(ids))
+                  redis.call('zrem', KEYS[5], unpack(ids))
+                end
               until #ids < 1000
-              redis.call('publish', ARGV[2], 1)
-              return moved",
+              redis.call('del', KEYS[4])
+              redis.call('lpush', KEYS[4], 1)
+              redis.call('publish', ARGV[6], 1)
+              if KEYS[6] then
+                redis.call('hset', KEYS[6], ARGV[7], id)
+              end
+              return 1",
         )
     })
 }

@@ -433,6 +433,8 @@ async fn latency(args: &[String]) -> Res<()> {
             "mean_ms": round3(mean),
             "redis_ping_p50_ms": round3(pct(&pings, 0.5)), "redis_ping_p99_ms": round3(pct(&pings, 0.99)),
             "enqueue_call_p50_ms": produced.get("enqueue_call_p50_ms"),
+            "redis_ping_paced_p50_ms": produced.get("redis_ping_paced_p50_ms"),
+            "redis_ping_paced_p99_ms": produced.get("redis_ping_paced_p99_ms"),
             "enqueue_call_p99_ms": produced.get("enqueue_call_p99_ms"),
             "pid": std::process::id(),
         })
@@ -510,19 +512,33 @@ async fn produce_latency(args: &[String]) -> Res<()> {
     let jobs: usize = arg(args, 3, 400);
     let rate: f64 = arg(args, 4, 20.0);
     let queues = Queues::connect(&redis_url(), prefix).await?;
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut tick = tokio::time::interval(period);
+    let mut conn = queues.connection();
     let mut calls = Vec::with_capacity(jobs);
+    let mut pings = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         tick.tick().await;
         let sent = now_ns();
         let id = Uuid::from_u64_pair(sent, rand_low());
         queues.push_render(BackendKind::Synthetic, &RenderJob { generation_id: id }).await?;
         calls.push(now_ns().saturating_sub(sent));
+        // One Redis round trip under the same conditions as a push: alone,
+        // after the same idle time (half a period), on the same connection.
+        // A PING in a tight loop (the worker's `redis_ping_p50_ms`) rides
+        // on warm caches and a busy event loop; a lone request pays for
+        // waking both ends.
+        tokio::time::sleep(period / 2).await;
+        let t = Instant::now();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        pings.push(t.elapsed().as_nanos() as u64);
     }
     calls.sort_unstable();
+    pings.sort_unstable();
     println!(
         "{}",
-        json!({"enqueue_call_p50_ms": round3(pct(&calls, 0.5)), "enqueue_call_p99_ms": round3(pct(&calls, 0.99))})
+        json!({"enqueue_call_p50_ms": round3(pct(&calls, 0.5)), "enqueue_call_p99_ms": round3(pct(&calls, 0.99)),
+               "redis_ping_paced_p50_ms": round3(pct(&pings, 0.5)), "redis_ping_paced_p99_ms": round3(pct(&pings, 0.99))})
     );
     Ok(())
 }

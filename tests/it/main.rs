@@ -20,6 +20,7 @@ mod media;
 mod metrics;
 mod payments;
 mod playground;
+mod queue;
 mod recovery;
 mod replicate;
 mod s3;
