@@ -534,7 +534,10 @@ async fn render_jobs(url: &str, prefix: &str) -> Result<i64, String> {
     let client = redis::Client::open(url).map_err(|e| format!("redis: {e}"))?;
     let mut conn = client.get_multiplexed_async_connection().await.map_err(|e| format!("redis: {e}"))?;
     redis::cmd("HLEN")
-        .arg(format!("{prefix}{}:by-generation", mage_domain::queue::Queue::Render(mage_domain::catalog::BackendKind::Synthetic)))
+        .arg(format!(
+            "{prefix}{}:by-generation",
+            mage_domain::queue::Queue::Render(mage_domain::catalog::BackendKind::Synthetic)
+        ))
         .query_async(&mut conn)
         .await
         .map_err(|e| format!("redis HLEN: {e}"))

@@ -32,10 +32,16 @@ async fn a_task_pushed_now_reads_back_as_apalis_redis_writes_it() {
     // apalis-redis' own push, as Queues made it before.
     let job = RenderJob { generation_id: Uuid::now_v7() };
     let theirs = Uuid::new_v4().to_string();
-    let task = TaskBuilder::new(serde_json::to_vec(&job).expect("json")).task_id(TaskId::from_string(theirs.clone()));
+    let task = TaskBuilder::new(serde_json::to_vec(&job).expect("json"))
+        .task_id(TaskId::from_string(theirs.clone()));
     apalis_redis::queries::push_tasks(&mut conn, &config, &[task.build()]).await.expect("push_tasks");
-    let scheduled: Vec<String> =
-        redis::cmd("ZRANGE").arg(config.scheduled_jobs_set()).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let scheduled: Vec<String> = redis::cmd("ZRANGE")
+        .arg(config.scheduled_jobs_set())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(scheduled, vec![theirs.clone()], "apalis-redis schedules every task");
 
     // Ours, watched on the wake channel.
@@ -44,19 +50,27 @@ async fn a_task_pushed_now_reads_back_as_apalis_redis_writes_it() {
     wake.subscribe(queues.wake_channel(queue)).await.expect("subscribe");
     let mine_job = RenderJob { generation_id: Uuid::now_v7() };
     queues.push_render(BackendKind::Synthetic, &mine_job).await.expect("push_render");
-    let woke = tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut wake.on_message()))
-        .await
-        .expect("a wake-up within 5 s");
+    let woke =
+        tokio::time::timeout(Duration::from_secs(5), futures_util::StreamExt::next(&mut wake.on_message()))
+            .await
+            .expect("a wake-up within 5 s");
     assert!(woke.is_some());
 
     let index: HashMap<String, String> =
         hgetall(&mut conn, &format!("{}{queue}:by-generation", redis.prefix())).await;
-    let mine = index.get(&mine_job.generation_id.to_string()).expect("the render index names the task").clone();
+    let mine =
+        index.get(&mine_job.generation_id.to_string()).expect("the render index names the task").clone();
 
-    let active: Vec<String> =
-        redis::cmd("LRANGE").arg(config.active_jobs_list()).arg(0).arg(-1).query_async(&mut conn).await.unwrap();
+    let active: Vec<String> = redis::cmd("LRANGE")
+        .arg(config.active_jobs_list())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(active, vec![mine.clone(), theirs.clone()], "ours first, then the due one promoted");
-    let left: i64 = redis::cmd("ZCARD").arg(config.scheduled_jobs_set()).query_async(&mut conn).await.unwrap();
+    let left: i64 =
+        redis::cmd("ZCARD").arg(config.scheduled_jobs_set()).query_async(&mut conn).await.unwrap();
     assert_eq!(left, 0, "nothing due stays scheduled");
     let signal: i64 = redis::cmd("LLEN").arg(config.signal_list()).query_async(&mut conn).await.unwrap();
     assert_eq!(signal, 1, "apalis' own signal list says work is there");
