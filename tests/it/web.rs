@@ -458,6 +458,12 @@ async fn journey(viewport: Viewport) {
     app.fill(&format!("{row} form.adjust input[name=reason]"), "goodwill").await;
     app.click(&format!("{row} form.adjust button[value=grant]")).await;
     let entries = "{ creditEntries(first: 10) { nodes { kind amount memo } } }";
+    // A fresh token: this dev server's tokens live 40 s, less than the
+    // journey up to here on a loaded machine.
+    let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }";
+    let res =
+        post_graphql(&http, &graphql, login, json!({ "e": busy, "p": crate::support::PASSWORD }), None).await;
+    let other = res["data"]["login"]["token"].as_str().unwrap_or_else(|| panic!("login: {res}")).to_owned();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let res = post_graphql(&http, &graphql, entries, json!({}), Some(&other)).await;
