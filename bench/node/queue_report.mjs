@@ -48,7 +48,7 @@ const result = {
     // Mage's producer: the floor of enqueue-to-start.
     redis_ping_paced_p50_ms: { mage: mageLat.redis_ping_paced_p50_ms ?? null },
     // How long the producer's enqueue call took (Mage: Queues::push_render,
-    // three Redis commands; BullMQ: queue.add, one script).
+    // one script, push_now; BullMQ: queue.add, one script).
     enqueue_call_p50_ms: { mage: mageLat.enqueue_call_p50_ms, bullmq: bullLat.enqueue_call_p50_ms },
     drain_runs_jobs_per_s: {
       mage: perS(mageDrain),

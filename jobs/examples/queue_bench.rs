@@ -18,7 +18,7 @@
 //!   it from its own start time. The first push comes after the worker has
 //!   idled QUEUE_BENCH_IDLE_MS (default 6,000: past its first heartbeat).
 //! * `drain`: JOBS pushed in bulk (chunks of 1,000 through apalis-redis'
-//!   `push_tasks`, the call `Queues` makes, then one wake-up), then the
+//!   `push_tasks`, apalis-redis' bulk push, then one wake-up), then the
 //!   worker starts; the time is from building the worker until every job is
 //!   acknowledged (`{queue}:done` holds JOBS ids).
 //!
@@ -547,7 +547,7 @@ fn rand_low() -> u64 {
     Uuid::new_v4().as_u64_pair().1
 }
 
-/// Producer of `drain`: JOBS render tasks in chunks, as `Queues` pushes one.
+/// Producer of `drain`: JOBS render tasks in chunks through apalis-redis' bulk push.
 async fn produce_bulk(args: &[String]) -> Res<()> {
     let prefix = args.get(2).ok_or("prefix")?;
     let jobs: usize = arg(args, 3, 20_000);

@@ -14,6 +14,11 @@ async fn hgetall(conn: &mut redis::aio::ConnectionManager, key: &str) -> HashMap
     redis::cmd("HGETALL").arg(key).query_async(conn).await.expect("HGETALL")
 }
 
+/// The whole of a list (`LRANGE`) or sorted set (`ZRANGE`).
+async fn all(conn: &mut redis::aio::ConnectionManager, command: &str, key: &str) -> Vec<String> {
+    redis::cmd(command).arg(key).arg(0).arg(-1).query_async(conn).await.expect(command)
+}
+
 /// `Queues` pushes a task due now in one round trip of its own script
 /// (`push_now`) instead of apalis-redis' push: the task must read back
 /// exactly as one apalis-redis pushed, so its workers fetch, retry and
@@ -35,13 +40,7 @@ async fn a_task_pushed_now_reads_back_as_apalis_redis_writes_it() {
     let task = TaskBuilder::new(serde_json::to_vec(&job).expect("json"))
         .task_id(TaskId::from_string(theirs.clone()));
     apalis_redis::queries::push_tasks(&mut conn, &config, &[task.build()]).await.expect("push_tasks");
-    let scheduled: Vec<String> = redis::cmd("ZRANGE")
-        .arg(config.scheduled_jobs_set())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let scheduled = all(&mut conn, "ZRANGE", &config.scheduled_jobs_set()).await;
     assert_eq!(scheduled, vec![theirs.clone()], "apalis-redis schedules every task");
 
     // Ours, watched on the wake channel.
@@ -61,13 +60,7 @@ async fn a_task_pushed_now_reads_back_as_apalis_redis_writes_it() {
     let mine =
         index.get(&mine_job.generation_id.to_string()).expect("the render index names the task").clone();
 
-    let active: Vec<String> = redis::cmd("LRANGE")
-        .arg(config.active_jobs_list())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let active = all(&mut conn, "LRANGE", &config.active_jobs_list()).await;
     assert_eq!(active, vec![mine.clone(), theirs.clone()], "ours first, then the due one promoted");
     let left: i64 =
         redis::cmd("ZCARD").arg(config.scheduled_jobs_set()).query_async(&mut conn).await.unwrap();
@@ -83,6 +76,6 @@ async fn a_task_pushed_now_reads_back_as_apalis_redis_writes_it() {
     assert_eq!(ours, apalis, "the same meta hash field for field");
     assert_eq!(ours.get("status").map(String::as_str), Some("Pending"));
 
-    // Both are alive to the sweeper's eye.
+    // Ours is alive to the sweeper's eye.
     assert!(queues.render_alive(BackendKind::Synthetic, mine_job.generation_id).await.expect("alive"));
 }
