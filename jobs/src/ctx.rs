@@ -27,6 +27,10 @@ pub(crate) enum JobError {
     Stop,
     /// The worker is stopping and gave the job back to the queue.
     HandedBack,
+    /// The backend refused Mage (a revoked API token): a fault of the
+    /// backend, not of the job, so a render job gives the attempt back once
+    /// a health probe agrees (see `render::give_back`); otherwise a `Retry`.
+    Refused(String),
 }
 
 impl From<mage_domain::Error> for JobError {

@@ -51,7 +51,7 @@ pub(crate) async fn conclude(
             fail_generation(ctx, id, &user_message).await?;
             Ok(())
         }
-        Err(JobError::Retry(detail)) if number >= max => {
+        Err(JobError::Retry(detail) | JobError::Refused(detail)) if number >= max => {
             tracing::error!(generation_id = %id, attempt = number, %detail, "{queue} failed for the last time");
             fail_generation(ctx, id, generations::INTERNAL_FAILURE).await?;
             let why = match retry {
@@ -60,7 +60,7 @@ pub(crate) async fn conclude(
             };
             Err(AbortError::new(why).into())
         }
-        Err(JobError::Retry(detail)) => match retry {
+        Err(JobError::Retry(detail) | JobError::Refused(detail)) => match retry {
             Retry::Requeue { job, generation: g } => {
                 // Retried through a new job, so the queue sees this run as ok.
                 note_failed(ctx, queue).await;

@@ -85,12 +85,39 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, job: RenderJob) -> Result<(), BoxDynEr
             (Some(_), true) => Err(JobError::Retry(format!("{} attempts started, none finished", g.attempts - 1))),
             (Some(model), false) => run(&ctx, &g, model).await,
         };
+        let outcome = match outcome {
+            // A token can be revoked between two health checks; if the
+            // backend's own probe now agrees it is unfit, the job waits for
+            // it like any job of an unhealthy backend. A refusal the probe
+            // does not confirm is the job's and counts.
+            Err(JobError::Refused(why)) => match ctx.slot.refresh(&ctx.probe()).await {
+                Err(_) => return give_back(&ctx, &job, &why).await,
+                Ok(()) => Err(JobError::Retry(why)),
+            },
+            outcome => outcome,
+        };
         let attempt =
             Attempt { queue: Queue::Render(ctx.kind), generation_id: id, number: g.attempts as usize, max: max_attempts };
         outcome::conclude(&ctx, attempt, Retry::Requeue { job: &job, generation: &g }, outcome).await
     }
     .instrument(span)
     .await
+}
+
+/// The attempt that found its backend unfit is not counted: the generation
+/// goes back to QUEUED and the job waits, as it would have had the health
+/// check before it seen the backend as it is now.
+async fn give_back(ctx: &Ctx, job: &RenderJob, why: &str) -> Result<(), BoxDynError> {
+    let mut conn = ctx.core.pool.get().await?;
+    let queued = generations::give_back(&mut conn, job.generation_id, &ctx.worker_name).await?;
+    drop(conn);
+    if let Some(queued) = queued {
+        ctx.core.queues.push_render_after(ctx.kind, job, slot::UNHEALTHY_RETRY).await?;
+        tracing::warn!(%why, "render backend refused us: job put back without using an attempt");
+        mage_domain::events::publish_generation_logged(&ctx.core.redis, &queued, false).await;
+    }
+    ctx.slot.back_off(&ctx.probe()).await;
+    Ok(())
 }
 
 /// How one pass over a backend job ended.
@@ -230,7 +257,17 @@ async fn submit(ctx: &Ctx, id: Uuid, req: RenderRequest) -> Result<backend::Rend
     }
     drop(conn);
     let ours = req.job_id.clone();
-    let job = ctx.backend.submit(req).await.map_err(render_error)?;
+    let job = match ctx.backend.submit(req).await {
+        Ok(job) => job,
+        Err(RenderError::Refused(why)) => {
+            // Nothing was created: the next attempt submits afresh rather
+            // than searching for a render that does not exist.
+            let mut conn = ctx.core.pool.get().await?;
+            generations::record_backend_job(&mut conn, id, &ctx.worker_name, None, None).await?;
+            return Err(JobError::Refused(why));
+        }
+        Err(e) => return Err(render_error(e)),
+    };
     if job.id != ours {
         let mut conn = ctx.core.pool.get().await?;
         let recorded = generations::record_backend_job(
@@ -333,6 +370,7 @@ fn render_error(e: RenderError) -> JobError {
         RenderError::Unavailable(m) | RenderError::Lost(m) => JobError::Retry(m),
         RenderError::Canceled => JobError::Stop,
         RenderError::Io(e) => JobError::Retry(e.to_string()),
+        RenderError::Refused(m) => JobError::Refused(m),
     }
 }
 

@@ -63,10 +63,11 @@ impl Slot {
     }
 
     /// Checks now and publishes the result (called on a timer, so admins
-    /// see idle backends too).
-    pub async fn refresh(&self, ctx: &Probe<'_>) {
+    /// see idle backends too, and when a job finds the backend unfit).
+    /// `Err(why)` when the backend is not fit for a job.
+    pub async fn refresh(&self, ctx: &Probe<'_>) -> Result<(), String> {
         let mut state = self.state.lock().await;
-        let _ = self.probe(ctx, &mut state).await;
+        self.probe(ctx, &mut state).await
     }
 
     async fn probe(&self, ctx: &Probe<'_>, state: &mut State) -> Result<(), String> {

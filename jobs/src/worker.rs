@@ -577,7 +577,7 @@ async fn announce(redis: Redis, settings: WorkerSettings, ctxs: Vec<Arc<Ctx>>, s
                     }
                 }
                 for ctx in &ctxs {
-                    ctx.slot.refresh(&ctx.probe()).await;
+                    let _ = ctx.slot.refresh(&ctx.probe()).await;
                 }
             }
         }

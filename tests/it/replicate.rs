@@ -430,7 +430,7 @@ async fn a_refused_token_makes_the_backend_unhealthy() {
     assert!(health.detail.contains("MAGE_REPLICATE_API_TOKEN"), "{}", health.detail);
     let work = tempfile::tempdir().expect("tmp");
     let refused = backend.submit(request(work.path(), "text-to-image", MediaKind::Image, "x", vec![])).await;
-    assert!(matches!(refused, Err(RenderError::Unavailable(_))), "{refused:?}");
+    assert!(matches!(refused, Err(RenderError::Refused(_))), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

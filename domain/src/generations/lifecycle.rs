@@ -139,6 +139,30 @@ pub async fn requeue(
         .optional()?)
 }
 
+/// RENDERING → QUEUED with the attempt [`start_render`] counted taken back:
+/// the attempt ended before any render began, for a reason of the backend's
+/// (it refused our credentials), not of the generation's.
+pub async fn give_back(conn: &mut Connection, id: Uuid, worker: &str) -> Result<Option<Generation>> {
+    Ok(diesel::update(generations::table)
+        .filter(generations::id.eq(id))
+        .filter(generations::status.eq(Status::Rendering.as_str()))
+        .filter(generations::worker.eq(worker))
+        .set((
+            generations::status.eq(Status::Queued.as_str()),
+            generations::stage.eq("waiting for the render backend"),
+            generations::progress.eq(0),
+            generations::attempts
+                .eq(diesel::dsl::sql::<diesel::sql_types::Integer>("greatest(attempts - 1, 0)")),
+            generations::worker.eq(None::<String>),
+            generations::heartbeat_at.eq(None::<DateTime<Utc>>),
+            generations::updated_at.eq(Utc::now()),
+        ))
+        .returning(Generation::as_returning())
+        .get_result(conn)
+        .await
+        .optional()?)
+}
+
 /// A stopping worker gives a render back without waiting for it: the
 /// generation stays RENDERING (its backend render keeps going) and any
 /// worker may take it over at once.

@@ -30,8 +30,9 @@ pub use create::{IDEMPOTENCY_KEY_MAX, create, quote};
 pub(crate) use delete::purge_logged;
 pub use delete::{delete, deleted_media_due, media_prefix, purge_media};
 pub use lifecycle::{
-    Canceled, NotStarted, after_cancel, cancel, cancel_and_signal, fail, finished, finished_with, hand_back,
-    record_backend_job, record_progress, requeue, start_render, start_transcode, succeed, why_not_started,
+    Canceled, NotStarted, after_cancel, cancel, cancel_and_signal, fail, finished, finished_with, give_back,
+    hand_back, record_backend_job, record_progress, requeue, start_render, start_transcode, succeed,
+    why_not_started,
 };
 pub use queries::{
     QUEUE_POSITION_SQL, QUEUE_POSITION_SQL_EXPLAIN, QueueStats, default_render_seconds, eta_seconds, find,

@@ -121,6 +121,11 @@ pub enum RenderError {
     /// later.
     #[error("render backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused Mage itself (its credentials), so no job can run
+    /// there until an operator acts; nothing was created by the refused
+    /// request.
+    #[error("render backend refused us: {0}")]
+    Refused(String),
     #[error("render canceled")]
     Canceled,
     /// The backend does not know the job (it restarted and lost its queue,

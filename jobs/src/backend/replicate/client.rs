@@ -2,7 +2,8 @@
 //! server errors (5xx) are waited out here, honouring `Retry-After`, for a
 //! bounded time ([`Client::retry_for`]) before the call reports
 //! `Unavailable`: a busy Replicate costs a job no attempt. A refused token
-//! (401/403) is never retried.
+//! (401/403) is never retried: it is `Refused`, which the render job treats
+//! as its backend being unhealthy.
 
 use std::path::Path;
 use std::time::Duration;
@@ -100,7 +101,7 @@ impl Client {
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                        return Err(RenderError::Unavailable(refused_token(status)));
+                        return Err(RenderError::Refused(refused_token(status)));
                     }
                     if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
                         return Ok(resp);
