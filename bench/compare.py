@@ -30,7 +30,7 @@ def main(argv):
     for n, run in enumerate(chosen, 1):
         m = run.get("machine", {})
         print(f"- run {n}: commit {run['commit']}, {run['finished_at']}, host {m.get('host', '?')}, "
-              f"{m.get('cores', '?')} cores, {m.get('cpu', '?')}, {run['rounds']} rounds")
+              f"{m.get('cores', '?')} cores, {m.get('cpu', '?')}, boot {m.get('boot_id', '?')[:8]}, {run['rounds']} rounds")
     print()
     head = ["bench", "figure", "against", "target"]
     for n, _ in enumerate(chosen, 1):

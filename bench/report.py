@@ -247,7 +247,14 @@ def machine():
             cpu = m.group(1) if m else ""
     except OSError:
         pass
-    return {"host": platform.node(), "cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release()}
+    # The boot tells two VMs of one name (or a rebooted one) apart.
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return {"host": platform.node(), "cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "boot_id": boot}
 
 
 def load_history(path):
