@@ -120,7 +120,27 @@ pub async fn requeue(
     worker: &str,
     stage: &str,
 ) -> Result<Option<Generation>> {
-    let now = Utc::now();
+    back_to_queue(conn, id, worker, stage, 0).await
+}
+
+/// RENDERING → QUEUED with the attempt [`start_render`] counted taken back:
+/// the attempt ended before any render began, for a reason of the backend's
+/// (it refused our credentials), not of the generation's.
+pub async fn give_back(conn: &mut Connection, id: Uuid, worker: &str) -> Result<Option<Generation>> {
+    back_to_queue(conn, id, worker, "waiting for the render backend", 1).await
+}
+
+/// RENDERING by `worker` → QUEUED, with `returned` attempts taken back.
+async fn back_to_queue(
+    conn: &mut Connection,
+    id: Uuid,
+    worker: &str,
+    stage: &str,
+    returned: i32,
+) -> Result<Option<Generation>> {
+    use diesel::sql_types::Integer;
+    let attempts =
+        diesel::dsl::sql::<Integer>("greatest(attempts - ").bind::<Integer, _>(returned).sql(", 0)");
     Ok(diesel::update(generations::table)
         .filter(generations::id.eq(id))
         .filter(generations::status.eq(Status::Rendering.as_str()))
@@ -129,30 +149,7 @@ pub async fn requeue(
             generations::status.eq(Status::Queued.as_str()),
             generations::stage.eq(stage),
             generations::progress.eq(0),
-            generations::worker.eq(None::<String>),
-            generations::heartbeat_at.eq(None::<DateTime<Utc>>),
-            generations::updated_at.eq(now),
-        ))
-        .returning(Generation::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?)
-}
-
-/// RENDERING → QUEUED with the attempt [`start_render`] counted taken back:
-/// the attempt ended before any render began, for a reason of the backend's
-/// (it refused our credentials), not of the generation's.
-pub async fn give_back(conn: &mut Connection, id: Uuid, worker: &str) -> Result<Option<Generation>> {
-    Ok(diesel::update(generations::table)
-        .filter(generations::id.eq(id))
-        .filter(generations::status.eq(Status::Rendering.as_str()))
-        .filter(generations::worker.eq(worker))
-        .set((
-            generations::status.eq(Status::Queued.as_str()),
-            generations::stage.eq("waiting for the render backend"),
-            generations::progress.eq(0),
-            generations::attempts
-                .eq(diesel::dsl::sql::<diesel::sql_types::Integer>("greatest(attempts - 1, 0)")),
+            generations::attempts.eq(attempts),
             generations::worker.eq(None::<String>),
             generations::heartbeat_at.eq(None::<DateTime<Utc>>),
             generations::updated_at.eq(Utc::now()),
