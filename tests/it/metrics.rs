@@ -123,7 +123,17 @@ async fn serve_metrics_parse_and_move_when_a_generation_runs() {
     }
 
     let (_, cost) = run_one(&app, &token).await;
-    let after = scrape(&scraper, &url).await;
+    // A job's counters move when its handler returns, a moment after the
+    // generation it finished is visible to the client.
+    let transcoded = [("queue", "transcode"), ("outcome", "ok")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = scrape(&scraper, &url).await;
+    while sum(&after, "mage_jobs_total", &transcoded) - sum(&before, "mage_jobs_total", &transcoded) < 1.0
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = scrape(&scraper, &url).await;
+    }
     let moved =
         |metric: &str, labels: &[(&str, &str)]| sum(&after, metric, labels) - sum(&before, metric, labels);
 
