@@ -105,22 +105,70 @@ pub struct GenerationOutput {
 }
 
 pub struct Generation {
-    row: GenerationRow,
+    row: Row,
     /// The queue position when the caller already knows it (a live event
     /// carries it); otherwise it is read when asked for.
     known_position: Option<Option<i64>>,
 }
 
-impl From<GenerationRow> for Generation {
-    fn from(row: GenerationRow) -> Self {
-        Self { row, known_position: None }
+/// A live event's row is shared by every subscriber it goes to (ten
+/// clients watching one generation get one row, not ten copies of its
+/// prompt, parameters and output).
+#[allow(clippy::large_enum_variant, reason = "a listed row stays inline: no allocation per row")]
+enum Row {
+    Owned(GenerationRow),
+    Live(std::sync::Arc<live::Snapshot>),
+}
+
+impl std::ops::Deref for Row {
+    type Target = GenerationRow;
+
+    fn deref(&self) -> &GenerationRow {
+        match self {
+            Row::Owned(row) => row,
+            Row::Live(s) => &s.row,
+        }
     }
 }
 
-impl From<&live::Snapshot> for Generation {
-    fn from(s: &live::Snapshot) -> Self {
+impl From<GenerationRow> for Generation {
+    fn from(row: GenerationRow) -> Self {
+        Self { row: Row::Owned(row), known_position: None }
+    }
+}
+
+impl From<std::sync::Arc<live::Snapshot>> for Generation {
+    fn from(s: std::sync::Arc<live::Snapshot>) -> Self {
         let known = s.position.is_some() || s.status() != Status::Queued;
-        Self { row: s.row.clone(), known_position: known.then_some(s.position) }
+        let known_position = known.then_some(s.position);
+        Self { row: Row::Live(s), known_position }
+    }
+}
+
+// The fields that wait on the database or Redis run behind a `Box::pin`:
+// async-graphql boxes every field's future at the size of the largest one
+// the object has, so one inline query would make each of the ~20 plain
+// fields of every listed generation allocate and copy its whole state (a
+// tenth of `generations(first: 20)`'s CPU went to that copy, perf).
+impl Generation {
+    async fn read_queue_position(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
+        let mut conn = ctx.conn().await?;
+        Ok(domain::queue_position(&mut conn, &self.row).await?)
+    }
+
+    async fn read_eta_seconds(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
+        let svc = ctx.services();
+        let mut conn = ctx.conn().await?;
+        let position = match self.known_position {
+            Some(known) => known,
+            None => domain::queue_position(&mut conn, &self.row).await?,
+        };
+        let seconds = domain::recent_render_seconds(&mut conn, &self.row.model)
+            .await?
+            .unwrap_or_else(|| domain::default_render_seconds(&self.row));
+        let queue = mage_domain::queue::Queue::Render(self.row.backend);
+        let slots = mage_domain::workers::live_slots(&svc.redis, queue).await.map_err(ApiError::internal)?;
+        Ok(domain::eta_seconds(&self.row, position, seconds, slots))
     }
 }
 
@@ -152,26 +200,14 @@ impl Generation {
         if let Some(known) = self.known_position {
             return Ok(known);
         }
-        let mut conn = ctx.conn().await?;
-        Ok(domain::queue_position(&mut conn, &self.row).await?)
+        Box::pin(self.read_queue_position(ctx)).await
     }
     /// Seconds until it is likely finished; null once final.
     async fn eta_seconds(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
         if self.row.status().is_final() {
             return Ok(None);
         }
-        let svc = ctx.services();
-        let mut conn = ctx.conn().await?;
-        let position = match self.known_position {
-            Some(known) => known,
-            None => domain::queue_position(&mut conn, &self.row).await?,
-        };
-        let seconds = domain::recent_render_seconds(&mut conn, &self.row.model)
-            .await?
-            .unwrap_or_else(|| domain::default_render_seconds(&self.row));
-        let queue = mage_domain::queue::Queue::Render(self.row.backend);
-        let slots = mage_domain::workers::live_slots(&svc.redis, queue).await.map_err(ApiError::internal)?;
-        Ok(domain::eta_seconds(&self.row, position, seconds, slots))
+        Box::pin(self.read_eta_seconds(ctx)).await
     }
     async fn model(&self) -> &str {
         &self.row.model
@@ -238,13 +274,8 @@ impl Generation {
     }
     /// The assets it renders from (shown even after their deletion).
     async fn inputs(&self, ctx: &Context<'_>) -> ApiResult<Vec<super::assets::Asset>> {
-        Ok(ctx
-            .loaders()
-            .generation_inputs(self.row.id)
-            .await?
-            .into_iter()
-            .map(super::assets::Asset)
-            .collect())
+        let inputs = Box::pin(ctx.loaders().generation_inputs(self.row.id)).await?;
+        Ok(inputs.into_iter().map(super::assets::Asset).collect())
     }
     async fn attempts(&self) -> i32 {
         self.row.attempts
@@ -389,7 +420,7 @@ impl GenerationsSubscription {
 fn generations_of(sub: LiveSubscription) -> impl Stream<Item = ApiResult<Generation>> {
     sub.filter_map(|event| {
         std::future::ready(match event {
-            Ok(Event::Generation(s)) => Some(Ok(Generation::from(&*s))),
+            Ok(Event::Generation(s)) => Some(Ok(Generation::from(s))),
             Ok(Event::Credits(_) | Event::Asset(_)) => None,
             Err(lagged) => Some(Err(lagged.into())),
         })
