@@ -4,9 +4,9 @@
     bench/compare.py [RUN...]
 
 RUN is a run's number in the history (1 is the oldest, -1 the newest);
-without one, the last two full runs (every benchmark) are compared. Each
-run's column is the figure's median ratio with its spread, and whether the
-target was met. A figure one run has and another lacks shows "—".
+without one, the last two full runs (every benchmark, 3 rounds or more)
+are compared. Each run's columns are named by its number and show the
+figure's median ratio with its spread, and whether the target was met. A figure one run has and another lacks shows "—".
 """
 
 import json
@@ -19,21 +19,25 @@ from report import HERE, fmt, fmt_ratio
 def pick(runs, argv):
     if argv:
         return [(int(a) if int(a) < 0 else int(a) - 1) for a in argv]
-    full = [i for i, r in enumerate(runs) if len(r.get("benchmarks", [])) >= 9]
+    # A full run: every benchmark, each alternated with its peer 3+ times.
+    full = [i for i, r in enumerate(runs) if len(r.get("benchmarks", [])) >= 9 and r.get("rounds", 0) >= 3]
     return full[-2:] if len(full) >= 2 else list(range(len(runs)))[-2:]
 
 
 def main(argv):
     with open(os.path.join(HERE, "results.json")) as fh:
         runs = json.load(fh)["runs"]
-    chosen = [runs[i] for i in pick(runs, argv)]
-    for n, run in enumerate(chosen, 1):
+    idx = [i % len(runs) for i in pick(runs, argv)]
+    chosen = [runs[i] for i in idx]
+    # Columns are named by the run's number in the history, as RUN is given.
+    numbers = [i + 1 for i in idx]
+    for n, run in zip(numbers, chosen):
         m = run.get("machine", {})
         print(f"- run {n}: commit {run['commit']}, {run['finished_at']}, host {m.get('host', '?')}, "
               f"{m.get('cores', '?')} cores, {m.get('cpu', '?')}, boot {m.get('boot_id', '?')[:8]}, {run['rounds']} rounds")
     print()
     head = ["bench", "figure", "against", "target"]
-    for n, _ in enumerate(chosen, 1):
+    for n in numbers:
         head += [f"run {n}: Mage", f"run {n}: ratio", f"run {n}: spread", f"run {n}: met"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
