@@ -153,6 +153,9 @@ bench_build() {
         mkdir -p "$shared" target
         ln -s "$shared" target/release
         say "release build: shared with this machine's other checkouts ($shared)"
+    elif [ -L target/release ] && [ ! -e target/release ]; then
+        # The shared folder was deleted (to reclaim its disk): build it anew.
+        mkdir -p "$(readlink target/release)"
     fi
     say "building Mage and the benchmark drivers (release)"
     cargo build --release --bin mage --examples --workspace
