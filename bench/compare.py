@@ -6,7 +6,8 @@
 RUN is a run's number in the history (1 is the oldest, -1 the newest);
 without one, the last two full runs (every benchmark, 3 rounds or more)
 are compared. Each run's columns are named by its number and show the
-figure's median ratio with its spread, and whether the target was met. A figure one run has and another lacks shows "—".
+figure's median ratio with its spread, and whether the target was met. A
+figure one run has and another lacks shows "—".
 """
 
 import json

@@ -148,8 +148,9 @@ impl From<std::sync::Arc<live::Snapshot>> for Generation {
 // The fields that wait on the database or Redis run behind a `Box::pin`:
 // async-graphql boxes every field's future at the size of the largest one
 // the object has, so one inline query would make each of the ~20 plain
-// fields of every listed generation allocate and copy its whole state (a
-// tenth of `generations(first: 20)`'s CPU went to that copy, perf).
+// fields of every listed generation allocate and copy its whole state
+// (perf, `generations(first: 20)`: the copies under `Generation`'s fields
+// went from 3.3% of the CPU to 1.15%).
 impl Generation {
     async fn read_queue_position(&self, ctx: &Context<'_>) -> ApiResult<Option<i64>> {
         let mut conn = ctx.conn().await?;
